@@ -1,0 +1,31 @@
+# The two set-up commands of the README. Both create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch/torchvision pinned to the pair that installs from the local wheel cache of
+# our build machines; the package itself accepts any torch>=2.4.
+TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test lint bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PIN)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m lit_sr.demo
+
+test: $(STAMP)
+	$(PY) -m pytest tests -x -q --durations=15
+
+lint: $(STAMP)
+	$(PY) -m ruff check lit_sr datamodules callbacks tests benchmarks train.py
+
+clean:
+	rm -rf runs lightning_logs .pytest_cache
