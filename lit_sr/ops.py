@@ -1,0 +1,117 @@
+"""Tensor operations with SR-community conventions.
+
+:func:`imresize` reproduces MATLAB's ``imresize`` (bicubic, a = -0.5, antialiasing when
+downscaling, symmetric boundary handling), the function that made the LR images of every SR
+benchmark. It is written as two dense matrix products, so it is batched, runs on any device and is
+differentiable.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+
+
+def cubic_kernel(x: torch.Tensor, a: float = -0.5) -> torch.Tensor:
+    """Keys' cubic convolution kernel; ``a = -0.5`` is MATLAB's choice (PyTorch uses -0.75)."""
+    absx = x.abs()
+    absx2 = absx * absx
+    absx3 = absx2 * absx
+    near = ((a + 2) * absx3 - (a + 3) * absx2 + 1) * (absx <= 1)
+    far = (a * absx3 - 5 * a * absx2 + 8 * a * absx - 4 * a) * ((absx > 1) & (absx <= 2))
+    return near + far
+
+
+@lru_cache(maxsize=128)
+def _resize_matrix_cpu(in_len: int, out_len: int, scale: float, antialiasing: bool) -> torch.Tensor:
+    """(out_len, in_len) float64 weights of MATLAB's 1-D bicubic resize along one axis."""
+    kernel_width = 4.0
+    shrink = antialiasing and scale < 1
+    if shrink:
+        kernel_width /= scale
+    x = torch.arange(1, out_len + 1, dtype=torch.float64)
+    # Output pixel x maps to input coordinate u (1-based, pixel centres), as MATLAB does.
+    u = x / scale + 0.5 * (1 - 1 / scale)
+    left = torch.floor(u - kernel_width / 2)
+    taps = math.ceil(kernel_width) + 2
+    indices = left[:, None] + torch.arange(taps, dtype=torch.float64)[None, :]
+    distance = u[:, None] - indices
+    weights = scale * cubic_kernel(distance * scale) if shrink else cubic_kernel(distance)
+    weights = weights / weights.sum(dim=1, keepdim=True)
+    # Symmetric (mirror) boundary: MATLAB's aux = [1:in, in:-1:1] indexed modulo its length.
+    aux = torch.cat([torch.arange(in_len), torch.arange(in_len - 1, -1, -1)])
+    mirrored = aux[torch.remainder(indices.long() - 1, 2 * in_len)]
+    matrix = torch.zeros(out_len, in_len, dtype=torch.float64)
+    matrix.scatter_add_(1, mirrored, weights)
+    return matrix
+
+
+def resize_matrix(
+    in_len: int,
+    out_len: int,
+    scale: float,
+    antialiasing: bool = True,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """The (out_len, in_len) matrix ``W`` with ``resized = W @ signal`` along one axis."""
+    return _resize_matrix_cpu(in_len, out_len, float(scale), bool(antialiasing)).to(device=device, dtype=dtype)
+
+
+def _output_size(size: int, scale: float) -> int:
+    # MATLAB rounds the product up; the epsilon absorbs float error such as 0.3 * 10 = 3.0000000000000004.
+    return int(math.ceil(size * scale - 1e-9))
+
+
+def imresize(
+    x: torch.Tensor,
+    scale: float | None = None,
+    antialiasing: bool = True,
+    size: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """MATLAB-compatible bicubic resize of ``(N, C, H, W)`` or ``(C, H, W)`` tensors.
+
+    Args:
+        x: images; any float dtype and device (computed in float32 for half precision inputs).
+        scale: resize factor (e.g. 1/4 to make x4 LR images). Output size is
+            ``ceil(H * scale), ceil(W * scale)`` as in MATLAB.
+        antialiasing: widen the kernel when downscaling, as MATLAB does by default.
+        size: explicit output ``(H, W)`` instead of ``scale`` (the per-axis scale is then
+            ``out / in``).
+
+    Returns:
+        The resized tensor, same rank, dtype and device as ``x``. Values are not clamped
+        (bicubic overshoots slightly, exactly like MATLAB before its uint8 conversion).
+    """
+    if x.dim() not in (3, 4):
+        raise ValueError(f"imresize expects a (C,H,W) or (N,C,H,W) tensor, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"imresize expects a floating point tensor, got {x.dtype}")
+    if (scale is None) == (size is None):
+        raise ValueError("imresize needs exactly one of `scale` or `size`")
+    squeeze = x.dim() == 3
+    if squeeze:
+        x = x.unsqueeze(0)
+    in_h, in_w = x.shape[-2:]
+    if size is not None:
+        out_h, out_w = int(size[0]), int(size[1])
+        scale_h, scale_w = out_h / in_h, out_w / in_w
+    else:
+        if scale <= 0:
+            raise ValueError(f"imresize scale must be positive, got {scale}")
+        scale_h = scale_w = float(scale)
+        out_h, out_w = _output_size(in_h, scale_h), _output_size(in_w, scale_w)
+    compute_dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    w_h = resize_matrix(in_h, out_h, scale_h, antialiasing, x.device, compute_dtype)
+    w_w = resize_matrix(in_w, out_w, scale_w, antialiasing, x.device, compute_dtype)
+    y = torch.matmul(w_h, torch.matmul(x.to(compute_dtype), w_w.T))
+    y = y.to(x.dtype)
+    return y.squeeze(0) if squeeze else y
+
+
+def mod_crop(img: torch.Tensor, scale: int) -> torch.Tensor:
+    """Crop the trailing rows/columns so that H and W are multiples of ``scale`` (BasicSR's mod_crop)."""
+    h, w = img.shape[-2:]
+    return img[..., : h - h % scale, : w - w % scale]
