@@ -115,3 +115,51 @@ def mod_crop(img: torch.Tensor, scale: int) -> torch.Tensor:
     """Crop the trailing rows/columns so that H and W are multiples of ``scale`` (BasicSR's mod_crop)."""
     h, w = img.shape[-2:]
     return img[..., : h - h % scale, : w - w % scale]
+
+
+def tiled_forward(
+    fn,
+    x: torch.Tensor,
+    scale: int,
+    tile: int | None = None,
+    overlap: int = 16,
+    tile_batch: int = 8,
+) -> torch.Tensor:
+    """Super-resolve ``x`` in overlapping tiles of ``tile`` LR pixels to bound memory on large images.
+
+    Tiles are cut on a regular grid (the last one aligned to the border), run through ``fn`` in
+    batches of ``tile_batch`` and averaged where they overlap. ``tile=None`` (or an image that
+    fits in one tile) calls ``fn(x)`` directly.
+
+    Args:
+        fn: maps ``(B, C, h, w)`` to ``(B, C', h*scale, w*scale)``.
+        x: ``(N, C, H, W)`` LR batch.
+        scale: upscaling factor of ``fn``.
+        tile: tile side in LR pixels.
+        overlap: LR pixels shared by neighbouring tiles (must be smaller than ``tile``).
+        tile_batch: tiles per forward call.
+    """
+    n, _, h, w = x.shape
+    if tile is None or (h <= tile and w <= tile):
+        return fn(x)
+    if not 0 <= overlap < tile:
+        raise ValueError(f"tile overlap must be in [0, tile={tile}), got {overlap}")
+    stride = tile - overlap
+
+    def starts(size: int) -> list[int]:
+        if size <= tile:
+            return [0]
+        return sorted(set(list(range(0, size - tile, stride)) + [size - tile]))
+
+    boxes = [(top, left) for top in starts(h) for left in starts(w)]
+    th, tw = min(tile, h), min(tile, w)
+    patches = torch.stack([x[..., t : t + th, l : l + tw] for t, l in boxes], dim=1)  # (N, T, C, th, tw)
+    flat = patches.flatten(0, 1)
+    outs = torch.cat([fn(flat[i : i + tile_batch]) for i in range(0, flat.shape[0], tile_batch)])
+    outs = outs.view(n, len(boxes), *outs.shape[1:])
+    out = x.new_zeros(n, outs.shape[2], h * scale, w * scale, dtype=outs.dtype)
+    weight = x.new_zeros(1, 1, h * scale, w * scale, dtype=outs.dtype)
+    for k, (t, l) in enumerate(boxes):
+        out[..., t * scale : (t + th) * scale, l * scale : (l + tw) * scale] += outs[:, k]
+        weight[..., t * scale : (t + th) * scale, l * scale : (l + tw) * scale] += 1
+    return out / weight

@@ -1,0 +1,46 @@
+"""Print a short end-of-run table (model vs bicubic on val) and how to open TensorBoard."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
+
+from lit_sr.io import atomic_write
+
+
+def format_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
+    """A plain-text table with aligned columns."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths))  # noqa: E731
+    return "\n".join([line(header), line(tuple("-" * w for w in widths)), *map(line, rows)])
+
+
+class RunSummary(L.Callback):
+    """At the end of ``fit``, prints model vs bicubic PSNR/SSIM on val and the ``tensorboard`` command.
+
+    The numbers are the logged ``val/*`` and ``val/bicubic_*`` metrics of the last validation
+    (reduced across ranks); they are also written to ``<log_dir>/summary.json``.
+    """
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        bicubic = getattr(pl_module, "bicubic_reference", None) or {}
+        rows = []
+        for name in ("psnr_y", "psnr_rgb", "ssim_y"):
+            model_v = metrics.get(f"val/{name}")
+            bic_v = metrics.get(f"val/bicubic_{name}", bicubic.get(name))
+            if model_v is None:
+                continue
+            fmt = "{:.4f}" if name.startswith("ssim") else "{:.2f}"
+            rows.append((name, fmt.format(model_v), fmt.format(bic_v) if bic_v is not None else "-",
+                         fmt.format(model_v - bic_v) if bic_v is not None else "-"))
+        if not trainer.is_global_zero:
+            return
+        text = format_table(rows, ("val metric", "model", "bicubic", "gain"))
+        log_dir = trainer.log_dir or "."
+        rank_zero_info(f"\n{text}\n\nTensorBoard:  tensorboard --logdir {Path(log_dir).parent}\n")
+        with atomic_write(Path(log_dir) / "summary.json") as tmp:
+            tmp.write_text(json.dumps({"val": metrics}, indent=2))

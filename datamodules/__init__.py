@@ -1,0 +1,23 @@
+"""LightningDataModules for lit-sr (paired SR, benchmark sets, embedded photos; poisoned data)."""
+
+from datamodules.datasets import DataError, ImageRecord, SRPairDataset
+from datamodules.sr import (
+    DIV2KDataModule,
+    EmbeddedPhotosDataModule,
+    HRFolderDataModule,
+    SRDataModule,
+    export_embedded_photos,
+    load_embedded_photo,
+)
+
+__all__ = [
+    "DataError",
+    "DIV2KDataModule",
+    "EmbeddedPhotosDataModule",
+    "HRFolderDataModule",
+    "ImageRecord",
+    "SRDataModule",
+    "SRPairDataset",
+    "export_embedded_photos",
+    "load_embedded_photo",
+]

@@ -1,0 +1,253 @@
+"""Lightning data modules for single-image SR.
+
+* :class:`HRFolderDataModule`: folders of HR images, LR made on the fly by MATLAB bicubic.
+* :class:`DIV2KDataModule`: DIV2K-style LR/HR pairs (``DIV2K_train_HR/0001.png`` with
+  ``DIV2K_train_LR_bicubic/X4/0001x4.png``).
+* :class:`EmbeddedPhotosDataModule`: the colour photographs shipped with scikit-image, split
+  deterministically into train/val: the default data set, no download.
+
+All of them take ``test_sets`` (name -> folder of HR images: Set5, Set14, BSD100, Urban100,
+DIV2K valid, ...) evaluated by ``trainer.test`` one loader per set, and ``predict_path`` (an LR
+image or folder) for ``trainer.predict``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from datamodules.datasets import ImageFolderInput, ImageRecord, SRPairDataset, folder_records
+from lit_sr.ops import imresize
+
+# Colour photographs that ship inside scikit-image (no pooch download). Synthetic images
+# (colorwheel, logo) and grayscale ones are left out.
+EMBEDDED_TRAIN = ("chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "motorcycle_left",
+                  "motorcycle_right")
+EMBEDDED_VAL = ("astronaut", "coffee")
+
+
+def load_embedded_photo(name: str, max_side: int | None = 512) -> torch.Tensor:
+    """One scikit-image photograph as a ``(3, H, W)`` tensor in [0, 1], shrunk (MATLAB bicubic) to ``max_side``."""
+    import skimage.data
+
+    if name.startswith("motorcycle_"):
+        left, right, _disp = skimage.data.stereo_motorcycle()
+        arr = left if name.endswith("left") else right
+    else:
+        if not hasattr(skimage.data, name):
+            raise ValueError(f"unknown embedded photo {name!r}; expected one of {EMBEDDED_TRAIN + EMBEDDED_VAL}")
+        arr = getattr(skimage.data, name)()
+    img = torch.from_numpy(arr[..., :3].copy()).permute(2, 0, 1).float() / 255.0
+    if max_side is not None and max(img.shape[-2:]) > max_side:
+        img = imresize(img, size=_fit(img.shape[-2:], max_side)).clamp(0, 1)
+        img = (img * 255).round() / 255
+    return img
+
+
+def _fit(hw, max_side: int) -> tuple[int, int]:
+    h, w = hw
+    f = max_side / max(h, w)
+    return max(1, round(h * f)), max(1, round(w * f))
+
+
+class SRDataModule(L.LightningDataModule):
+    """Shared loaders and protocol; subclasses say where the train and val images come from.
+
+    Args:
+        scale: upscaling factor (2, 3, 4, ...).
+        patch_size: HR training patch (BasicSR ``gt_size``; 192 for x4 = 48 px LR).
+        batch_size: training batch size per device.
+        val_batch_size: evaluation batch size (1 because benchmark images differ in size).
+        num_workers: loader workers.
+        augment: flips and 90-degree rotations for training.
+        repeat: training images are repeated this many times per epoch.
+        cache_images: keep decoded images in memory.
+        skip_bad_files: warn and skip unreadable or too-small files instead of raising.
+        test_sets: ``{name: folder of HR images}`` for ``trainer.test``.
+        predict_path: an LR image file or folder for ``trainer.predict``.
+        max_val_images: evaluate only the first N validation images (quick runs).
+        seed: seed of crops and augmentation.
+    """
+
+    def __init__(
+        self,
+        scale: int = 4,
+        patch_size: int = 192,
+        batch_size: int = 16,
+        val_batch_size: int = 1,
+        num_workers: int = 4,
+        augment: bool = True,
+        repeat: int = 1,
+        cache_images: bool = False,
+        skip_bad_files: bool = False,
+        test_sets: dict[str, str] | None = None,
+        predict_path: str | None = None,
+        max_val_images: int | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if patch_size % scale:
+            raise ValueError(f"patch_size {patch_size} must be a multiple of scale {scale}")
+        self.scale, self.patch_size = scale, patch_size
+        self.batch_size, self.val_batch_size, self.num_workers = batch_size, val_batch_size, num_workers
+        self.augment, self.repeat, self.cache_images = augment, repeat, cache_images
+        self.skip_bad_files, self.seed = skip_bad_files, seed
+        self.test_sets = dict(test_sets or {})
+        self.predict_path = predict_path
+        self.max_val_images = max_val_images
+        self.train_dataset: SRPairDataset | None = None
+        self.val_dataset: SRPairDataset | None = None
+        self.test_datasets: dict[str, SRPairDataset] = {}
+
+    # -- what subclasses provide
+    def train_records(self) -> list[ImageRecord]:
+        raise NotImplementedError
+
+    def val_records(self) -> list[ImageRecord]:
+        raise NotImplementedError
+
+    # -- protocol
+    def _dataset(self, records, train: bool) -> SRPairDataset:
+        return SRPairDataset(
+            records,
+            scale=self.scale,
+            patch_size=self.patch_size if train else None,
+            augment=self.augment and train,
+            repeat=self.repeat if train else 1,
+            cache=self.cache_images,
+            skip_bad_files=self.skip_bad_files,
+            seed=self.seed,
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self.train_dataset is None:
+            self.train_dataset = self._dataset(self.train_records(), train=True)
+        if stage in (None, "fit", "validate") and self.val_dataset is None:
+            records = self.val_records()
+            if self.max_val_images is not None:
+                records = records[: self.max_val_images]
+            self.val_dataset = self._dataset(records, train=False)
+        if stage in (None, "test") and not self.test_datasets:
+            if not self.test_sets:
+                raise ValueError("trainer.test needs data.test_sets: {name: folder of HR images}")
+            self.test_datasets = {
+                name: self._dataset(folder_records(folder), train=False) for name, folder in self.test_sets.items()
+            }
+
+    def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            drop_last=shuffle and len(dataset) >= batch_size,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.trainer is not None:
+            self.train_dataset.set_epoch(self.trainer.current_epoch)
+        return self._loader(self.train_dataset, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset, self.val_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self._loader(ds, self.val_batch_size, shuffle=False) for ds in self.test_datasets.values()]
+
+    def test_set_names(self) -> list[str]:
+        """Names of the test loaders, in ``dataloader_idx`` order."""
+        return list(self.test_sets)
+
+    def predict_dataloader(self) -> DataLoader:
+        if self.predict_path is None:
+            raise ValueError("trainer.predict needs data.predict_path: an LR image file or folder")
+        return DataLoader(ImageFolderInput(self.predict_path), batch_size=1, num_workers=self.num_workers)
+
+
+class HRFolderDataModule(SRDataModule):
+    """HR-only folders; LR images are made on the fly with MATLAB bicubic (the standard protocol).
+
+    Args:
+        train_hr: folder of HR training images.
+        val_hr: folder of HR validation images.
+        **kwargs: see :class:`SRDataModule`.
+    """
+
+    def __init__(self, train_hr: str, val_hr: str, **kwargs):
+        super().__init__(**kwargs)
+        self.train_hr, self.val_hr = train_hr, val_hr
+
+    def train_records(self) -> list[ImageRecord]:
+        return folder_records(self.train_hr)
+
+    def val_records(self) -> list[ImageRecord]:
+        return folder_records(self.val_hr)
+
+
+class DIV2KDataModule(SRDataModule):
+    """DIV2K-style pairs: ``train_hr/0001.png`` with ``train_lr/0001x4.png`` (LR from files, not recomputed).
+
+    Args:
+        train_hr: e.g. ``DIV2K/DIV2K_train_HR``.
+        train_lr: e.g. ``DIV2K/DIV2K_train_LR_bicubic/X4``; ``None`` makes LR on the fly.
+        val_hr: e.g. ``DIV2K/DIV2K_valid_HR``.
+        val_lr: e.g. ``DIV2K/DIV2K_valid_LR_bicubic/X4``; ``None`` makes LR on the fly.
+        **kwargs: see :class:`SRDataModule`.
+    """
+
+    def __init__(self, train_hr: str, val_hr: str, train_lr: str | None = None, val_lr: str | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.train_hr, self.train_lr, self.val_hr, self.val_lr = train_hr, train_lr, val_hr, val_lr
+
+    def train_records(self) -> list[ImageRecord]:
+        return folder_records(self.train_hr, self.train_lr, self.scale)
+
+    def val_records(self) -> list[ImageRecord]:
+        return folder_records(self.val_hr, self.val_lr, self.scale)
+
+
+class EmbeddedPhotosDataModule(SRDataModule):
+    """The scikit-image colour photographs: 7 for training, 2 for validation, no download.
+
+    Args:
+        max_side: photographs larger than this are shrunk (MATLAB bicubic) so CPU runs stay quick.
+        train_photos / val_photos: which photographs (names in :mod:`skimage.data`).
+        **kwargs: see :class:`SRDataModule` (defaults here: patch 96, batch 16, repeat 16, no workers).
+    """
+
+    def __init__(
+        self,
+        max_side: int | None = 384,
+        train_photos: tuple[str, ...] = EMBEDDED_TRAIN,
+        val_photos: tuple[str, ...] = EMBEDDED_VAL,
+        patch_size: int = 96,
+        batch_size: int = 16,
+        repeat: int = 16,
+        num_workers: int = 0,
+        **kwargs,
+    ):
+        super().__init__(patch_size=patch_size, batch_size=batch_size, repeat=repeat, num_workers=num_workers,
+                         cache_images=True, **kwargs)
+        self.max_side, self.train_photos, self.val_photos = max_side, tuple(train_photos), tuple(val_photos)
+
+    def _records(self, names) -> list[ImageRecord]:
+        return [ImageRecord(name=n, hr_tensor=load_embedded_photo(n, self.max_side)) for n in names]
+
+    def train_records(self) -> list[ImageRecord]:
+        return self._records(self.train_photos)
+
+    def val_records(self) -> list[ImageRecord]:
+        return self._records(self.val_photos)
+
+
+def export_embedded_photos(folder: str | Path, split: str = "val", max_side: int | None = 384) -> list[Path]:
+    """Write the embedded photographs of a split as PNG files (e.g. to use them as a ``test_sets`` folder)."""
+    from lit_sr.io import write_image
+
+    names = {"train": EMBEDDED_TRAIN, "val": EMBEDDED_VAL}[split]
+    return [write_image(load_embedded_photo(n, max_side), Path(folder) / f"{n}.png") for n in names]
