@@ -1,0 +1,129 @@
+"""Weights and image I/O: BasicSR format round trips, Lightning checkpoints, unsafe pickles refused."""
+
+import os
+
+import pytest
+import torch
+
+from lit_sr.archs import build_arch, count_parameters
+from lit_sr.io import (
+    ImageReadError,
+    UnsafeCheckpointError,
+    load_weights,
+    read_image,
+    read_state_dict,
+    save_weights,
+    write_image,
+)
+
+
+def tiny_edsr(seed: int = 0, scale: int = 2):
+    torch.manual_seed(seed)  # randomly initialised network
+    return build_arch("edsr", num_feat=8, num_block=2, upscale=scale).eval()
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_edsr_output_shapes(scale):
+    net = tiny_edsr(scale=scale)
+    assert net(torch.rand(2, 3, 11, 13)).shape == (2, 3, 11 * scale, 13 * scale)
+    assert build_arch("bicubic", upscale=scale)(torch.rand(1, 3, 11, 13)).shape == (1, 3, 11 * scale, 13 * scale)
+
+
+def test_edsr_parameter_counts_and_basicsr_keys():
+    assert count_parameters(build_arch("edsr", num_feat=64, num_block=16, upscale=4)) == 1_517_571
+    big = build_arch("edsr", num_feat=256, num_block=32, upscale=4, res_scale=0.1)
+    assert count_parameters(big) == 43_089_923
+    keys = set(tiny_edsr(scale=4).state_dict())
+    # BasicSR's names; the mean is a non-persistent buffer, so it is not in the checkpoint
+    for k in ("conv_first.weight", "body.0.conv1.weight", "body.1.conv2.bias", "conv_after_body.weight",
+              "upsample.0.weight", "upsample.2.weight", "conv_last.bias"):
+        assert k in keys
+    assert "mean" not in keys
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_weights_round_trip_gives_same_outputs(tmp_path, suffix):
+    src, dst = tiny_edsr(0), tiny_edsr(1)
+    x = torch.rand(1, 3, 12, 12)
+    assert not torch.allclose(src(x), dst(x))
+    path = save_weights(src, tmp_path / f"w{suffix}")
+    load_weights(dst, path)
+    torch.testing.assert_close(dst(x), src(x))
+    assert not list(tmp_path.glob(".*"))  # no temporary file left behind
+
+
+def test_basicsr_params_ema_preferred_and_module_prefix_stripped(tmp_path):
+    net, ema = tiny_edsr(0), tiny_edsr(1)
+    path = save_weights(net, tmp_path / "w.pth", ema_model=ema)
+    loaded = torch.load(path, weights_only=True)
+    assert set(loaded) == {"params", "params_ema"}
+    target = tiny_edsr(2)
+    load_weights(target, path)  # key=None -> params_ema
+    torch.testing.assert_close(target.state_dict(), ema.state_dict())
+    load_weights(target, path, key="params")
+    torch.testing.assert_close(target.state_dict(), net.state_dict())
+    # DataParallel-style file
+    torch.save({"params": {f"module.{k}": v for k, v in net.state_dict().items()}}, tmp_path / "dp.pth")
+    load_weights(target, tmp_path / "dp.pth")
+    torch.testing.assert_close(target.state_dict(), net.state_dict())
+
+
+def test_lightning_checkpoint_layout(tmp_path):
+    net = tiny_edsr(0)
+    state = {f"net.{k}": v for k, v in net.state_dict().items()}
+    state["pixel_loss.dummy"] = torch.zeros(1)
+    torch.save({"state_dict": state, "epoch": 3}, tmp_path / "last.ckpt")
+    target = tiny_edsr(1)
+    load_weights(target, tmp_path / "last.ckpt")
+    torch.testing.assert_close(target.state_dict(), net.state_dict())
+
+
+def test_strict_mismatch_names_file_and_keys(tmp_path):
+    path = save_weights(tiny_edsr(0, scale=2), tmp_path / "x2.pth")
+    with pytest.raises(RuntimeError, match="x2.pth"):
+        load_weights(tiny_edsr(0, scale=4), path)
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        load_weights(tiny_edsr(), tmp_path / "nope.pth")
+    with pytest.raises(KeyError, match="params_ema"):
+        read_state_dict(save_weights(tiny_edsr(), tmp_path / "plain.pth"), key="params_ema")
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/lit_sr_pwned",))
+
+
+def test_malicious_pickle_is_refused(tmp_path):
+    marker = "/tmp/lit_sr_pwned"
+    if os.path.exists(marker):
+        os.remove(marker)
+    path = tmp_path / "evil.pth"
+    torch.save({"params": _Exploit()}, path)
+    with pytest.raises(UnsafeCheckpointError, match="evil.pth"):
+        load_weights(tiny_edsr(), path)
+    assert not os.path.exists(marker)
+
+
+def test_image_round_trip_and_modes(tmp_path):
+    from PIL import Image
+
+    img = torch.rand(3, 10, 12)
+    path = write_image(img, tmp_path / "a.png")
+    back = read_image(path)
+    assert back.shape == (3, 10, 12)
+    assert (back - img).abs().max() <= 0.5 / 255 + 1e-6
+    Image.new("L", (5, 4), 128).save(tmp_path / "gray.png")
+    Image.new("RGBA", (5, 4), (10, 20, 30, 40)).save(tmp_path / "rgba.png")
+    assert read_image(tmp_path / "gray.png").shape == (3, 4, 5)
+    rgba = read_image(tmp_path / "rgba.png")
+    assert rgba.shape == (3, 4, 5) and abs(rgba[2, 0, 0].item() - 30 / 255) < 1e-6
+
+
+def test_truncated_image_names_the_file(tmp_path):
+    path = write_image(torch.rand(3, 64, 64), tmp_path / "t.png")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageReadError, match="t.png"):
+        read_image(path)
+    with pytest.raises(ValueError, match="expected one of"):
+        write_image(torch.rand(3, 4, 4), tmp_path / "x.txt")
