@@ -201,8 +201,8 @@ class SRModule(L.LightningModule):
             if key not in self.test_metrics:
                 self.test_metrics[key] = MeanMetric().to(self.device)
             self.test_metrics[key].update(value)
-            self.log(f"test/{set_name}/{name}", self.test_metrics[key], on_epoch=True,
-                     add_dataloader_idx=False, batch_size=sr.shape[0])
+            self.log(f"test/{set_name}/{name}", self.test_metrics[key], on_epoch=True, add_dataloader_idx=False,
+                     batch_size=sr.shape[0], metric_attribute=f"test_metrics.{key}")
 
     # ------------------------------------------------------------------ predict
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> list[str]:
