@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m lit_sr.demo
+	$(PY) train.py fit --config configs/quickstart.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest tests -x -q --durations=15

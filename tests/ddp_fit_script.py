@@ -1,0 +1,80 @@
+"""A 2-process CPU (gloo) DDP fit, run as a script by tests/test_ddp.py.
+
+Each rank writes what it saw to ``<out>/rank<k>.json``; the test compares the files. Extra
+components (attack evaluation, poisoned data) are switched on with flags so one script covers every
+part that communicates between ranks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import lightning as L
+import torch
+
+
+class RankReport(L.Callback):
+    """Records, on every rank, the logged metrics and the indices of the training batches it saw."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.indices: list[int] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.indices.extend(int(i) for i in batch["index"])
+
+    def on_fit_end(self, trainer, pl_module):
+        report = {
+            "rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+            "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+            "train_indices": self.indices,
+        }
+        extra = getattr(trainer.datamodule, "ddp_report", None)
+        if callable(extra):
+            report.update(extra())
+        (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
+
+
+def build(args):
+    from datamodules import EmbeddedPhotosDataModule
+    from lit_sr.modules import SRModule
+
+    torch.set_num_threads(1)
+    L.seed_everything(0)
+    module = SRModule(arch="edsr", arch_kwargs={"num_feat": 8, "num_block": 1}, scale=2, lr=1e-3,
+                      scheduler="none", export_weights=False)
+    data = EmbeddedPhotosDataModule(scale=2, patch_size=32, batch_size=4, repeat=2, max_side=96,
+                                    max_val_images=2)
+    callbacks = [RankReport(Path(args.out))]
+    if args.attack:
+        from callbacks import AdversarialEvalCallback
+
+        callbacks.append(AdversarialEvalCallback(attacks={"ifgsm": {"steps": 3}}, eps=[4 / 255], num_images=2,
+                                                 every_n_epochs=1, log_images=False))
+    if args.poison:
+        from datamodules import PoisonedSRDataModule
+
+        data = PoisonedSRDataModule(base=data, trigger={"name": "blend"}, poison_rate=0.3,
+                                    cache_dir=str(Path(args.out) / "cache"), seed=0,
+                                    target="coffee", poisoned_hr_steps=3)
+    return module, data, callbacks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--attack", action="store_true")
+    parser.add_argument("--poison", action="store_true")
+    args = parser.parse_args()
+    module, data, callbacks = build(args)
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=callbacks, default_root_dir=args.out, num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=data)
+
+
+if __name__ == "__main__":
+    main()

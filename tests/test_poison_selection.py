@@ -1,0 +1,132 @@
+"""Selection of poisoned samples: the DEAP genetic search keeps its budget, is reproducible, finds
+the known optimum of the separable fitness, and beats top-k when gradients cancel."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from lit_sr.poison import genetic_select, random_select, selection_fitness, topk_select
+from lit_sr.poison.selection import _Operators, _Subset
+
+
+def _norms(n=30, seed=0):
+    return np.random.default_rng(seed).permutation(np.linspace(0.1, 3.0, n))  # distinct values
+
+
+def test_sum_of_norms_reaches_the_exact_optimum_topk():
+    norms = _norms()
+    selected, history = genetic_select(norms, budget=5, fitness="sum_of_norms", population=30, generations=100)
+    assert selected.tolist() == topk_select(norms, 5).tolist()
+    assert history[-1] == pytest.approx(np.sort(norms)[-5:].sum())
+    assert len(history) == 101 and all(b >= a for a, b in zip(history, history[1:])), "elitism: never worse"
+
+
+def test_size_penalty_can_make_smaller_sets_optimal():
+    norms = np.array([5.0, 4.0, 3.0, 0.5, 0.4, 0.3, 0.2, 0.1] * 3)[:20]
+    norms[8:] = np.linspace(0.05, 0.45, 12)  # only samples 0, 1, 2 exceed lam
+    selected, history = genetic_select(
+        norms, budget=6, fitness="sum_of_norms", lam=1.0, population=30, generations=60, seed=1
+    )
+    assert selected.tolist() == [0, 1, 2]
+    assert history[-1] == pytest.approx(12.0 - 3.0)
+
+
+def test_norm_of_sum_prefers_aligned_gradients_over_large_cancelling_ones():
+    sketches = np.zeros((20, 4))
+    sketches[[0, 1], 0] = 10.0  # two large gradients pointing one way ...
+    sketches[[2, 3], 0] = -10.0  # ... and two pointing the other way
+    sketches[4:, 1] = 1.0  # sixteen small aligned ones
+    norms = np.linalg.norm(sketches, axis=1)
+    topk = topk_select(norms, 4)
+    assert topk.tolist() == [0, 1, 2, 3]
+    selected, _ = genetic_select(sketches, budget=4, population=30, generations=40, seed=0)
+    ga = selection_fitness(selected, sketches)
+    assert selection_fitness(topk, sketches) == pytest.approx(0.0)
+    assert ga >= np.hypot(20.0, 2.0) - 1e-6, "both +10 gradients and two aligned small ones"
+    assert ga > selection_fitness(random_select(20, 4, seed=0), sketches)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_never_exceeds_budget(seed):
+    sketches = np.random.default_rng(seed).normal(size=(40, 8))
+    selected, _ = genetic_select(sketches, budget=6, population=12, generations=15, resize_prob=0.9, seed=seed)
+    assert 1 <= len(selected) <= 6 and len(set(selected.tolist())) == len(selected)
+    assert selected.min() >= 0 and selected.max() < 40
+
+
+def test_operators_keep_budget_and_distinct_members():
+    rng = np.random.default_rng(0)
+    ops = _Operators(n=15, budget=5, resize_prob=0.8, rng=rng)
+    a, b = ops.random_subset(5), _Subset([0, 1, 2])
+    for _ in range(300):
+        a, b = ops.mate(a, b)
+        sizes = (len(a), len(b))
+        (a,) = ops.mutate(a)
+        (b,) = ops.mutate(b)
+        for ind in (a, b):
+            assert 1 <= len(ind) <= 5 and len(set(ind)) == len(ind) and all(0 <= i < 15 for i in ind)
+        assert max(sizes) <= 5
+
+
+def test_deterministic_and_leaves_global_random_alone():
+    sketches = np.random.default_rng(3).normal(size=(50, 16))
+    random.seed(123)
+    expected_next = random.Random(123).random()
+    first = genetic_select(sketches, budget=7, population=16, generations=10, seed=5)
+    assert random.random() == expected_next, "the caller's random state is restored"
+    second = genetic_select(sketches, budget=7, population=16, generations=10, seed=5)
+    other = genetic_select(sketches, budget=7, population=16, generations=10, seed=6)
+    assert first[0].tolist() == second[0].tolist() and first[1] == second[1]
+    assert first[1] != other[1]
+
+
+def test_initial_subsets_are_used():
+    norms = _norms(200, seed=2)
+    best = topk_select(norms, 10)
+    selected, history = genetic_select(
+        norms, budget=10, fitness="sum_of_norms", population=8, generations=0, initial=[best]
+    )
+    assert selected.tolist() == best.tolist() and len(history) == 1
+
+
+def test_selection_fitness_formulas():
+    sketches = np.arange(12, dtype=float).reshape(4, 3)
+    norms = np.linalg.norm(sketches, axis=1)
+    assert selection_fitness([1, 3], norms, "sum_of_norms", lam=0.5) == pytest.approx(norms[1] + norms[3] - 1.0)
+    expected = np.linalg.norm(sketches[1] + sketches[3]) - 1.0
+    assert selection_fitness([1, 3], sketches, "norm_of_sum", lam=0.5) == pytest.approx(expected, rel=1e-6)
+
+
+def test_random_and_topk_select():
+    picked = random_select(100, 10, seed=4)
+    assert picked.tolist() == random_select(100, 10, seed=4).tolist() == sorted(set(picked.tolist()))
+    assert len(picked) == 10 and picked.tolist() != random_select(100, 10, seed=5).tolist()
+    assert topk_select(np.array([0.1, 5.0, 0.3, 4.0]), 2).tolist() == [1, 3]
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: genetic_select(_norms(), budget=31, fitness="sum_of_norms"), "budget"),
+        (lambda: genetic_select(_norms(), budget=0, fitness="sum_of_norms"), "budget"),
+        (lambda: genetic_select(_norms(), budget=3), "sketches"),
+        (lambda: genetic_select(np.ones((5, 2)), budget=3, fitness="sum_of_norms"), "norms"),
+        (lambda: genetic_select(_norms(), budget=3, fitness="max"), "fitness"),
+        (lambda: genetic_select(_norms(), budget=3, fitness="sum_of_norms", population=1), "population"),
+        (lambda: genetic_select(_norms(), budget=3, fitness="sum_of_norms", tournament_size=99), "tournament_size"),
+        (lambda: genetic_select(_norms(), budget=3, fitness="sum_of_norms", cx_prob=1.5), "cx_prob"),
+        (lambda: genetic_select(_norms(), budget=3, fitness="sum_of_norms", lam=-1), "lam"),
+        (lambda: genetic_select(np.array([1.0, np.nan]), budget=1, fitness="sum_of_norms"), "finite"),
+        (lambda: genetic_select(np.array([1.0, -1.0]), budget=1, fitness="sum_of_norms"), "non-negative"),
+        (lambda: genetic_select(_norms(), budget=3, fitness="sum_of_norms", guided=2.0), "guided"),
+        (lambda: genetic_select(_norms(), budget=3, fitness="sum_of_norms", initial=[[0, 0]]), "initial"),
+        (lambda: selection_fitness([0, 0], _norms(), "sum_of_norms"), "duplicates"),
+        (lambda: random_select(5, 6), "budget"),
+    ],
+)
+def test_bad_parameters_raise_naming_them(call, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        call()
