@@ -153,13 +153,13 @@ def tiled_forward(
 
     boxes = [(top, left) for top in starts(h) for left in starts(w)]
     th, tw = min(tile, h), min(tile, w)
-    patches = torch.stack([x[..., t : t + th, l : l + tw] for t, l in boxes], dim=1)  # (N, T, C, th, tw)
+    patches = torch.stack([x[..., t : t + th, c : c + tw] for t, c in boxes], dim=1)  # (N, T, C, th, tw)
     flat = patches.flatten(0, 1)
     outs = torch.cat([fn(flat[i : i + tile_batch]) for i in range(0, flat.shape[0], tile_batch)])
     outs = outs.view(n, len(boxes), *outs.shape[1:])
     out = x.new_zeros(n, outs.shape[2], h * scale, w * scale, dtype=outs.dtype)
     weight = x.new_zeros(1, 1, h * scale, w * scale, dtype=outs.dtype)
-    for k, (t, l) in enumerate(boxes):
-        out[..., t * scale : (t + th) * scale, l * scale : (l + tw) * scale] += outs[:, k]
-        weight[..., t * scale : (t + th) * scale, l * scale : (l + tw) * scale] += 1
+    for k, (t, c) in enumerate(boxes):
+        out[..., t * scale : (t + th) * scale, c * scale : (c + tw) * scale] += outs[:, k]
+        weight[..., t * scale : (t + th) * scale, c * scale : (c + tw) * scale] += 1
     return out / weight

@@ -126,7 +126,9 @@ def _run_partial(model, lr, hr, eps=EPS):
 
 
 def _run_universal(model, lr, hr, eps=EPS):
-    attack = UniversalAttack(model, eps, steps=20, crop_size=LR_SIZE, random_start=True, progress=False, seed=0)
+    attack = UniversalAttack(
+        model, eps, steps=20, crop_size=LR_SIZE, random_start=True, progress=False, seed=0
+    )
     return attack.fit(lr)(lr), None
 
 
@@ -189,7 +191,9 @@ def test_partial_perturbation_is_zero_outside_its_mask(trained, batch):
 def test_universal_perturbation_is_one_bounded_pattern_for_all_images(trained, photos, batch):
     lr, _ = batch
     bigger, _ = _crops(photos, 3, torch.Generator().manual_seed(5), hr_size=48)  # 24 px LR
-    attack = UniversalAttack(trained, EPS, steps=10, crop_size=LR_SIZE, random_start=True, progress=False, seed=0)
+    attack = UniversalAttack(
+        trained, EPS, steps=10, crop_size=LR_SIZE, random_start=True, progress=False, seed=0
+    )
     attack.fit(lr)
     delta = attack.perturbation
     assert delta.shape == (1, 3, LR_SIZE, LR_SIZE)
@@ -209,7 +213,9 @@ def test_universal_perturbation_is_one_bounded_pattern_for_all_images(trained, p
 
     # A loader of dict batches gives the same perturbation as the tensor.
     loader = [{"lr": lr[:2]}, {"lr": lr[2:]}]
-    again = UniversalAttack(trained, EPS, steps=10, crop_size=LR_SIZE, random_start=True, progress=False, seed=0)
+    again = UniversalAttack(
+        trained, EPS, steps=10, crop_size=LR_SIZE, random_start=True, progress=False, seed=0
+    )
     assert torch.allclose(again.fit(loader).perturbation, delta, atol=TOL)
     with pytest.raises(ValueError, match="smaller"):
         attack(lr[..., :8, :8])
@@ -430,7 +436,16 @@ def test_attack_metrics_keys_and_conventions(trained, batch):
     metrics = attack_metrics(
         trained, lr, adv, hr=hr, crop_border=SCALE, lpips=lambda a, b: (a - b).abs().flatten(1).mean(1)
     )
-    expected = {"lr_psnr", "sr_psnr", "sr_ssim", "hr_psnr", "hr_ssim", "clean_hr_psnr", "sr_lpips", "hr_lpips"}
+    expected = {
+        "lr_psnr",
+        "sr_psnr",
+        "sr_ssim",
+        "hr_psnr",
+        "hr_ssim",
+        "clean_hr_psnr",
+        "sr_lpips",
+        "hr_lpips",
+    }
     assert set(metrics) == expected
     assert all(v.shape == (lr.shape[0],) for v in metrics.values())
     # An 8/255 L_inf budget caps the 8-bit LR error at 8 levels: PSNR >= 20 log10(255 / 8).
@@ -500,4 +515,3 @@ def test_bad_inputs_raise(bicubic, batch):
         UniversalAttack(bicubic, EPS, 2, reference="hr")(lr)
     with pytest.raises(ValueError, match="target"):
         TargetedAttack(bicubic, EPS, 2)(lr)
-

@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from datamodules import DataError, DIV2KDataModule, EmbeddedPhotosDataModule, HRFolderDataModule, SRPairDataset
+from datamodules import (
+    DataError,
+    DIV2KDataModule,
+    EmbeddedPhotosDataModule,
+    HRFolderDataModule,
+    SRPairDataset,
+)
 from datamodules.datasets import folder_records
 from lit_sr.io import ImageReadError, write_image
 from lit_sr.ops import imresize

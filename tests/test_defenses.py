@@ -42,7 +42,9 @@ def single_thread():
 def _photos() -> list[torch.Tensor]:
     # Downscaled photos put more texture into a 32 px crop.
     return [
-        imresize(torch.from_numpy(np.ascontiguousarray(load())).permute(2, 0, 1).float() / 255, 0.25).clamp(0, 1)
+        imresize(torch.from_numpy(np.ascontiguousarray(load())).permute(2, 0, 1).float() / 255, 0.25).clamp(
+            0, 1
+        )
         for load in (skdata.astronaut, skdata.coffee, skdata.chelsea, skdata.rocket)
     ]
 
@@ -140,9 +142,10 @@ def test_jpeg_defense_real_codec_with_bpda_and_differentiable_codec(trained, bat
     real = JPEGDefense(trained, quality=50, differentiable=False)
     x = lr.clone().requires_grad_(True)
     out = real.transform(x)
-    reference = torch.stack(
-        decode_jpeg(encode_jpeg(list((lr * 255).round().to(torch.uint8)), quality=50))
-    ).float() / 255
+    reference = (
+        torch.stack(decode_jpeg(encode_jpeg(list((lr * 255).round().to(torch.uint8)), quality=50))).float()
+        / 255
+    )
     assert torch.allclose(out.detach(), reference)
     out.sum().backward()
     assert torch.allclose(x.grad, torch.ones_like(x))  # BPDA: identity backward
@@ -188,7 +191,9 @@ def test_adaptive_attack_beats_the_naive_one(trained, batch, wrap, margin):
         "naive_hr_psnr", "adaptive_hr_psnr", "worst_hr_psnr", "clean_hr_psnr",
     }  # fmt: skip
     assert result["adaptive_sr_psnr"].mean() < result["naive_sr_psnr"].mean() - margin, result
-    assert torch.equal(result["worst_sr_psnr"], torch.minimum(result["naive_sr_psnr"], result["adaptive_sr_psnr"]))
+    assert torch.equal(
+        result["worst_sr_psnr"], torch.minimum(result["naive_sr_psnr"], result["adaptive_sr_psnr"])
+    )
 
 
 def test_attacks_through_a_defense_respect_the_budget_and_the_model_state(trained, batch):
