@@ -1,0 +1,55 @@
+"""Backdoor poisoning of SR training data: triggers, poisoned HR labels, sample selection, ASR.
+
+Implements BadSR (Guo et al., "BadSR: Stealthy Label Backdoor Attacks on Image Super-Resolution",
+arXiv 2505.15308) on any ``nn.Module``; nothing here depends on Lightning.
+
+* :mod:`~lit_sr.poison.triggers`: BadNet, Blend, SIG, WaNet and BadSR's adversarial trigger.
+* :mod:`~lit_sr.poison.poisoned_hr`: feature-aligned poisoned HR labels (Eq. 13).
+* :mod:`~lit_sr.poison.gradients`: per-sample backdoor gradient norms and sketches (torch.func).
+* :mod:`~lit_sr.poison.selection`: genetic (DEAP), random and top-k selection of poisoned samples.
+* :mod:`~lit_sr.poison.asr`: attack success rates and stealth figures.
+"""
+
+from lit_sr.poison.asr import ASRResult, feature_asr, pixel_asr, stealth
+from lit_sr.poison.gradients import (
+    naive_per_sample_grad_norms,
+    naive_per_sample_grad_stats,
+    per_sample_grad_stats,
+    sketch_vectors,
+)
+from lit_sr.poison.poisoned_hr import FeatureExtractor, make_poisoned_hr, resize_target
+from lit_sr.poison.selection import genetic_select, random_select, selection_fitness, topk_select
+from lit_sr.poison.triggers import (
+    SIG,
+    AdversarialTrigger,
+    BadNet,
+    Blend,
+    Trigger,
+    WaNet,
+    build_trigger,
+)
+
+__all__ = [
+    "ASRResult",
+    "AdversarialTrigger",
+    "BadNet",
+    "Blend",
+    "FeatureExtractor",
+    "SIG",
+    "Trigger",
+    "WaNet",
+    "build_trigger",
+    "feature_asr",
+    "genetic_select",
+    "make_poisoned_hr",
+    "naive_per_sample_grad_norms",
+    "naive_per_sample_grad_stats",
+    "per_sample_grad_stats",
+    "pixel_asr",
+    "random_select",
+    "resize_target",
+    "selection_fitness",
+    "sketch_vectors",
+    "stealth",
+    "topk_select",
+]
