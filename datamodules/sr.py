@@ -53,6 +53,23 @@ def _fit(hw, max_side: int) -> tuple[int, int]:
     return max(1, round(h * f)), max(1, round(w * f))
 
 
+def tile_records(records: list[ImageRecord], tile: int | None) -> list[ImageRecord]:
+    """Split each image into non-overlapping ``tile`` x ``tile`` HR tiles (edges that don't fill a tile are dropped)."""
+    if tile is None:
+        return records
+    tiles = []
+    for rec in records:
+        hr = rec.read_hr()
+        h, w = hr.shape[-2:]
+        for top in range(0, h - tile + 1, tile):
+            for left in range(0, w - tile + 1, tile):
+                crop = hr[:, top : top + tile, left : left + tile].clone()
+                tiles.append(ImageRecord(name=f"{rec.name}_y{top}_x{left}", hr_tensor=crop))
+    if not tiles:
+        raise ValueError(f"no image is at least {tile}x{tile}: nothing to tile")
+    return tiles
+
+
 class SRDataModule(L.LightningDataModule):
     """Shared loaders and protocol; subclasses say where the train and val images come from.
 
@@ -69,6 +86,11 @@ class SRDataModule(L.LightningDataModule):
         test_sets: ``{name: folder of HR images}`` for ``trainer.test``.
         predict_path: an LR image file or folder for ``trainer.predict``.
         max_val_images: evaluate only the first N validation images (quick runs).
+        train_tile: split every training image into non-overlapping HR tiles of this size, each
+            a sample of its own (small data sets such as the embedded photos then have enough
+            samples to poison a fraction of them). Images are decoded into memory for this.
+        val_tile: the same for validation images (a backdoor implanted at one image size is
+            evaluated at that size).
         seed: seed of crops and augmentation.
     """
 
@@ -86,9 +108,17 @@ class SRDataModule(L.LightningDataModule):
         test_sets: dict[str, str] | None = None,
         predict_path: str | None = None,
         max_val_images: int | None = None,
+        train_tile: int | None = None,
+        val_tile: int | None = None,
         seed: int = 0,
     ):
         super().__init__()
+        for name, tile in (("train_tile", train_tile), ("val_tile", val_tile)):
+            if tile is not None and (tile <= 0 or tile % scale):
+                raise ValueError(f"{name}={tile} must be a positive multiple of scale {scale}")
+        if train_tile is not None and train_tile < patch_size:
+            raise ValueError(f"train_tile={train_tile} is smaller than patch_size={patch_size}")
+        self.train_tile, self.val_tile = train_tile, val_tile
         if patch_size % scale:
             raise ValueError(f"patch_size {patch_size} must be a multiple of scale {scale}")
         self.scale, self.patch_size = scale, patch_size
@@ -124,9 +154,9 @@ class SRDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and self.train_dataset is None:
-            self.train_dataset = self._dataset(self.train_records(), train=True)
+            self.train_dataset = self._dataset(tile_records(self.train_records(), self.train_tile), train=True)
         if stage in (None, "fit", "validate") and self.val_dataset is None:
-            records = self.val_records()
+            records = tile_records(self.val_records(), self.val_tile)
             if self.max_val_images is not None:
                 records = records[: self.max_val_images]
             self.val_dataset = self._dataset(records, train=False)

@@ -125,3 +125,14 @@ def test_embedded_photos_split_and_loaders():
     assert batch["lr"].shape == (4, 3, 8, 8) and 0 <= batch["lr"].min() and batch["hr"].max() <= 1
     val = next(iter(dm.val_dataloader()))
     assert max(val["hr"].shape[-2:]) <= 128 and val["hr"].shape[-1] % 4 == 0
+
+
+def test_tiles_are_samples_of_their_own():
+    dm = EmbeddedPhotosDataModule(scale=4, patch_size=64, batch_size=4, repeat=1, max_side=128, train_tile=64,
+                                  val_tile=64)
+    dm.setup("fit")
+    n_train = len(dm.train_dataset.records)
+    assert n_train >= 7 * 2 and all(r.hr_tensor.shape == (3, 64, 64) for r in dm.train_dataset.records)
+    assert dm.val_dataset[0]["hr"].shape == (3, 64, 64)
+    with pytest.raises(ValueError, match="train_tile"):
+        EmbeddedPhotosDataModule(scale=4, patch_size=64, train_tile=30)
