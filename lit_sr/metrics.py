@@ -91,19 +91,20 @@ def _gaussian_window(size: int = 11, sigma: float = 1.5, dtype=torch.float64, de
     return torch.outer(g, g)
 
 
-def ssim(
+def ssim_map(
     sr: torch.Tensor, hr: torch.Tensor, crop_border: int = 0, y_channel: bool = False, rounding: bool = True
 ) -> torch.Tensor:
-    """Per-image SSIM (Wang et al. 2004, BasicSR's ``calculate_ssim``), averaged over channels.
+    """The per-window SSIM map, ``(N, C, H' - 10, W' - 10)`` after cropping (valid region only).
 
-    Args are as for :func:`psnr`. The image must be at least 11x11 after cropping.
+    Args are as for :func:`psnr`. Window ``(i, j)`` is centred on pixel ``(i + 5, j + 5)`` of the
+    cropped image. The image must be at least 11x11 after cropping.
     """
     _check_pair(sr, hr)
     a = _prepare(sr, crop_border, y_channel, rounding)
     b = _prepare(hr, crop_border, y_channel, rounding)
     if min(a.shape[-2:]) < 11:
         raise ValueError(f"ssim needs at least 11x11 pixels after cropping, got {tuple(a.shape[-2:])}")
-    n, c = a.shape[:2]
+    c = a.shape[1]
     window = _gaussian_window(device=a.device).expand(c, 1, 11, 11)
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
 
@@ -115,8 +116,17 @@ def ssim(
     sigma1_sq = filt(a * a) - mu1_sq
     sigma2_sq = filt(b * b) - mu2_sq
     sigma12 = filt(a * b) - mu12
-    ssim_map = ((2 * mu12 + c1) * (2 * sigma12 + c2)) / ((mu1_sq + mu2_sq + c1) * (sigma1_sq + sigma2_sq + c2))
-    return ssim_map.flatten(2).mean(dim=2).mean(dim=1)
+    return ((2 * mu12 + c1) * (2 * sigma12 + c2)) / ((mu1_sq + mu2_sq + c1) * (sigma1_sq + sigma2_sq + c2))
+
+
+def ssim(
+    sr: torch.Tensor, hr: torch.Tensor, crop_border: int = 0, y_channel: bool = False, rounding: bool = True
+) -> torch.Tensor:
+    """Per-image SSIM (Wang et al. 2004, BasicSR's ``calculate_ssim``), averaged over channels.
+
+    Args are as for :func:`psnr`. The image must be at least 11x11 after cropping.
+    """
+    return ssim_map(sr, hr, crop_border, y_channel, rounding).flatten(2).mean(dim=2).mean(dim=1)
 
 
 # --------------------------------------------------------------------------- LPIPS

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lit_sr.attacks.base import (
@@ -16,10 +15,9 @@ from lit_sr.attacks.base import (
     model_device,
     resolve_autocast,
 )
-from lit_sr.metrics import masked_psnr, psnr, quantize, rgb_to_y, ssim
+from lit_sr.metrics import masked_psnr, psnr, ssim, ssim_map
 
 _SSIM_WINDOW = 11
-_SSIM_SIGMA = 1.5
 
 
 def _crop(x: torch.Tensor, border: int) -> torch.Tensor:
@@ -63,30 +61,13 @@ def masked_ssim(
             f"masked_ssim needs two (N,C,H,W) tensors of one shape, got {tuple(sr.shape)} and {tuple(hr.shape)}"
         )
     mask = _crop(_check_mask(mask, sr), crop_border)
-    a, b = _crop(quantize(sr), crop_border), _crop(quantize(hr), crop_border)
-    if y_channel:
-        a, b = rgb_to_y(a), rgb_to_y(b)
-    if min(a.shape[-2:]) < _SSIM_WINDOW:
-        raise ValueError(f"masked_ssim needs at least 11x11 pixels after cropping, got {tuple(a.shape[-2:])}")
-    channels = a.shape[1]
-    coords = torch.arange(_SSIM_WINDOW, dtype=a.dtype, device=a.device) - (_SSIM_WINDOW - 1) / 2
-    g = torch.exp(-(coords**2) / (2 * _SSIM_SIGMA**2))
-    window = torch.outer(g, g) / g.sum() ** 2
-    window = window.expand(channels, 1, _SSIM_WINDOW, _SSIM_WINDOW)
-
-    def filt(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, window, groups=channels)
-
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    mu1, mu2 = filt(a), filt(b)
-    var1, var2, cov = filt(a * a) - mu1 * mu1, filt(b * b) - mu2 * mu2, filt(a * b) - mu1 * mu2
-    ssim_map = ((2 * mu1 * mu2 + c1) * (2 * cov + c2)) / ((mu1 * mu1 + mu2 * mu2 + c1) * (var1 + var2 + c2))
+    smap = ssim_map(sr, hr, crop_border=crop_border, y_channel=y_channel)
     half = _SSIM_WINDOW // 2
-    centres = mask[..., half:-half, half:-half].expand(a.shape[0], 1, *ssim_map.shape[-2:])
+    centres = mask[..., half:-half, half:-half].expand(smap.shape[0], 1, *smap.shape[-2:])
     count = centres.flatten(1).sum(dim=1)
     if bool((count == 0).any()):
         raise ValueError("masked_ssim: the mask leaves no valid 11x11 window for at least one image")
-    return (ssim_map.mean(dim=1, keepdim=True) * centres).flatten(1).sum(dim=1) / count
+    return (smap.mean(dim=1, keepdim=True) * centres).flatten(1).sum(dim=1) / count
 
 
 def _psnr(
