@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(PY) train.py fit --config configs/quickstart.yaml
 
 test: $(STAMP)
-	$(PY) -m pytest tests -x -q --durations=15
+	$(PY) -m pytest tests -x --durations=15
 
 lint: $(STAMP)
 	$(PY) -m ruff check lit_sr datamodules callbacks tests benchmarks train.py
