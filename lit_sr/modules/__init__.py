@@ -1,5 +1,6 @@
 """LightningModules of lit-sr."""
 
+from lit_sr.modules.gan_module import GANSRModule as GANSRModule  # explicit re-export
 from lit_sr.modules.sr_module import SRModule
 
 __all__ = ["SRModule"]

@@ -118,8 +118,9 @@ class SRModule(L.LightningModule):
         self.bicubic_metrics = nn.ModuleDict({k: MeanMetric() for k in EVAL_METRICS})
         self.test_metrics = nn.ModuleDict()
         self._bicubic_logged = False
-        # Kept out of the module tree so that state_dict keys stay BasicSR's.
-        self._compiled = torch.compile(self.net) if compile else None
+        self._ema_step = -1
+        # Kept out of the module tree (object.__setattr__) so that state_dict keys stay BasicSR's.
+        object.__setattr__(self, "_compiled", torch.compile(self.net) if compile else None)
 
     # ------------------------------------------------------------------ forward
     def _prepare_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -136,9 +137,10 @@ class SRModule(L.LightningModule):
     @torch.no_grad()
     def super_resolve(self, lr: torch.Tensor) -> torch.Tensor:
         """Evaluation forward (EMA weights, tiled when ``tile`` is set), clamped to [0, 1]."""
+        # Eager on purpose: evaluation images vary in size and would make a compiled net recompile.
         net = self.eval_net()
-        fn = (lambda x: net(self._prepare_input(x))) if net is not self.net else self.forward
-        sr = tiled_forward(fn, lr, self.scale, self.hparams.tile, self.hparams.tile_overlap)
+        sr = tiled_forward(lambda x: net(self._prepare_input(x)), lr, self.scale, self.hparams.tile,
+                           self.hparams.tile_overlap)
         return sr.float().clamp(0, 1)
 
     # ------------------------------------------------------------------ training
@@ -149,7 +151,9 @@ class SRModule(L.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.net_ema is not None:
+        # Once per optimiser step, not per micro-batch when gradients are accumulated.
+        if self.net_ema is not None and self.trainer.global_step != self._ema_step:
+            self._ema_step = self.trainer.global_step
             update_ema(self.net_ema, self.net, self.hparams.ema_decay)
 
     def configure_optimizers(self):
