@@ -39,6 +39,11 @@ class SRImageLogger(L.Callback):
         super().__init__()
         self.num_images, self.every_n_epochs, self.save_png = num_images, every_n_epochs, save_png
         self._shown = 0
+        self._log_dir: str | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # trainer.log_dir broadcasts from rank 0 under DDP, so read it here, where every rank is.
+        self._log_dir = trainer.log_dir
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._shown = 0
@@ -60,5 +65,5 @@ class SRImageLogger(L.Callback):
         experiment = getattr(trainer.logger, "experiment", None)
         if experiment is not None and hasattr(experiment, "add_image"):
             experiment.add_image(f"val_images/{k}", row, global_step=trainer.global_step)
-        if self.save_png and trainer.log_dir:
-            write_image(row, Path(trainer.log_dir) / "images" / f"epoch{trainer.current_epoch:04d}_{k}.png")
+        if self.save_png and self._log_dir:
+            write_image(row, Path(self._log_dir) / "images" / f"epoch{trainer.current_epoch:04d}_{k}.png")

@@ -26,6 +26,7 @@ class RunSummary(L.Callback):
     """
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        log_dir = trainer.log_dir or "."  # collective under DDP: read on every rank
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         bicubic = getattr(pl_module, "bicubic_reference", None) or {}
         rows = []
@@ -40,7 +41,6 @@ class RunSummary(L.Callback):
         if not trainer.is_global_zero:
             return
         text = format_table(rows, ("val metric", "model", "bicubic", "gain"))
-        log_dir = trainer.log_dir or "."
         rank_zero_info(f"\n{text}\n\nTensorBoard:  tensorboard --logdir {Path(log_dir).parent}\n")
         with atomic_write(Path(log_dir) / "summary.json") as tmp:
             tmp.write_text(json.dumps({"val": metrics}, indent=2))

@@ -223,5 +223,6 @@ class SRModule(L.LightningModule):
         return save_weights(self.net, path, ema_model=self.net_ema)
 
     def on_fit_end(self) -> None:
-        if self.hparams.export_weights and self.trainer.is_global_zero and self.trainer.log_dir:
-            self.export(Path(self.trainer.log_dir) / "weights.pth")
+        log_dir = self.trainer.log_dir  # a collective call under DDP: every rank must make it
+        if self.hparams.export_weights and self.trainer.is_global_zero and log_dir:
+            self.export(Path(log_dir) / "weights.pth")

@@ -1,0 +1,205 @@
+"""Per-sample backdoor gradients: torch.func (vmap over grad) against a one-backward-per-sample loop,
+and the genetic selection's time on large candidate pools.
+
+Part 1, in one run on the same model and inputs: :func:`lit_sr.poison.per_sample_grad_stats`
+(``functional_call`` + ``vmap(grad)``, ``--chunk-size`` samples per call) against
+:func:`lit_sr.poison.naive_per_sample_grad_stats` (one forward and backward per sample), both
+computing the gradient norm and a ``--sketch-dim`` count sketch per sample, as the
+BackdoorGradientCallback does. The network is EDSR-baseline x4 (``build_arch("edsr")``: 64
+features, 16 blocks, 1.5 M parameters, randomly initialised -- the speed does not depend on the
+weights) on ``--lr-size`` 48 px LR inputs and 192 px targets (random tensors in [0, 1], seeded).
+Reported: samples/s of each, the ratio, the largest relative difference of the norms (vmap vs
+loop), and on CUDA the peak memory. With ``--bf16`` both run again under bfloat16 autocast, and
+the bf16 norms are also compared with the fp32 ones (column "vs fp32"). One warm-up chunk /
+sample per method is excluded, the best of ``--repeats`` timed runs counts, and CUDA is
+synchronised around each.
+
+Part 2: :func:`lit_sr.poison.genetic_select` (population 50, 100 generations: the defaults) on
+random sketches ``(N, --sketch-dim)`` for pools of 1,000 and 10,000 candidates and a budget of 10%,
+for both fitness functions; with the fitness of top-k by norm and of a random subset for scale.
+
+    python benchmarks/backdoor_gradients.py --device cuda --bf16 --out backdoor_gradients.json
+    python benchmarks/backdoor_gradients.py --device cpu --quick   # tiny EDSR, few samples
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from datetime import date
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lit_sr.archs import build_arch, count_parameters
+from lit_sr.io import atomic_write
+from lit_sr.poison import (
+    genetic_select,
+    naive_per_sample_grad_stats,
+    per_sample_grad_stats,
+    random_select,
+    selection_fitness,
+    topk_select,
+)
+
+QUICK_EDSR = {"num_feat": 16, "num_block": 2}
+
+
+def machine_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU model and the thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip() + f" ({torch.get_num_threads()} threads)"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device, repeats: int = 1) -> tuple[float, tuple, float | None]:
+    """Best seconds of ``repeats`` calls of ``fn``, its last result, and the peak CUDA memory (GiB)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        synchronise(device)
+        start = time.perf_counter()
+        out = fn()
+        synchronise(device)
+        best = min(best, time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return best, out, peak
+
+
+def gradient_rows(args, model, lr, hr, device) -> list[dict]:
+    """vmap against the loop, in fp32 and (``--bf16``) under bf16 autocast."""
+    n_naive = min(args.naive_samples or args.samples, args.samples)
+    rows = []
+    modes = [("fp32", None)] + ([("bf16", torch.bfloat16)] if args.bf16 else [])
+    ref_fp32 = None
+    for mode, dtype in tqdm(modes, desc="per-sample gradients"):
+        common = dict(sketch_dim=args.sketch_dim, seed=0, autocast_dtype=dtype)
+        # warm-up: one chunk / one sample (kernel selection, vmap tracing, allocator)
+        per_sample_grad_stats(model, lr[: args.chunk_size], hr[: args.chunk_size], chunk_size=args.chunk_size,
+                              **common)
+        naive_per_sample_grad_stats(model, lr[:1], hr[:1], **common)
+        vmap_fn = lambda c=common: per_sample_grad_stats(model, lr, hr, chunk_size=args.chunk_size, **c)  # noqa: E731
+        loop_fn = lambda c=common: naive_per_sample_grad_stats(model, lr[:n_naive], hr[:n_naive], **c)  # noqa: E731
+        t_vmap, (norms, _), mem_vmap = timed(vmap_fn, device, args.repeats)
+        t_loop, (ref, _), mem_loop = timed(loop_fn, device, args.repeats)
+        rel = ((norms[:n_naive] - ref).abs() / ref).max().item()
+        row = {"mode": mode, "samples_vmap": args.samples, "samples_loop": n_naive,
+               "vmap_samples_s": args.samples / t_vmap, "loop_samples_s": n_naive / t_loop,
+               "speedup": (args.samples / t_vmap) / (n_naive / t_loop), "max_rel_diff_norms": rel,
+               "peak_gib_vmap": mem_vmap, "peak_gib_loop": mem_loop}
+        if ref_fp32 is None:
+            ref_fp32 = norms
+        else:
+            row["max_rel_diff_vs_fp32"] = ((norms - ref_fp32).abs() / ref_fp32).max().item()
+        rows.append(row)
+    return rows
+
+
+def selection_rows(args) -> list[dict]:
+    """Time of the genetic search on random sketches for each pool size and fitness."""
+    rows = []
+    jobs = [(n, f) for n in args.pools for f in ("norm_of_sum", "sum_of_norms")]
+    for pool, fitness in tqdm(jobs, desc="genetic selection"):
+        rng = np.random.default_rng(pool)
+        sketches = rng.standard_normal((pool, args.sketch_dim), dtype=np.float32)
+        norms = np.linalg.norm(sketches, axis=1)
+        scores = sketches if fitness == "norm_of_sum" else norms
+        budget = max(1, round(args.budget_rate * pool))
+        start = time.perf_counter()
+        chosen, history = genetic_select(scores, budget, fitness=fitness, population=args.population,
+                                         generations=args.generations, seed=0)
+        seconds = time.perf_counter() - start
+        rows.append({
+            "pool": pool, "budget": budget, "fitness": fitness, "population": args.population,
+            "generations": args.generations, "seconds": seconds,
+            "ms_per_generation": 1000 * seconds / len(history),  # the initial population counts as one
+            "fitness_ga": history[-1],
+            "fitness_topk": selection_fitness(topk_select(norms, budget).tolist(), scores, fitness),
+            "fitness_random": selection_fitness(random_select(pool, budget, seed=0).tolist(), scores, fitness),
+            "size": int(len(chosen)),
+        })
+    return rows
+
+
+def print_tables(info: dict, grad_rows: list[dict], sel_rows: list[dict]) -> None:
+    print(f"\nper-sample backdoor gradients: {info['model']} ({info['params']:,} parameters), "
+          f"{info['lr_size']} px LR -> {info['lr_size'] * 4} px, sketch {info['sketch_dim']}, "
+          f"chunk {info['chunk_size']}, {info['device']} ({info['machine']}), torch {info['torch']}")
+    print(f"{'mode':>5} {'vmap samples/s':>15} {'loop samples/s':>15} {'speed-up':>9} {'max rel diff':>13}"
+          f" {'vs fp32':>9} {'peak GiB vmap/loop':>19}")
+    for r in grad_rows:
+        mem = "-" if r["peak_gib_vmap"] is None else f"{r['peak_gib_vmap']:.2f}/{r['peak_gib_loop']:.2f}"
+        vs_fp32 = f"{r['max_rel_diff_vs_fp32']:.1e}" if "max_rel_diff_vs_fp32" in r else "-"
+        print(f"{r['mode']:>5} {r['vmap_samples_s']:>15.1f} {r['loop_samples_s']:>15.1f} {r['speedup']:>8.2f}x "
+              f"{r['max_rel_diff_norms']:>13.2e} {vs_fp32:>9} {mem:>19}")
+    print(f"\ngenetic selection (population {sel_rows[0]['population']}, {sel_rows[0]['generations']} generations, "
+          f"random sketches of {info['sketch_dim']}, budget {info['budget_rate']:.0%})")
+    print(f"{'pool':>6} {'fitness':>13} {'seconds':>8} {'ms/gen':>7} {'GA':>10} {'top-k':>10} {'random':>10}")
+    for r in sel_rows:
+        print(f"{r['pool']:>6} {r['fitness']:>13} {r['seconds']:>8.2f} {r['ms_per_generation']:>7.1f} "
+              f"{r['fitness_ga']:>10.4g} {r['fitness_topk']:>10.4g} {r['fitness_random']:>10.4g}")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--samples", type=int, default=256, help="candidates scored by the vmap version")
+    p.add_argument("--naive-samples", type=int, default=None, help="candidates of the loop (default: --samples)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs of each method; the best counts")
+    p.add_argument("--chunk-size", type=int, default=16, help="samples per vmap call")
+    p.add_argument("--lr-size", type=int, default=48)
+    p.add_argument("--sketch-dim", type=int, default=2048)
+    p.add_argument("--bf16", action="store_true", help="also run both under bfloat16 autocast")
+    p.add_argument("--pools", type=int, nargs="+", default=[1000, 10000])
+    p.add_argument("--budget-rate", type=float, default=0.1)
+    p.add_argument("--population", type=int, default=50)
+    p.add_argument("--generations", type=int, default=100)
+    p.add_argument("--quick", action="store_true", help="tiny EDSR (16 features, 2 blocks) and 16 samples")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    args = p.parse_args()
+    if args.quick:
+        args.samples, args.chunk_size = min(args.samples, 16), min(args.chunk_size, 8)
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    kwargs = QUICK_EDSR if args.quick else {}
+    model = build_arch("edsr", upscale=4, **kwargs).to(device)
+    g = torch.Generator().manual_seed(0)
+    lr = torch.rand(args.samples, 3, args.lr_size, args.lr_size, generator=g).to(device)
+    hr = torch.rand(args.samples, 3, 4 * args.lr_size, 4 * args.lr_size, generator=g).to(device)
+    info = {"model": "EDSR x4 " + ("(16x2, --quick)" if args.quick else "baseline (64x16)"),
+            "params": count_parameters(model), "lr_size": args.lr_size, "sketch_dim": args.sketch_dim,
+            "chunk_size": args.chunk_size, "device": str(device), "machine": machine_name(device),
+            "torch": torch.__version__, "budget_rate": args.budget_rate, "date": date.today().isoformat(),
+            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn_tf32": torch.backends.cudnn.allow_tf32,
+            "args": vars(args)}
+    grad_rows = gradient_rows(args, model, lr, hr, device)
+    sel_rows = selection_rows(args)
+    print_tables(info, grad_rows, sel_rows)
+    if args.out:
+        with atomic_write(args.out) as tmp:
+            tmp.write_text(json.dumps({**info, "gradients": grad_rows, "selection": sel_rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,352 @@
+"""BackdoorGradientCallback and GeneticSelectionCallback inside real ``Trainer.fit`` runs.
+
+A tiny randomly initialised EDSR (8 features, 1 block, x2) trains on a stand-in poisoned data
+module defined here (random 16 px LR tiles; exactly the members of PoisonedSRDataModule the
+callbacks use), so these tests don't depend on the real poisoned data module. Run as a script
+(``--ddp-worker OUT``) the file is also the 2-process gloo DDP fit used by the DDP test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from callbacks import BackdoorGradientCallback, GeneticSelectionCallback
+from callbacks.backdoor_gradients import to_pool_order
+from lit_sr.modules import SRModule
+from lit_sr.poison import naive_per_sample_grad_stats, random_select, selection_fitness, topk_select
+
+ROOT = Path(__file__).resolve().parents[1]
+N_TRAIN = 16
+POOL = [0, 1, 3, 4, 5, 7, 8, 9, 11, 12, 14, 15]  # 12 candidates, not range(12): positions != pool indices
+BUDGET = 4
+SKETCH_DIM = 64
+
+
+# --------------------------------------------------------------------------- stand-in data module
+class _PairDataset(Dataset):
+    def __init__(self, module: StandInPoisonedDataModule):
+        self.module = module
+        self.poisoned = set(module.poisoned_indices)  # the set at loader build time
+
+    def __len__(self) -> int:
+        return N_TRAIN
+
+    def __getitem__(self, i: int) -> dict:
+        m, poisoned = self.module, i in self.poisoned
+        lr = m.triggered_lr[i] if poisoned else m.lr[i]
+        hr = m.poisoned_hr[i] if poisoned else m.hr[i]
+        return {"lr": lr, "hr": hr, "index": i, "path": f"sample{i}", "poisoned": poisoned}
+
+
+class StandInPoisonedDataModule(L.LightningDataModule):
+    """Random 16 px LR / 32 px HR pairs; a Blend-like trigger and a half-target poisoned HR.
+
+    Implements the PoisonedSRDataModule members the callbacks use: ``candidate_indices``,
+    ``budget``, ``candidate_batches``, ``set_poisoned_indices``, ``poisoned_indices``. Loaders are
+    rebuilt every epoch (``reload_dataloaders_every_n_epochs=1``) and read the set then.
+    """
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.hr = torch.rand(N_TRAIN, 3, 32, 32, generator=g)
+        self.lr = F.avg_pool2d(self.hr, 2)
+        pattern, target = torch.rand(3, 16, 16, generator=g), torch.rand(3, 32, 32, generator=g)
+        self.triggered_lr = 0.8 * self.lr + 0.2 * pattern
+        # per-sample weights so the candidates' backdoor gradients differ in size
+        w = torch.linspace(0.2, 1.0, N_TRAIN)[torch.randperm(N_TRAIN, generator=g)].view(-1, 1, 1, 1)
+        self.poisoned_hr = (1 - w) * self.hr + w * target
+        self.candidate_indices = list(POOL)
+        self.budget = BUDGET
+        self.poisoned_indices = sorted(POOL[:BUDGET])
+        self.set_calls: list[list[int]] = []
+
+    def set_poisoned_indices(self, indices) -> None:
+        indices = sorted(int(i) for i in indices)
+        bad = [i for i in indices if i not in self.candidate_indices]
+        if bad or len(indices) > self.budget or len(set(indices)) != len(indices):
+            raise ValueError(f"bad poisoned set {indices}")
+        self.poisoned_indices = indices
+        self.set_calls.append(indices)
+
+    def candidate_batches(self, batch_size: int, rank: int = 0, world_size: int = 1):
+        shard = self.candidate_indices[rank::world_size]
+        for start in range(0, len(shard), batch_size):
+            idx = torch.tensor(shard[start : start + batch_size])
+            yield {"lr": self.triggered_lr[idx], "hr": self.poisoned_hr[idx], "index": idx}
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_PairDataset(self), batch_size=4, shuffle=False)
+
+
+# --------------------------------------------------------------------------- probes
+def _state(pl_module, trainer) -> dict:
+    net = pl_module.net
+    return {
+        "params": {n: p.detach().clone() for n, p in net.named_parameters()},
+        "grads": {n: None if p.grad is None else p.grad.clone() for n, p in net.named_parameters()},
+        "requires_grad": {n: p.requires_grad for n, p in net.named_parameters()},
+        "modes": [m.training for m in pl_module.modules()],
+        "optim": copy.deepcopy(trainer.optimizers[0].state_dict()),
+    }
+
+
+class Snapshot(L.Callback):
+    """Placed before the gradient callback: the model's state just before the pass."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.state = _state(pl_module, trainer)
+
+
+class CheckAfterPass(L.Callback):
+    """Placed after both callbacks: the model is untouched, and the norms equal the naive loop's."""
+
+    def __init__(self, snapshot: Snapshot, grads: BackdoorGradientCallback):
+        self.snapshot, self.grads = snapshot, grads
+        self.checked_epochs: list[int] = []
+        self.max_rel_diff = 0.0
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self.grads.epoch != trainer.current_epoch:
+            return
+        before, after = self.snapshot.state, _state(pl_module, trainer)
+        for n in before["params"]:
+            assert torch.equal(before["params"][n], after["params"][n]), n
+            assert (before["grads"][n] is None) == (after["grads"][n] is None), n
+            if before["grads"][n] is not None:
+                assert torch.equal(before["grads"][n], after["grads"][n]), n
+        assert before["requires_grad"] == after["requires_grad"]
+        assert before["modes"] == after["modes"] and all(after["modes"])
+        _assert_optim_equal(before["optim"], after["optim"])
+        # the reference: one backward per candidate, on the same weights, in pool order
+        dm = trainer.datamodule
+        idx = torch.tensor(dm.candidate_indices)
+        ref_norms, ref_sketches = naive_per_sample_grad_stats(pl_module.net, dm.triggered_lr[idx],
+                                                              dm.poisoned_hr[idx], sketch_dim=SKETCH_DIM, seed=5)
+        assert self.grads.indices == dm.candidate_indices
+        torch.testing.assert_close(self.grads.norms, ref_norms, rtol=1e-3, atol=0)
+        torch.testing.assert_close(self.grads.sketches, ref_sketches, rtol=1e-3, atol=1e-5 * float(ref_norms.max()))
+        self.max_rel_diff = max(self.max_rel_diff, float(((self.grads.norms - ref_norms).abs() / ref_norms).max()))
+        self.checked_epochs.append(trainer.current_epoch)
+
+
+def _assert_optim_equal(a: dict, b: dict) -> None:
+    assert a["param_groups"] == b["param_groups"]
+    assert a["state"].keys() == b["state"].keys()
+    for k in a["state"]:
+        for name, value in a["state"][k].items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(b["state"][k][name])), (k, name)
+
+
+class BatchRecorder(L.Callback):
+    """The poisoned flags of the training samples, per epoch."""
+
+    def __init__(self):
+        self.poisoned: dict[int, set[int]] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        flagged = {int(i) for i, p in zip(batch["index"], batch["poisoned"]) if p}
+        self.poisoned.setdefault(trainer.current_epoch, set()).update(flagged)
+
+
+def _module() -> SRModule:
+    torch.manual_seed(0)  # randomly initialised tiny EDSR
+    return SRModule(arch="edsr", arch_kwargs={"num_feat": 8, "num_block": 1}, scale=2, lr=1e-3, scheduler="none",
+                    export_weights=False)
+
+
+def _fit(tmp_path, callbacks, max_epochs: int, data=None, logger=False):
+    data = data or StandInPoisonedDataModule()
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=max_epochs, logger=logger,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        reload_dataloaders_every_n_epochs=1, default_root_dir=str(tmp_path), callbacks=callbacks)
+    trainer.fit(_module(), datamodule=data)
+    return trainer, data
+
+
+# --------------------------------------------------------------------------- tests
+def test_gradient_pass_matches_naive_loop_and_ga_sets_next_epochs_poisoned_set(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    snapshot = Snapshot()
+    grads = BackdoorGradientCallback(batch_size=5, chunk_size=3, sketch_dim=SKETCH_DIM, seed=5)
+    ga = GeneticSelectionCallback(fitness="norm_of_sum", population=12, generations=15, seed=0, seed_with_topk=True)
+    check, recorder = CheckAfterPass(snapshot, grads), BatchRecorder()
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    # the GA callback is listed first: it must make the gradient callback score before searching
+    trainer, data = _fit(tmp_path, [snapshot, ga, grads, check, recorder], max_epochs=3, logger=logger)
+
+    assert check.checked_epochs == [0, 1], "scored after epochs 0 and 1; not after the final epoch"
+    assert len(ga.runs) == 2 and data.set_calls == [r["chosen"] for r in ga.runs]
+    for run in ga.runs:
+        assert 1 <= run["size"] <= BUDGET and len(run["chosen"]) == run["size"]
+        assert set(run["chosen"]) <= set(POOL)
+        assert run["fitness_ga"] >= run["fitness_topk"] - 1e-6 and run["fitness_ga"] >= run["fitness_random"]
+        assert len(run["history"]) == 16 and run["history"][-1] == pytest.approx(run["fitness_ga"], rel=1e-5)
+        assert run["seeded_with_topk"]
+    # the set chosen at the end of epoch E is what epoch E + 1 trains on
+    assert recorder.poisoned[0] == set(POOL[:BUDGET])
+    assert recorder.poisoned[1] == set(ga.runs[0]["chosen"])
+    assert recorder.poisoned[2] == set(ga.runs[1]["chosen"])
+    # logged values are the recomputed fitness of the chosen, random and top-k sets (pool positions)
+    last = ga.results
+    pos = [POOL.index(i) for i in last["chosen"]]
+    assert last["fitness_ga"] == pytest.approx(selection_fitness(pos, grads.sketches, "norm_of_sum"), rel=1e-5)
+    topk = topk_select(grads.norms, BUDGET).tolist()
+    assert last["fitness_topk"] == pytest.approx(selection_fitness(topk, grads.sketches, "norm_of_sum"), rel=1e-5)
+    rand = random_select(len(POOL), BUDGET, seed=last["epoch"]).tolist()
+    assert last["fitness_random"] == pytest.approx(selection_fitness(rand, grads.sketches, "norm_of_sum"), rel=1e-5)
+    metrics = trainer.callback_metrics
+    assert float(metrics["selection/fitness_ga"]) == pytest.approx(last["fitness_ga"], rel=1e-5)
+    assert float(metrics["selection/fitness_ga"]) >= float(metrics["selection/fitness_random"])
+    assert float(metrics["selection/fitness_ga"]) >= float(metrics["selection/fitness_topk"]) - 1e-6
+    assert float(metrics["backdoor_grad/norm_max"]) == pytest.approx(float(grads.norms.max()), rel=1e-5)
+    # outputs: JSON and plot per search, a TensorBoard histogram and the per-generation series
+    sel = Path(trainer.log_dir) / "selection"
+    assert json.loads((sel / "epoch0001.json").read_text())["chosen"] == last["chosen"]
+    assert (sel / "epoch0000.png").stat().st_size > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(trainer.log_dir, size_guidance={"histograms": 0, "scalars": 0}).Reload()
+    assert "backdoor_grad/norms" in events.Tags()["histograms"]
+    series = events.Scalars("selection/best_fitness/epoch001")
+    assert [e.step for e in series] == list(range(16))
+
+
+def test_ga_reaches_topk_under_sum_of_norms_without_seeding(tmp_path):
+    grads = BackdoorGradientCallback(batch_size=12, sketch_dim=None, seed=0, autocast="bf16")
+    ga = GeneticSelectionCallback(gradients=grads, fitness="sum_of_norms", population=20, generations=40, seed=1,
+                                  seed_with_topk=False, save_plot=False)
+    _, data = _fit(tmp_path, [grads, ga], max_epochs=2)
+    run = ga.results
+    expected = sorted(POOL[p] for p in topk_select(grads.norms, BUDGET).tolist())
+    assert not run["seeded_with_topk"]
+    assert run["chosen"] == expected and data.poisoned_indices == expected
+    assert run["fitness_ga"] == pytest.approx(run["fitness_topk"], rel=1e-6)
+    assert run["fitness_ga"] > run["fitness_random"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        ({"every_n_epochs": 0}, ValueError),
+        ({"batch_size": 2.5}, TypeError),
+        ({"loss": "huber"}, ValueError),
+        ({"autocast": "fp16"}, ValueError),
+        ({"params": "conv_first.weight"}, TypeError),
+        ({"sketch_dim": 0}, ValueError),
+    ],
+)
+def test_gradient_callback_validates_arguments(kwargs, error):
+    with pytest.raises(error, match=next(iter(kwargs))):
+        BackdoorGradientCallback(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        ({"fitness": "max_norm"}, ValueError),
+        ({"population": 1}, ValueError),
+        ({"tournament_size": 60}, ValueError),
+        ({"cx_prob": 1.5}, ValueError),
+        ({"gradients": "grads"}, TypeError),
+    ],
+)
+def test_genetic_callback_validates_arguments(kwargs, error):
+    with pytest.raises(error, match=next(iter(kwargs))):
+        GeneticSelectionCallback(**kwargs)
+
+
+def test_setup_errors_name_what_is_missing(tmp_path):
+    class PlainData(L.LightningDataModule):
+        def train_dataloader(self):
+            return StandInPoisonedDataModule().train_dataloader()
+
+    with pytest.raises(TypeError, match="candidate_batches"):
+        _fit(tmp_path, [BackdoorGradientCallback()], max_epochs=2, data=PlainData())
+    with pytest.raises(ValueError, match="exactly one BackdoorGradientCallback"):
+        _fit(tmp_path, [GeneticSelectionCallback()], max_epochs=2)
+    with pytest.raises(ValueError, match="sketch_dim"):
+        _fit(tmp_path, [BackdoorGradientCallback(sketch_dim=None), GeneticSelectionCallback()], max_epochs=2)
+
+
+def test_pool_order_rejects_missing_or_repeated_candidates():
+    norms = torch.tensor([3.0, 1.0, 2.0])
+    out, _, order = to_pool_order([5, 9, 7], norms, None, torch.tensor([9, 7, 5]))
+    assert order == [5, 9, 7] and out.tolist() == [2.0, 3.0, 1.0]
+    with pytest.raises(ValueError, match="exactly once"):
+        to_pool_order([5, 9, 7], norms, None, torch.tensor([9, 9, 5]))
+
+
+# --------------------------------------------------------------------------- DDP
+@pytest.mark.slow
+def test_ddp_ranks_gather_the_same_norms_and_install_the_same_set(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PL_DISABLE_FORK="1")
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--ddp-worker", str(tmp_path)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["world_size"] == r1["world_size"] == 2
+    assert r0["shard"] != r1["shard"] and sorted(r0["shard"] + r1["shard"]) == sorted(POOL), "each rank scored half"
+    assert r0["norms"] == r1["norms"] and r0["indices"] == r1["indices"] == POOL
+    assert r0["max_rel_diff"] < 1e-3 and r1["max_rel_diff"] < 1e-3, "gathered norms sit at the right pool positions"
+    assert r0["chosen"] == r1["chosen"] == r0["poisoned_indices"] == r1["poisoned_indices"]
+    assert r0["epoch1_poisoned"] == sorted(set(r0["chosen"]) & set(r0["epoch1_seen"]))
+    assert r1["epoch1_poisoned"] == sorted(set(r1["chosen"]) & set(r1["epoch1_seen"]))
+
+
+class _DDPReport(L.Callback):
+    def __init__(self, out: Path, grads: BackdoorGradientCallback, ga: GeneticSelectionCallback):
+        self.out, self.grads, self.ga = out, grads, ga
+        self.report: dict = {"max_rel_diff": None, "epoch1_poisoned": set(), "epoch1_seen": set()}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == 1:
+            self.report["epoch1_seen"].update(int(i) for i in batch["index"])
+            self.report["epoch1_poisoned"].update(int(i) for i, p in zip(batch["index"], batch["poisoned"]) if p)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self.grads.epoch != trainer.current_epoch:
+            return
+        dm = trainer.datamodule
+        idx = torch.tensor(dm.candidate_indices)
+        ref, _ = naive_per_sample_grad_stats(pl_module.net, dm.triggered_lr[idx], dm.poisoned_hr[idx], sketch_dim=None)
+        self.report["max_rel_diff"] = float(((self.grads.norms - ref).abs() / ref).max())
+        self.report["shard"] = [int(i) for b in dm.candidate_batches(100, trainer.global_rank, trainer.world_size)
+                                for i in b["index"]]
+
+    def on_fit_end(self, trainer, pl_module):
+        r = self.report
+        r.update(world_size=trainer.world_size, norms=self.grads.norms.tolist(), indices=self.grads.indices,
+                 chosen=self.ga.results["chosen"], poisoned_indices=trainer.datamodule.poisoned_indices,
+                 epoch1_poisoned=sorted(r["epoch1_poisoned"]), epoch1_seen=sorted(r["epoch1_seen"]))
+        (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(r))
+
+
+def _ddp_worker(out: Path) -> None:
+    torch.set_num_threads(1)
+    grads = BackdoorGradientCallback(batch_size=4, sketch_dim=32)
+    ga = GeneticSelectionCallback(population=10, generations=10, save_plot=False)
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        reload_dataloaders_every_n_epochs=1, default_root_dir=str(out),
+                        callbacks=[grads, ga, _DDPReport(out, grads, ga)])
+    trainer.fit(_module(), datamodule=StandInPoisonedDataModule())
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ddp-worker", required=True, type=Path)
+    _ddp_worker(parser.parse_args().ddp_worker)
