@@ -28,11 +28,10 @@ class RunSummary(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         log_dir = trainer.log_dir or "."  # collective under DDP: read on every rank
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-        bicubic = getattr(pl_module, "bicubic_reference", None) or {}
         rows = []
         for name in ("psnr_y", "psnr_rgb", "ssim_y"):
             model_v = metrics.get(f"val/{name}")
-            bic_v = metrics.get(f"val/bicubic_{name}", bicubic.get(name))
+            bic_v = metrics.get(f"val/bicubic_{name}")
             if model_v is None:
                 continue
             fmt = "{:.4f}" if name.startswith("ssim") else "{:.2f}"
