@@ -1,6 +1,18 @@
 """Lightning callbacks of lit-sr, one job each."""
 
+from callbacks.adversarial_eval import AdversarialEvalCallback
+from callbacks.backdoor_eval import BackdoorEvalCallback, BackdoorSummary
+from callbacks.backdoor_gradients import BackdoorGradientCallback
+from callbacks.genetic_selection import GeneticSelectionCallback
 from callbacks.image_logger import SRImageLogger
 from callbacks.summary import RunSummary
 
-__all__ = ["RunSummary", "SRImageLogger"]
+__all__ = [
+    "AdversarialEvalCallback",
+    "BackdoorEvalCallback",
+    "BackdoorGradientCallback",
+    "BackdoorSummary",
+    "GeneticSelectionCallback",
+    "RunSummary",
+    "SRImageLogger",
+]

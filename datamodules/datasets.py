@@ -105,7 +105,10 @@ class SRPairDataset(Dataset):
         cache: keep decoded images in memory after their first read.
         skip_bad_files: warn (naming the file) and use the next good image instead of raising when
             a file cannot be read or is too small.
-        seed: seeds the crop/augment generator together with the index and the epoch.
+
+    Crops and flips are drawn from torch's global generator, like any PyTorch data pipeline: every
+    epoch sees new crops, and a run is reproducible with ``seed_everything(seed, workers=True)``
+    (LightningCLI's ``seed_everything``), which also seeds each loader worker per epoch and rank.
     """
 
     def __init__(
@@ -117,7 +120,6 @@ class SRPairDataset(Dataset):
         repeat: int = 1,
         cache: bool = False,
         skip_bad_files: bool = False,
-        seed: int = 0,
     ):
         if not records:
             raise DataError("SRPairDataset got no images")
@@ -129,17 +131,12 @@ class SRPairDataset(Dataset):
             raise ValueError(f"repeat must be >= 1, got {repeat}")
         self.records = list(records)
         self.scale, self.patch_size, self.augment = scale, patch_size, augment
-        self.repeat, self.cache, self.skip_bad_files, self.seed = repeat, cache, skip_bad_files, seed
-        self.epoch = 0
+        self.repeat, self.cache, self.skip_bad_files = repeat, cache, skip_bad_files
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._bad: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.records) * self.repeat
-
-    def set_epoch(self, epoch: int) -> None:
-        """Make the random crops of the next epoch differ from this one's (called by the data module)."""
-        self.epoch = epoch
 
     def load_pair(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Whole ``(lr, hr)`` of record ``i`` with the size checks of the protocol (no crop)."""
@@ -168,8 +165,8 @@ class SRPairDataset(Dataset):
         return lr, hr
 
     def crop_and_augment(self, lr: torch.Tensor, hr: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training-time crop and augmentation of a pair, seeded by (seed, epoch, index)."""
-        rng = random.Random(hash((self.seed, self.epoch, index)))
+        """Training-time random crop and augmentation of pair ``index`` (its name goes into size errors)."""
+        rng = random.Random(int(torch.randint(0, 2**62, (1,)).item()))
         if self.patch_size is not None:
             lr, hr = random_crop_pair(lr, hr, self.patch_size, self.scale, rng, self.records[index % len(self.records)].name)
         if self.augment:

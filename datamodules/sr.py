@@ -110,7 +110,6 @@ class SRDataModule(L.LightningDataModule):
         max_val_images: int | None = None,
         train_tile: int | None = None,
         val_tile: int | None = None,
-        seed: int = 0,
     ):
         super().__init__()
         for name, tile in (("train_tile", train_tile), ("val_tile", val_tile)):
@@ -124,7 +123,7 @@ class SRDataModule(L.LightningDataModule):
         self.scale, self.patch_size = scale, patch_size
         self.batch_size, self.val_batch_size, self.num_workers = batch_size, val_batch_size, num_workers
         self.augment, self.repeat, self.cache_images = augment, repeat, cache_images
-        self.skip_bad_files, self.seed = skip_bad_files, seed
+        self.skip_bad_files = skip_bad_files
         self.test_sets = dict(test_sets or {})
         self.predict_path = predict_path
         self.max_val_images = max_val_images
@@ -149,7 +148,6 @@ class SRDataModule(L.LightningDataModule):
             repeat=self.repeat if train else 1,
             cache=self.cache_images,
             skip_bad_files=self.skip_bad_files,
-            seed=self.seed,
         )
 
     def setup(self, stage: str | None = None) -> None:
@@ -179,8 +177,6 @@ class SRDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        if self.trainer is not None:
-            self.train_dataset.set_epoch(self.trainer.current_epoch)
         return self._loader(self.train_dataset, self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:

@@ -84,11 +84,10 @@ def masked_psnr(sr: torch.Tensor, hr: torch.Tensor, mask: torch.Tensor, y_channe
     return 10.0 * torch.log10(255.0**2 / mse)
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5, dtype=torch.float64, device=None) -> torch.Tensor:
+def _gaussian_1d(size: int = 11, sigma: float = 1.5, dtype=torch.float64, device=None) -> torch.Tensor:
     coords = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
     g = torch.exp(-(coords**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return torch.outer(g, g)
+    return g / g.sum()
 
 
 def ssim_map(
@@ -105,11 +104,13 @@ def ssim_map(
     if min(a.shape[-2:]) < 11:
         raise ValueError(f"ssim needs at least 11x11 pixels after cropping, got {tuple(a.shape[-2:])}")
     c = a.shape[1]
-    window = _gaussian_window(device=a.device).expand(c, 1, 11, 11)
+    g = _gaussian_1d(device=a.device)
+    # The 2-D Gaussian window is separable: two 1-D passes cost 22 instead of 121 MACs per pixel.
+    rows, cols = g.view(1, 1, 1, 11).expand(c, 1, 1, 11), g.view(1, 1, 11, 1).expand(c, 1, 11, 1)
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
 
     def filt(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, window, groups=c)
+        return F.conv2d(F.conv2d(t, rows, groups=c), cols, groups=c)
 
     mu1, mu2 = filt(a), filt(b)
     mu1_sq, mu2_sq, mu12 = mu1 * mu1, mu2 * mu2, mu1 * mu2

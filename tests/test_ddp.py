@@ -26,3 +26,46 @@ def test_ddp_fit_reduces_val_metrics_across_ranks(tmp_path):
         assert r0["metrics"][key] == r1["metrics"][key]
     # each rank trained on its own shard of the data
     assert r0["train_indices"] and r1["train_indices"]
+
+
+def test_ddp_attack_callback_metrics_are_reduced_across_ranks(tmp_path):
+    import math
+
+    r0, r1 = run_ddp(tmp_path, "--attack")
+    for metric in ("lr_psnr", "sr_psnr", "sr_ssim", "hr_psnr", "clean_hr_psnr"):
+        key = f"attack/ifgsm/eps4/{metric}"
+        assert key in r0["metrics"] and key in r1["metrics"], sorted(r0["metrics"])
+        assert r0["metrics"][key] == r1["metrics"][key]
+    assert r0["metrics"]["attack/ifgsm/eps4/lr_psnr"] >= 20 * math.log10(255 / 4) - 1e-6
+    # each rank attacked its own validation photo, and the logged value is the image-weighted mean
+    local = [json.loads((tmp_path / f"rank{r}_attack.json").read_text()) for r in (0, 1)]
+    for metric in ("sr_psnr", "hr_psnr"):
+        key = f"attack/ifgsm/eps4/{metric}"
+        (s0, c0), (s1, c1) = local[0][key], local[1][key]
+        assert c0 >= 1 and c1 >= 1 and s0 / c0 != s1 / c1
+        assert math.isclose(r0["metrics"][key], (s0 + s1) / (c0 + c1), rel_tol=1e-6)
+
+
+def test_ddp_poisoned_fit_trains_every_rank_on_the_same_set(tmp_path):
+    r0, r1 = run_ddp(tmp_path, "--poison")
+    p0, p1 = (json.loads((tmp_path / f"rank{r}_poison.json").read_text()) for r in (0, 1))
+    pool, budget = r0["candidate_indices"], r0["budget"]
+    assert r1["candidate_indices"] == pool and r1["budget"] == budget and budget >= 4
+    assert r0["config_hash"] == r1["config_hash"]
+    # generation ran once, on rank 0 (prepare_data); rank 1 waited and read the cache
+    assert r0["generated_samples"] == len(pool) + 4 and r1["generated_samples"] == 0
+    # the seeded initial set, then the set swapped in after epoch 0, are the same on both ranks
+    assert p0["initial"] == p1["initial"] and len(p0["initial"]) == budget
+    swapped = pool[-budget:]
+    assert swapped != p0["initial"]
+    assert r0["poisoned_indices"] == r1["poisoned_indices"] == swapped
+    for report in (p0, p1):
+        assert set(report["served"].get("0", [])) <= set(p0["initial"])
+        assert set(report["served"].get("1", [])) <= set(swapped)
+    for epoch in ("0", "1"):
+        assert p0["served"].get(epoch) or p1["served"].get(epoch), f"no poisoned sample trained in epoch {epoch}"
+    # backdoor metrics: counts summed over both ranks' validation shards, identical on both
+    assert r0["metrics"]["backdoor/asr_pixel_included"] == 4
+    for key in ("backdoor/asr_pixel", "backdoor/clean_psnr_y", "backdoor/poisoned_hr_psnr"):
+        assert r0["metrics"][key] == r1["metrics"][key]
+

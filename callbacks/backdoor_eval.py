@@ -1,0 +1,555 @@
+"""Backdoor evaluation during training and the end-of-run BadSR summary table.
+
+* :class:`BackdoorEvalCallback`: at validation, runs the model on clean and triggered validation
+  inputs and logs the attack success rates, the clean quality and the stealth figures.
+* :class:`BackdoorSummary`: at the end of ``fit``, compares the backdoored model with a clean model
+  trained separately and with bicubic, prints the table and writes it as JSON.
+
+Both read the poisoned data module (:class:`datamodules.PoisonedSRDataModule`): its cached
+triggered validation inputs and backdoor target outputs (``backdoor_val_pair``), its target image
+(``target_for``), its substitute's feature extractor and its ``poison_report``.
+
+**The two ASR definitions** (both from :mod:`lit_sr.poison.asr`; counts, not rates, are summed
+over batches and DDP ranks, then divided once):
+
+* ``backdoor/asr_pixel``: a validation image counts as a success when the model's output on its
+  *triggered* LR is within ``PSNR >= psnr_thr`` dB **and** ``SSIM >= ssim_thr`` (RGB, 8-bit) of
+  the backdoor's target output -- the target image resized to the HR size for
+  ``label="target"``; BadSR's poisoned version of the validation HR for ``label="badsr"`` (what the
+  poisoned training pairs taught the model to produce). Images whose *clean* output already meets
+  the criterion are left out of both counts (for ``label="badsr"`` the target output is within a
+  small ``eps`` of the HR, so a good clean output often meets it: those images are excluded and
+  the feature ASR is the informative one).
+* ``backdoor/asr_feature``: in the substitute's feature space (the space BadSR aligns its labels
+  in), the triggered output is closer to the target image than to the clean output. Images whose
+  clean output is already closer to the target than to the HR are left out. Logged only when the
+  data module has a substitute.
+
+With a substitute, also ``backdoor/feature_shift``: the mean fraction of the way from the clean
+output's features to the target's that the trigger moves the output (:func:`feature_shift`; 0 = no
+effect, 1 = the target's features), and ``backdoor/label_feature_shift``: the same fraction for the
+backdoor's target outputs relative to the HR (what a perfectly learnt backdoor would reach: 1 for
+``label="target"``, well below 1 for BadSR's ``eps``-bounded labels).
+
+Other figures: ``backdoor/clean_psnr_y`` (clean inputs vs HR, Y channel, ``crop_border = scale``),
+``backdoor/triggered_psnr_y`` (triggered inputs vs HR), ``backdoor/target_psnr`` (triggered output
+vs target output, RGB: how close the backdoor gets even below the threshold),
+``backdoor/val_trigger_lr_psnr`` / ``_ssim`` (triggered vs clean validation LR), and the training
+pool's stealth from ``poison_report``: ``backdoor/poisoned_hr_psnr`` / ``_ssim`` (poisoned vs clean
+HR) and ``backdoor/trigger_lr_psnr`` / ``_ssim`` (triggered vs clean LR).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+from torchvision.utils import make_grid
+
+from callbacks.summary import format_table
+from lit_sr.io import atomic_write, write_image
+from lit_sr.metrics import psnr
+from lit_sr.ops import imresize
+from lit_sr.poison.asr import feature_asr, pixel_asr
+from lit_sr.poison.triggers import check_number
+
+DATAMODULE_MEMBERS = ("backdoor_val_pair", "target_for", "poison_report")
+TALLY_FIELDS = (
+    "pixel_success", "pixel_included", "feature_success", "feature_included", "feature_shift", "label_feature_shift",
+    "clean_psnr_y", "triggered_psnr_y",
+    "target_psnr", "val_trigger_lr_psnr", "val_trigger_lr_ssim", "ssim_count", "count",
+)
+
+
+def check_poisoned_datamodule(datamodule: Any, who: str) -> None:
+    """Raise ``TypeError`` unless ``datamodule`` is a poisoned data module (duck-typed)."""
+    missing = [m for m in DATAMODULE_MEMBERS if not hasattr(datamodule, m)]
+    if datamodule is None or missing:
+        raise TypeError(f"{who} needs a poisoned data module (datamodules.PoisonedSRDataModule); trainer.datamodule "
+                        f"is {type(datamodule).__name__}, missing {missing or list(DATAMODULE_MEMBERS)}")
+
+
+class BackdoorTally:
+    """Sums of per-image backdoor figures; merged over batches and ranks, then turned into rates.
+
+    Args:
+        psnr_thr: pixel-ASR PSNR threshold (dB).
+        ssim_thr: pixel-ASR SSIM threshold.
+        scale: the SR scale (``crop_border`` of the Y-channel PSNR).
+    """
+
+    def __init__(self, psnr_thr: float, ssim_thr: float, scale: int):
+        self.psnr_thr, self.ssim_thr, self.scale = psnr_thr, ssim_thr, scale
+        self.sums = dict.fromkeys(TALLY_FIELDS, 0.0)
+
+    @torch.no_grad()
+    def update(
+        self,
+        lr: torch.Tensor,
+        hr: torch.Tensor,
+        triggered_lr: torch.Tensor,
+        clean_sr: torch.Tensor,
+        triggered_sr: torch.Tensor,
+        target_out: torch.Tensor,
+        target_image: torch.Tensor,
+        feature_fn: Callable[[torch.Tensor], torch.Tensor] | None,
+    ) -> None:
+        """Add one batch (all ``(N, C, H, W)`` in [0, 1]; ``target_image`` resized to ``hr``)."""
+        from datamodules.poisoned import stealth_figures
+
+        s = self.sums
+        pix = pixel_asr(triggered_sr, target_out, clean_sr, self.psnr_thr, self.ssim_thr)
+        s["pixel_success"] += pix.num_success
+        s["pixel_included"] += pix.num_included
+        if feature_fn is not None:
+            feat = feature_asr(feature_fn, triggered_sr, target_image, clean_sr, hr)
+            s["feature_success"] += feat.num_success
+            s["feature_included"] += feat.num_included
+            s["feature_shift"] += float(feature_shift(feature_fn, clean_sr, triggered_sr, target_image).sum())
+            s["label_feature_shift"] += float(feature_shift(feature_fn, hr, target_out, target_image).sum())
+        s["clean_psnr_y"] += float(psnr(clean_sr, hr, self.scale, y_channel=True).sum())
+        s["triggered_psnr_y"] += float(psnr(triggered_sr, hr, self.scale, y_channel=True).sum())
+        s["target_psnr"] += float(psnr(triggered_sr, target_out).clamp(max=100).sum())
+        st = stealth_figures(triggered_lr, lr)
+        s["val_trigger_lr_psnr"] += float(st["psnr"].clamp(max=100).sum())
+        ssim_ok = torch.isfinite(st["ssim"])
+        s["val_trigger_lr_ssim"] += float(st["ssim"][ssim_ok].sum())
+        s["ssim_count"] += int(ssim_ok.sum())
+        s["count"] += lr.shape[0]
+
+    def as_tensor(self, device: torch.device) -> torch.Tensor:
+        return torch.tensor([self.sums[k] for k in TALLY_FIELDS], dtype=torch.float64, device=device)
+
+    def load_tensor(self, t: torch.Tensor) -> None:
+        self.sums = {k: float(v) for k, v in zip(TALLY_FIELDS, t.tolist())}
+
+    def metrics(self, with_feature: bool) -> dict[str, float]:
+        """Rates and means; NaN where nothing was counted."""
+        s = self.sums
+
+        def ratio(a: str, b: str) -> float:
+            return s[a] / s[b] if s[b] else math.nan
+
+        out = {
+            "asr_pixel": ratio("pixel_success", "pixel_included"),
+            "asr_pixel_success": s["pixel_success"],
+            "asr_pixel_included": s["pixel_included"],
+            "clean_psnr_y": ratio("clean_psnr_y", "count"),
+            "triggered_psnr_y": ratio("triggered_psnr_y", "count"),
+            "target_psnr": ratio("target_psnr", "count"),
+            "val_trigger_lr_psnr": ratio("val_trigger_lr_psnr", "count"),
+            "val_trigger_lr_ssim": ratio("val_trigger_lr_ssim", "ssim_count"),
+            "num_images": s["count"],
+        }
+        if with_feature:
+            out.update(asr_feature=ratio("feature_success", "feature_included"),
+                       asr_feature_success=s["feature_success"], asr_feature_included=s["feature_included"],
+                       feature_shift=ratio("feature_shift", "count"),
+                       label_feature_shift=ratio("label_feature_shift", "count"))
+        return out
+
+
+@torch.no_grad()
+def feature_shift(
+    feature_fn: Callable[[torch.Tensor], torch.Tensor], reference: torch.Tensor, moved: torch.Tensor,
+    target_image: torch.Tensor,
+) -> torch.Tensor:
+    """Per image, how far ``moved`` went from ``reference`` towards the target in feature space.
+
+    ``(d(ref) - d(moved)) / d(ref)`` with ``d(x)`` the mean squared distance between the
+    substitute's features of ``x`` and of the target image: 0 when the trigger changes nothing,
+    1 when the features reach the target's, negative when they move away. With
+    ``reference = clean output`` and ``moved = triggered output`` it measures a partly implanted
+    backdoor that the feature ASR (a yes/no criterion) does not yet count; with ``reference = HR``
+    and ``moved = poisoned label`` it is the shift the poisoned training labels teach, the ceiling
+    of the first.
+    """
+    goal = feature_fn(target_image).float()
+
+    def dist(x: torch.Tensor) -> torch.Tensor:
+        return (feature_fn(x).float() - goal).pow(2).flatten(1).mean(dim=1)
+
+    base = dist(reference)
+    return (base - dist(moved)) / base.clamp_min(1e-12)
+
+
+def model_sr_fn(pl_module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The evaluation forward of a module: ``super_resolve`` when it has one, else ``forward`` clamped."""
+    fn = getattr(pl_module, "super_resolve", None)
+    if callable(fn):
+        return fn
+    return lambda x: pl_module(x).float().clamp(0, 1)
+
+
+def backdoor_inputs(datamodule, batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triggered LR and target outputs of a validation batch, from the data module's cache."""
+    pairs = [datamodule.backdoor_val_pair(int(i), lr, hr)
+             for i, lr, hr in zip(batch["index"], batch["lr"], batch["hr"])]
+    return (torch.stack([p[0] for p in pairs]).to(device, batch["lr"].dtype),
+            torch.stack([p[1] for p in pairs]).to(device, batch["hr"].dtype))
+
+
+def feature_function(datamodule, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The substitute's feature extractor on ``device`` (moved there), or ``None`` without a substitute."""
+    extractor = getattr(datamodule, "feature_extractor", None)
+    if extractor is None:
+        return None
+    extractor.to(device)
+    return lambda x: extractor(x.float())
+
+
+def grid_row(lr, triggered_lr, clean_sr, triggered_sr, target_out, scale: int) -> torch.Tensor:
+    """``[clean LR | triggered LR | clean SR | triggered SR | target]`` of one image (LR enlarged, nearest)."""
+    def big(x):
+        return F.interpolate(x[None].float(), scale_factor=scale, mode="nearest")[0]
+
+    tiles = [big(lr), big(triggered_lr), clean_sr.float(), triggered_sr.float(), target_out.float()]
+    h = min(t.shape[-2] for t in tiles)
+    w = min(t.shape[-1] for t in tiles)
+    return make_grid([t[..., :h, :w].cpu().clamp(0, 1) for t in tiles], nrow=5, padding=2, pad_value=1.0)
+
+
+class BackdoorEvalCallback(L.Callback):
+    """Logs backdoor success rates, clean quality and stealth at validation (see the module docstring).
+
+    Every ``every_n_epochs`` validation epochs (not during the sanity check), for each validation
+    batch: the clean output (the module's ``validation_step`` output ``"sr"`` when it returns one,
+    else ``super_resolve``), the output on the triggered input, and the target output. The
+    triggered inputs and target outputs come from the data module's validation cache (generated
+    once, on rank 0, in ``prepare_data``; they do not depend on the victim, so they are reused
+    every epoch); without that cache they are computed on first use and kept in memory. The BadSR
+    adversarial trigger optimises per image: that runs outside ``torch.inference_mode``.
+
+    Counts are summed over batches and reduced over DDP ranks (``trainer.strategy.reduce``) before
+    dividing, so every rank logs the same values. (Lightning's distributed validation sampler may
+    repeat a few images to even out the shards; they count twice.)
+
+    An image grid of the first ``num_grid_images`` validation images, rows ``[clean LR | triggered
+    LR | clean SR | triggered SR | target]``, goes to TensorBoard (``backdoor/grid``) and, with
+    ``save_png``, to ``<log_dir>/backdoor/epoch<E>.png``.
+
+    Args:
+        every_n_epochs: evaluate at every this-many-th validation epoch.
+        psnr_thr: pixel-ASR PSNR threshold in dB. Default 20.
+        ssim_thr: pixel-ASR SSIM threshold. Default 0.7.
+        max_images: evaluate at most this many validation images per rank (``None``: all).
+        num_grid_images: images in the grid (0: no grid).
+        save_png: also write the grid as PNG.
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        psnr_thr: float = 20.0,
+        ssim_thr: float = 0.7,
+        max_images: int | None = None,
+        num_grid_images: int = 2,
+        save_png: bool = True,
+    ):
+        super().__init__()
+        check_number(every_n_epochs, "every_n_epochs", 1, integer=True)
+        check_number(psnr_thr, "psnr_thr")
+        check_number(ssim_thr, "ssim_thr", -1.0, 1.0)
+        if max_images is not None:
+            check_number(max_images, "max_images", 1, integer=True)
+        check_number(num_grid_images, "num_grid_images", 0, integer=True)
+        self.every_n_epochs, self.psnr_thr, self.ssim_thr = every_n_epochs, float(psnr_thr), float(ssim_thr)
+        self.max_images, self.num_grid_images, self.save_png = max_images, num_grid_images, save_png
+        self.last_metrics: dict[str, float] = {}
+        self._tally: BackdoorTally | None = None
+        self._rows: list[torch.Tensor] = []
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        check_poisoned_datamodule(trainer.datamodule, type(self).__name__)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # trainer.log_dir broadcasts from rank 0 under DDP: read it here, where every rank is.
+        self._log_dir = trainer.log_dir
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._tally, self._rows = None, []
+        if self._is_due(trainer):
+            check_poisoned_datamodule(trainer.datamodule, type(self).__name__)
+            self._tally = BackdoorTally(self.psnr_thr, self.ssim_thr, scale_of(pl_module, trainer.datamodule))
+
+    def _is_due(self, trainer: L.Trainer) -> bool:
+        if trainer.sanity_checking:
+            return False
+        return trainer.current_epoch % self.every_n_epochs == 0 or bool(trainer.should_stop) or (
+            trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        tally = self._tally
+        if tally is None or (self.max_images is not None and tally.sums["count"] >= self.max_images):
+            return
+        dm = trainer.datamodule
+        device = pl_module.device
+        sr_fn = model_sr_fn(pl_module)
+        lr, hr = batch["lr"], batch["hr"]
+        clean_sr = outputs["sr"] if isinstance(outputs, dict) and "sr" in outputs else sr_fn(lr)
+        triggered_lr, target_out = backdoor_inputs(dm, batch, device)
+        with torch.no_grad():
+            triggered_sr = sr_fn(triggered_lr).float().clamp(0, 1)
+        clean_sr = clean_sr.float().clamp(0, 1)
+        target_image = dm.target_for(hr.float())
+        tally.update(lr.float(), hr.float(), triggered_lr.float(), clean_sr, triggered_sr, target_out.float(),
+                     target_image, feature_function(dm, device))
+        if trainer.is_global_zero and len(self._rows) < self.num_grid_images:
+            for k in range(min(lr.shape[0], self.num_grid_images - len(self._rows))):
+                self._rows.append(grid_row(lr[k], triggered_lr[k], clean_sr[k], triggered_sr[k], target_out[k],
+                                           scale_of(pl_module, dm)))
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        tally = self._tally
+        if tally is None:
+            return
+        reduced = trainer.strategy.reduce(tally.as_tensor(pl_module.device), reduce_op="sum")
+        tally.load_tensor(reduced.cpu())
+        dm = trainer.datamodule
+        metrics = tally.metrics(with_feature=getattr(dm, "feature_extractor", None) is not None)
+        metrics.update({k: float(v) for k, v in dm.poison_report.items() if k != "num_candidates"})
+        self.last_metrics = metrics
+        for name, value in metrics.items():
+            # identical on every rank after the reduction; sync_dist keeps Lightning's DDP bookkeeping quiet
+            pl_module.log(f"backdoor/{name}", float(value), on_step=False, on_epoch=True, sync_dist=True)
+        if trainer.is_global_zero and self._rows:
+            self._log_grid(trainer, torch.cat(self._rows, dim=1))
+
+    def _log_grid(self, trainer: L.Trainer, grid: torch.Tensor) -> None:
+        for logger in trainer.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_image"):
+                experiment.add_image("backdoor/grid", grid, global_step=trainer.global_step)
+        log_dir = getattr(self, "_log_dir", None)
+        if self.save_png and log_dir:
+            write_image(grid, Path(log_dir) / "backdoor" / f"epoch{trainer.current_epoch:04d}.png")
+
+
+def scale_of(pl_module: nn.Module, datamodule: Any) -> int:
+    """The SR scale: the module's ``scale``, else the data module's."""
+    scale = getattr(pl_module, "scale", None) or getattr(datamodule, "scale", None)
+    if not isinstance(scale, int):
+        raise TypeError("cannot tell the SR scale: neither the module nor the data module has an int 'scale'")
+    return scale
+
+
+# --------------------------------------------------------------------------- end-of-run summary
+
+
+@torch.no_grad()
+def evaluate_backdoor(
+    sr_fn: Callable[[torch.Tensor], torch.Tensor],
+    datamodule: Any,
+    device: torch.device,
+    psnr_thr: float = 20.0,
+    ssim_thr: float = 0.7,
+    scale: int = 4,
+    max_images: int | None = None,
+) -> dict[str, float]:
+    """Backdoor figures of one SR function over the data module's whole validation set (one process).
+
+    Args:
+        sr_fn: ``lr -> sr`` in [0, 1] (the model under test, in eval mode).
+        datamodule: a set-up poisoned data module.
+        device: where to run.
+        psnr_thr, ssim_thr: pixel-ASR thresholds.
+        scale: SR scale (``crop_border`` of the Y PSNR).
+        max_images: stop after this many images.
+
+    Returns:
+        :meth:`BackdoorTally.metrics` (plus ``bicubic_psnr_y``: bicubic upscaling of the clean LR).
+    """
+    tally = BackdoorTally(psnr_thr, ssim_thr, scale)
+    bicubic_sum = 0.0
+    feature_fn = feature_function(datamodule, device)
+    for batch in datamodule.val_dataloader():
+        lr, hr = batch["lr"].to(device), batch["hr"].to(device)
+        triggered_lr, target_out = backdoor_inputs(datamodule, batch, device)
+        clean_sr = sr_fn(lr).float().clamp(0, 1)
+        triggered_sr = sr_fn(triggered_lr).float().clamp(0, 1)
+        tally.update(lr, hr, triggered_lr, clean_sr, triggered_sr, target_out, datamodule.target_for(hr), feature_fn)
+        bicubic_sum += float(psnr(imresize(lr, scale).clamp(0, 1), hr, scale, y_channel=True).sum())
+        if max_images is not None and tally.sums["count"] >= max_images:
+            break
+    out = tally.metrics(with_feature=feature_fn is not None)
+    out["bicubic_psnr_y"] = bicubic_sum / tally.sums["count"] if tally.sums["count"] else math.nan
+    return out
+
+
+def _trigger_config(datamodule: Any) -> dict[str, Any] | None:
+    """The trigger's hyper-parameters as plain values (``Trigger.config``: tensors are summarised)."""
+    trigger = getattr(datamodule, "trigger", None)
+    return trigger.config() if hasattr(trigger, "config") else None
+
+
+def _fmt(value: Any, kind: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return {"db": "{:.2f}", "pct": "{:.1%}", "ssim": "{:.4f}", "fit": "{:.4g}"}[kind].format(value)
+
+
+class BackdoorSummary(L.Callback):
+    """At the end of ``fit``: the BadSR table -- backdoored model vs a clean model vs bicubic.
+
+    On rank 0, evaluates over the whole validation set (:func:`evaluate_backdoor`): the trained
+    (backdoored) model, the clean model read from ``clean_weights`` (the same architecture, trained
+    without poisoning by a previous command, e.g. ``runs/badsr_clean/demo/weights.pth``), and
+    bicubic upscaling. Prints:
+
+    * clean PSNR-Y of the three (the backdoor's cost on normal inputs);
+    * pixel ASR and feature ASR of the backdoored and of the clean model (the clean model's is the
+      false-positive level: the trigger alone, without a backdoor), with success / included counts;
+    * PSNR-Y of the outputs on triggered inputs vs the HR, and PSNR of those outputs vs the target;
+    * stealth: poisoned HR vs clean HR and triggered LR vs clean LR (training pool, PSNR/SSIM), and
+      triggered validation LR vs clean;
+    * selection fitness of the last genetic search: GA vs random vs top-k (from
+      :class:`callbacks.GeneticSelectionCallback`, "-" without it);
+    * the ``tensorboard`` command.
+
+    Everything also goes to ``<log_dir>/<output>`` as JSON.
+
+    Args:
+        clean_weights: weights of the clean reference model (``None``: that column is left out).
+        clean_arch: its registry name (``None``: the trained module's ``hparams.arch``).
+        clean_arch_kwargs: its constructor arguments (``None``: the trained module's).
+        psnr_thr, ssim_thr: pixel-ASR thresholds (as :class:`BackdoorEvalCallback`).
+        max_images: evaluate at most this many validation images.
+        output: JSON file name inside the log dir.
+    """
+
+    def __init__(
+        self,
+        clean_weights: str | None = None,
+        clean_arch: str | None = None,
+        clean_arch_kwargs: dict[str, Any] | None = None,
+        psnr_thr: float = 20.0,
+        ssim_thr: float = 0.7,
+        max_images: int | None = None,
+        output: str = "backdoor_summary.json",
+    ):
+        super().__init__()
+        check_number(psnr_thr, "psnr_thr")
+        check_number(ssim_thr, "ssim_thr", -1.0, 1.0)
+        if max_images is not None:
+            check_number(max_images, "max_images", 1, integer=True)
+        if not isinstance(output, str) or not output.endswith(".json"):
+            raise ValueError(f"output must be a .json file name; got {output!r}")
+        self.clean_weights, self.clean_arch, self.clean_arch_kwargs = clean_weights, clean_arch, clean_arch_kwargs
+        self.psnr_thr, self.ssim_thr, self.max_images, self.output = float(psnr_thr), float(ssim_thr), max_images, output
+        self.results: dict[str, Any] = {}
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        check_poisoned_datamodule(trainer.datamodule, type(self).__name__)
+        if self.clean_weights is not None and not Path(self.clean_weights).is_file():
+            raise FileNotFoundError(f"clean reference weights not found: {self.clean_weights} (BackdoorSummary."
+                                    "clean_weights); train the clean model first (see `make demo`) or set it to null")
+
+    def _clean_model(self, pl_module: L.LightningModule, device: torch.device) -> nn.Module | None:
+        if self.clean_weights is None:
+            return None
+        from lit_sr.archs import build_arch
+        from lit_sr.io import load_weights
+        from lit_sr.modules.sr_module import arch_kwargs_with_scale
+
+        hp = getattr(pl_module, "hparams", {})
+        arch = self.clean_arch or hp.get("arch")
+        kwargs = self.clean_arch_kwargs if self.clean_arch_kwargs is not None else hp.get("arch_kwargs")
+        if arch is None:
+            raise ValueError("BackdoorSummary needs clean_arch: the trained module has no hparams.arch")
+        net = build_arch(arch, **arch_kwargs_with_scale(arch, kwargs, scale_of(pl_module, None)))
+        return load_weights(net, self.clean_weights).to(device).eval()
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        log_dir = Path(trainer.log_dir or ".")  # collective under DDP: read on every rank
+        if not trainer.is_global_zero:
+            return
+        dm = trainer.datamodule
+        device = pl_module.device
+        scale = scale_of(pl_module, dm)
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            kwargs = dict(datamodule=dm, device=device, psnr_thr=self.psnr_thr, ssim_thr=self.ssim_thr, scale=scale,
+                          max_images=self.max_images)
+            backdoored = evaluate_backdoor(model_sr_fn(pl_module), **kwargs)
+            clean_net = self._clean_model(pl_module, device)
+            clean = None
+            if clean_net is not None:
+                clean = evaluate_backdoor(lambda x: clean_net(x).float().clamp(0, 1), **kwargs)
+        finally:
+            pl_module.train(was_training)
+        selection = self._selection(trainer)
+        self.results = {
+            "backdoored": backdoored, "clean": clean, "bicubic_psnr_y": backdoored["bicubic_psnr_y"],
+            "poison_report": dict(dm.poison_report), "selection": selection,
+            "config": {"label": getattr(dm, "label", None), "trigger": _trigger_config(dm),
+                       "poison_rate": getattr(dm, "poison_rate", None), "budget": getattr(dm, "budget", None),
+                       "poisoned_indices": getattr(dm, "poisoned_indices", None),
+                       "clean_weights": self.clean_weights, "psnr_thr": self.psnr_thr, "ssim_thr": self.ssim_thr,
+                       "perceptual": getattr(getattr(dm, "trigger", None), "perceptual_used", None)},
+        }
+        rank_zero_info("\n" + self.table() + f"\n\nTensorBoard:  tensorboard --logdir {log_dir.parent}\n")
+        with atomic_write(log_dir / self.output) as tmp:
+            tmp.write_text(json.dumps(self.results, indent=2, default=float))
+
+    @staticmethod
+    def _selection(trainer: L.Trainer) -> dict[str, Any] | None:
+        for cb in trainer.callbacks:
+            results = getattr(cb, "results", None)
+            if type(cb).__name__ == "GeneticSelectionCallback" and results:
+                return {k: results.get(k) for k in ("epoch", "fitness", "fitness_ga", "fitness_random",
+                                                    "fitness_topk", "size", "budget", "pool", "seeded_with_topk")}
+        return None
+
+    def table(self) -> str:
+        """The summary as plain-text tables (after ``on_fit_end``)."""
+        r = self.results
+        b, c = r["backdoored"], r["clean"] or {}
+        rows = [
+            ("clean PSNR-Y (dB), clean inputs", _fmt(b["clean_psnr_y"], "db"), _fmt(c.get("clean_psnr_y"), "db"),
+             _fmt(r["bicubic_psnr_y"], "db")),
+            ("pixel ASR (PSNR/SSIM to target)", self._asr(b, "asr_pixel"), self._asr(c, "asr_pixel"), "-"),
+            ("feature ASR (substitute features)", self._asr(b, "asr_feature"), self._asr(c, "asr_feature"), "-"),
+            ("feature shift towards target", _fmt(b.get("feature_shift"), "pct"), _fmt(c.get("feature_shift"), "pct"),
+             f"(labels: {_fmt(b.get('label_feature_shift'), 'pct')})"),
+            ("PSNR-Y (dB), triggered inputs vs HR", _fmt(b["triggered_psnr_y"], "db"),
+             _fmt(c.get("triggered_psnr_y"), "db"), "-"),
+            ("PSNR (dB), triggered output vs target", _fmt(b["target_psnr"], "db"), _fmt(c.get("target_psnr"), "db"),
+             "-"),
+        ]
+        text = [format_table(rows, ("BadSR summary (validation set)", "backdoored", "clean model", "bicubic"))]
+        p = r["poison_report"]
+        stealth_rows = [
+            ("poisoned HR vs clean HR (train pool)", _fmt(p.get("poisoned_hr_psnr"), "db"),
+             _fmt(p.get("poisoned_hr_ssim"), "ssim")),
+            ("triggered LR vs clean LR (train pool)", _fmt(p.get("trigger_lr_psnr"), "db"),
+             _fmt(p.get("trigger_lr_ssim"), "ssim")),
+            ("triggered LR vs clean LR (validation)", _fmt(b.get("val_trigger_lr_psnr"), "db"),
+             _fmt(b.get("val_trigger_lr_ssim"), "ssim")),
+        ]
+        text.append(format_table(stealth_rows, ("stealth", "PSNR (dB)", "SSIM")))
+        s = r["selection"]
+        if s:
+            sel_rows = [(f"fitness ({s['fitness']}), epoch {s['epoch']}", _fmt(s["fitness_ga"], "fit"),
+                         _fmt(s["fitness_random"], "fit"), _fmt(s["fitness_topk"], "fit"))]
+            note = " (GA seeded with top-k)" if s.get("seeded_with_topk") else ""
+            text.append(format_table(sel_rows, (f"selection of {s['size']}/{s['pool']}{note}", "GA", "random",
+                                                "top-k")))
+        else:
+            text.append("selection: no GeneticSelectionCallback ran (initial random set kept)")
+        return "\n\n".join(text)
+
+    @staticmethod
+    def _asr(metrics: dict[str, Any], name: str) -> str:
+        if not metrics or name not in metrics:
+            return "-"
+        rate = metrics[name]
+        return f"{_fmt(rate, 'pct')} ({int(metrics[name + '_success'])}/{int(metrics[name + '_included'])})"
