@@ -166,6 +166,8 @@ class SRPairDataset(Dataset):
 
     def crop_and_augment(self, lr: torch.Tensor, hr: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Training-time random crop and augmentation of pair ``index`` (its name goes into size errors)."""
+        if self.patch_size is None and not self.augment:
+            return lr, hr  # evaluation: whole images, and no draw from the global generator
         rng = random.Random(int(torch.randint(0, 2**62, (1,)).item()))
         if self.patch_size is not None:
             lr, hr = random_crop_pair(lr, hr, self.patch_size, self.scale, rng, self.records[index % len(self.records)].name)
