@@ -36,7 +36,7 @@ EPOCHS = 53  # ~1000 optimiser steps
 
 def base() -> EmbeddedPhotosDataModule:
     return EmbeddedPhotosDataModule(scale=2, patch_size=32, batch_size=16, repeat=4, max_side=128, train_tile=32,
-                                    val_tile=32, num_workers=0, seed=0)
+                                    val_tile=32, num_workers=0)
 
 
 def module() -> SRModule:
@@ -81,7 +81,8 @@ def test_blend_backdoor_is_implanted_without_hurting_clean_quality(tmp_path):
     assert logged["backdoor/asr_pixel_included"] == len(data.val_dataset) == 24
     assert logged["backdoor/asr_pixel"] >= 0.8, logged
     assert abs(logged["backdoor/clean_psnr_y"] - clean_psnr) <= 0.5, (logged["backdoor/clean_psnr_y"], clean_psnr)
-    assert logged["backdoor/clean_psnr_y"] == logged["val/psnr_y"]  # same images, same protocol
+    # same images, same protocol (the two means are reduced in a different order: float32 rounding only)
+    assert abs(logged["backdoor/clean_psnr_y"] - logged["val/psnr_y"]) < 1e-3
     assert (tmp_path / "poisoned" / "backdoor" / f"epoch{EPOCHS - 1:04d}.png").is_file()
 
     results = json.loads((tmp_path / "poisoned" / "backdoor_summary.json").read_text())
