@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,3 +19,74 @@ def photos() -> dict[str, torch.Tensor]:
         name: torch.from_numpy(getattr(skimage.data, name)()[..., :3].copy()).permute(2, 0, 1).float() / 255
         for name in ("astronaut", "coffee", "chelsea")
     }
+
+
+# --------------------------------------------------------------------------- a tiny trained SR net
+# Shared by the attack and defense tests: a x2 EDSR (16 features, 2 blocks, img_range 1) trained
+# for 400 Adam steps on 32 px crops of four downscaled photographs (a few seconds, once per session).
+TINY_SCALE = 2
+
+
+def random_crop_pairs(photos, count: int, generator: torch.Generator, hr_size: int = 32):
+    """``count`` random HR crops of ``photos`` and their MATLAB-bicubic x2 LR images."""
+    from lit_sr.ops import imresize
+
+    out = []
+    for _ in range(count):
+        image = photos[int(torch.randint(len(photos), (1,), generator=generator))]
+        h, w = image.shape[-2:]
+        top = int(torch.randint(h - hr_size, (1,), generator=generator))
+        left = int(torch.randint(w - hr_size, (1,), generator=generator))
+        out.append(image[:, top : top + hr_size, left : left + hr_size])
+    hr = torch.stack(out)
+    return imresize(hr, 1 / TINY_SCALE).clamp(0, 1), hr
+
+
+@pytest.fixture(scope="session")
+def small_photos() -> list[torch.Tensor]:
+    """Four photographs shrunk to a quarter, so that a 32 px crop holds more texture."""
+    from skimage import data as skdata
+
+    from lit_sr.ops import imresize
+
+    return [
+        imresize(torch.from_numpy(np.ascontiguousarray(load())).permute(2, 0, 1).float() / 255, 0.25).clamp(0, 1)
+        for load in (skdata.astronaut, skdata.coffee, skdata.chelsea, skdata.rocket)
+    ]
+
+
+@pytest.fixture(scope="session")
+def crop_pairs():
+    """:func:`random_crop_pairs`, for tests that need crops of their own."""
+    return random_crop_pairs
+
+
+@pytest.fixture(scope="session")
+def trained(small_photos) -> torch.nn.Module:
+    from lit_sr.archs import build_arch
+
+    torch.manual_seed(0)
+    net = build_arch("edsr", num_feat=16, num_block=2, upscale=TINY_SCALE, img_range=1.0)
+    optimiser = torch.optim.Adam(net.parameters(), lr=2e-3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(400):
+        lr, hr = random_crop_pairs(small_photos, 16, generator)
+        loss = (net(lr) - hr).abs().mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    net.zero_grad(set_to_none=True)
+    return net.eval()
+
+
+@pytest.fixture(scope="session")
+def batch(small_photos):
+    """Held-out crops (another seed than training)."""
+    return random_crop_pairs(small_photos, 4, torch.Generator().manual_seed(123))
+
+
+@pytest.fixture(scope="session")
+def bicubic() -> torch.nn.Module:
+    from lit_sr.archs import build_arch
+
+    return build_arch("bicubic", upscale=TINY_SCALE)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from skimage import data as skdata
 from torch import nn
 
 from lit_sr.archs import build_arch
@@ -29,75 +28,11 @@ from lit_sr.attacks import (
     upscale_mask,
 )
 from lit_sr.metrics import masked_psnr, psnr, ssim
-from lit_sr.ops import imresize
 
-SCALE = 2
+SCALE = 2  # the scale of the shared `trained` net (tests/conftest.py)
 LR_SIZE = 16
 EPS = 8 / 255
 TOL = 1e-6
-
-
-def _photos() -> list[torch.Tensor]:
-    photos = []
-    for load in (skdata.astronaut, skdata.coffee, skdata.chelsea, skdata.rocket):
-        image = torch.from_numpy(np.ascontiguousarray(load())).permute(2, 0, 1).float() / 255
-        # Downscaled photos put more texture into a 32 px crop.
-        photos.append(imresize(image, 0.25).clamp(0, 1))
-    return photos
-
-
-def _crops(photos, count: int, generator: torch.Generator, hr_size: int = LR_SIZE * SCALE):
-    out = []
-    for _ in range(count):
-        image = photos[int(torch.randint(len(photos), (1,), generator=generator))]
-        h, w = image.shape[-2:]
-        top = int(torch.randint(h - hr_size, (1,), generator=generator))
-        left = int(torch.randint(w - hr_size, (1,), generator=generator))
-        out.append(image[:, top : top + hr_size, left : left + hr_size])
-    hr = torch.stack(out)
-    return imresize(hr, 1 / SCALE).clamp(0, 1), hr
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """One intra-op thread for this module: on shared 2-core runners, two threads on these tiny
-    tensors spend most of their time waiting for each other (about 9x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def photos():
-    return _photos()
-
-
-@pytest.fixture(scope="module")
-def trained(photos) -> nn.Module:
-    torch.manual_seed(0)
-    net = build_arch("edsr", num_feat=16, num_block=2, upscale=SCALE, img_range=1.0)
-    optimiser = torch.optim.Adam(net.parameters(), lr=2e-3)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(400):
-        lr, hr = _crops(photos, 16, generator)
-        loss = (net(lr) - hr).abs().mean()
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    net.zero_grad(set_to_none=True)
-    return net.eval()
-
-
-@pytest.fixture(scope="module")
-def bicubic() -> nn.Module:
-    return build_arch("bicubic", upscale=SCALE)
-
-
-@pytest.fixture(scope="module")
-def batch(photos):
-    """Held-out crops (another seed than training)."""
-    return _crops(photos, 4, torch.Generator().manual_seed(123))
 
 
 def _uniform_noise(lr: torch.Tensor, eps: float, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -188,9 +123,9 @@ def test_partial_perturbation_is_zero_outside_its_mask(trained, batch):
     assert (adv[~outside] != lr[~outside]).any()
 
 
-def test_universal_perturbation_is_one_bounded_pattern_for_all_images(trained, photos, batch):
+def test_universal_perturbation_is_one_bounded_pattern_for_all_images(trained, small_photos, crop_pairs, batch):
     lr, _ = batch
-    bigger, _ = _crops(photos, 3, torch.Generator().manual_seed(5), hr_size=48)  # 24 px LR
+    bigger, _ = crop_pairs(small_photos, 3, torch.Generator().manual_seed(5), hr_size=48)  # 24 px LR
     attack = UniversalAttack(
         trained, EPS, steps=10, crop_size=LR_SIZE, random_start=True, progress=False, seed=0
     )

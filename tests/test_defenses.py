@@ -6,14 +6,10 @@ module-scoped fixture, so that attacks on it behave like attacks on a real SR ne
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from skimage import data as skdata
-from torch import nn
 from torchvision.io import decode_jpeg, encode_jpeg
 
-from lit_sr.archs import build_arch
 from lit_sr.attacks import PGD
 from lit_sr.defenses import (
     BitDepthReduction,
@@ -25,71 +21,9 @@ from lit_sr.defenses import (
 )
 from lit_sr.ops import imresize
 
-SCALE = 2
+SCALE = 2  # the scale of the shared `trained` net (tests/conftest.py)
 EPS = 8 / 255
 TOL = 1e-6
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """One intra-op thread: two threads on these tiny tensors mostly wait for each other on 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _photos() -> list[torch.Tensor]:
-    # Downscaled photos put more texture into a 32 px crop.
-    return [
-        imresize(torch.from_numpy(np.ascontiguousarray(load())).permute(2, 0, 1).float() / 255, 0.25).clamp(
-            0, 1
-        )
-        for load in (skdata.astronaut, skdata.coffee, skdata.chelsea, skdata.rocket)
-    ]
-
-
-def _crops(photos, count: int, generator: torch.Generator, hr_size: int = 32):
-    out = []
-    for _ in range(count):
-        image = photos[int(torch.randint(len(photos), (1,), generator=generator))]
-        h, w = image.shape[-2:]
-        top = int(torch.randint(h - hr_size, (1,), generator=generator))
-        left = int(torch.randint(w - hr_size, (1,), generator=generator))
-        out.append(image[:, top : top + hr_size, left : left + hr_size])
-    hr = torch.stack(out)
-    return imresize(hr, 1 / SCALE).clamp(0, 1), hr
-
-
-@pytest.fixture(scope="module")
-def photos():
-    return _photos()
-
-
-@pytest.fixture(scope="module")
-def trained(photos) -> nn.Module:
-    torch.manual_seed(0)
-    net = build_arch("edsr", num_feat=16, num_block=2, upscale=SCALE, img_range=1.0)
-    optimiser = torch.optim.Adam(net.parameters(), lr=2e-3)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(400):
-        lr, hr = _crops(photos, 16, generator)
-        loss = (net(lr) - hr).abs().mean()
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    net.zero_grad(set_to_none=True)
-    return net.eval()
-
-
-@pytest.fixture(scope="module")
-def batch(photos):
-    return _crops(photos, 4, torch.Generator().manual_seed(123))
-
-
-@pytest.fixture(scope="module")
-def bicubic() -> nn.Module:
-    return build_arch("bicubic", upscale=SCALE)
 
 
 # --------------------------------------------------------------------------- transformations
