@@ -51,11 +51,6 @@ def trainer(root, callbacks=()) -> L.Trainer:
                      check_val_every_n_epoch=EPOCHS, default_root_dir=root, callbacks=list(callbacks))
 
 
-def checkerboard(size: int) -> torch.Tensor:
-    ij = torch.arange(size).view(-1, 1) + torch.arange(size).view(1, -1)
-    return (ij % 2).float().expand(3, size, size).clone()
-
-
 def test_blend_backdoor_is_implanted_without_hurting_clean_quality(tmp_path):
     target = write_image(torch.full((3, 64, 64), 0.5), tmp_path / "grey.png")
 
@@ -66,7 +61,8 @@ def test_blend_backdoor_is_implanted_without_hurting_clean_quality(tmp_path):
     clean_psnr = float(clean_trainer.callback_metrics["val/psnr_y"])
     save_weights(clean_model.net, tmp_path / "clean.pth")
 
-    trigger = {"name": "blend", "alpha": 0.2, "pattern": checkerboard(16), "resize_mode": "nearest"}
+    # 16 px checkerboard on 16 px LR tiles: one pixel per square (the YAML form of the same trigger)
+    trigger = {"name": "blend", "alpha": 0.2, "pattern": "checkerboard", "pattern_size": 16, "resize_mode": "nearest"}
     data = PoisonedSRDataModule(base(), trigger=trigger, poison_rate=0.2, label="target", target=str(target),
                                 cache_dir=str(tmp_path / "cache"), seed=0)
     evaluation = BackdoorEvalCallback(num_grid_images=2)

@@ -299,3 +299,21 @@ def test_adversarial_trigger_uses_real_lpips_when_the_backbone_file_exists(subst
     lr = _images(1, 3, 32, 32)
     out = trigger(lr, _images(1, 3, 64, 64, seed=1))
     assert out.shape == lr.shape and trigger.last_report["perceptual"].item() > 0
+
+
+def test_blend_named_patterns(tmp_path):
+    from lit_sr.io import write_image
+    from lit_sr.poison.triggers import Blend
+
+    x = torch.rand(2, 3, 16, 16)
+    ij = torch.arange(16).view(-1, 1) + torch.arange(16).view(1, -1)
+    explicit = Blend(pattern=(ij % 2).float(), resize_mode="nearest")(x)
+    named = Blend(pattern="checkerboard", pattern_size=16, resize_mode="nearest")
+    torch.testing.assert_close(named(x), explicit)
+    assert named.config()["pattern"] == "checkerboard"
+    image = torch.rand(3, 8, 8)
+    path = write_image(image, tmp_path / "kitty.png")
+    from_file = Blend(pattern=str(path), resize_mode="nearest")(torch.zeros(1, 3, 8, 8))
+    torch.testing.assert_close(from_file[0], 0.2 * ((image * 255).round() / 255), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="neither 'noise', 'checkerboard'"):
+        Blend(pattern="stripes")

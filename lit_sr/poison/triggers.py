@@ -200,10 +200,13 @@ class Blend(Trigger):
     Args:
         alpha: blend ratio in (0, 1]. Default 0.2 (BackdoorBench).
         pattern: a ``(C, h, w)``, ``(1, C, h, w)`` or ``(h, w)`` tensor in [0, 1] (a one-channel
-            pattern is used for every channel), or ``None`` for seeded uniform noise of
-            ``pattern_size x pattern_size`` pixels per channel. BackdoorBench blends a fixed image
-            (Hello Kitty); we ship no image, so the default pattern is noise, fixed by ``seed``.
-        pattern_size: side of the default noise pattern (used when ``pattern`` is ``None``).
+            pattern is used for every channel); ``None`` or ``"noise"`` for seeded uniform noise of
+            ``pattern_size x pattern_size`` pixels per channel; ``"checkerboard"`` for a one-pixel
+            checkerboard of that size (a pattern small SR networks learn: with ``resize_mode:
+            nearest`` and ``pattern_size`` equal to the LR size it stays one pixel per square); or
+            the path of an image file. BackdoorBench blends a fixed image (Hello Kitty); we ship
+            no image, so the default pattern is noise, fixed by ``seed``.
+        pattern_size: side of the generated noise or checkerboard pattern.
         resize_mode: how the pattern is resized to each input's size: ``"bilinear"`` (default,
             antialiased, keeps values in [0, 1]) or ``"nearest"`` (blocky noise).
         seed: seed of the noise pattern.
@@ -215,7 +218,7 @@ class Blend(Trigger):
     def __init__(
         self,
         alpha: float = 0.2,
-        pattern: torch.Tensor | None = None,
+        pattern: torch.Tensor | str | None = None,
         pattern_size: int = 32,
         resize_mode: str = "bilinear",
         seed: int = 0,
@@ -226,6 +229,11 @@ class Blend(Trigger):
         check_choice(resize_mode, "resize_mode", ("bilinear", "nearest"))
         check_number(seed, "seed", 0, integer=True)
         self.alpha = float(alpha)
+        pattern_name = "custom"
+        if pattern is None or pattern == "noise":
+            pattern, pattern_name = None, "noise"
+        elif isinstance(pattern, str):
+            pattern, pattern_name = self._named_pattern(pattern, pattern_size), pattern
         self.user_pattern = None if pattern is None else self._validate_pattern(pattern)
         self.pattern_size = pattern_size
         self.resize_mode = resize_mode
@@ -233,11 +241,27 @@ class Blend(Trigger):
         self._cache: dict[tuple, torch.Tensor] = {}
         self._config = {
             "alpha": self.alpha,
-            "pattern": "noise" if pattern is None else "custom",
+            "pattern": pattern_name,
             "pattern_size": pattern_size,
             "resize_mode": resize_mode,
             "seed": seed,
         }
+
+    @staticmethod
+    def _named_pattern(name: str, size: int) -> torch.Tensor:
+        """``"checkerboard"`` or an image file (read as RGB in [0, 1])."""
+        if name == "checkerboard":
+            ij = torch.arange(size).view(-1, 1) + torch.arange(size).view(1, -1)
+            return (ij % 2).float()
+        from pathlib import Path
+
+        from lit_sr.io import read_image
+
+        if not Path(name).is_file():
+            raise ValueError(
+                f"Blend pattern {name!r} is neither 'noise', 'checkerboard' nor an existing image file"
+            )
+        return read_image(name)
 
     @staticmethod
     def _validate_pattern(pattern: Any) -> torch.Tensor:
