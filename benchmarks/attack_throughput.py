@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from datetime import datetime, timezone
 
 import numpy as np
 import torch
+from common import machine_name, synchronise
 from skimage import data as skdata
 
 from lit_sr.archs import build_arch
@@ -82,11 +82,6 @@ def build_model(args, photos, device: torch.device) -> tuple[torch.nn.Module, st
     return net.eval(), f"trained {args.train_steps} Adam steps on {args.train_patch}px LR photo crops"
 
 
-def synchronise(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def run_attack(model, lr, hr, steps: int, autocast, per_image: bool) -> torch.Tensor:
     atk = IFGSM(model, eps=8 / 255, steps=steps, reference="hr", autocast=autocast)
     if not per_image:
@@ -105,19 +100,6 @@ def timed_attack(model, lr, hr, args, autocast, per_image: bool, device: torch.d
         synchronise(device)
         best = min(best, time.perf_counter() - start)
     return best, adv
-
-
-def machine_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip() + f" ({torch.get_num_threads()} threads)"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

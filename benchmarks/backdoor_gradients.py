@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from datetime import date
 
 import numpy as np
 import torch
+from common import machine_name, synchronise
 from tqdm import tqdm
 
 from lit_sr.archs import build_arch, count_parameters
@@ -46,25 +46,6 @@ from lit_sr.poison import (
 )
 
 QUICK_EDSR = {"num_feat": 16, "num_block": 2}
-
-
-def machine_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU model and the thread count."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip() + f" ({torch.get_num_threads()} threads)"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def synchronise(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def timed(fn, device: torch.device, repeats: int = 1) -> tuple[float, tuple, float | None]:

@@ -27,14 +27,13 @@ import argparse
 import gc
 import json
 import logging
-import platform
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import lightning as L
 import torch
+from common import machine_name, synchronise
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
@@ -80,23 +79,6 @@ MODES = {
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def machine_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def build_net(spec: Net, kwargs: dict, device: torch.device | str) -> torch.nn.Module:
     torch.manual_seed(0)  # every mode starts from the same weights
     return build_arch(spec.arch, **arch_kwargs_with_scale(spec.arch, kwargs, SCALE)).to(device)
@@ -149,11 +131,11 @@ def plain_loop(net: torch.nn.Module, lr: torch.Tensor, hr: torch.Tensor, steps: 
 
     for _ in range(warmup):
         step()
-    synchronize(device)
+    synchronise(device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    synchronize(device)
+    synchronise(device)
     return time.perf_counter() - start
 
 
@@ -181,12 +163,12 @@ class StepTimer(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if batch_idx == self.warmup:
-            synchronize(self.device)
+            synchronise(self.device)
             self.start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if batch_idx == self.last:
-            synchronize(self.device)
+            synchronise(self.device)
             self.end = time.perf_counter()
 
 
