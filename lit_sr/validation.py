@@ -1,0 +1,101 @@
+"""The one set of argument validators every part of lit-sr uses.
+
+Each validator takes the value and the name to show (a dotted config path where there is one,
+``trigger.steps``) and raises ``TypeError`` for a wrong type or ``ValueError`` for a wrong value,
+naming the argument and saying what was expected, as ART does for its attacks. Each returns the
+value converted to its canonical Python type, so ``x = check_int(x, "steps", 1)`` reads as an
+assignment. Bools are never accepted as numbers: ``steps: true`` in a YAML file is a mistake.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+# Relative slack on the [0, 1] range check of images: bicubic LR images overshoot by ~1e-7.
+RANGE_TOLERANCE = 1e-5
+
+
+def check_number(
+    value: Any,
+    name: str,
+    low: float | None = None,
+    high: float | None = None,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+    integer: bool = False,
+) -> float | int:
+    """A finite real number (an integer when ``integer``) in the given range; returns it typed."""
+    kind = "an integer" if integer else "a real number"
+    allowed = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, allowed):
+        raise TypeError(f"{name} must be {kind}; got {value!r} ({type(value).__name__})")
+    if not math.isfinite(float(value)):
+        raise ValueError(f"{name} must be finite; got {value!r}")
+    too_low = low is not None and (value < low if low_inclusive else value <= low)
+    too_high = high is not None and (value > high if high_inclusive else value >= high)
+    if too_low or too_high:
+        left = "[" if low_inclusive else "("
+        right = "]" if high_inclusive else ")"
+        lo = "-inf" if low is None else low
+        hi = "inf" if high is None else high
+        raise ValueError(f"{name} must be in {left}{lo}, {hi}{right}; got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def check_int(value: Any, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
+    """An integer in ``[minimum, maximum]`` (either bound optional)."""
+    return check_number(value, name, low=minimum, high=maximum, integer=True)
+
+
+def check_positive(value: Any, name: str) -> float:
+    """A finite real number ``> 0``."""
+    return check_number(value, name, low=0, low_inclusive=False)
+
+
+def check_fraction(value: Any, name: str, allow_zero: bool = True, allow_one: bool = True) -> float:
+    """A real number in [0, 1] (the ends included as asked): a rate, a probability, a share."""
+    return check_number(value, name, low=0, high=1, low_inclusive=allow_zero, high_inclusive=allow_one)
+
+
+def check_eps(value: Any, name: str = "eps") -> float:
+    """A perturbation budget in (0, 1] on the [0, 1] pixel scale (8/255 is 0.0314)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number in (0, 1], got {value!r}")
+    if math.isnan(float(value)) or not (0 < float(value) <= 1):
+        raise ValueError(f"{name} must be in (0, 1] on the [0, 1] pixel scale (8/255 = 0.0314), got {value!r}")
+    return float(value)
+
+
+def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
+    """One of ``choices`` (for arguments not typed ``Literal[...]``, or called from Python)."""
+    if value not in tuple(choices):
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """A real ``bool`` (guards against ``random_start="no"`` being truthy)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_images(x: Any, name: str, value_range: bool = False) -> None:
+    """Raise unless ``x`` is a non-empty floating (N, C, H, W) tensor, in [0, 1] when ``value_range``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (N, C, H, W), got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{name} must be a (N, C, H, W) batch, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating point tensor in [0, 1], got dtype {x.dtype}")
+    if x.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
+    if value_range:
+        lo, hi = torch.aminmax(x.detach())
+        if lo.item() < -RANGE_TOLERANCE or hi.item() > 1 + RANGE_TOLERANCE:
+            raise ValueError(f"{name} must hold values in [0, 1], got range [{lo.item():.4g}, {hi.item():.4g}]")
