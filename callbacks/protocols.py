@@ -1,0 +1,92 @@
+"""What the callbacks need from a data module and from an SR LightningModule, declared once.
+
+Callbacks check these with ``isinstance`` (the protocols are ``runtime_checkable``) and raise a
+named error when a piece is missing, instead of probing with ``hasattr``/``getattr`` lists. A data
+module or LightningModule of your own works with the callbacks as soon as it has these members;
+it need not inherit from anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+
+@runtime_checkable
+class SRModel(Protocol):
+    """An SR LightningModule as the callbacks see it (``lit_sr.modules.SRModule`` is one)."""
+
+    scale: int
+    net: nn.Module
+
+    @property
+    def eval_net(self) -> nn.Module:
+        """The network evaluation runs (the EMA copy when there is one)."""
+        ...
+
+    def super_resolve(self, lr: torch.Tensor) -> torch.Tensor:
+        """Evaluation forward: ``(N, 3, h, w)`` in [0, 1] to ``(N, 3, h*scale, w*scale)`` in [0, 1]."""
+        ...
+
+
+@runtime_checkable
+class PoisonedData(Protocol):
+    """A poisoned SR data module as the poison-selection and backdoor callbacks see it.
+
+    ``datamodules.PoisonedSRDataModule`` is one. The pool is the set of candidate training
+    indices; the active set (``poisoned_indices``) is the part of it trained on poisoned pairs.
+    """
+
+    scale: int
+
+    @property
+    def budget(self) -> int:
+        """How many pool members may be poisoned at once."""
+        ...
+
+    @property
+    def candidate_indices(self) -> Sequence[int]:
+        """The pool: training indices that have a poisoned version."""
+        ...
+
+    @property
+    def poisoned_indices(self) -> list[int]:
+        """The active set, sorted; identical on every rank."""
+        ...
+
+    def set_poisoned_indices(self, indices: Sequence[int]) -> None:
+        """Install a new active set (a subset of the pool, at most ``budget`` members)."""
+        ...
+
+    def candidate_batches(self, batch_size: int, rank: int = 0, world_size: int = 1) -> Iterator[dict[str, Any]]:
+        """This rank's share of the pool as ``{"lr", "hr", "index"}`` batches of poisoned pairs."""
+        ...
+
+    def backdoor_val_pair(self, index: int, lr: torch.Tensor, hr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The triggered LR and the poisoned label of validation image ``index`` (precomputed)."""
+        ...
+
+    def target_for(self, hr: torch.Tensor) -> torch.Tensor:
+        """The attacker's target image y_t* for a batch of HR images, resized to their size."""
+        ...
+
+    @property
+    def poison_report(self) -> Mapping[str, float]:
+        """Stealth figures of the poisoned pool (poisoned-HR PSNR/SSIM, triggered-LR PSNR, ...)."""
+        ...
+
+    @property
+    def feature_extractor(self) -> nn.Module | None:
+        """The substitute's feature extractor for feature ASR, or ``None`` without a substitute."""
+        ...
+
+    def poison_config(self) -> Mapping[str, Any]:
+        """What was poisoned and how (label, trigger config, rate, budget, perceptual term), for summaries."""
+        ...
+
+    def val_dataloader(self) -> Any:
+        """The clean validation loader (batches ``{"lr", "hr", "index", ...}``)."""
+        ...
