@@ -18,7 +18,8 @@ and norms in expectation (relative error about ``sqrt(2 / sketch_dim)``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Literal, get_args
 
 import torch
@@ -127,6 +128,23 @@ def _check_output_shape(model, lr, target, autocast: Autocast) -> None:
                          f"{tuple(target.shape[1:])} per sample")
 
 
+@contextmanager
+def _gradient_pass(
+    model: nn.Module, lr: torch.Tensor, target: torch.Tensor, loss, params, autocast: Autocast
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, Callable, list[str]]]:
+    """The setting both gradient passes share: the model frozen in eval mode, autograd on (also
+    inside ``torch.inference_mode``); yields the inputs and targets copied to the model's device,
+    the loss function and the names of the parameters to differentiate."""
+    loss_fn = _loss_fn(loss)
+    names = _param_names(model, params)
+    device = model_device(model, lr.device)
+    with torch.inference_mode(False), torch.enable_grad(), frozen_eval(model):
+        x_all = lr.detach().to(device).clone()
+        y_all = target.detach().to(device).clone()
+        _check_output_shape(model, x_all, y_all, autocast)
+        yield x_all, y_all, loss_fn, names
+
+
 def _summarise(grads: Sequence[torch.Tensor], sketch_dim: int | None, seed: int):
     """Norms ``(B,)`` and sketches ``(B, sketch_dim)`` of per-sample gradient blocks ``(B, *shape)``."""
     batch = grads[0].shape[0]
@@ -183,14 +201,8 @@ def per_sample_grad_stats(
         the model's device.
     """
     _check_inputs(lr, target, chunk_size, sketch_dim, seed, autocast)
-    loss_fn = _loss_fn(loss)
-    names = _param_names(model, params)
-    device = model_device(model, lr.device)
     norms, sketches = [], []
-    with torch.inference_mode(False), torch.enable_grad(), frozen_eval(model):
-        x_all = lr.detach().to(device).clone()
-        y_all = target.detach().to(device).clone()
-        _check_output_shape(model, x_all, y_all, autocast)
+    with _gradient_pass(model, lr, target, loss, params, autocast) as (x_all, y_all, loss_fn, names):
         named = dict(model.named_parameters())
         chosen = {n: named[n].detach() for n in names}
         fixed = {n: p.detach() for n, p in named.items() if n not in chosen}
@@ -225,14 +237,8 @@ def naive_per_sample_grad_stats(
     Same arguments (no ``chunk_size``) and the same outputs; used by tests and benchmarks.
     """
     _check_inputs(lr, target, 1, sketch_dim, seed, autocast)
-    loss_fn = _loss_fn(loss)
-    names = _param_names(model, params)
-    device = model_device(model, lr.device)
     norms, sketches = [], []
-    with torch.inference_mode(False), torch.enable_grad(), frozen_eval(model):
-        x_all = lr.detach().to(device).clone()
-        y_all = target.detach().to(device).clone()
-        _check_output_shape(model, x_all, y_all, autocast)
+    with _gradient_pass(model, lr, target, loss, params, autocast) as (x_all, y_all, loss_fn, names):
         named = dict(model.named_parameters())
         chosen = [named[n] for n in names]
         for p in chosen:  # frozen_eval froze them; these are the ones we differentiate
