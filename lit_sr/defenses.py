@@ -24,7 +24,7 @@ from torch import nn
 from lit_sr.attacks.base import Attack
 from lit_sr.attacks.evaluation import attack_metrics
 from lit_sr.ops import imresize
-from lit_sr.validation import check_images, check_int
+from lit_sr.validation import check_images, check_int, check_module
 
 
 class Defense(nn.Module):
@@ -36,9 +36,7 @@ class Defense(nn.Module):
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        self.model = model
+        self.model = check_module(model, "model")
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         """The input transformation (identity here)."""

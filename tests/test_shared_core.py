@@ -38,7 +38,7 @@ def edsr():
     "module, names, home",
     [
         (lit_sr.attacks.base, ["check_eps", "check_int", "check_positive", "check_choice", "check_bool",
-                               "check_images"], validation),
+                               "check_images", "check_module"], validation),
         (lit_sr.poison.triggers, ["check_number", "check_choice", "check_images"], validation),
         (lit_sr.attacks.base, ["frozen_eval", "model_device", "autocast_context",
                                "grad_enabled_outside_inference"], runtime),
@@ -48,6 +48,23 @@ def edsr():
 def test_old_import_paths_are_the_shared_implementation(module, names, home):
     for name in names:
         assert getattr(module, name) is getattr(home, name), f"{module.__name__}.{name} is a copy"
+
+
+def test_every_component_names_the_argument_that_is_not_a_network():
+    from lit_sr.attacks import robustness_index
+    from lit_sr.defenses import ResizeDefense
+
+    lr = torch.rand(1, 3, 8, 8)
+    for build, name in [
+        (lambda: IFGSM("net", reference="hr"), "model"),
+        (lambda: ResizeDefense("net"), "model"),
+        (lambda: robustness_index("net", lr), "model"),
+        (lambda: AdversarialTrigger("net", perceptual="ssim"), "substitute"),
+        (lambda: FeatureExtractor("net"), "model"),
+        (lambda: make_poisoned_hr("net", lr, lr), "feature_net"),
+    ]:
+        with pytest.raises(TypeError, match=f"^{name} must be a torch.nn.Module.*got str$"):
+            build()
 
 
 def test_arch_kwargs_with_scale_lives_in_archs_and_sr_module_re_exports_it():

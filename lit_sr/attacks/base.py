@@ -28,7 +28,15 @@ from lit_sr.runtime import (
     grad_enabled_outside_inference,
     model_device,
 )
-from lit_sr.validation import check_bool, check_choice, check_eps, check_images, check_int, check_positive
+from lit_sr.validation import (
+    check_bool,
+    check_choice,
+    check_eps,
+    check_images,
+    check_int,
+    check_module,
+    check_positive,
+)
 
 # Re-exported: attack modules and older callers import these from here; they live in
 # lit_sr.validation and lit_sr.runtime (one implementation each).
@@ -44,6 +52,7 @@ __all__ = [
     "check_eps",
     "check_images",
     "check_int",
+    "check_module",
     "check_positive",
     "frozen_eval",
     "grad_enabled_outside_inference",
@@ -160,9 +169,7 @@ class Attack:
         eot_samples: int | None = None,
         seed: int | None = None,
     ):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        self.model = model
+        self.model = check_module(model, "model")
         self.eps = check_eps(eps)
         self.loss = loss
         self.loss_fn = resolve_loss(loss)

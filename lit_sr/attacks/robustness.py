@@ -11,7 +11,7 @@ from lit_sr.attacks.base import Attack, LossFn, LossName, make_generator, resolv
 from lit_sr.attacks.ifgsm import IFGSM
 from lit_sr.metrics import psnr
 from lit_sr.runtime import frozen_eval, grad_enabled_outside_inference, model_device
-from lit_sr.validation import check_eps, check_images, check_int
+from lit_sr.validation import check_eps, check_images, check_int, check_module
 
 
 def robustness_index(
@@ -56,8 +56,7 @@ def robustness_index(
     Returns:
         ``(N,)`` float32 tensor on the model's device.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_module(model, "model")
     alpha = check_eps(alpha, "alpha")
     n_samples = check_int(n_samples, "n_samples", 1)
     batch_size = check_int(batch_size, "batch_size", 1)

@@ -21,7 +21,7 @@ from lit_sr.attacks.base import Attack
 from lit_sr.metrics import LpipsNet
 from lit_sr.poison.trigger_base import Trigger, check_trigger_batch, seeded_generator
 from lit_sr.runtime import Autocast, frozen_eval, model_device
-from lit_sr.validation import check_choice, check_int, check_number
+from lit_sr.validation import check_choice, check_int, check_module, check_number
 
 Perceptual = Literal["lpips", "ssim"]
 L2Schedule = Literal["linear", "exponential", "adaptive"]
@@ -147,8 +147,7 @@ class AdversarialTrigger(Attack, Trigger):
         seed: int = 0,
         autocast: Autocast = "none",
     ):
-        if not isinstance(substitute, nn.Module):
-            raise TypeError(f"substitute must be an nn.Module; got {type(substitute).__name__}")
+        check_module(substitute, "substitute", "the substitute SR network")
         self._check_settings(steps, lr, eps, lpips_weight, l2_schedule, l2_weight_start, l2_weight_end,
                              l2_budget, l2_growth, ssim_window, init, init_scale, seed)
         # eps=None is held as 1: delta is clipped so that x + delta stays in [0, 1], so |delta| <= 1.

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from lit_sr.runtime import Autocast, autocast_context, autocast_dtype, frozen_eval, model_device
-from lit_sr.validation import check_choice, check_images, check_number
+from lit_sr.validation import check_choice, check_images, check_module, check_number
 
 # The "trunk" of each registered family: the last layer before the upsampler.
 DEFAULT_FEATURE_LAYERS = {
@@ -62,8 +62,7 @@ class FeatureExtractor(nn.Module):
 
     def __init__(self, model: nn.Module, layer: str | None = None, stop_early: bool = True):
         super().__init__()
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be an nn.Module; got {type(model).__name__}")
+        check_module(model, "model")
         if layer is None:
             cls = type(model).__name__
             if cls not in DEFAULT_FEATURE_LAYERS:
@@ -224,8 +223,7 @@ def make_poisoned_hr(
     check_number(step_size, "step_size", 0.0, low_inclusive=False)
     check_choice(norm, "norm", NORMS)
     autocast_dtype(autocast)  # raises on anything but "none" / "bf16"
-    if not isinstance(feature_net, nn.Module):
-        raise TypeError(f"feature_net must be an nn.Module (e.g. FeatureExtractor); got {type(feature_net).__name__}")
+    check_module(feature_net, "feature_net", "e.g. FeatureExtractor")
 
     n, c, h, w = hr.shape
     radius = ball_radius(eps, norm, c, h, w)
