@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from callbacks.prediction_writer import PredictionWriter
 from lit_sr.io import read_image, read_state_dict, write_image
 from lit_sr.metrics import psnr
 from lit_sr.modules import SRModule
@@ -75,8 +76,8 @@ def test_test_sets_and_tiled_predict(tmp_path, photos):
         write_image(photos["coffee"][:, :48, :64], tmp_path / f"set_{name}" / "img.png")
     write_image(photos["astronaut"][:, :40, :36], tmp_path / "lr_in" / "x.png")
     torch.manual_seed(0)
-    module = SRModule(arch="edsr", arch_kwargs={"num_feat": 8, "num_block": 1}, scale=2, tile=16, tile_overlap=4,
-                      predict_dir=str(tmp_path / "out"))
+    module = SRModule(arch="edsr", arch_kwargs={"num_feat": 8, "num_block": 1}, scale=2, tile=16, tile_overlap=4)
+    writer = PredictionWriter(output_dir=str(tmp_path / "out"), tile=16, tile_overlap=4)
     dm = HRFolderDataModule(train_hr=str(tmp_path / "set_a"), val_hr=str(tmp_path / "set_a"), scale=2,
                             patch_size=16, num_workers=0,
                             test_sets={"SetA": str(tmp_path / "set_a"), "SetB": str(tmp_path / "set_b")},
@@ -85,7 +86,9 @@ def test_test_sets_and_tiled_predict(tmp_path, photos):
     results = trainer.test(module, datamodule=dm, verbose=False)
     keys = set().union(*results)
     assert {"test/SetA/psnr_y", "test/SetB/ssim_y", "test/SetA/bicubic_psnr_y"} <= keys
-    written = trainer.predict(module, datamodule=dm)
+    trainer = quiet_trainer(tmp_path, callbacks=[writer])
+    trainer.predict(module, datamodule=dm)
+    written = [[str(path) for path in writer.written]]
     out = Path(written[0][0])
     assert out.name == "x_x2.png"
     sr = read_image(out)
