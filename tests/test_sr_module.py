@@ -1,5 +1,6 @@
 """SRModule end to end on CPU: overfitting, EMA export, test sets, tiled predict, the CLI config."""
 
+import math
 from pathlib import Path
 
 import lightning as L
@@ -113,3 +114,124 @@ def test_quickstart_config_runs_a_few_steps(tmp_path):
     assert (logdir / "weights.pth").is_file() and (logdir / "summary.json").is_file()
     assert list((logdir / "images").glob("*.png"))
     assert list(logdir.glob("events.out.tfevents.*"))
+
+
+# --------------------------------------------------------------------------- checkpoints, resume, CLI
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def recipe_checkpoint_callbacks(name: str, **last_overrides) -> list:
+    """The ModelCheckpoint / LastCheckpoint entries of a recipe, instantiated as the CLI would."""
+    import importlib
+
+    import yaml
+
+    callbacks = []
+    for entry in yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())["trainer"]["callbacks"]:
+        if not entry["class_path"].endswith(("ModelCheckpoint", "LastCheckpoint")):
+            continue
+        module_name, cls_name = entry["class_path"].rsplit(".", 1)
+        kwargs = dict(entry.get("init_args") or {})
+        if cls_name == "LastCheckpoint":
+            kwargs.update(last_overrides)
+        callbacks.append(getattr(importlib.import_module(module_name), cls_name)(**kwargs))
+    return callbacks
+
+
+class WorseningModule(SRModule):
+    """A tiny SRModule whose logged val/psnr_y falls at every validation (a diverging run)."""
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/psnr_y", 30.0 - self.global_step, batch_size=batch["lr"].shape[0])
+
+
+def tiny_module(cls=SRModule, **kwargs) -> SRModule:
+    torch.manual_seed(0)
+    defaults = dict(arch="edsr", arch_kwargs={"num_feat": 8, "num_block": 1}, scale=2, lr=1e-3)
+    defaults.update(kwargs)
+    return cls(**defaults)
+
+
+def patch_loaders(photos, length: int = 4):
+    hr = photos["chelsea"][:, 100:132, 200:232]
+    return DataLoader(RepeatedPatch(hr, 2, length), batch_size=1), DataLoader(RepeatedPatch(hr, 2, 1), batch_size=1)
+
+
+@pytest.mark.parametrize("recipe", ["quickstart", "edsr_x4_div2k", "esrgan_x4_div2k"])
+def test_last_checkpoint_is_the_final_state_when_the_metric_gets_worse(tmp_path, photos, recipe):
+    from lightning.pytorch.loggers import CSVLogger
+
+    train, val = patch_loaders(photos)
+    # Step-based recipes: save every 3 steps, validate every 2, stop at 9 (mid-epoch, off both grids).
+    step_based = recipe != "quickstart"
+    callbacks = recipe_checkpoint_callbacks(recipe, **({"every_n_train_steps": 3} if step_based else {}))
+    assert len(callbacks) == 2
+    schedule = dict(max_steps=9, val_check_interval=2, check_val_every_n_epoch=None) if step_based else \
+        dict(max_epochs=3, check_val_every_n_epoch=1)
+    trainer = quiet_trainer(tmp_path, enable_checkpointing=True, callbacks=callbacks,
+                            logger=CSVLogger(tmp_path, name="run"), **schedule)
+    module = tiny_module(WorseningModule)
+    trainer.fit(module, train, val)
+    final_step = trainer.global_step
+    assert final_step == (9 if step_based else 12)
+    ckpt_dir = Path(trainer.log_dir) / "checkpoints"
+    last = torch.load(ckpt_dir / "last.ckpt", weights_only=True)
+    best = torch.load(ckpt_dir / "best.ckpt", weights_only=True)
+    assert last["global_step"] == final_step
+    assert best["global_step"] == (2 if step_based else 4)  # the first validation scored highest
+    assert trainer.checkpoint_callback.best_model_path.endswith("best.ckpt")
+    # weights.pth is the last state, weights_best.pth the best one, and each says so.
+    log_dir = Path(trainer.log_dir)
+    w_last = torch.load(log_dir / "weights.pth", weights_only=True)
+    w_best = torch.load(log_dir / "weights_best.pth", weights_only=True)
+    assert w_last["meta"] == {"state": "last", "global_step": final_step}
+    assert w_best["meta"]["state"] == "best" and w_best["meta"]["global_step"] == best["global_step"]
+    assert w_best["meta"]["monitor"] == "val/psnr_y" and w_best["meta"]["checkpoint"] == "best.ckpt"
+    for key, value in w_last["params"].items():
+        torch.testing.assert_close(value, last["state_dict"][f"net.{key}"], rtol=0, atol=0)
+        torch.testing.assert_close(w_best["params"][key], best["state_dict"][f"net.{key}"], rtol=0, atol=0)
+    assert not torch.equal(w_last["params"]["conv_first.weight"], w_best["params"]["conv_first.weight"])
+
+
+class LrRecorder(L.Callback):
+    def __init__(self):
+        self.lrs: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def run_and_record(tmp_path, photos, module, max_epochs, ckpt_path=None):
+    train, val = patch_loaders(photos)
+    recorder = LrRecorder()
+    trainer = quiet_trainer(tmp_path, max_epochs=max_epochs, callbacks=[recorder], limit_val_batches=0)
+    trainer.fit(module, train, val, ckpt_path=ckpt_path)
+    return trainer, recorder.lrs
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "multistep"])
+def test_resume_with_a_longer_run_follows_the_new_schedule(tmp_path, photos, scheduler):
+    kwargs = dict(scheduler=scheduler, milestones=[3, 10], gamma=0.5, eta_min=1e-7, export_weights=False)
+    _, fresh = run_and_record(tmp_path / "fresh", photos, tiny_module(**kwargs), 4)
+    short, first = run_and_record(tmp_path / "short", photos, tiny_module(**kwargs), 2)
+    short.save_checkpoint(tmp_path / "two.ckpt")
+    _, resumed = run_and_record(tmp_path / "resumed", photos, tiny_module(**kwargs), 4, tmp_path / "two.ckpt")
+    assert len(fresh) == 16 and len(resumed) == 8
+    # 4 steps per epoch: the resumed epochs 2 and 3 use the fresh 4-epoch run's learning rates.
+    assert resumed == pytest.approx(fresh[8:], rel=1e-9)
+    if scheduler == "cosine":
+        assert first[4] == pytest.approx(1e-7 + (1e-3 - 1e-7) * 0.5 * (1 + math.cos(math.pi * 4 / 8)))
+        assert fresh[8] == pytest.approx(1e-7 + (1e-3 - 1e-7) * 0.5)  # half-way through 16 steps
+    else:
+        assert fresh[:4] == pytest.approx([1e-3] * 3 + [5e-4]) and fresh[10] == pytest.approx(2.5e-4)
+
+
+def test_resume_with_a_new_lr_uses_it(tmp_path, photos):
+    kwargs = dict(scheduler="cosine", eta_min=0.0, export_weights=False)
+    short, _ = run_and_record(tmp_path / "short", photos, tiny_module(**kwargs), 2)
+    short.save_checkpoint(tmp_path / "two.ckpt")
+    with pytest.warns(UserWarning, match="with lr"):
+        _, resumed = run_and_record(tmp_path / "resumed", photos, tiny_module(lr=4e-3, **kwargs), 4,
+                                    tmp_path / "two.ckpt")
+    _, fresh = run_and_record(tmp_path / "fresh", photos, tiny_module(lr=4e-3, **kwargs), 4)
+    assert resumed == pytest.approx(fresh[8:], rel=1e-9)
