@@ -49,9 +49,9 @@ def _resolve(namespace: Namespace, key: str) -> str | None:
 class SRLightningCLI(LightningCLI):
     """:class:`LightningCLI` whose explicit ``--model.*`` arguments survive ``--ckpt_path``.
 
-    Also turns the error of a model that cannot be built (for instance a missing VGG weights file)
-    into its own message first, instead of the parser's "Does not validate against any of the
-    Union subtypes" listing (see :func:`model_construction_error`).
+    Also re-raises the error of a model that cannot be built (for instance a missing VGG weights
+    file) as itself, message first, instead of inside the parser's "Does not validate against any
+    of the Union subtypes" listing (see :func:`model_construction_error`).
     """
 
     def parse_arguments(self, parser, args) -> None:
@@ -80,26 +80,37 @@ class SRLightningCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
-        except Exception as error:  # re-raised: only its message is reordered
+        except Exception as error:
             cause = model_construction_error(error)
             if cause is None:
                 raise
-            raise type(cause)(f"{cause}\n(while building the model; the parser's full message follows)\n"
-                              f"{error}") from error
+            first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+            message = (f"{cause}\n(raised while building the configured model or data module; "
+                       f"the parser reported it as: {first_line!r})")
+            try:
+                surfaced = type(cause)(message)
+            except Exception:  # an exception class with another constructor: show it unchanged
+                raise cause from error
+            raise surfaced from cause
+
+
+UNION_ERROR = "Does not validate against any of the Union subtypes"
 
 
 def model_construction_error(error: BaseException) -> BaseException | None:
-    """The innermost ``FileNotFoundError`` / ``OSError`` behind a parser error, or ``None``.
+    """The exception behind jsonargparse's union-subtype error, or ``None`` for any other error.
 
-    jsonargparse wraps an exception raised while building a ``class_path`` in its own error about
-    union subtypes; the actionable part (which file is missing) is its cause or context.
+    jsonargparse wraps an exception raised while building a ``class_path`` (a missing VGG file: a
+    ``FileNotFoundError`` naming it) in a long error about union subtypes, whose actionable part
+    is at the end. The deepest exception of its cause/context chain is the one to show first.
     """
-    seen = set()
-    current: BaseException | None = error
-    found = None
+    if UNION_ERROR not in str(error):
+        return None
+    seen = {id(error)}
+    current, found = error.__cause__ or error.__context__, None
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, OSError):
+        if UNION_ERROR not in str(current):
             found = current
         current = current.__cause__ or current.__context__
     return found
