@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.trainer.states import TrainerFn
 import torch
 from torch import nn
 from torchmetrics import MeanMetric
@@ -267,7 +268,7 @@ class SRModule(L.LightningModule):
 
     def on_validation_end(self) -> None:
         # callback_metrics hold this validation's epoch values here (also the callbacks' backdoor/*).
-        if self.trainer.sanity_checking or not self.trainer.training:
+        if self.trainer.sanity_checking or self.trainer.state.fn != TrainerFn.FITTING:
             return
         self.log_hparams_with_metrics()
 
