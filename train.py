@@ -22,6 +22,13 @@ class TrainCLI(SRLightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(PredictionWriter, "prediction")
 
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs):
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":
+            # The writer has the images on disk; keeping every SR tensor in memory too would only grow.
+            parser.set_defaults(return_predictions=False)
+        return parser
+
 
 def main(args: list[str] | None = None, run: bool = True) -> TrainCLI:
     """Build (and by default run) the CLI; ``args`` replaces ``sys.argv[1:]`` (tests use it)."""

@@ -92,3 +92,14 @@ def test_recipe_hyperparameters_are_consistent(name):
         assert trainer["strategy"] == "ddp_find_unused_parameters_true"
     else:
         assert trainer["strategy"] == "ddp"
+
+
+@pytest.mark.parametrize("name", [*RECIPES, "quickstart"])
+def test_recipe_keeps_the_last_state_and_the_best_apart(name):
+    # ModelCheckpoint(monitor, save_last) rewrites last.ckpt only on improvement (Lightning 2.6).
+    entries = load(name)["trainer"]["callbacks"]
+    kinds = [e["class_path"].rsplit(".", 1)[-1] for e in entries]
+    assert kinds.count("LastCheckpoint") == 1 and kinds.count("ModelCheckpoint") == 1
+    best = entries[kinds.index("ModelCheckpoint")]["init_args"]
+    assert best["monitor"] == "val/psnr_y" and not best.get("save_last") and best["filename"] == "best"
+    assert kinds.index("ModelCheckpoint") < kinds.index("LastCheckpoint")  # ckpt_path="best" uses the first

@@ -235,3 +235,58 @@ def test_resume_with_a_new_lr_uses_it(tmp_path, photos):
                                     tmp_path / "two.ckpt")
     _, fresh = run_and_record(tmp_path / "fresh", photos, tiny_module(lr=4e-3, **kwargs), 4)
     assert resumed == pytest.approx(fresh[8:], rel=1e-9)
+
+
+def test_gan_recipe_last_checkpoint_is_the_final_step_of_a_manual_optimisation_run(tmp_path):
+    """The ESRGAN recipe's checkpoints with GANSRModule (manual optimisation, max_steps off the save grid)."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lit_sr.modules import GANSRModule
+
+    torch.manual_seed(0)  # random tiny RRDBNet and VGG-style discriminator, random VGG features
+    module = GANSRModule(arch_kwargs=dict(num_feat=8, num_block=1, num_grow_ch=4), discriminator_kwargs={"num_feat": 8},
+                         perceptual_layer_weights={"conv1_2": 1.0}, perceptual_pretrained=False, ema_decay=None,
+                         milestones=[4])
+    g = torch.Generator().manual_seed(0)
+    hr = torch.rand(4, 3, 128, 128, generator=g)
+    pairs = [{"lr": torch.nn.functional.avg_pool2d(h[None], 4)[0], "hr": h, "index": i, "path": f"p{i}"}
+             for i, h in enumerate(hr)]
+    train, val = DataLoader(pairs, batch_size=2), DataLoader(pairs[:1], batch_size=1)
+    callbacks = recipe_checkpoint_callbacks("esrgan_x4_div2k", every_n_train_steps=3)
+    trainer = quiet_trainer(tmp_path, enable_checkpointing=True, callbacks=callbacks, max_steps=8,
+                            val_check_interval=2, check_val_every_n_epoch=None, num_sanity_val_steps=0,
+                            logger=CSVLogger(tmp_path, name="gan"))
+    with pytest.warns(UserWarning):  # Lightning's note on manual optimisation and every_n_train_steps
+        trainer.fit(module, train, val)
+    ckpt_dir = Path(trainer.log_dir) / "checkpoints"
+    assert torch.load(ckpt_dir / "last.ckpt", weights_only=True)["global_step"] == trainer.global_step == 8
+    assert (ckpt_dir / "best.ckpt").is_file()
+    meta = torch.load(Path(trainer.log_dir) / "weights.pth", weights_only=True)["meta"]
+    assert meta == {"state": "last", "global_step": 8}
+
+
+class LogsABackdoorMetric(L.Callback):
+    """Stands in for BackdoorEvalCallback: logs a backdoor/* value during validation."""
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        pl_module.log("backdoor/asr_pixel", 0.25)
+
+
+def test_hparams_go_to_tensorboard_with_val_and_backdoor_metrics(tmp_path, photos):
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    train, val = patch_loaders(photos)
+    logger = TensorBoardLogger(tmp_path, name="tb", default_hp_metric=False)
+    trainer = quiet_trainer(tmp_path, max_epochs=2, logger=logger, callbacks=[LogsABackdoorMetric()])
+    trainer.fit(tiny_module(ema_decay=0.9, export_weights=False), train, val)
+    events = EventAccumulator(trainer.log_dir, size_guidance={"tensors": 0, "scalars": 0})
+    events.Reload()
+    content = events.PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert {"val/psnr_y", "val/ssim_y", "val/bicubic_psnr_y", "backdoor/asr_pixel"} <= {
+        m.name.tag for m in experiment.metric_infos}
+    hparams = {h.name for h in experiment.hparam_infos}
+    assert {"arch", "lr", "ema_decay", "arch_kwargs/num_feat"} <= hparams
+    assert {"val/psnr_y", "backdoor/asr_pixel"} <= set(events.Tags()["scalars"])

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.trainer.states import TrainerFn
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torchmetrics import MeanMetric
 
@@ -291,7 +291,9 @@ class SRModule(L.LightningModule):
         metrics = {k: float(self.trainer.callback_metrics[k]) for k in sorted(self._hparam_metrics)
                    if k in self.trainer.callback_metrics}
         for logger in self.loggers:
-            logger.log_hyperparams(params, metrics=metrics, step=self.global_step)
+            # TensorBoard's takes metrics; others (CSV, ...) already hold the hparams from the start of fit.
+            if "metrics" in inspect.signature(logger.log_hyperparams).parameters:
+                logger.log_hyperparams(params, metrics=metrics, step=self.global_step)
 
     # ------------------------------------------------------------------ test
     def _test_set_name(self, dataloader_idx: int) -> str:
