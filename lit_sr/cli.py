@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import copy
 import sys
-import warnings
 from collections.abc import Iterable
 
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_warn
 
 
 def explicit_model_keys(argv: Iterable[str]) -> list[str]:
@@ -74,8 +74,8 @@ class SRLightningCLI(LightningCLI):
             value, from_ckpt = given[stored], (merged[stored] if _resolve(merged, stored) else None)
             if value != from_ckpt:
                 merged[stored] = value
-                warnings.warn(f"--{key} {value!r} given on the command line overrides the value "
-                              f"{from_ckpt!r} saved in {given.get('ckpt_path')}", stacklevel=2)
+                rank_zero_warn(f"--{key} {value!r} given on the command line overrides the value "
+                               f"{from_ckpt!r} saved in {given.get('ckpt_path')}", category=UserWarning)
 
     def instantiate_classes(self) -> None:
         try:
