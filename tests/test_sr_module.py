@@ -290,3 +290,27 @@ def test_hparams_go_to_tensorboard_with_val_and_backdoor_metrics(tmp_path, photo
     hparams = {h.name for h in experiment.hparam_infos}
     assert {"arch", "lr", "ema_decay", "arch_kwargs/num_feat"} <= hparams
     assert {"val/psnr_y", "backdoor/asr_pixel"} <= set(events.Tags()["scalars"])
+
+
+def test_quickstart_cli_under_two_process_ddp_keeps_last_and_best(tmp_path):
+    """`train.py fit` on 2 gloo ranks: LastCheckpoint's end-of-fit save, the exports and the hparams are collective-safe."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PL_DISABLE_FORK="1")
+    args = ["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--trainer.accelerator", "cpu",
+            "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_steps", "3",
+            "--trainer.limit_train_batches", "2", "--trainer.check_val_every_n_epoch", "1",
+            "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+            "--data.init_args.max_val_images", "2", "--data.init_args.max_side", "192",
+            "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0"]
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (log_dir,) = (tmp_path / "runs" / "quickstart").iterdir()
+    last = torch.load(log_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 3  # max_steps ends the second epoch after one step: saved at fit end
+    assert torch.load(log_dir / "weights.pth", weights_only=True)["meta"] == {"state": "last", "global_step": 3}
+    best = torch.load(log_dir / "weights_best.pth", weights_only=True)["meta"]
+    assert best["state"] == "best" and best["global_step"] in (2, 3)
