@@ -393,3 +393,28 @@ def test_parameter_table_counts_the_documented_arguments():
         kwargs = eval(f"dict({args.strip('`')})")  # the README's own literal arguments
         net = build_arch(name.strip("`"), **kwargs)
         assert count_parameters(net) == int(count.replace(",", "")), row
+
+
+def test_resume_with_a_new_lr_and_length_from_the_command_line(quickstart_run, tmp_path):
+    import math
+
+    log_dir, final_step = quickstart_run
+    args = ["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), *quiet(tmp_path),
+            "--ckpt_path", str(log_dir / "checkpoints" / "last.ckpt"), "--trainer.max_epochs", "4",
+            "--model.init_args.lr", "0.004"]
+    with pytest.warns(UserWarning, match="overrides the value 0.001"):
+        cli = run_cli(args)
+    assert cli.trainer.global_step == final_step + 4 == 8
+    last = torch.load(Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt", weights_only=True)
+    group = last["optimizer_states"][0]["param_groups"][0]
+    assert last["lr_schedulers"][0]["base_lrs"] == [0.004] and group["initial_lr"] == 0.004
+    # A fresh 4-epoch run of 2 steps per epoch at lr 0.004 ends at eta_min; the resumed steps log that run's lr.
+    assert group["lr"] == pytest.approx(1e-7)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(cli.trainer.log_dir, size_guidance={"scalars": 0})
+    events.Reload()
+    logged = {e.step: e.value for e in events.Scalars("lr-Adam")}
+    # log_every_n_steps 5: the first resumed step (4, half-way through 8) is logged; the old run's
+    # schedule (lr 1e-3 over 4 steps) would give 1e-7 there.
+    assert logged[4] == pytest.approx(1e-7 + (0.004 - 1e-7) * 0.5 * (1 + math.cos(math.pi * 4 / 8)), rel=1e-5)
