@@ -141,3 +141,18 @@ def test_tiled_forward_takes_every_output_pixel_from_one_tile():
     ids = out.unique()
     assert len(ids) == sum(calls) == 9  # starts 0, 10, 14 on each axis
     assert torch.all(out == out.round())
+
+
+def test_tiled_swinir_is_exact_only_when_half_the_overlap_covers_its_window_reach():
+    from lit_sr.archs import build_arch
+
+    torch.manual_seed(0)  # a tiny random SwinIR: 4 Swin layers of window 4
+    net = build_arch("swinir", upscale=2, img_size=16, window_size=4, depths=[2, 2], embed_dim=12, num_heads=[2, 2],
+                     mlp_ratio=2, upsampler="pixelshuffle").eval()
+    x = torch.rand(1, 3, 40, 40)
+    with torch.no_grad():
+        whole = net(x)
+        near = tiled_forward(net, x, 2, tile=24, overlap=16)  # stride 8: tile starts on the window grid
+        short = tiled_forward(net, x, 2, tile=16, overlap=8)
+    torch.testing.assert_close(near, whole, atol=1e-4, rtol=0)
+    assert (short - whole).abs().max() > 1e-3
