@@ -4,7 +4,7 @@ Any LightningModule (``lit_sr.modules.*``) and LightningDataModule (``datamodule
 chosen by ``class_path`` in the YAML file or on the command line. Model arguments typed on the
 command line win over the hyper-parameters saved in a ``--ckpt_path`` checkpoint
 (:class:`lit_sr.cli.SRLightningCLI`), and ``predict`` writes PNG files through
-``callbacks.PredictionWriter``, set with ``--prediction.output_dir``, ``--prediction.tile`` and
+``callbacks.prediction_writer.PredictionWriter``, set with ``--prediction.output_dir``, ``--prediction.tile`` and
 ``--prediction.tile_overlap``.
 """
 

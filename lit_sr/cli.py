@@ -6,7 +6,7 @@ command line) is silently replaced by the checkpoint's value. :class:`SRLightnin
 model arguments given explicitly on the command line after that step and warns that it did; values
 that come from ``--config`` files still yield to the checkpoint (it describes the network whose
 weights it holds). Inference-time settings are not model hyper-parameters at all: they belong to
-``callbacks.PredictionWriter`` (``train.py`` adds it).
+``callbacks.prediction_writer.PredictionWriter`` (``train.py`` adds it).
 """
 
 from __future__ import annotations
