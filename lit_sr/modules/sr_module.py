@@ -203,10 +203,11 @@ class SRModule(L.LightningModule):
         # The run's length is read in setup too, so a resumed run uses the new --trainer.max_* length.
         self._schedule_length = max(1, int(self.trainer.estimated_stepping_batches))
         # A plain function (not a bound method or object): LambdaLR leaves it out of its state_dict.
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: self.lr_factor(step))
+        key = id(opt)
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: self.lr_factor(step, self._run_base_lrs[key][0]))
 
-    def lr_factor(self, step: int) -> float:
-        """Learning rate at optimiser ``step`` relative to ``lr``.
+    def lr_factor(self, step: int, base_lr: float | None = None) -> float:
+        """Learning rate at optimiser ``step`` relative to the peak ``base_lr`` (default ``lr``).
 
         ``multistep``: ``gamma ** (milestones <= step)`` (MultiStepLR's values); ``cosine``:
         ``eta_min`` plus the half cosine from ``lr`` over the run's ``estimated_stepping_batches``
@@ -217,7 +218,8 @@ class SRModule(L.LightningModule):
         if hp.scheduler == "multistep":
             return hp.gamma ** bisect_right(sorted(hp.milestones or []), step)
         if hp.scheduler == "cosine":
-            floor = hp.eta_min / hp.lr
+            base = hp.lr if base_lr is None else base_lr
+            floor = hp.eta_min / base if base > 0 else 0.0
             progress = min(step, self._schedule_length) / self._schedule_length
             return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
         return 1.0
@@ -239,7 +241,7 @@ class SRModule(L.LightningModule):
             if self.trainer.ckpt_path and not all(math.isclose(a, b) for a, b in zip(restored, bases)):
                 warnings.warn(f"resuming from {self.trainer.ckpt_path} with lr {bases} (the checkpoint's run "
                               f"used {restored}): the schedule continues from the new lr", stacklevel=2)
-            factor = self.lr_factor(sched.last_epoch) if sched is not None else 1.0
+            factor = self.lr_factor(sched.last_epoch, bases[0]) if sched is not None else 1.0
             for group, base in zip(opt.param_groups, bases):
                 group["initial_lr"] = base
                 group["lr"] = base * factor
