@@ -314,3 +314,20 @@ def test_quickstart_cli_under_two_process_ddp_keeps_last_and_best(tmp_path):
     assert torch.load(log_dir / "weights.pth", weights_only=True)["meta"] == {"state": "last", "global_step": 3}
     best = torch.load(log_dir / "weights_best.pth", weights_only=True)["meta"]
     assert best["state"] == "best" and best["global_step"] in (2, 3)
+
+
+def test_prediction_writer_rejects_bad_settings_and_modules(tmp_path):
+    with pytest.raises(ValueError, match="tile_overlap must be smaller than tile=8"):
+        PredictionWriter(output_dir=str(tmp_path), tile=8, tile_overlap=8)
+    with pytest.raises(ValueError, match="tile"):
+        PredictionWriter(output_dir=str(tmp_path), tile=0)
+    writer = PredictionWriter(output_dir=str(tmp_path), tile=8, tile_overlap=4)
+    with pytest.raises(TypeError, match="scale.*predict_tiling"):
+        writer.on_predict_start(None, L.LightningModule())
+    module = tiny_module()
+    writer.on_predict_start(None, module)
+    assert module.predict_tiling == (8, 4)
+    with pytest.raises(KeyError, match="'path'"):
+        writer.write_on_batch_end(None, module, torch.zeros(1, 3, 8, 8), [0], {"lr": torch.zeros(1, 3, 4, 4)}, 0)
+    writer.on_predict_end(None, module)
+    assert module.predict_tiling is None
