@@ -297,11 +297,14 @@ def _check_shapes(model: nn.Module, state: Mapping[str, torch.Tensor], path: str
         )
 
 
-def save_weights(model: nn.Module, path: str | os.PathLike, ema_model: nn.Module | None = None) -> Path:
+def save_weights(
+    model: nn.Module, path: str | os.PathLike, ema_model: nn.Module | None = None, meta: Mapping | None = None
+) -> Path:
     """Write ``model``'s weights as BasicSR ``{'params', 'params_ema'}`` (``.pth``) or ``.safetensors``.
 
     ``.safetensors`` holds one state_dict: the EMA weights when given (what one deploys), else
-    the model's. The write is atomic.
+    the model's. ``meta`` (plain values: which state, step, ...) goes in the ``.pth`` file's
+    ``meta`` entry or the ``.safetensors`` header (as strings). The write is atomic.
     """
     path = Path(path)
     params = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -310,11 +313,14 @@ def save_weights(model: nn.Module, path: str | os.PathLike, ema_model: nn.Module
         from safetensors.torch import save_file
 
         with atomic_write(path) as tmp:
-            save_file(ema if ema is not None else params, str(tmp))
+            save_file(ema if ema is not None else params, str(tmp),
+                      metadata=None if meta is None else {str(k): str(v) for k, v in meta.items()})
     elif path.suffix in (".pth", ".pt"):
         payload = {"params": params}
         if ema is not None:
             payload["params_ema"] = ema
+        if meta is not None:
+            payload["meta"] = dict(meta)
         with atomic_write(path) as tmp:
             torch.save(payload, tmp)
     else:

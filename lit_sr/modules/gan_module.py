@@ -109,7 +109,6 @@ class GANSRModule(SRModule):
         compile: ``torch.compile`` the generator.
         tile: LR tile size for evaluation.
         tile_overlap: LR overlap between tiles.
-        predict_dir: where ``predict`` writes PNGs.
         export_weights: at the end of ``fit`` write ``weights.pth`` (generator, BasicSR format,
             with ``params_ema``) and ``weights_d.pth`` (discriminator) into the log dir.
     """
@@ -152,7 +151,6 @@ class GANSRModule(SRModule):
         compile: bool = False,
         tile: int | None = None,
         tile_overlap: int = 16,
-        predict_dir: str = "predictions",
         export_weights: bool = True,
     ):
         _validate_gan_options(discriminator, gan_type, pixel_weight, perceptual_weight, gan_weight, net_d_iters,
@@ -164,7 +162,7 @@ class GANSRModule(SRModule):
             weight_decay=weight_decay, scheduler=scheduler, milestones=milestones, gamma=gamma, eta_min=eta_min,
             ema_decay=ema_decay, pretrained=pretrained, pretrained_key=pretrained_key, strict_load=strict_load,
             channels_last=channels_last, compile=compile, tile=tile, tile_overlap=tile_overlap,
-            predict_dir=predict_dir, export_weights=export_weights,
+            export_weights=export_weights,
         )
         if perceptual_layer_weights is None:
             perceptual_layer_weights = {"conv5_4": 1.0}
@@ -205,15 +203,6 @@ class GANSRModule(SRModule):
         hp = self.hparams
         opt_cls = torch.optim.Adam if hp.optimizer == "adam" else torch.optim.AdamW
         return opt_cls(params, lr=lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
-
-    def _make_scheduler(self, opt: torch.optim.Optimizer):
-        hp = self.hparams
-        if hp.scheduler == "none":
-            return None
-        if hp.scheduler == "multistep":
-            return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(hp.milestones or []), gamma=hp.gamma)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=hp.eta_min)
 
     # ------------------------------------------------------------------ training
     def generator_updates(self, iteration: int) -> bool:
