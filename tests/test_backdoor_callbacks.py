@@ -53,9 +53,11 @@ class _PairDataset(Dataset):
 class StandInPoisonedDataModule(L.LightningDataModule):
     """Random 16 px LR / 32 px HR pairs; a Blend-like trigger and a half-target poisoned HR.
 
-    Implements the PoisonedSRDataModule members the callbacks use: ``candidate_indices``,
-    ``budget``, ``candidate_batches``, ``set_poisoned_indices``, ``poisoned_indices``. Loaders are
-    rebuilt every epoch (``reload_dataloaders_every_n_epochs=1``) and read the set then.
+    Satisfies ``callbacks.protocols.PoisonedData`` (what the callbacks read): the pool
+    (``candidate_indices``, ``budget``, ``candidate_batches``, ``set_poisoned_indices``,
+    ``poisoned_indices``) and the backdoor-evaluation side (``backdoor_val_pair``, ``target_for``,
+    ``poison_report``, ``poison_config``, no substitute). Loaders are rebuilt every epoch
+    (``reload_dataloaders_every_n_epochs=1``) and read the set then.
     """
 
     def __init__(self, seed: int = 0):
@@ -64,6 +66,7 @@ class StandInPoisonedDataModule(L.LightningDataModule):
         self.hr = torch.rand(N_TRAIN, 3, 32, 32, generator=g)
         self.lr = F.avg_pool2d(self.hr, 2)
         pattern, target = torch.rand(3, 16, 16, generator=g), torch.rand(3, 32, 32, generator=g)
+        self.pattern, self.target = pattern, target
         self.triggered_lr = 0.8 * self.lr + 0.2 * pattern
         # per-sample weights so the candidates' backdoor gradients differ in size
         w = torch.linspace(0.2, 1.0, N_TRAIN)[torch.randperm(N_TRAIN, generator=g)].view(-1, 1, 1, 1)
@@ -72,6 +75,18 @@ class StandInPoisonedDataModule(L.LightningDataModule):
         self.budget = BUDGET
         self.poisoned_indices = sorted(POOL[:BUDGET])
         self.set_calls: list[list[int]] = []
+        self.scale = 2
+        self.feature_extractor = None
+        self.poison_report = {"poisoned_hr_psnr": float(-10 * torch.log10((self.poisoned_hr - self.hr).pow(2).mean()))}
+
+    def poison_config(self) -> dict:
+        return {"label": "half-target", "trigger": {"name": "blend", "alpha": 0.2}, "budget": self.budget}
+
+    def backdoor_val_pair(self, index: int, lr: torch.Tensor, hr: torch.Tensor):
+        return 0.8 * lr + 0.2 * self.pattern, 0.5 * hr + 0.5 * self.target
+
+    def target_for(self, hr: torch.Tensor) -> torch.Tensor:
+        return self.target.to(hr).expand(hr.shape[0], -1, -1, -1)
 
     def set_poisoned_indices(self, indices) -> None:
         indices = sorted(int(i) for i in indices)
