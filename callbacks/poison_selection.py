@@ -162,11 +162,17 @@ class PoisonSelectionCallback(L.Callback):
     ``datamodule.set_poisoned_indices``. (:class:`callbacks.BackdoorGradientCallback` is the
     same callback without a selector: it only scores.)
 
-    **Resume.** ``state_dict`` holds every selection and the scorer's settings; a resumed run
-    reproduces the next selection when the weights it scores are reproduced (the selection's
-    only other inputs, the seeds, derive from ``(seed, epoch)``). Lightning does not restore the
-    global RNG, so the *training* between a checkpoint and the next selection is reproduced only
-    when it draws no random numbers (no shuffling, no random crops) or the run reseeds per epoch.
+    **Resume.** A selection's inputs are the weights it scores and seeds derived from
+    ``(seed, epoch)`` (no running generator), and the schedule depends on the epoch alone;
+    ``state_dict`` holds every selection made and the scorer's settings (a resume with other
+    scorer settings warns). So a resumed run makes the same selections as an uninterrupted one
+    exactly when the *training* between the checkpoint and the next selection is the same. What
+    a resume does not reproduce: training randomness drawn from the global generators (a
+    ``shuffle=True`` loader's order, random crops and flips in the main process, the loaders'
+    worker seeds), which Lightning does not checkpoint, and whose draws around a restart differ
+    from an uninterrupted run's even when their states are put back (Lightning's restart creates
+    the loader at another point). Training randomness derived from ``(seed, epoch)`` (e.g. a
+    ``DistributedSampler``, or a loader generator seeded per epoch) is reproduced.
 
     **Logged.** ``backdoor_grad/norm_mean``, ``_max``, ``_min`` and a TensorBoard histogram
     ``backdoor_grad/norms``; per selection ``selection/fitness_selected``, ``selection/fitness_random``,
