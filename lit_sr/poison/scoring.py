@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from lit_sr.poison.gradients import per_sample_grad_stats
-from lit_sr.runtime import Autocast, autocast_dtype
+from lit_sr.runtime import Autocast, autocast_dtype, model_device
 from lit_sr.validation import check_choice, check_number
 
 ScoreLoss = Literal["module", "mse", "l1"]
@@ -153,7 +153,7 @@ class GradientScorer:
             :class:`GradientScores` on ``net``'s device (an empty one when there are no batches).
         """
         loss = self.resolve_loss(module_loss)
-        device = next(iter(net.parameters())).device
+        device = model_device(net, torch.device("cpu"))
         norms, sketches, indices = [], [], []
         for batch in batches:
             n, s = per_sample_grad_stats(net, batch["lr"], batch["hr"], loss=loss, chunk_size=self.chunk_size,
