@@ -139,7 +139,7 @@ def _available_bytes() -> int:
 def selection_rows(args) -> list[dict]:
     """Sparse and dense genetic searches on random sketches for each pool size and fitness, each in a child."""
     rows = []
-    jobs = [(n, f, e) for n in args.pools for f in ("norm_of_sum", "sum_of_norms") for e in ("sparse", "dense")]
+    jobs = [(n, f, e) for n in args.pools for f in ("norm_of_sum", "sum_of_norms") for e in args.evaluations]
     context = multiprocessing.get_context("spawn")  # a fresh process per search: its peak RSS is its own
     for pool, fitness, evaluation in tqdm(jobs, desc="genetic selection"):
         if evaluation == "dense" and 4 * args.population * pool > _available_bytes() // 4:
@@ -204,6 +204,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--bf16", action="store_true", help="also run both under bfloat16 autocast")
     p.add_argument("--pools", type=int, nargs="+", default=[1000, 10000, 100000])
     p.add_argument("--selection-only", action="store_true", help="only part 2 (the genetic selection)")
+    p.add_argument("--evaluations", nargs="+", choices=["sparse", "dense"], default=["sparse", "dense"],
+                   help="GA fitness evaluations to time (dense: the baseline)")
     p.add_argument("--budget-rate", type=float, default=0.1)
     p.add_argument("--population", type=int, default=50)
     p.add_argument("--generations", type=int, default=100)
