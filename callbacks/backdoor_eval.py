@@ -459,9 +459,8 @@ class BackdoorSummary(L.Callback):
     def _clean_model(self, pl_module: L.LightningModule, device: torch.device) -> nn.Module | None:
         if self.clean_weights is None:
             return None
-        from lit_sr.archs import build_arch
+        from lit_sr.archs import arch_kwargs_with_scale, build_arch
         from lit_sr.io import load_weights
-        from lit_sr.modules.sr_module import arch_kwargs_with_scale
 
         hp = pl_module.hparams
         arch = self.clean_arch or hp.get("arch")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,7 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
-from lit_sr.archs import build_arch, get_arch_class
+from lit_sr.archs import arch_kwargs_with_scale, build_arch  # arch_kwargs_with_scale re-exported here
 from lit_sr.io import load_weights, save_weights, write_image
 from lit_sr.losses import build_pixel_loss
 from lit_sr.metrics import psnr, ssim
@@ -19,18 +18,6 @@ from lit_sr.modules.ema import make_ema_copy, update_ema
 from lit_sr.ops import imresize, tiled_forward
 
 EVAL_METRICS = ("psnr_rgb", "psnr_y", "ssim_y")
-
-
-def arch_kwargs_with_scale(arch: str, arch_kwargs: dict | None, scale: int) -> dict:
-    """Fill the network's scale argument (``upscale`` or RRDBNet's ``scale``) and check it agrees."""
-    kwargs = dict(arch_kwargs or {})
-    params = inspect.signature(get_arch_class(arch).__init__).parameters
-    for name in ("upscale", "scale"):
-        if name in params:
-            if kwargs.setdefault(name, scale) != scale:
-                raise ValueError(f"arch_kwargs.{name}={kwargs[name]} disagrees with the module's scale={scale}")
-            break
-    return kwargs
 
 
 def sr_metrics(sr: torch.Tensor, hr: torch.Tensor, crop_border: int) -> dict[str, torch.Tensor]:

@@ -158,7 +158,7 @@ class GradientScorer:
         for batch in batches:
             n, s = per_sample_grad_stats(net, batch["lr"], batch["hr"], loss=loss, chunk_size=self.chunk_size,
                                          sketch_dim=self.sketch_dim, seed=self.seed, params=self.params,
-                                         autocast_dtype=autocast_dtype(self.autocast))
+                                         autocast=self.autocast)
             norms.append(n)
             sketches.append(None if s is None else self._store(s))
             indices.extend(int(i) for i in torch.as_tensor(batch["index"]).reshape(-1).tolist())
