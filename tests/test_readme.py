@@ -77,7 +77,7 @@ SNIPPETS = {
     r"^from lit_sr\.archs import build_arch": "snippet_weights",
     r"^from lit_sr\.attacks import IFGSM": "snippet_attacks",
     r"^trainer:\n  callbacks:\n    - class_path: callbacks\.AdversarialEvalCallback": "yaml_adversarial",
-    r"^trainer:\n  reload_dataloaders_every_n_epochs: 1\n  callbacks:\n    - class_path: callbacks\.Backdoor":
+    r"^trainer:\n  reload_dataloaders_every_n_epochs: 1\n  callbacks:\n    - class_path: callbacks\.PoisonSelectionCallback":
         "yaml_backdoor",
 }
 
