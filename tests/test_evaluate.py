@@ -21,9 +21,11 @@ import yaml
 from datamodules import export_embedded_photos
 from datamodules.sr import EMBEDDED_TRAIN, load_embedded_photo
 from lit_sr.archs import build_arch
-from lit_sr.evaluate import ConfigError, eps_label, load_config, main, parse_config, parse_eps, run_report
+from lit_sr.attacks.spec import eps_label, parse_eps
+from lit_sr.evaluate import main
 from lit_sr.io import read_image, save_weights
 from lit_sr.ops import imresize
+from lit_sr.report import ConfigError, load_config, parse_config, run_report
 
 ROOT = Path(__file__).resolve().parents[1]
 EDSR_KWARGS = {"num_feat": 16, "num_block": 2, "img_range": 1.0}
