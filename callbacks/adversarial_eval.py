@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +25,14 @@ from lit_sr.attacks.spec import (
 from lit_sr.io import write_image
 from lit_sr.plots import figure_to_tensor, psnr_vs_eps_figure, save_figure
 from lit_sr.runtime import Autocast, autocast_dtype, model_device
+from lit_sr.validation import check_int
 
 DEFAULT_ATTACKS = {"ifgsm": {"steps": 10}}
 DEFAULT_EPS = (2 / 255, 8 / 255)
 
 
 def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"AdversarialEvalCallback: {name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+    return check_int(value, f"AdversarialEvalCallback.{name}", minimum)
 
 
 def attack_row(
@@ -176,8 +174,7 @@ class AdversarialEvalCallback(L.Callback):
         if not self._active:
             return
         self._active = False
-        eval_net = getattr(pl_module, "eval_net", None)
-        model = eval_net() if callable(eval_net) else pl_module
+        model = self._eval_model(pl_module)
         device = model_device(model) or pl_module.device
         scale = self._scale(pl_module, model, device)
         crop_border = scale if self.crop_border is None else self.crop_border
@@ -197,6 +194,15 @@ class AdversarialEvalCallback(L.Callback):
         if self.log_images and trainer.is_global_zero:
             self._log_visuals(trainer, means, grids)
         self._subset = []
+
+    @staticmethod
+    def _eval_model(pl_module: L.LightningModule) -> nn.Module:
+        # ``eval_net`` is the EMA network when the module keeps one: a method on SRModule, a property
+        # in callbacks.protocols.SRModel; a module without it is attacked as it is.
+        eval_net = getattr(pl_module, "eval_net", None)
+        if isinstance(eval_net, nn.Module):
+            return eval_net
+        return eval_net() if callable(eval_net) else pl_module
 
     def _scale(self, pl_module: L.LightningModule, model: nn.Module, device: torch.device) -> int:
         scale = getattr(pl_module, "scale", None)
