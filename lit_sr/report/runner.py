@@ -208,8 +208,84 @@ def run_defense(model: nn.Module, pairs: Sequence[ImagePair], kind: str, params:
     return {key: float(torch.cat(v).mean()) for key, v in values.items()}
 
 
+class _PairCache:
+    """Each data set's image pairs, loaded once per scale."""
+
+    def __init__(self, cfg: ReportConfig):
+        self.cfg = cfg
+        self._pairs: dict[tuple[str, int], list[ImagePair]] = {}
+
+    def __call__(self, dataset: str, scale: int) -> list[ImagePair]:
+        if (dataset, scale) not in self._pairs:
+            cfg = self.cfg
+            self._pairs[dataset, scale] = load_pairs(cfg.datasets[dataset], scale, cfg.max_images, cfg.crop_size)
+        return self._pairs[dataset, scale]
+
+
+def _crop_border(cfg: ReportConfig, scale: int) -> int:
+    return scale if cfg.crop_border is None else cfg.crop_border
+
+
+def _attack_rows(cfg: ReportConfig, models: Mapping[str, nn.Module], pairs_of: _PairCache, device: torch.device,
+                 progress: bool) -> list[dict]:
+    rows = []
+    total = len(models) * len(cfg.datasets) * len(cfg.attacks) * len(cfg.eps)
+    with tqdm(total=total, desc="robustness", disable=not progress) as bar:
+        for name, model in models.items():
+            scale = cfg.models[name].scale
+            for dataset in cfg.datasets:
+                pairs = pairs_of(dataset, scale)
+                for spec in cfg.attacks:
+                    for eps in cfg.eps:
+                        bar.set_postfix_str(f"{name} {dataset} {spec.label} {eps_label(eps)}")
+                        row = evaluate_attack(model, pairs, spec, eps, device=device, batch_size=cfg.batch_size,
+                                              seed=cfg.seed, autocast=cfg.autocast,
+                                              crop_border=_crop_border(cfg, scale), y_channel=cfg.y_channel)
+                        if row["skipped"]:
+                            warnings.warn(f"{spec.label} on {dataset}: {row['skipped']} image(s) narrower than the "
+                                          f"universal crop were skipped", stacklevel=3)
+                        rows.append({"model": name, "dataset": dataset, **row})
+                        bar.update(1)
+    return rows
+
+
+def _defense_rows(cfg: ReportConfig, models: Mapping[str, nn.Module], pairs_of: _PairCache, device: torch.device,
+                  progress: bool) -> list[dict]:
+    study = cfg.defenses
+    spec = next(a for a in cfg.attacks if a.label == study.attack)
+    jobs = [(n, d, label, e) for n in models for d in study.datasets for label in study.methods for e in study.eps]
+    rows = []
+    for name, dataset, label, eps in tqdm(jobs, desc="defenses", disable=not progress):
+        scale = cfg.models[name].scale
+        params = dict(study.methods[label])
+        kind = params.pop("defense")
+        pairs = pairs_of(dataset, scale)
+        res = run_defense(models[name], pairs, kind, params, spec, eps, device=device, batch_size=cfg.batch_size,
+                          seed=cfg.seed, autocast=cfg.autocast, crop_border=_crop_border(cfg, scale),
+                          y_channel=cfg.y_channel)
+        rows.append({"model": name, "dataset": dataset, "defense": label, "kind": kind, "attack": study.attack,
+                     "eps": eps, "eps_255": round(eps * 255, 4), "n_images": len(pairs), **res})
+    return rows
+
+
+def _meta(cfg: ReportConfig, device: torch.device, seconds: float) -> dict:
+    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    return {
+        "config": cfg.source,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": str(device),
+        "machine": machine,
+        "torch": torch.__version__,
+        "seconds": round(seconds, 1),
+        "metric_convention": f"{'Y (BT.601)' if cfg.y_channel else 'RGB'}, 8-bit, crop_border="
+                             f"{'scale' if cfg.crop_border is None else cfg.crop_border}",
+    }
+
+
 def run_report(cfg: ReportConfig, out_dir: str | Path | None = None, progress: bool = True) -> dict:
     """Run the whole report of a config and write its files; return rows, transfer, defenses and file paths.
+
+    Every data folder and weights file is checked before any compute (:func:`check_paths`).
 
     Args:
         cfg: a :class:`ReportConfig` (:func:`load_config`, :func:`parse_config`).
@@ -222,62 +298,13 @@ def run_report(cfg: ReportConfig, out_dir: str | Path | None = None, progress: b
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     models = {name: build_model(spec, device, name) for name, spec in cfg.models.items()}
-    cache: dict[tuple[str, int], list[ImagePair]] = {}
-
-    def pairs_of(dataset: str, scale: int) -> list[ImagePair]:
-        if (dataset, scale) not in cache:
-            cache[dataset, scale] = load_pairs(cfg.datasets[dataset], scale, cfg.max_images, cfg.crop_size)
-        return cache[dataset, scale]
-
-    rows = []
-    total = len(models) * len(cfg.datasets) * len(cfg.attacks) * len(cfg.eps)
-    with tqdm(total=total, desc="robustness", disable=not progress) as bar:
-        for name, model in models.items():
-            scale = cfg.models[name].scale
-            crop_border = scale if cfg.crop_border is None else cfg.crop_border
-            for dataset in cfg.datasets:
-                pairs = pairs_of(dataset, scale)
-                for spec in cfg.attacks:
-                    for eps in cfg.eps:
-                        bar.set_postfix_str(f"{name} {dataset} {spec.label} {eps_label(eps)}")
-                        row = evaluate_attack(model, pairs, spec, eps, device=device, batch_size=cfg.batch_size,
-                                              seed=cfg.seed, autocast=cfg.autocast, crop_border=crop_border,
-                                              y_channel=cfg.y_channel)
-                        if row["skipped"]:
-                            warnings.warn(f"{spec.label} on {dataset}: {row['skipped']} image(s) narrower than the "
-                                          f"universal crop were skipped", stacklevel=2)
-                        rows.append({"model": name, "dataset": dataset, **row})
-                        bar.update(1)
+    pairs_of = _PairCache(cfg)
+    rows = _attack_rows(cfg, models, pairs_of, device, progress)
     transfer = None
     if cfg.transfer is not None:
         scale = next(iter(cfg.models.values())).scale
         transfer = run_transfer(cfg, models, pairs_of(cfg.transfer.dataset, scale), device)
-    defense_rows = []
-    if cfg.defenses is not None:
-        study = cfg.defenses
-        spec = next(a for a in cfg.attacks if a.label == study.attack)
-        jobs = [(n, d, label, e) for n in models for d in study.datasets for label in study.methods for e in study.eps]
-        for name, dataset, label, eps in tqdm(jobs, desc="defenses", disable=not progress):
-            scale = cfg.models[name].scale
-            params = dict(study.methods[label])
-            kind = params.pop("defense")
-            pairs = pairs_of(dataset, scale)
-            res = run_defense(models[name], pairs, kind, params, spec, eps, device=device,
-                              batch_size=cfg.batch_size, seed=cfg.seed, autocast=cfg.autocast,
-                              crop_border=scale if cfg.crop_border is None else cfg.crop_border,
-                              y_channel=cfg.y_channel)
-            defense_rows.append({"model": name, "dataset": dataset, "defense": label, "kind": kind,
-                                 "attack": study.attack, "eps": eps, "eps_255": round(eps * 255, 4),
-                                 "n_images": len(pairs), **res})
-    meta = {
-        "config": cfg.source,
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "device": str(device),
-        "machine": torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine()),
-        "torch": torch.__version__,
-        "seconds": round(time.perf_counter() - started, 1),
-        "metric_convention": f"{'Y (BT.601)' if cfg.y_channel else 'RGB'}, 8-bit, crop_border="
-                             f"{'scale' if cfg.crop_border is None else cfg.crop_border}",
-    }
+    defense_rows = _defense_rows(cfg, models, pairs_of, device, progress) if cfg.defenses is not None else []
+    meta = _meta(cfg, device, time.perf_counter() - started)
     files = write_report(out, cfg, rows, transfer, defense_rows, meta)
     return {"rows": rows, "transfer": transfer, "defenses": defense_rows, "meta": meta, "files": files}
