@@ -313,3 +313,21 @@ def test_one_make_lr_for_the_datasets_and_the_report(tmp_path):
     assert torch.equal(pair.lr, lr) and torch.equal(pair.hr, hr)
     with pytest.raises(ValueError, match="smaller than the scale"):
         make_lr(hr_file[:, :3, :3], 4)
+
+
+def test_attack_runner_takes_the_one_autocast_spelling():
+    from lit_sr.attacks.spec import AttackRunner, parse_attacks
+
+    torch.manual_seed(0)
+    net = build_arch("edsr", upscale=2, num_feat=8, num_block=1, img_range=1.0).eval()
+    lr = torch.rand(2, 3, 12, 12)
+    hr = torch.rand(2, 3, 24, 24)
+    (spec,) = parse_attacks({"ifgsm": {"steps": 2}})
+    (per_attack,) = parse_attacks({"ifgsm": {"steps": 2, "autocast": "bf16"}})  # the same spelling inside a block
+    for runner, dtype in ((AttackRunner(spec, net, 4 / 255), None), (AttackRunner(spec, net, 4 / 255, autocast="bf16"),
+                          torch.bfloat16), (AttackRunner(per_attack, net, 4 / 255), torch.bfloat16)):
+        assert runner.attack.autocast_dtype == dtype
+        adv, metrics = runner.run(lr, hr)
+        assert (adv - lr).abs().max() <= 4 / 255 + 1e-6 and metrics["sr_psnr"].dtype == torch.float64
+    with pytest.raises(ValueError, match="AttackRunner.autocast"):
+        AttackRunner(spec, net, 4 / 255, autocast=False)

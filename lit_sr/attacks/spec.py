@@ -30,7 +30,7 @@ from lit_sr.attacks.partial import PartialAttack
 from lit_sr.attacks.square import SquareAttack
 from lit_sr.attacks.universal import UniversalAttack
 from lit_sr.metrics import psnr
-from lit_sr.runtime import Autocast, autocast_dtype, frozen_eval, model_device
+from lit_sr.runtime import AUTOCAST_CHOICES, Autocast, autocast_dtype, frozen_eval, model_device
 from lit_sr.validation import check_eps
 
 
@@ -195,7 +195,7 @@ def _parse_attack(label, params: Mapping | None, here: str, where: str) -> Attac
         raise ConfigError(f"{here}: unknown parameter(s) {unknown} for {kind}; expected some of {allowed}")
     kwargs = {**ATTACK_DEFAULTS.get(kind, {}), **params}
     try:
-        ATTACKS[kind](nn.Identity(), eps=8 / 255, **kwargs)
+        ATTACKS[kind](nn.Identity(), eps=8 / 255, **_class_kwargs(kwargs))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{here}: {exc}") from None
     return AttackSpec(label=label, kind=kind, kwargs=kwargs, target=target)
@@ -225,6 +225,14 @@ def attack_autocast(autocast: Autocast):
     return "bf16" if autocast_dtype(autocast) is not None else False
 
 
+def _class_kwargs(kwargs: Mapping) -> dict:
+    """An attack's parameters as its class takes them: ``autocast: none | bf16`` in a config is translated."""
+    kwargs = dict(kwargs)
+    if isinstance(kwargs.get("autocast"), str) and kwargs["autocast"] in AUTOCAST_CHOICES:
+        kwargs["autocast"] = attack_autocast(kwargs["autocast"])
+    return kwargs
+
+
 class AttackRunner:
     """One configured attack at one eps against one model: build it, fit it (universal), run and measure.
 
@@ -252,14 +260,15 @@ class AttackRunner:
         y_channel: bool = False,
         batch_size: int = 16,
     ):
+        autocast_dtype(autocast, "AttackRunner.autocast")  # the one spelling: "none" or "bf16"
         self.spec, self.model, self.eps = spec, model, eps
         self.crop_border, self.y_channel = crop_border, y_channel
         kwargs = dict(spec.kwargs)
         kwargs.setdefault("seed", seed)
-        kwargs.setdefault("autocast", attack_autocast(autocast))
+        kwargs.setdefault("autocast", autocast)
         if spec.kind == "universal":
             kwargs.setdefault("batch_size", batch_size)
-        self.attack = ATTACKS[spec.kind](model, eps=eps, **kwargs)
+        self.attack = ATTACKS[spec.kind](model, eps=eps, **_class_kwargs(kwargs))
 
     def accepts(self, lr: torch.Tensor) -> bool:
         """Whether an LR image (``(C, H, W)`` or batch) can be attacked: the universal perturbation needs
