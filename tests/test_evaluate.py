@@ -320,14 +320,20 @@ def test_attack_runner_takes_the_one_autocast_spelling():
 
     torch.manual_seed(0)
     net = build_arch("edsr", upscale=2, num_feat=8, num_block=1, img_range=1.0).eval()
+    seen: list[torch.dtype] = []
+    net.conv_first.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
     lr = torch.rand(2, 3, 12, 12)
     hr = torch.rand(2, 3, 24, 24)
     (spec,) = parse_attacks({"ifgsm": {"steps": 2}})
     (per_attack,) = parse_attacks({"ifgsm": {"steps": 2, "autocast": "bf16"}})  # the same spelling inside a block
-    for runner, dtype in ((AttackRunner(spec, net, 4 / 255), None), (AttackRunner(spec, net, 4 / 255, autocast="bf16"),
-                          torch.bfloat16), (AttackRunner(per_attack, net, 4 / 255), torch.bfloat16)):
-        assert runner.attack.autocast_dtype == dtype
-        adv, metrics = runner.run(lr, hr)
+    cases = [(AttackRunner(spec, net, 4 / 255), torch.float32),
+             (AttackRunner(spec, net, 4 / 255, autocast="bf16"), torch.bfloat16),
+             (AttackRunner(per_attack, net, 4 / 255), torch.bfloat16)]
+    for runner, dtype in cases:
+        seen.clear()
+        adv = runner.attack(lr, hr=hr)  # the attack's own forward passes, under its autocast
+        assert seen and set(seen) == {dtype}
+        _, metrics = runner.run(lr, hr)
         assert (adv - lr).abs().max() <= 4 / 255 + 1e-6 and metrics["sr_psnr"].dtype == torch.float64
     with pytest.raises(ValueError, match="AttackRunner.autocast"):
         AttackRunner(spec, net, 4 / 255, autocast=False)
