@@ -69,8 +69,10 @@ EXCLUDED = {
                     "test_poisoned_datamodule.py, test_backdoor_callbacks.py and end to end by "
                     "test_backdoor_e2e.py, and its two train.py commands are parsed here",
     r"^make test$": "the whole test suite, this file included",
-    r"^python -m lit_sr\.evaluate --config configs/robustness_\w+\.yaml$":
-        "the robustness report's commands are run by tests/test_evaluate.py (the report's own tests)",
+    r"^python -m lit_sr\.evaluate --config configs/robustness_\w+\.yaml( |$)":
+        "the robustness report's commands and overrides are run by tests/test_evaluate.py (the report's own tests)",
+    r"^make robustness$": "trains the quickstart (tens of minutes on two CPU cores) before the report; "
+                          "tests/test_evaluate.py checks that its data, weights and report paths agree (dry run)",
 }
 # The first code line of each python / yaml block, and the handler that runs it.
 SNIPPETS = {
