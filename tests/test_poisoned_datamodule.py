@@ -46,7 +46,9 @@ def test_manifest_lists_every_candidate_with_checksums(tmp_path):
     assert manifest["config_hash"] == dm.cache.config_hash
     assert dm.cache.directory.name == dm.cache.config_hash[:16]
     assert manifest["config"]["pool"] == dm.candidate_indices
-    assert manifest["config"]["trigger"] == {"name": "blend"} and manifest["config"]["seed"] == 0
+    # the trigger's full settings (defaults included) key the cache
+    assert manifest["config"]["trigger"] == dm.trigger.config() and manifest["config"]["trigger"]["name"] == "blend"
+    assert manifest["config"]["seed"] == 0
     listed = {int(e["index"]) for e in manifest["samples"].values() if e["file"].startswith("train_")}
     assert listed == set(dm.candidate_indices)
     for entry in manifest["samples"].values():
@@ -101,11 +103,11 @@ def test_interrupted_generation_resumes_without_redoing_finished_samples(tmp_pat
     calls = {"n": 0}
     original = PoisonCache.write_samples
 
-    def interrupted(self, samples, info):
+    def interrupted(self, samples, info, part):
         calls["n"] += 1
         if calls["n"] == 3:  # the third batch is cut off mid-generation
             raise KeyboardInterrupt
-        return original(self, samples, info)
+        return original(self, samples, info, part)
 
     monkeypatch.setattr(PoisonCache, "write_samples", interrupted)
     first = make_dm(tmp_path)
@@ -141,8 +143,11 @@ def test_deleted_or_corrupted_sample_files_are_regenerated(tmp_path):
     files[0].unlink()
     files[1].write_bytes(files[1].read_bytes()[:-7])  # truncated
     again = make_dm(tmp_path)
-    again.setup("fit")
+    with pytest.warns(RuntimeWarning, match="regenerating") as caught:
+        again.setup("fit")
     assert again.generated_samples == 2
+    messages = " ".join(str(w.message) for w in caught)
+    assert str(files[0]) in messages and str(files[1]) in messages  # each warning names the file
     after = {p.name: sha256_file(p) for p in cache_files(again)}
     assert after == before  # generation is deterministic: the same bytes again
 
@@ -153,7 +158,7 @@ def test_reader_refuses_an_incomplete_or_altered_cache(tmp_path):
     files = cache_files(dm)
     files[2].write_bytes(files[2].read_bytes()[:-3])
     reader = PoisonCache(dm.cache.directory, dm.cache.config)
-    reader.open(writable=False)
+    reader.load()
     with pytest.raises(CacheMismatchError, match="SHA-256"):
         reader.verify([p.stem for p in files])
     with pytest.raises(CacheMismatchError, match="lacks"):
@@ -232,7 +237,7 @@ def test_constructor_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="poison_rate"):
         PoisonedSRDataModule(base, poison_rate=0.0)
     with pytest.raises(ValueError, match="label"):
-        PoisonedSRDataModule(base, label="clean")
+        PoisonedSRDataModule(base, label="sparkles")
     with pytest.raises(ValueError, match="trigger"):
         PoisonedSRDataModule(base, trigger={"name": "sparkles"})
     with pytest.raises(ValueError, match="needs a substitute"):
@@ -251,11 +256,12 @@ def test_constructor_rejects_bad_arguments(tmp_path):
 
 def test_badsr_label_and_trigger_with_a_substitute_trained_in_the_same_run(tmp_path):
     kw = dict(trigger={"name": "badsr", "steps": 5, "perceptual": "ssim"}, label="badsr", eps=0.05,
-              poisoned_hr_steps=5, substitute={"arch": "edsr", "arch_kwargs": {"num_feat": 8, "num_block": 1}},
-              substitute_train_steps=3, substitute_batch_size=4, candidate_rate=0.5)
+              poisoned_hr_steps=5, candidate_rate=0.5,
+              substitute={"arch": "edsr", "arch_kwargs": {"num_feat": 8, "num_block": 1}, "train_steps": 3,
+                          "train_batch_size": 4})
     dm = make_dm(tmp_path, **kw)
     dm.setup("fit")
-    weights = dm.cache.directory / "substitute.pth"
+    weights = dm.cache.directory / "substitute.safetensors"
     assert weights.is_file() and dm.cache.extra["substitute_sha256"] == sha256_file(weights)
     report = dm.poison_report
     # eps = 0.05 per pixel: PSNR >= 30.8 dB before 8-bit rounding; a stealthy label, unlike the target label
