@@ -201,8 +201,9 @@ class PoisonedSRDataModule(L.LightningDataModule):
             test and predict loaders are used unchanged.
         trigger: a sample-independent trigger (``class_path: lit_sr.poison.Blend`` /
             ``BadNet`` / ``SIG`` / ``WaNet`` with its ``init_args``), BadSR's
-            :class:`lit_sr.poison.specs.AdversarialTriggerSpec` (built around the substitute), or
-            from Python the dict ``{"name": ..., **settings}``. Default: ``Blend()``.
+            :class:`lit_sr.poison.specs.AdversarialTriggerSpec` (built around the substitute).
+            From Python the dict ``{"name": ..., **settings}`` is accepted too (it is not in the
+            type hint, so that jsonargparse reports a misspelt YAML key by name). Default ``Blend()``.
         poison_rate: budget of poisoned samples as a fraction of the training samples (records,
             not repeats): ``budget = round(poison_rate * n_train)``. Default 0.1 (the paper).
         candidate_rate: fraction of the training samples in the candidate pool (seeded). The
@@ -216,8 +217,8 @@ class PoisonedSRDataModule(L.LightningDataModule):
             ``poisoned_hr_norm`` (see :func:`lit_sr.poison.make_poisoned_hr`). Default 0.05.
         poisoned_hr_steps: PGD iterations of the poisoned HR.
         poisoned_hr_norm: how ``eps`` is normalised: ``"pixel"`` (default), ``"rms"`` or ``"l2"``.
-        substitute: the substitute SR network (:class:`lit_sr.poison.substitute.SubstituteSpec`,
-            or its dict): used by the BadSR trigger and label and for the feature ASR.
+        substitute: the substitute SR network (:class:`lit_sr.poison.substitute.SubstituteSpec`;
+            from Python also its dict): used by the BadSR trigger and label and for the feature ASR.
         quantize: store triggered LR and poisoned HR as 8-bit images (what a published poisoned
             data set would hold); the evaluation's triggered inputs are rounded the same way.
         cache_dir: root of the poison cache; the data go to ``cache_dir/<config hash[:16]>/``.
@@ -237,7 +238,7 @@ class PoisonedSRDataModule(L.LightningDataModule):
     def __init__(
         self,
         base: SRDataModule,
-        trigger: Trigger | AdversarialTriggerSpec | dict[str, Any] | None = None,
+        trigger: Trigger | AdversarialTriggerSpec | None = None,
         poison_rate: float = 0.1,
         candidate_rate: float = 1.0,
         label: Label = "target",
@@ -245,7 +246,7 @@ class PoisonedSRDataModule(L.LightningDataModule):
         eps: float = 0.05,
         poisoned_hr_steps: int = 100,
         poisoned_hr_norm: Literal["pixel", "rms", "l2"] = "pixel",
-        substitute: SubstituteSpec | dict[str, Any] | None = None,
+        substitute: SubstituteSpec | None = None,
         quantize: bool = True,
         cache_dir: str = "runs/poison_cache",
         rebuild_cache: bool = False,
