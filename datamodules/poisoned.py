@@ -490,9 +490,8 @@ class PoisonedSRDataModule(L.LightningDataModule):
         if spec.trained_here:
             if group.rank == 0 and net is None:
                 net = spec.build(self.base.scale, self.seed)
-                losses = train_substitute(net, self.base.train_dataset, spec.train_steps, spec.train_lr,
-                                          spec.train_batch_size, self.seed, device)
-                self.cache.extra["substitute_final_loss"] = losses[-1]
+                train_substitute(net, self.base.train_dataset, spec.train_steps, spec.train_lr,
+                                 spec.train_batch_size, self.seed, device)
             if net is None:
                 net = spec.build(self.base.scale, self.seed)
             net.to(sharding.collective_device())

@@ -152,7 +152,9 @@ def train_substitute(
     """Train a substitute SR network briefly on clean pairs with a plain loop (Adam, L1 loss).
 
     Batches are drawn from ``dataset`` (items ``{"lr", "hr"}`` of equal size, e.g. random crops)
-    with a seeded generator. The network is left in eval mode on ``device``.
+    with a seeded generator, and torch's global generator (which a data set's random crops draw
+    from) is reseeded with ``seed`` for the loop and restored after it, so the result does not
+    depend on what ran before. The network is left in eval mode on ``device``.
 
     Args:
         net: the network (trained in place).
@@ -174,17 +176,19 @@ def train_substitute(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * 0.01)
     gen = torch.Generator().manual_seed(seed)
     losses = []
-    for _ in tqdm(range(steps), desc="substitute", leave=False):
-        picks = torch.randint(len(dataset), (batch_size,), generator=gen).tolist()
-        samples = [dataset[i] for i in picks]
-        x = torch.stack([s["lr"] for s in samples]).to(device)
-        y = torch.stack([s["hr"] for s in samples]).to(device)
-        loss = torch.nn.functional.l1_loss(net(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for _ in tqdm(range(steps), desc="substitute", leave=False):
+            picks = torch.randint(len(dataset), (batch_size,), generator=gen).tolist()
+            samples = [dataset[i] for i in picks]
+            x = torch.stack([s["lr"] for s in samples]).to(device)
+            y = torch.stack([s["hr"] for s in samples]).to(device)
+            loss = torch.nn.functional.l1_loss(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
     net.eval()
     return losses
 
