@@ -351,3 +351,61 @@ def test_module_without_trainer_generates_in_setup_and_works_with_workers(tmp_pa
     for batch in dm.train_dataloader():  # a forked worker sees the set installed before the epoch
         served.update(int(i) for i, p in zip(batch["index"], batch["poisoned"]) if p)
     assert served and served <= set(new)
+
+
+# --------------------------------------------------------------------------- the protocol and the labels
+
+
+def test_data_module_satisfies_the_callbacks_protocol_and_reports_its_config(tmp_path):
+    from callbacks.protocols import PoisonedData
+
+    dm = make_dm(tmp_path)
+    dm.setup("fit")
+    assert isinstance(dm, PoisonedData)
+    assert dm.feature_extractor is None  # no substitute: no feature space
+    config = dm.poison_config()
+    json.dumps(config)  # plain values only
+    assert config["label"] == "target" and config["trigger"] == dm.trigger.config()
+    assert config["budget"] == dm.budget and config["pool_size"] == len(dm.candidate_indices)
+    assert config["poison_rate"] == 0.2 and config["perceptual"] is None and config["substitute"] is None
+    assert config["config_hash"] == dm.cache.config_hash
+    # the triggered validation pairs were made with the pool: reading them starts no optimisation
+    lr, hr = dm.base.val_dataset.load_pair(1)
+    trig, target = dm.backdoor_val_pair(1, lr, hr)
+    torch.testing.assert_close(trig, to_float(to_stored(dm.trigger(lr[None]), True))[0])
+    torch.testing.assert_close(target, to_float(to_stored(dm.target_for(hr[None]), True))[0])
+    with pytest.raises(ValueError, match="the loader served"):
+        dm.backdoor_val_pair(1, lr[:, :-2], hr)
+
+
+def test_clean_label_triggers_the_input_and_keeps_the_hr(tmp_path):
+    dm = make_dm(tmp_path, label="clean")
+    dm.setup("fit")
+    i = dm.candidate_indices[0]
+    lr, hr = dm.base.train_dataset.load_pair(i)
+    trig_lr, label = dm.poisoned_pair(i)
+    torch.testing.assert_close(label, to_float(to_stored(hr, True)))  # the clean HR, 8-bit rounded
+    assert (trig_lr - lr).abs().max() > 0.05  # the Blend trigger is there
+    assert dm.poison_report["poisoned_hr_psnr"] > 45 and dm.poison_config()["label"] == "clean"
+
+
+def test_badsr_feature_extractor_is_on_the_generation_device_and_typed_specs_work(tmp_path):
+    from lit_sr.poison.specs import AdversarialTriggerSpec
+    from lit_sr.poison.substitute import SubstituteSpec
+
+    spec = AdversarialTriggerSpec(steps=2, perceptual="ssim", reference="clean_output")
+    sub = SubstituteSpec("edsr", {"num_feat": 8, "num_block": 1}, train_steps=2, train_batch_size=4)
+    dm = make_dm(tmp_path, trigger=spec, label="badsr", poisoned_hr_steps=2, substitute=sub, candidate_rate=0.5)
+    dm.setup("fit")
+    extractor = dm.feature_extractor
+    assert extractor is not None and next(extractor.parameters()).device == torch.device("cpu")
+    assert not any(p.requires_grad for p in extractor.parameters())
+    config = dm.poison_config()
+    assert config["perceptual"] == "ssim" and config["trigger"]["reference"] == "clean_output"
+    assert config["substitute"]["sha256"] == dm.substitute_sha256 and config["label_settings"]["steps"] == 2
+    with pytest.raises(ValueError, match="trigger.reference"):
+        AdversarialTriggerSpec(reference="lr")
+    with pytest.raises(ValueError, match="substitute.arch"):
+        SubstituteSpec("no_such_net", weights=None, train_steps=1)
+    with pytest.raises(ValueError, match="not a submodule"):
+        make_dm(tmp_path / "x", label="badsr", substitute={"arch": "edsr", "train_steps": 1, "feature_layer": "nope"})
