@@ -59,3 +59,14 @@ def test_recipe_writes_last_ckpt_every_epoch_and_keeps_the_best_apart(tmp_path, 
     assert len(best) == 1 and latest == ["latest-epoch=2.ckpt"], sorted(p.name for p in ckpt_dir.iterdir())
     assert {p.name for p in ckpt_dir.iterdir()} == {"last.ckpt", *best, *latest}  # nothing else piles up
     assert (ckpt_dir / "last.ckpt").is_symlink()  # the latest state is written once per epoch, not twice
+
+
+def test_slurm_launcher_is_valid_bash_and_uses_lightnings_launcher():
+    import subprocess
+
+    script = ROOT / "scripts" / "slurm_badsr.sbatch"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    assert 'srun "$PYTHON" train.py fit --config "$CONFIG"' in text
+    assert '--trainer.num_nodes "$NODES"' in text and "#SBATCH --ntasks-per-node=" in text
+    assert "configs/badsr_edsr_x4_div2k.yaml" in text and (ROOT / "configs" / "badsr_edsr_x4_div2k.yaml").is_file()
