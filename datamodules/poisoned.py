@@ -27,10 +27,10 @@ workers are forked anew each epoch and see the current set: a set installed at t
 ``E`` is used from epoch ``E + 1``.
 
 **Under DDP** (see the README, "Multi-GPU and multi-node poisoning"): ``setup`` runs on every
-rank. When every rank finds its cache complete and valid nothing is written (a read-only cache
-works). Otherwise the ranks that share a cache folder split the pool and the validation set
-between them, each writes its own partial manifest, and the folder's lowest rank merges them after
-a barrier.
+rank (:class:`lit_sr.poison.generation.CacheFiller`). When every rank finds its cache complete and
+valid nothing is written (a read-only cache works). Otherwise the ranks that share a cache folder
+split the pool and the validation set between them, each writes its own partial manifest, and the
+folder's lowest rank merges them after a barrier.
 """
 
 from __future__ import annotations
@@ -49,34 +49,23 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.datasets import SRPairDataset
 from datamodules.sr import EMBEDDED_TRAIN, EMBEDDED_VAL, SRDataModule, load_embedded_photo
-from lit_sr.io import load_weights, read_image
-from lit_sr.poison import sharding
+from lit_sr.io import read_image
 from lit_sr.poison.cache import (
-    PARTS,
     CacheMismatchError,
-    PartialManifest,
     PoisonCache,
     config_hash,
     sha256_file,
     sha256_tensors,
     to_float,
     to_stored,
-    warn_regenerating,
 )
-from lit_sr.poison.generation import generate_samples, sample_key
+from lit_sr.poison.generation import CacheFiller, CachePart, sample_key
 from lit_sr.poison.poisoned_hr import NORMS, FeatureExtractor
 from lit_sr.poison.poisoner import CleanLabel, FeatureAlignedLabel, Poisoner, TargetLabel, stealth_figures
 from lit_sr.poison.selection import random_select
 from lit_sr.poison.specs import AdversarialTriggerSpec, as_trigger, needs_substitute, trigger_settings
-from lit_sr.poison.substitute import (
-    SubstituteSpec,
-    freeze,
-    load_substitute,
-    save_substitute,
-    substitute_sha256,
-    train_substitute,
-)
-from lit_sr.poison.triggers import Trigger
+from lit_sr.poison.substitute import SubstituteSpec, train_substitute
+from lit_sr.poison.triggers import AdversarialTrigger, Trigger
 from lit_sr.runtime import AUTOCAST_CHOICES, Autocast
 from lit_sr.validation import check_bool, check_choice, check_fraction, check_int, check_positive
 
@@ -95,7 +84,6 @@ __all__ = [
 
 Label = Literal["target", "badsr", "clean"]
 LABELS: tuple[str, ...] = ("target", "badsr", "clean")
-SUBSTITUTE_FILE = "substitute.safetensors"
 EMBEDDED_PHOTOS = EMBEDDED_TRAIN + EMBEDDED_VAL
 
 
@@ -176,18 +164,6 @@ def _records_fingerprint(dataset: SRPairDataset) -> str:
         if rec.hr_tensor is not None:
             digest.update(sha256_tensors(rec.hr_tensor).encode())
     return digest.hexdigest()
-
-
-class _Part:
-    """One cache to fill: the train pool or the validation set."""
-
-    def __init__(self, cache: PoisonCache, indices: list[int], prefix: str, label_name: str, load_pair):
-        self.cache, self.indices, self.prefix, self.label_name, self.load_pair = (
-            cache, indices, prefix, label_name, load_pair)
-
-    @property
-    def keys(self) -> list[str]:
-        return [sample_key(self.prefix, i) for i in self.indices]
 
 
 # --------------------------------------------------------------------------- the data module
@@ -394,7 +370,7 @@ class PoisonedSRDataModule(L.LightningDataModule):
             "seed": self.seed,
         }
 
-    def _parts(self) -> list[_Part]:
+    def _parts(self) -> list[CachePart]:
         """The train-pool cache and the validation cache (objects only: nothing is read or written)."""
         self.base.setup("fit")
         train, val = self.base.train_dataset, self.base.val_dataset
@@ -405,8 +381,8 @@ class PoisonedSRDataModule(L.LightningDataModule):
                       "scale": self.base.scale}
         self.val_cache_store = PoisonCache(self.cache.directory / f"val-{config_hash(val_config)[:16]}", val_config,
                                            rebuild=self.rebuild_cache)
-        return [_Part(self.cache, list(self.candidate_indices), "train_", "hr", train.load_pair),
-                _Part(self.val_cache_store, list(range(len(val.records))), "val_", "target", val.load_pair)]
+        return [CachePart(self.cache, list(self.candidate_indices), "train_", "hr", train.load_pair),
+                CachePart(self.val_cache_store, list(range(len(val.records))), "val_", "target", val.load_pair)]
 
     # ------------------------------------------------------------------ lifecycle
     def prepare_data(self) -> None:
@@ -423,100 +399,32 @@ class PoisonedSRDataModule(L.LightningDataModule):
         if self.base.val_dataset is not None:
             self.val_dataset = self.base.val_dataset
 
-    def _fill(self, parts: list[_Part]) -> bool:
-        """Make whatever is missing, on every rank. Returns whether the files were already checked."""
-        for part in parts:
-            part.cache.load()  # a cache of another configuration raises here unless rebuild_cache
+    def _fill(self, parts: list[CachePart]) -> bool:
+        """Make whatever is missing, sharded over every rank. Returns whether the files were checked."""
         device = self._device()
-        net, sha = self._substitute_on_disk(device)
-        if not sharding.any_rank(not self._complete(parts, net, sha)):
-            self._install(net, sha, device)
-            return True  # complete and valid on every rank: read it, write nothing (read-only storage works)
-        group, tokens = sharding.folder_group(self.cache_dir / ".peers")
-        if group.is_leader:
-            for part in parts:
-                part.cache.prepare()  # (rebuild) clear, create the folder, remove stale temporary files
-        sharding.barrier()
-        net, sha = self._shared_substitute(net, sha, group, device)
-        self._install(net, sha, device)
-        for part in parts:
-            part.cache.load()
-            self._generate_shard(part, group, device)
-        sharding.barrier()
-        if group.is_leader:
-            for part in parts:
-                part.cache.merge_parts()
-        sharding.barrier()
-        sharding.drop_tokens(tokens, group)
-        for part in parts:
-            part.cache.load()
-        return False
+        filler = CacheFiller(parts, self._make_poisoner, self.substitute_spec, self.base.scale, self.seed,
+                             self.base.train_dataset, self.cache_dir / ".peers", self.generation_batch_size,
+                             device, check_hash=self.verify_cache, on_written=self._count_generated)
+        result = filler.run()
+        self.substitute, self.substitute_sha256, self.poisoner = (
+            result.substitute, result.substitute_sha256, result.poisoner)
+        return result.verified
+
+    def _count_generated(self, n: int) -> None:
+        self.generated_samples += n
 
     def _expected(self) -> dict[str, Any]:
-        return {} if self.substitute_sha256 is None else {"substitute_sha256": self.substitute_sha256}
+        return CacheFiller.expected(self.substitute_sha256)
 
-    def _complete(self, parts: list[_Part], net: nn.Module | None, sha: str | None) -> bool:
-        """Every sample listed in the manifests, intact, made with this substitute (only reads)."""
-        if self.substitute_spec is not None and net is None:
-            return False
-        expect = {} if sha is None else {"substitute_sha256": sha}
-        for part in parts:
-            if part.cache.mismatch is not None or (part.cache.directory / PARTS).is_dir():
-                return False
-            if part.cache.check(part.keys, check_hash=self.verify_cache, expect=expect):
-                return False
-        return True
-
-    # ------------------------------------------------------------------ the substitute
-    def _substitute_on_disk(self, device: torch.device) -> tuple[nn.Module | None, str | None]:
-        """The substitute from its weights file, or the one trained for this cache when it is intact."""
-        spec = self.substitute_spec
-        if spec is None:
-            return None, None
-        net = spec.build(self.base.scale, self.seed)
-        if spec.weights is not None:
-            load_weights(net, spec.weights, key=spec.weights_key)
-            return net, substitute_sha256(net)
-        recorded = self.cache.extra.get("substitute_sha256") if self.cache.mismatch is None else None
-        if recorded and load_substitute(net, self.cache.directory / SUBSTITUTE_FILE, recorded):
-            return net, recorded
-        return None, None
-
-    def _shared_substitute(self, net, sha, group: sharding.FolderGroup, device: torch.device):
-        """One substitute for every rank: trained (or read) on global rank 0, broadcast, saved per folder."""
-        spec = self.substitute_spec
-        if spec is None:
-            return None, None
-        if spec.trained_here:
-            if group.rank == 0 and net is None:
-                net = spec.build(self.base.scale, self.seed)
-                train_substitute(net, self.base.train_dataset, spec.train_steps, spec.train_lr,
-                                 spec.train_batch_size, self.seed, device)
-            if net is None:
-                net = spec.build(self.base.scale, self.seed)
-            net.to(sharding.collective_device())
-            sharding.broadcast_module(net)  # rank 0's weights everywhere, whatever each rank had
-            sha = substitute_sha256(net)
-            if group.is_leader and self.cache.extra.get("substitute_sha256") != sha:
-                self.cache.extra["substitute_sha256"] = save_substitute(net, self.cache.directory / SUBSTITUTE_FILE)
-                self.cache.write_manifest()
-            elif group.is_leader and not (self.cache.directory / SUBSTITUTE_FILE).is_file():
-                save_substitute(net, self.cache.directory / SUBSTITUTE_FILE)
-        elif group.is_leader and self.cache.extra.get("substitute_sha256") != sha:
-            self.cache.extra["substitute_sha256"] = sha
-            self.cache.write_manifest()
-        return net, sha
-
-    def _install(self, net: nn.Module | None, sha: str | None, device: torch.device) -> None:
-        """Substitute (on ``device``, once), feature extractor, trigger and poisoner."""
-        self.substitute, self.substitute_sha256 = net, sha
-        if net is not None:
-            freeze(net, device)
-            self._feature_extractor = FeatureExtractor(net, self.substitute_spec.feature_layer)
+    def _make_poisoner(self, substitute: nn.Module | None) -> Poisoner:
+        """Feature extractor, trigger and poisoner around the substitute (already on its device)."""
+        if substitute is not None:
+            self._feature_extractor = FeatureExtractor(substitute, self.substitute_spec.feature_layer)
         spec = self.trigger_spec
-        self.trigger = spec.build(net, self.generation_autocast) if isinstance(spec, AdversarialTriggerSpec) else spec
-        reference = spec.reference if isinstance(spec, AdversarialTriggerSpec) else "hr"
-        self.poisoner = Poisoner(self.trigger, self._label_maker(), trigger_reference=reference, quantize=self.quantize)
+        adversarial = isinstance(spec, AdversarialTriggerSpec)
+        self.trigger = spec.build(substitute, self.generation_autocast) if adversarial else spec
+        return Poisoner(self.trigger, self._label_maker(), trigger_reference=spec.reference if adversarial else "hr",
+                        quantize=self.quantize)
 
     def _label_maker(self):
         if self.label == "target":
@@ -527,35 +435,8 @@ class PoisonedSRDataModule(L.LightningDataModule):
                                    steps=self.poisoned_hr_steps, norm=self.poisoned_hr_norm,
                                    autocast=self.generation_autocast)
 
-    # ------------------------------------------------------------------ generation of this rank's shard
-    def _generate_shard(self, part: _Part, group: sharding.FolderGroup, device: torch.device) -> None:
-        cache = part.cache
-        known = {**cache.entries, **cache.partial_entries()}
-        expect = self._expected()
-        pending, broken = [], {}
-        for i in group.shard(part.indices):
-            key = sample_key(part.prefix, i)
-            if key not in known:
-                pending.append(i)
-                continue
-            reason = cache.problem(key, known[key], check_hash=True, expect=expect)
-            if reason is not None:
-                broken[key] = reason
-                pending.append(i)
-        warn_regenerating(broken)
-        if not pending:
-            return
-        written = PartialManifest(cache, group.rank)
-        generate_samples(cache, written, self.poisoner, part.load_pair, pending, part.prefix, part.label_name,
-                         self.generation_batch_size, device, extra_info=expect,
-                         desc=f"poisoning {part.prefix.rstrip('_')} samples (rank {group.rank})",
-                         on_written=self._count_generated)
-
-    def _count_generated(self, n: int) -> None:
-        self.generated_samples += n
-
     # ------------------------------------------------------------------ reading the cache
-    def _load(self, parts: list[_Part], verified: bool) -> None:
+    def _load(self, parts: list[CachePart], verified: bool) -> None:
         train_part, val_part = parts
         check_hash = self.verify_cache and not verified
         for part in parts:
@@ -706,7 +587,7 @@ class PoisonedSRDataModule(L.LightningDataModule):
     def poison_config(self) -> dict[str, Any]:
         """What was poisoned and how, as plain values (for summaries and logs)."""
         trigger = trigger_settings(self.trigger_spec)
-        perceptual = getattr(self.trigger, "perceptual_used", None)  # only BadSR's trigger has a perceptual term
+        perceptual = self.trigger.perceptual_used if isinstance(self.trigger, AdversarialTrigger) else None
         return {
             "label": self.label,
             "label_settings": self._label_settings(),

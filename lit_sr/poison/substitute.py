@@ -23,6 +23,8 @@ from torch import nn
 from lit_sr.poison.cache import write_named
 from lit_sr.validation import check_int, check_positive
 
+SUBSTITUTE_FILE = "substitute.safetensors"  # a substitute trained for a cache, stored in its folder
+
 
 class SubstituteSpec:
     """Settings of the substitute SR network (jsonargparse builds it from YAML).
