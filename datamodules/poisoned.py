@@ -585,7 +585,16 @@ class PoisonedSRDataModule(L.LightningDataModule):
         return lr[:, top : top + lp, left : left + lp], hr[:, top * s : (top + lp) * s, left * s : (left + lp) * s]
 
     def poison_config(self) -> dict[str, Any]:
-        """What was poisoned and how, as plain values (for summaries and logs)."""
+        """What was poisoned and how, as plain JSON values (for summaries and logs).
+
+        Keys: ``label`` (``"target"``/``"badsr"``/``"clean"``), ``label_settings`` (BadSR's
+        ``eps``/``steps``/``norm``), ``trigger`` (every trigger setting, ``name`` included),
+        ``trigger_name``, ``perceptual`` (the perceptual term BadSR's trigger used, e.g.
+        ``"ssim"`` or ``"lpips:alex"``; ``None`` for other triggers), ``poison_rate``,
+        ``candidate_rate``, ``budget``, ``pool_size``, ``target``, ``substitute`` (its settings and
+        ``sha256``; ``None`` without one), ``quantize``, ``generation_autocast``, ``seed``,
+        ``config_hash`` and ``cache_dir`` (``None`` before ``setup``).
+        """
         trigger = trigger_settings(self.trigger_spec)
         perceptual = self.trigger.perceptual_used if isinstance(self.trigger, AdversarialTrigger) else None
         return {
