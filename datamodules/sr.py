@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from datamodules.datasets import ImageFolderInput, ImageRecord, SRPairDataset, folder_records
-from lit_sr.data import augment_batch, default_cache_dir, read_prepared
+from lit_sr.data import PreparedDataMismatchError, augment_batch, default_cache_dir, prepared_config, read_prepared
 from lit_sr.ops import imresize
 from lit_sr.validation import check_choice
 
@@ -286,30 +286,42 @@ class DIV2KDataModule(SRDataModule):
         train_lr: e.g. ``DIV2K/DIV2K_train_LR_bicubic/X4``; ``None`` makes LR on the fly.
         val_lr: e.g. ``DIV2K/DIV2K_valid_LR_bicubic/X4``; ``None`` makes LR on the fly.
         train_prepared: the fast path: train on the sub-images of a ``python -m lit_sr.data prepare``
-            output folder (e.g. ``DIV2K/prepared/DIV2K_train_x4``) instead of ``train_hr`` /
-            ``train_lr``; each sub-image is a record, so ``repeat`` counts passes over sub-images.
+            output folder (e.g. ``DIV2K/prepared/DIV2K_train_x4``) instead of reading ``train_hr`` /
+            ``train_lr``; each sub-image is a record, so ``repeat`` counts passes over sub-images
+            (as BasicSR's ``dataset_enlarge_ratio`` does with its ``*_sub`` folders). When
+            ``train_hr`` (and ``train_lr``) are given too, they name the folders it was prepared
+            from, and a prepared folder made from other folders raises an error.
         **kwargs: see :class:`SRDataModule`.
     """
 
     def __init__(self, val_hr: str, train_hr: str | None = None, train_lr: str | None = None,
                  val_lr: str | None = None, train_prepared: str | None = None, **kwargs):
         super().__init__(**kwargs)
-        if (train_hr is None) == (train_prepared is None):
-            raise ValueError("DIV2KDataModule needs exactly one of train_hr (raw folders) or train_prepared (a "
-                             f"prepared folder); got train_hr={train_hr!r}, train_prepared={train_prepared!r}")
-        if train_prepared is not None and train_lr is not None:
-            raise ValueError(f"train_lr={train_lr!r} is unused with train_prepared (the prepared folder holds the "
-                             "LR sub-images): leave it out")
+        if train_hr is None and train_prepared is None:
+            raise ValueError("DIV2KDataModule needs train_hr (raw folders) or train_prepared (a prepared folder)")
         self.train_hr, self.train_lr, self.val_hr, self.val_lr = train_hr, train_lr, val_hr, val_lr
         self.train_prepared = train_prepared
 
     def train_records(self) -> list[ImageRecord]:
         if self.train_prepared is not None:
+            self._check_prepared_sources()
             return prepared_records(self.train_prepared, self.scale)
         return folder_records(self.train_hr, self.train_lr, self.scale)
 
     def val_records(self) -> list[ImageRecord]:
         return folder_records(self.val_hr, self.val_lr, self.scale)
+
+    def _check_prepared_sources(self) -> None:
+        if self.train_hr is None:
+            return
+        config = prepared_config(self.train_prepared)
+        for name, given, used in (("train_hr", self.train_hr, config["hr_dir"]),
+                                  ("train_lr", self.train_lr, config["lr_dir"])):
+            given = None if given is None else str(Path(given).resolve())
+            if given != used:
+                raise PreparedDataMismatchError(
+                    f"{self.train_prepared} was prepared from {name}={used}, but the data module was given "
+                    f"{name}={given}: prepare it from these folders or fix the paths")
 
 
 class EmbeddedPhotosDataModule(SRDataModule):

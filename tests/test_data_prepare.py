@@ -150,5 +150,13 @@ def test_div2k_module_trains_on_the_prepared_folder(tmp_path):
     lr = batch["lr"][0]
     hits = [(t, x) for t in range(16 - 3) for x in range(24 - 3) if torch.equal(bicubic[:, t : t + 4, x : x + 4], lr)]
     assert hits
-    with pytest.raises(ValueError, match="exactly one of train_hr"):
-        DIV2KDataModule(train_prepared=str(tmp_path / "out"), train_hr=str(tmp_path / "hr"), val_hr=str(tmp_path))
+    # with the source folders named too (as the recipes do), they must be the ones it was prepared from
+    named = DIV2KDataModule(train_prepared=str(tmp_path / "out"), train_hr=str(tmp_path / "hr"),
+                            val_hr=str(tmp_path / "hr"), scale=4, patch_size=16, num_workers=0)
+    assert len(named.train_records()) == 6
+    wrong = DIV2KDataModule(train_prepared=str(tmp_path / "out"), train_hr=str(tmp_path / "hr"),
+                            train_lr=str(tmp_path / "lr"), val_hr=str(tmp_path / "hr"), scale=4, patch_size=16)
+    with pytest.raises(PreparedDataMismatchError, match=r"prepared from train_lr=None.*given train_lr=.*lr"):
+        wrong.train_records()
+    with pytest.raises(ValueError, match="needs train_hr .* or train_prepared"):
+        DIV2KDataModule(val_hr=str(tmp_path / "hr"))

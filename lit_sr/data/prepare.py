@@ -384,6 +384,17 @@ class PreparedPair:
     lr_path: Path
 
 
+def prepared_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """The configuration a finished prepared directory was made with (``hr_dir``, ``lr_dir``, ``scale``, ...)."""
+    directory = Path(directory)
+    manifest = _read_json(directory / MANIFEST)
+    if manifest is None or manifest.get("kind") != KIND or not manifest.get("complete"):
+        raise PreparedDataMismatchError(
+            f"{directory} is not a finished prepared data set (no complete {MANIFEST}); run "
+            f"`python -m lit_sr.data prepare --hr-dir ... --out-dir {directory}` (it resumes where it stopped)")
+    return dict(manifest["config"])
+
+
 def read_prepared(directory: str | os.PathLike, scale: int | None = None, verify: bool = False) -> list[PreparedPair]:
     """The sub-image pairs of a prepared directory, checked against its manifest.
 
@@ -398,11 +409,8 @@ def read_prepared(directory: str | os.PathLike, scale: int | None = None, verify
             a file missing, resized or (``verify``) changed.
     """
     directory = Path(directory)
+    prepared_config(directory)
     manifest = _read_json(directory / MANIFEST)
-    if manifest is None or manifest.get("kind") != KIND or not manifest.get("complete"):
-        raise PreparedDataMismatchError(
-            f"{directory} is not a finished prepared data set (no complete {MANIFEST}); run "
-            f"`python -m lit_sr.data prepare --hr-dir ... --out-dir {directory}` (it resumes where it stopped)")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise PreparedDataMismatchError(f"{directory / MANIFEST} has format {manifest.get('format_version')}, this "
                                         f"version reads {FORMAT_VERSION}: prepare it again")
