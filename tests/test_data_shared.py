@@ -100,6 +100,28 @@ def test_a_second_worker_does_not_add_a_second_copy(tmp_path):
     assert pss_a <= 0.6 * size_kb + 4 and pss_b <= 0.6 * size_kb + 4
 
 
+def _build_concurrently(dataset, directory, barrier, queue):
+    torch.set_num_threads(1)
+    barrier.wait()  # both start building at once, as DDP ranks do
+    store = dataset.build_store(directory, progress=False)
+    queue.put((store.built, store.data_path.stat().st_ino))
+
+
+def test_ranks_starting_together_build_the_store_once_and_share_one_file(tmp_path):
+    make_folder(tmp_path / "hr", [(64, 64)] * 3)
+    ds = SRPairDataset(folder_records(tmp_path / "hr"), scale=2)
+    ctx = mp.get_context("fork")
+    barrier, queue = ctx.Barrier(2), ctx.Queue()
+    ranks = [ctx.Process(target=_build_concurrently, args=(ds, tmp_path / "cache", barrier, queue)) for _ in range(2)]
+    for r in ranks:
+        r.start()
+    results = [queue.get(timeout=120) for _ in ranks]
+    for r in ranks:
+        r.join(timeout=60)
+    assert sorted(built for built, _ in results) == [False, True]  # one decoded, the other waited and reused
+    assert results[0][1] == results[1][1]  # the same file (inode): one copy in the page cache
+
+
 def test_store_records_bad_files_and_crops_uint8(tmp_path):
     files = make_folder(tmp_path / "hr", [(32, 32), (32, 32), (8, 8)])
     files[0].write_bytes(files[0].read_bytes()[:100])

@@ -68,6 +68,7 @@ class SharedImageStore:
     def __init__(self, data_path: str | os.PathLike, entries: Sequence[dict[str, Any]]):
         self.data_path = Path(data_path)
         self.entries = list(entries)
+        self.built = False  # True when this process decoded the images (False: it reused the file)
         self._map: np.ndarray | None = None
 
     # -- building
@@ -144,7 +145,9 @@ class SharedImageStore:
             f.flush()
         with atomic_write(index_path, suffix=".tmp") as tmp:
             tmp.write_text(json.dumps({"format": STORE_FORMAT, "nbytes": offset, "entries": entries}))
-        return cls(data_path, entries)
+        store = cls(data_path, entries)
+        store.built = True
+        return store
 
     # -- reading
     def __len__(self) -> int:
@@ -174,4 +177,4 @@ class SharedImageStore:
         return tuple(out)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"data_path": self.data_path, "entries": self.entries, "_map": None}
+        return {"data_path": self.data_path, "entries": self.entries, "built": self.built, "_map": None}
