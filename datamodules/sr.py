@@ -290,12 +290,13 @@ class DIV2KDataModule(SRDataModule):
             ``train_lr``; each sub-image is a record, so ``repeat`` counts passes over sub-images
             (as BasicSR's ``dataset_enlarge_ratio`` does with its ``*_sub`` folders). When
             ``train_hr`` (and ``train_lr``) are given too, they name the folders it was prepared
-            from, and a prepared folder made from other folders raises an error.
+            from, and a prepared folder made from other folders raises an error. A list of folders
+            trains on all of them (DF2K: DIV2K's and Flickr2K's prepared folders).
         **kwargs: see :class:`SRDataModule`.
     """
 
     def __init__(self, val_hr: str, train_hr: str | None = None, train_lr: str | None = None,
-                 val_lr: str | None = None, train_prepared: str | None = None, **kwargs):
+                 val_lr: str | None = None, train_prepared: str | list[str] | None = None, **kwargs):
         super().__init__(**kwargs)
         if train_hr is None and train_prepared is None:
             raise ValueError("DIV2KDataModule needs train_hr (raw folders) or train_prepared (a prepared folder)")
@@ -304,23 +305,28 @@ class DIV2KDataModule(SRDataModule):
 
     def train_records(self) -> list[ImageRecord]:
         if self.train_prepared is not None:
-            self._check_prepared_sources()
-            return prepared_records(self.train_prepared, self.scale)
+            folders = [self.train_prepared] if isinstance(self.train_prepared, str) else list(self.train_prepared)
+            if not folders:
+                raise ValueError("train_prepared is an empty list: give one or more prepared folders")
+            if self.train_hr is not None:
+                if len(folders) > 1:
+                    raise ValueError(f"train_hr={self.train_hr!r} names one source, but train_prepared lists "
+                                     f"{len(folders)} folders: leave train_hr/train_lr out")
+                self._check_prepared_sources(folders[0])
+            return [rec for folder in folders for rec in prepared_records(folder, self.scale)]
         return folder_records(self.train_hr, self.train_lr, self.scale)
 
     def val_records(self) -> list[ImageRecord]:
         return folder_records(self.val_hr, self.val_lr, self.scale)
 
-    def _check_prepared_sources(self) -> None:
-        if self.train_hr is None:
-            return
-        config = prepared_config(self.train_prepared)
+    def _check_prepared_sources(self, folder: str) -> None:
+        config = prepared_config(folder)
         for name, given, used in (("train_hr", self.train_hr, config["hr_dir"]),
                                   ("train_lr", self.train_lr, config["lr_dir"])):
             given = None if given is None else str(Path(given).resolve())
             if given != used:
                 raise PreparedDataMismatchError(
-                    f"{self.train_prepared} was prepared from {name}={used}, but the data module was given "
+                    f"{folder} was prepared from {name}={used}, but the data module was given "
                     f"{name}={given}: prepare it from these folders or fix the paths")
 
 

@@ -158,5 +158,11 @@ def test_div2k_module_trains_on_the_prepared_folder(tmp_path):
                             train_lr=str(tmp_path / "lr"), val_hr=str(tmp_path / "hr"), scale=4, patch_size=16)
     with pytest.raises(PreparedDataMismatchError, match=r"prepared from train_lr=None.*given train_lr=.*lr"):
         wrong.train_records()
+    # several prepared folders (DF2K = DIV2K + Flickr2K) train together
+    make_folder(tmp_path / "hr2", [(32, 64)], seed=1)
+    prepare_subimages(tmp_path / "hr2", tmp_path / "out2", scale=4, crop_size=32, step=32, progress=False)
+    both = DIV2KDataModule(train_prepared=[str(tmp_path / "out"), str(tmp_path / "out2")],
+                           val_hr=str(tmp_path / "hr"), scale=4, patch_size=16, num_workers=0)
+    assert len(both.train_records()) == 6 + 2
     with pytest.raises(ValueError, match="needs train_hr .* or train_prepared"):
         DIV2KDataModule(val_hr=str(tmp_path / "hr"))
