@@ -295,11 +295,13 @@ class DIV2KDataModule(SRDataModule):
         **kwargs: see :class:`SRDataModule`.
     """
 
-    def __init__(self, val_hr: str, train_hr: str | None = None, train_lr: str | None = None,
+    def __init__(self, train_hr: str | None = None, val_hr: str | None = None, train_lr: str | None = None,
                  val_lr: str | None = None, train_prepared: str | list[str] | None = None, **kwargs):
         super().__init__(**kwargs)
         if train_hr is None and train_prepared is None:
             raise ValueError("DIV2KDataModule needs train_hr (raw folders) or train_prepared (a prepared folder)")
+        if val_hr is None:
+            raise ValueError("DIV2KDataModule needs val_hr (e.g. DIV2K/DIV2K_valid_HR)")
         self.train_hr, self.train_lr, self.val_hr, self.val_lr = train_hr, train_lr, val_hr, val_lr
         self.train_prepared = train_prepared
 

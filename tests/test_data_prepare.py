@@ -4,8 +4,10 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from datamodules import DIV2KDataModule
 from lit_sr.data import (
@@ -122,6 +124,11 @@ def test_mismatched_configuration_and_bad_inputs_are_named(tmp_path):
     make_folder(small, [(40, 80)])
     with pytest.raises(PreparedDataError, match=r"0001.png is 40x80: smaller than crop_size 48x48"):
         prepare_subimages(small, tmp_path / "o3", scale=4, crop_size=48, step=24, progress=False)
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    Image.fromarray(np.full((64, 64), 40000, dtype=np.uint16)).save(deep / "0001.png")  # a 16-bit file
+    with pytest.raises(PreparedDataError, match=r"deep/0001.png is not an 8-bit image"):
+        prepare_subimages(deep, tmp_path / "o5", scale=4, crop_size=32, step=16, progress=False)
     lr_dir = tmp_path / "lr"
     lr_dir.mkdir()
     write_image(torch.rand(3, 20, 16), lr_dir / "0001x4.png")

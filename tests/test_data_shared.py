@@ -188,3 +188,28 @@ def test_default_workers_follow_the_machine():
     dm = HRFolderDataModule(train_hr="a", val_hr="b")
     assert dm.num_workers == default_num_workers()
     assert HRFolderDataModule(train_hr="a", val_hr="b", num_workers=0).num_workers == 0
+
+
+def test_trainer_runs_the_device_augmentation_on_training_batches(tmp_path, monkeypatch):
+    import lightning as L
+
+    import datamodules.sr as sr
+    from lit_sr.modules import SRModule
+
+    calls = []
+
+    def counting(lr, hr, **kwargs):
+        calls.append(tuple(lr.shape))
+        return augment_batch(lr, hr, **kwargs)
+
+    monkeypatch.setattr(sr, "augment_batch", counting)
+    make_folder(tmp_path / "hr", [(32, 32), (32, 32)])
+    dm = HRFolderDataModule(train_hr=str(tmp_path / "hr"), val_hr=str(tmp_path / "hr"), scale=2, patch_size=16,
+                            batch_size=2, num_workers=0, repeat=2, augment_on="device")
+    module = SRModule(arch="edsr", arch_kwargs={"num_feat": 8, "num_block": 1}, scale=2, scheduler="none",
+                      export_weights=False)
+    trainer = L.Trainer(max_steps=2, limit_val_batches=1, val_check_interval=2, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=dm)
+    assert calls == [(2, 3, 8, 8), (2, 3, 8, 8)]  # both training batches, not the validation batch

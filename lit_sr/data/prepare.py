@@ -152,9 +152,16 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def _eight_bit(img: torch.Tensor, path: Path) -> torch.Tensor:
+    if img.dtype != torch.uint8:
+        raise PreparedDataError(f"{path} is not an 8-bit image (16-bit?): prepared sub-images are 8-bit; convert "
+                                "it first or train on the raw folders")
+    return img
+
+
 def _load_image_pair(config: PrepareConfig, hr_path: Path) -> tuple[torch.Tensor, torch.Tensor, Path | None]:
     """The uint8 ``(hr, lr)`` of one source image, with the size checks (errors name the files)."""
-    hr = to_uint8(read_pixels(hr_path))
+    hr = _eight_bit(read_pixels(hr_path), hr_path)
     s, c = config.scale, config.crop_size
     if config.lr_dir is None:
         hr = mod_crop(hr, s)
@@ -167,7 +174,7 @@ def _load_image_pair(config: PrepareConfig, hr_path: Path) -> tuple[torch.Tensor
                                 "crop_size or leave the image out")
     if lr_path is None:
         return hr, bicubic_lr(hr, s), None
-    lr = to_uint8(read_pixels(lr_path))
+    lr = _eight_bit(read_pixels(lr_path), lr_path)
     if tuple(lr.shape[-2:]) != (h // s, w // s) or h % s or w % s:
         raise PreparedDataError(f"LR/HR sizes disagree with scale x{s}: HR {hr_path} is {h}x{w}, LR {lr_path} is "
                                 f"{lr.shape[-2]}x{lr.shape[-1]}; expected LR {h // s}x{w // s} and HR sides "
