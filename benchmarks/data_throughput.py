@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> dict:
                                       "mib": folder_mib(out)}
             print(f"prepared {fmt}: {result.num_subimages} sub-images in {report['prepare'][fmt]['seconds']:.1f} s, "
                   f"{report['prepare'][fmt]['mib']:.0f} MiB (raw folders {report['raw_mib']:.0f} MiB)", flush=True)
-        print("loaders (DIV2KDataModule, patch %d, batch %d):" % (args.patch, args.batch), flush=True)
+        print(f"loaders (DIV2KDataModule, patch {args.patch}, batch {args.batch}):", flush=True)
         report["loaders"] = loader_table(paths, args, work)
         raw = {r["workers"]: r["samples_per_s"] for r in report["loaders"] if r["mode"] == "raw"}
         for row in report["loaders"]:

@@ -28,7 +28,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from datamodules.datasets import ImageFolderInput, ImageRecord, SRPairDataset, folder_records
-from lit_sr.data import PreparedDataMismatchError, augment_batch, default_cache_dir, prepared_config, read_prepared
+from lit_sr.data import (
+    PreparedDataMismatchError,
+    augment_batch,
+    default_cache_dir,
+    prepared_config,
+    read_prepared,
+)
 from lit_sr.ops import imresize
 from lit_sr.validation import check_choice
 
