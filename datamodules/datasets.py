@@ -89,15 +89,22 @@ def random_crop_pair(
     return lr, hr
 
 
+def augment_draws(rng: random.Random, hflip: bool = True, rot: bool = True) -> dict[str, bool]:
+    """BasicSR's augmentation coins: horizontal flip, vertical flip, transpose (with both: the 8 symmetries)."""
+    return {"hflip": hflip and rng.random() < 0.5, "vflip": rot and rng.random() < 0.5,
+            "transpose": rot and rng.random() < 0.5}
+
+
 def augment_pair(
     lr: torch.Tensor, hr: torch.Tensor, rng: random.Random, hflip: bool = True, rot: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The same random horizontal flip, vertical flip and transpose (90-degree rotations) on both images."""
-    if hflip and rng.random() < 0.5:
+    draws = augment_draws(rng, hflip, rot)
+    if draws["hflip"]:
         lr, hr = lr.flip(-1), hr.flip(-1)
-    if rot and rng.random() < 0.5:
+    if draws["vflip"]:
         lr, hr = lr.flip(-2), hr.flip(-2)
-    if rot and rng.random() < 0.5:
+    if draws["transpose"]:
         lr, hr = lr.transpose(-1, -2), hr.transpose(-1, -2)
     return lr.contiguous(), hr.contiguous()
 
@@ -221,9 +228,9 @@ class SRPairDataset(Dataset):
         if self.patch_size is not None:
             lr, hr = random_crop_pair(lr, hr, self.patch_size, self.scale, rng,
                                       self.records[index % len(self.records)].label)
-        if self.augment:
-            lr, hr = augment_pair(lr, hr, rng)
-        return to_float(lr), to_float(hr)
+        flips = augment_draws(rng) if self.augment else {}
+        # the flips are applied inside the float conversion of the patch: one pass, no extra copies
+        return to_float(lr, **flips), to_float(hr, **flips)
 
     def _sample(self, index: int, lr: torch.Tensor, hr: torch.Tensor) -> dict:
         rec = self.records[index % len(self.records)]

@@ -213,3 +213,21 @@ def test_trainer_runs_the_device_augmentation_on_training_batches(tmp_path, monk
                         num_sanity_val_steps=0, default_root_dir=tmp_path)
     trainer.fit(module, datamodule=dm)
     assert calls == [(2, 3, 8, 8), (2, 3, 8, 8)]  # both training batches, not the validation batch
+
+
+def test_flips_folded_into_the_float_conversion_equal_augment_pair():
+    import random
+
+    from datamodules.datasets import augment_draws, augment_pair
+    from lit_sr.data import to_float
+
+    torch.manual_seed(0)
+    pixels = torch.randint(0, 256, (40, 30, 3), dtype=torch.uint8).permute(2, 0, 1)[:, 3:19, 5:21]  # a crop view
+    seen = set()
+    for seed in range(24):
+        draws = augment_draws(random.Random(seed))
+        seen.add(tuple(draws.values()))
+        expected, _ = augment_pair(pixels.float() / 255, pixels.float() / 255, random.Random(seed))
+        got = to_float(pixels, **draws)
+        assert got.is_contiguous() and torch.equal(got, expected)
+    assert len(seen) == 8

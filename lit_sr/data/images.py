@@ -68,11 +68,30 @@ def write_npy(img_u8: torch.Tensor, path: str | os.PathLike) -> None:
     np.save(path, np.ascontiguousarray(img_u8.permute(1, 2, 0).numpy()), allow_pickle=False)
 
 
-def to_float(img: torch.Tensor) -> torch.Tensor:
-    """Pixels (uint8 or float) as a contiguous float32 tensor in [0, 1]."""
-    if img.dtype == torch.uint8:
-        return img.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
-    return img.to(torch.float32, memory_format=torch.contiguous_format)
+def to_float(img: torch.Tensor, hflip: bool = False, vflip: bool = False, transpose: bool = False) -> torch.Tensor:
+    """Pixels (uint8 or float) as a new contiguous float32 tensor in [0, 1], optionally flipped / transposed.
+
+    On the CPU the flips and the transpose are strided numpy views folded into the one conversion
+    pass (torch would copy for each), single-threaded: a patch is too small for torch's thread pool
+    to pay off, and in a busy main process (``num_workers=0``) its OpenMP threads cost more than they
+    give. The same float32 division as ``img.float() / 255``, so the values are bit-identical.
+    """
+    if img.device.type != "cpu":
+        img = img.flip(-1) if hflip else img
+        img = img.flip(-2) if vflip else img
+        img = img.transpose(-1, -2) if transpose else img
+        img = img.to(torch.float32, memory_format=torch.contiguous_format)
+        return img.div_(255.0) if img.dtype == torch.uint8 else img
+    arr = img.detach().numpy()
+    arr = arr[..., ::-1] if hflip else arr
+    arr = arr[..., ::-1, :] if vflip else arr
+    arr = arr.swapaxes(-1, -2) if transpose else arr
+    out = torch.empty(arr.shape, dtype=torch.float32)
+    if arr.dtype == np.uint8:
+        np.divide(arr, np.float32(255.0), out=out.numpy())
+    else:
+        np.copyto(out.numpy(), arr, casting="same_kind")
+    return out
 
 
 def to_uint8(img: torch.Tensor) -> torch.Tensor:
