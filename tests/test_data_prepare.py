@@ -106,6 +106,9 @@ def test_interrupted_prepare_resumes_without_redoing_finished_images(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in finished} == stamps  # nothing finished was written again
     assert not (out / "hr" / ".0003_s001.png.tmpXYZ.png").exists()
     assert len(read_prepared(out, scale=2)) == 27
+    # other settings into the same folder: a named refusal and exit code 2, not a traceback
+    other = subprocess.run([*cmd[:-4], "24", "--workers", "1", "--no-progress"], capture_output=True, text=True)
+    assert other.returncode == 2 and "another configuration (step: 16 there vs 24 now)" in other.stderr
 
 
 def test_mismatched_configuration_and_bad_inputs_are_named(tmp_path):

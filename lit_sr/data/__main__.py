@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from lit_sr.data.prepare import SUBIMAGE_FORMATS, prepare_subimages, read_prepared
+from lit_sr.io import ImageReadError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,6 +46,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (ValueError, ImageReadError, FileNotFoundError) as exc:  # bad input: the message names it
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "prepare":
         report = prepare_subimages(args.hr_dir, args.out_dir, lr_dir=args.lr_dir, scale=args.scale,
                                    crop_size=args.crop_size, step=args.step, thresh_size=args.thresh_size,
