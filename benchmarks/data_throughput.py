@@ -18,13 +18,13 @@ The ratio against ``raw`` is the figure. The poisoned path is measured the same 
 float conversion, crop) and as ``candidate_batches`` does (read, centre crop), plus its SHA-256
 verification at setup.
 
-``--train`` (on by default when CUDA is available) adds SRModule training throughput with the real
+``--train`` (on by default with ``--device cuda``, the default when CUDA is available) adds SRModule training throughput with the real
 loader (prepared npy, ``augment_on="device"``, the machine's cores as workers) against the same
 training on one device-resident batch: the loader keeps up when the ratio is ~1.
 
     python benchmarks/data_throughput.py --out data_throughput.json
     python benchmarks/data_throughput.py --quick                  # smaller, a smoke run
-    python benchmarks/data_throughput.py --train --archs edsr rrdbnet --workers 16   # on a GPU machine
+    python benchmarks/data_throughput.py --device cuda --archs edsr rrdbnet --workers 0 1 16   # a GPU machine
 """
 
 from __future__ import annotations
@@ -317,8 +317,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batches", type=int, default=None, help="timed batches per run (default 30; 6 with --quick)")
     p.add_argument("--warmup", type=int, default=2, help="untimed batches first (worker start-up)")
     p.add_argument("--prepare-workers", type=int, default=cores)
-    p.add_argument("--train", action=argparse.BooleanOptionalAction, default=torch.cuda.is_available(),
-                   help="SRModule training with the real loader vs a device-resident batch (default: with CUDA)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="device of the --train mode (loading itself is measured on the CPU)")
+    p.add_argument("--train", action=argparse.BooleanOptionalAction, default=None,
+                   help="SRModule training with the real loader vs a device-resident batch (default: on with cuda)")
     p.add_argument("--archs", nargs="+", default=["edsr"], choices=list(ARCHS))
     p.add_argument("--train-workers", type=int, default=cores)
     p.add_argument("--train-steps", type=int, default=None, help="timed steps (default 100; 3 with --quick)")
@@ -333,13 +335,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.batches = args.batches or (6 if args.quick else 30)
     args.train_steps = args.train_steps or (3 if args.quick else 100)
     args.train_warmup = args.train_warmup or (2 if args.quick else 20)
+    if args.train is None:
+        args.train = args.device.startswith("cuda")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: no CUDA device here (use --device cpu)")
     return args
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(args.device)
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="lit_sr_data_bench_"))
     try:
         print(f"writing {args.images} synthetic {args.width}x{args.height} HR images + x{SCALE} LR to {work}",
@@ -371,8 +377,8 @@ def main(argv: list[str] | None = None) -> dict:
         if args.train:
             report["train"] = train_figures(paths, args, work, device)
         else:
-            report["train"] = "skipped: no CUDA device (pass --train to run it on the CPU anyway)"
-            print("training throughput: skipped (no CUDA device)", flush=True)
+            report["train"] = f"skipped on {args.device} (pass --train to run it there anyway)"
+            print(f"training throughput: skipped on {args.device} (--train runs it)", flush=True)
         print_table(report)
     finally:
         if not args.work_dir:
