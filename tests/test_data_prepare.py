@@ -19,6 +19,7 @@ from lit_sr.data import (
     read_prepared,
     subimage_starts,
 )
+from lit_sr.data.__main__ import main as cli_main
 from lit_sr.io import ImageReadError, write_image
 from lit_sr.ops import imresize
 
@@ -83,7 +84,7 @@ def test_lr_folder_partners_are_copied_crops(tmp_path):
     assert torch.equal(place_back(tmp_path / "out", "0001", "lr"), u8(lr_file))
 
 
-def test_interrupted_prepare_resumes_without_redoing_finished_images(tmp_path):
+def test_interrupted_prepare_resumes_without_redoing_finished_images(tmp_path, capsys):
     files = make_folder(tmp_path / "hr", [(64, 64), (64, 64), (64, 64)])
     good = files[2].read_bytes()
     files[2].write_bytes(good[:80])  # the third image is truncated: the run stops there, naming it
@@ -106,9 +107,12 @@ def test_interrupted_prepare_resumes_without_redoing_finished_images(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in finished} == stamps  # nothing finished was written again
     assert not (out / "hr" / ".0003_s001.png.tmpXYZ.png").exists()
     assert len(read_prepared(out, scale=2)) == 27
-    # other settings into the same folder: a named refusal and exit code 2, not a traceback
-    other = subprocess.run([*cmd[:-4], "24", "--workers", "1", "--no-progress"], capture_output=True, text=True)
-    assert other.returncode == 2 and "another configuration (step: 16 there vs 24 now)" in other.stderr
+    # the same command line in-process: other settings into the same folder are a named refusal with
+    # exit code 2, not a traceback; verify re-checks every SHA-256
+    assert cli_main([*cmd[3:-4], "24", "--workers", "1", "--no-progress"]) == 2
+    assert "another configuration (step: 16 there vs 24 now)" in capsys.readouterr().err
+    assert cli_main(["verify", str(out)]) == 0
+    assert "27 sub-image pairs, every SHA-256 matches" in capsys.readouterr().out
 
 
 def test_mismatched_configuration_and_bad_inputs_are_named(tmp_path):
