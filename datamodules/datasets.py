@@ -3,6 +3,10 @@
 A dataset is a list of :class:`ImageRecord` (an HR file or tensor, optionally its LR partner) plus
 the SR protocol: HR mod-cropped to the scale, LR made with MATLAB bicubic :func:`lit_sr.ops.imresize`
 when no LR file is given, aligned random crops, flips and 90-degree rotations for training.
+
+Pixels stay uint8 until the patch is cut (:mod:`lit_sr.data.images`): decoding, caching and
+cropping work on 8-bit images, and only the patch is converted to float32. Cached images live in a
+:class:`lit_sr.data.SharedImageStore` (one memory-mapped copy per node), not in each worker.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from lit_sr.data.images import bicubic_lr, is_eight_bit, lr_partner, read_pixels, to_float, to_uint8
+from lit_sr.data.shared import SharedImageStore, StoreEntryError
 from lit_sr.io import ImageReadError, list_images, read_image
-from lit_sr.ops import make_lr
+from lit_sr.ops import mod_crop
 
 
 class DataError(ValueError):
@@ -34,7 +40,17 @@ class ImageRecord:
     hr_tensor: torch.Tensor | None = None
 
     def read_hr(self) -> torch.Tensor:
+        """The HR image as float32 in [0, 1]."""
         return self.hr_tensor if self.hr_tensor is not None else read_image(self.hr_path)
+
+    def read_hr_pixels(self) -> torch.Tensor:
+        """The HR image as decoded: uint8 for 8-bit files (see :func:`lit_sr.data.read_pixels`)."""
+        return self.hr_tensor if self.hr_tensor is not None else read_pixels(self.hr_path)
+
+    @property
+    def label(self) -> str:
+        """What errors call this record: its file path, or its name for an in-memory image."""
+        return str(self.hr_path) if self.hr_path is not None else self.name
 
 
 def folder_records(hr_dir: str | Path, lr_dir: str | Path | None = None, scale: int = 4) -> list[ImageRecord]:
@@ -47,25 +63,19 @@ def folder_records(hr_dir: str | Path, lr_dir: str | Path | None = None, scale: 
     for hr in hr_files:
         lr = None
         if lr_dir is not None:
-            lr = _lr_partner(Path(lr_dir), hr, scale)
+            lr = lr_partner(Path(lr_dir), hr, scale)
         records.append(ImageRecord(name=hr.stem, hr_path=hr, lr_path=lr))
     return records
-
-
-def _lr_partner(lr_dir: Path, hr: Path, scale: int) -> Path:
-    for candidate in (lr_dir / f"{hr.stem}x{scale}{hr.suffix}", lr_dir / hr.name):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(
-        f"no LR partner for {hr}: expected {lr_dir / f'{hr.stem}x{scale}{hr.suffix}'} (DIV2K naming) "
-        f"or {lr_dir / hr.name}"
-    )
 
 
 def random_crop_pair(
     lr: torch.Tensor, hr: torch.Tensor, patch_size: int, scale: int, rng: random.Random, name: str = "?"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Aligned random crop: an HR patch of ``patch_size`` and the LR patch of ``patch_size // scale``."""
+    """Aligned random crop: an HR patch of ``patch_size`` and the LR patch of ``patch_size // scale``.
+
+    Any dtype (the loaders crop uint8 pixels); the crops are views. ``name`` (the file path) goes
+    into the error for an image smaller than the patch.
+    """
     lr_patch = patch_size // scale
     h, w = lr.shape[-2:]
     if h < lr_patch or w < lr_patch:
@@ -79,15 +89,22 @@ def random_crop_pair(
     return lr, hr
 
 
+def augment_draws(rng: random.Random, hflip: bool = True, rot: bool = True) -> dict[str, bool]:
+    """BasicSR's augmentation coins: horizontal flip, vertical flip, transpose (with both: the 8 symmetries)."""
+    return {"hflip": hflip and rng.random() < 0.5, "vflip": rot and rng.random() < 0.5,
+            "transpose": rot and rng.random() < 0.5}
+
+
 def augment_pair(
     lr: torch.Tensor, hr: torch.Tensor, rng: random.Random, hflip: bool = True, rot: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The same random horizontal flip, vertical flip and transpose (90-degree rotations) on both images."""
-    if hflip and rng.random() < 0.5:
+    draws = augment_draws(rng, hflip, rot)
+    if draws["hflip"]:
         lr, hr = lr.flip(-1), hr.flip(-1)
-    if rot and rng.random() < 0.5:
+    if draws["vflip"]:
         lr, hr = lr.flip(-2), hr.flip(-2)
-    if rot and rng.random() < 0.5:
+    if draws["transpose"]:
         lr, hr = lr.transpose(-1, -2), hr.transpose(-1, -2)
     return lr.contiguous(), hr.contiguous()
 
@@ -102,13 +119,17 @@ class SRPairDataset(Dataset):
             images (evaluation). Must be a multiple of ``scale``.
         augment: random flips and 90-degree rotations (training).
         repeat: each image appears this many times per epoch (more patches per epoch).
-        cache: keep decoded images in memory after their first read.
+        cache: keep decoded uint8 images in this process after their first read (direct use; the
+            data modules' ``cache_images`` uses ``store`` instead, shared by all workers).
         skip_bad_files: warn (naming the file) and use the next good image instead of raising when
             a file cannot be read or is too small.
+        store: a :class:`~lit_sr.data.SharedImageStore` holding item ``i``'s ``(lr, hr)`` uint8
+            pixels (see :meth:`build_store`); read instead of the files.
 
     Crops and flips are drawn from torch's global generator, like any PyTorch data pipeline: every
     epoch sees new crops, and a run is reproducible with ``seed_everything(seed, workers=True)``
     (LightningCLI's ``seed_everything``), which also seeds each loader worker per epoch and rank.
+    The crop is cut from the uint8 pixels and only the crop is converted to float.
     """
 
     def __init__(
@@ -120,6 +141,7 @@ class SRPairDataset(Dataset):
         repeat: int = 1,
         cache: bool = False,
         skip_bad_files: bool = False,
+        store: SharedImageStore | None = None,
     ):
         if not records:
             raise DataError("SRPairDataset got no images")
@@ -129,23 +151,28 @@ class SRPairDataset(Dataset):
             raise ValueError(f"patch_size {patch_size} is not a multiple of the scale {scale}")
         if repeat < 1:
             raise ValueError(f"repeat must be >= 1, got {repeat}")
+        if store is not None and len(store) != len(records):
+            raise ValueError(f"the image store {store.data_path} holds {len(store)} items for {len(records)} records")
         self.records = list(records)
         self.scale, self.patch_size, self.augment = scale, patch_size, augment
         self.repeat, self.cache, self.skip_bad_files = repeat, cache, skip_bad_files
+        self.store = store
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._bad: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.records) * self.repeat
 
-    def load_pair(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Whole ``(lr, hr)`` of record ``i`` with the size checks of the protocol (no crop)."""
-        if i in self._cache:
-            return self._cache[i]
+    def decode_pair(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whole ``(lr, hr)`` pixels of record ``i`` from its files, with the protocol's size checks.
+
+        uint8 for 8-bit files (float32 for 16-bit ones); an LR made by bicubic is rounded to uint8,
+        what MATLAB writes.
+        """
         rec = self.records[i]
-        hr = rec.read_hr()
+        hr = rec.read_hr_pixels()
         if rec.lr_path is not None:
-            lr = read_image(rec.lr_path)
+            lr = read_pixels(rec.lr_path)
             expected = (lr.shape[-2] * self.scale, lr.shape[-1] * self.scale)
             if tuple(hr.shape[-2:]) != expected:
                 raise DataError(
@@ -154,23 +181,56 @@ class SRPairDataset(Dataset):
                     f"expected HR {expected[0]}x{expected[1]}"
                 )
         else:
+            hr = mod_crop(hr, self.scale)
             if min(hr.shape[-2:]) < self.scale:
-                raise DataError(f"image {rec.hr_path or rec.name} ({tuple(hr.shape[-2:])}) is smaller than the scale")
-            lr, hr = make_lr(hr, self.scale)  # mod-crop, MATLAB bicubic, rounded to 8 bits as a file holds
-        if self.cache:
-            self._cache[i] = (lr, hr)
+                raise DataError(f"image {rec.label} ({tuple(hr.shape[-2:])}) is smaller than the scale")
+            # MATLAB writes LR images as uint8: round so that training sees what a file would hold.
+            lr = bicubic_lr(hr, self.scale)
         return lr, hr
 
+    def stored_pair(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``decode_pair`` as uint8 for the shared store; images that are not 8-bit raise a named error."""
+        lr, hr = self.decode_pair(i)
+        for which, img in (("LR", lr), ("HR", hr)):
+            if not is_eight_bit(img):
+                raise DataError(f"cache_images stores 8-bit pixels, but the {which} image of {self.records[i].label} "
+                                "has finer levels (a 16-bit file?); set cache_images: false for it")
+        return to_uint8(lr), to_uint8(hr)
+
+    def load_pixels(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whole ``(lr, hr)`` pixels of record ``i`` (uint8 unless 16-bit): from the store, the cache or the files."""
+        if self.store is not None:
+            try:
+                return self.store.get(i)
+            except StoreEntryError as exc:
+                raise DataError(str(exc)) from exc
+        if i in self._cache:
+            return self._cache[i]
+        pair = self.decode_pair(i)
+        if self.cache:
+            self._cache[i] = pair
+        return pair
+
+    def load_pair(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whole ``(lr, hr)`` of record ``i`` as float32 in [0, 1], with the size checks (no crop)."""
+        lr, hr = self.load_pixels(i)
+        return to_float(lr), to_float(hr)
+
     def crop_and_augment(self, lr: torch.Tensor, hr: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training-time random crop and augmentation of pair ``index`` (its name goes into size errors)."""
+        """Training-time random crop and augmentation of pair ``index`` (its file goes into size errors).
+
+        Takes pixels of any dtype (uint8 or float) and returns float32 in [0, 1]: the crop is cut
+        first, so only the patch is converted.
+        """
         if self.patch_size is None and not self.augment:
-            return lr, hr  # evaluation: whole images, and no draw from the global generator
+            return to_float(lr), to_float(hr)  # evaluation: whole images, and no draw from the global generator
         rng = random.Random(int(torch.randint(0, 2**62, (1,)).item()))
         if self.patch_size is not None:
-            lr, hr = random_crop_pair(lr, hr, self.patch_size, self.scale, rng, self.records[index % len(self.records)].name)
-        if self.augment:
-            lr, hr = augment_pair(lr, hr, rng)
-        return lr, hr
+            lr, hr = random_crop_pair(lr, hr, self.patch_size, self.scale, rng,
+                                      self.records[index % len(self.records)].label)
+        flips = augment_draws(rng) if self.augment else {}
+        # the flips are applied inside the float conversion of the patch: one pass, no extra copies
+        return to_float(lr, **flips), to_float(hr, **flips)
 
     def _sample(self, index: int, lr: torch.Tensor, hr: torch.Tensor) -> dict:
         rec = self.records[index % len(self.records)]
@@ -183,7 +243,7 @@ class SRPairDataset(Dataset):
             if i in self._bad:
                 continue
             try:
-                lr, hr = self.load_pair(i)
+                lr, hr = self.load_pixels(i)
                 lr, hr = self.crop_and_augment(lr, hr, i + (index // n) * n)
                 return self._sample(i, lr, hr)
             except (ImageReadError, DataError) as exc:
@@ -192,6 +252,31 @@ class SRPairDataset(Dataset):
                 warnings.warn(f"skipping bad file (skip_bad_files=True): {exc}", stacklevel=2)
                 self._bad.add(i)
         raise DataError("every image of the dataset is unreadable or too small (skip_bad_files=True)")
+
+    # -- the shared store
+    def fingerprint(self) -> str:
+        """A hash of what the decoded pixels depend on: files (path, size, mtime), in-memory images, scale."""
+        import hashlib
+
+        digest = hashlib.sha256(f"pairs-v1 scale={self.scale}".encode())
+        for rec in self.records:
+            for path in (rec.hr_path, rec.lr_path):
+                if path is not None:
+                    st = Path(path).stat() if Path(path).exists() else None
+                    digest.update(f"{Path(path).resolve()}|{st and st.st_size}|{st and st.st_mtime_ns};".encode())
+            if rec.hr_tensor is not None:
+                t = rec.hr_tensor.detach().cpu().contiguous()
+                digest.update(f"{tuple(t.shape)}{t.dtype}".encode())
+                digest.update(t.view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()[:24]
+
+    def build_store(self, directory: str | Path, progress: bool = True) -> SharedImageStore:
+        """Decode every pair once into a shared uint8 store under ``directory`` (reused when it exists) and use it."""
+        skip = (ImageReadError, DataError) if self.skip_bad_files else ()
+        self.store = SharedImageStore.open_or_build(directory, self.fingerprint(), len(self.records),
+                                                    self.stored_pair, skip_errors=skip, progress=progress,
+                                                    description=f"cache {len(self.records)} images")
+        return self.store
 
 
 class ImageFolderInput(Dataset):

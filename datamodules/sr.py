@@ -6,6 +6,12 @@
 * :class:`EmbeddedPhotosDataModule`: the colour photographs shipped with scikit-image, split
   deterministically into train/val: the default data set, no download.
 
+Fast paths (issue 15): ``DIV2KDataModule(train_prepared=...)`` trains on sub-images made by
+``python -m lit_sr.data prepare`` (a 480 px sub-image decodes ~25x faster than a 2K image);
+``cache_images`` decodes every image once into one shared, memory-mapped uint8 file per node
+(:class:`lit_sr.data.SharedImageStore`) instead of a float32 copy per worker; ``augment_on="device"``
+flips and rotates whole batches on the GPU after the transfer.
+
 All of them take ``test_sets`` (name -> folder of HR images: Set5, Set14, BSD100, Urban100,
 DIV2K valid, ...) evaluated by ``trainer.test`` one loader per set, and ``predict_path`` (an LR
 image or folder) for ``trainer.predict``.
@@ -13,14 +19,26 @@ image or folder) for ``trainer.predict``.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any, Literal
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
 from datamodules.datasets import ImageFolderInput, ImageRecord, SRPairDataset, folder_records
+from lit_sr.data import (
+    PreparedDataMismatchError,
+    augment_batch,
+    default_cache_dir,
+    prepared_config,
+    read_prepared,
+)
 from lit_sr.ops import imresize
+from lit_sr.validation import check_choice
+
+AugmentOn = Literal["cpu", "device"]
 
 # Colour photographs that ship inside scikit-image (no pooch download). Synthetic images
 # (colorwheel, logo) and grayscale ones are left out.
@@ -53,6 +71,18 @@ def _fit(hw, max_side: int) -> tuple[int, int]:
     return max(1, round(h * f)), max(1, round(w * f))
 
 
+def default_num_workers(devices: int = 1) -> int:
+    """Loader workers per device when none are given: the cores this process may use, shared by the
+    devices of the node, at most 8 (``min(8, cores // devices)``, at least 1; 2 on a 2-core machine)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cores // max(1, devices)))
+
+
+def prepared_records(directory: str | Path, scale: int) -> list[ImageRecord]:
+    """Records of the sub-image pairs of a ``python -m lit_sr.data prepare`` output (checked against its manifest)."""
+    return [ImageRecord(name=p.name, hr_path=p.hr_path, lr_path=p.lr_path) for p in read_prepared(directory, scale)]
+
+
 def tile_records(records: list[ImageRecord], tile: int | None) -> list[ImageRecord]:
     """Split each image into non-overlapping ``tile`` x ``tile`` HR tiles (edges that don't fill a tile are dropped)."""
     if tile is None:
@@ -78,10 +108,17 @@ class SRDataModule(L.LightningDataModule):
         patch_size: HR training patch (BasicSR ``gt_size``; 192 for x4 = 48 px LR).
         batch_size: training batch size per device.
         val_batch_size: evaluation batch size (1 because benchmark images differ in size).
-        num_workers: loader workers.
+        num_workers: loader workers; ``None`` takes :func:`default_num_workers` (the machine's
+            cores shared by the node's devices, at most 8).
         augment: flips and 90-degree rotations for training.
+        augment_on: ``"cpu"``: in the loader workers, per sample; ``"device"``: on whole batches
+            after they reach the device (:func:`lit_sr.data.augment_batch`, in
+            ``on_after_batch_transfer``), which takes the work off the CPU. Same distribution.
         repeat: training images are repeated this many times per epoch.
-        cache_images: keep decoded images in memory.
+        cache_images: decode every image once into a shared uint8 store (one memory-mapped file
+            per node, read by every worker and rank: :class:`lit_sr.data.SharedImageStore`).
+        cache_dir: where that file goes (default :func:`lit_sr.data.default_cache_dir`: node-local
+            temp storage, or ``$LIT_SR_CACHE_DIR``); it is reused while the images are unchanged.
         skip_bad_files: warn and skip unreadable or too-small files instead of raising.
         test_sets: ``{name: folder of HR images}`` for ``trainer.test``.
         predict_path: an LR image file or folder for ``trainer.predict``.
@@ -100,10 +137,12 @@ class SRDataModule(L.LightningDataModule):
         patch_size: int = 192,
         batch_size: int = 16,
         val_batch_size: int = 1,
-        num_workers: int = 4,
+        num_workers: int | None = None,
         augment: bool = True,
+        augment_on: AugmentOn = "cpu",
         repeat: int = 1,
         cache_images: bool = False,
+        cache_dir: str | None = None,
         skip_bad_files: bool = False,
         test_sets: dict[str, str] | None = None,
         predict_path: str | None = None,
@@ -121,8 +160,13 @@ class SRDataModule(L.LightningDataModule):
         if patch_size % scale:
             raise ValueError(f"patch_size {patch_size} must be a multiple of scale {scale}")
         self.scale, self.patch_size = scale, patch_size
-        self.batch_size, self.val_batch_size, self.num_workers = batch_size, val_batch_size, num_workers
+        if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, int)
+                                        or num_workers < 0):
+            raise ValueError(f"num_workers must be an integer >= 0 or None (the machine's cores), got {num_workers!r}")
+        self.batch_size, self.val_batch_size, self._num_workers = batch_size, val_batch_size, num_workers
         self.augment, self.repeat, self.cache_images = augment, repeat, cache_images
+        self.augment_on = check_choice(augment_on, "augment_on", ("cpu", "device"))
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.skip_bad_files = skip_bad_files
         self.test_sets = dict(test_sets or {})
         self.predict_path = predict_path
@@ -138,17 +182,41 @@ class SRDataModule(L.LightningDataModule):
     def val_records(self) -> list[ImageRecord]:
         raise NotImplementedError
 
+    @property
+    def num_workers(self) -> int:
+        """Loader workers: the given number, or :func:`default_num_workers` for this node's devices."""
+        if self._num_workers is not None:
+            return self._num_workers
+        trainer = getattr(self, "trainer", None)
+        return default_num_workers(trainer.num_devices if trainer is not None else 1)
+
+    @num_workers.setter
+    def num_workers(self, value: int | None) -> None:
+        self._num_workers = value
+
     # -- protocol
     def _dataset(self, records, train: bool) -> SRPairDataset:
-        return SRPairDataset(
+        dataset = SRPairDataset(
             records,
             scale=self.scale,
             patch_size=self.patch_size if train else None,
-            augment=self.augment and train,
+            augment=self.augment and train and self.augment_on == "cpu",
             repeat=self.repeat if train else 1,
-            cache=self.cache_images,
             skip_bad_files=self.skip_bad_files,
         )
+        if self.cache_images:
+            # built here, in the process that sets up, before any loader worker forks
+            dataset.build_store(self.cache_dir or default_cache_dir())
+        return dataset
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """With ``augment_on="device"``: flips and 90-degree rotations of training batches, on the device."""
+        trainer = getattr(self, "trainer", None)
+        if (self.augment and self.augment_on == "device" and trainer is not None and trainer.training
+                and isinstance(batch, dict) and "lr" in batch and "hr" in batch):
+            batch = dict(batch)
+            batch["lr"], batch["hr"] = augment_batch(batch["lr"], batch["hr"])
+        return batch
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and self.train_dataset is None:
@@ -220,21 +288,54 @@ class DIV2KDataModule(SRDataModule):
 
     Args:
         train_hr: e.g. ``DIV2K/DIV2K_train_HR``.
-        train_lr: e.g. ``DIV2K/DIV2K_train_LR_bicubic/X4``; ``None`` makes LR on the fly.
         val_hr: e.g. ``DIV2K/DIV2K_valid_HR``.
+        train_lr: e.g. ``DIV2K/DIV2K_train_LR_bicubic/X4``; ``None`` makes LR on the fly.
         val_lr: e.g. ``DIV2K/DIV2K_valid_LR_bicubic/X4``; ``None`` makes LR on the fly.
+        train_prepared: the fast path: train on the sub-images of a ``python -m lit_sr.data prepare``
+            output folder (e.g. ``DIV2K/prepared/DIV2K_train_x4``) instead of reading ``train_hr`` /
+            ``train_lr``; each sub-image is a record, so ``repeat`` counts passes over sub-images
+            (as BasicSR's ``dataset_enlarge_ratio`` does with its ``*_sub`` folders). When
+            ``train_hr`` (and ``train_lr``) are given too, they name the folders it was prepared
+            from, and a prepared folder made from other folders raises an error. A list of folders
+            trains on all of them (DF2K: DIV2K's and Flickr2K's prepared folders).
         **kwargs: see :class:`SRDataModule`.
     """
 
-    def __init__(self, train_hr: str, val_hr: str, train_lr: str | None = None, val_lr: str | None = None, **kwargs):
+    def __init__(self, train_hr: str | None = None, val_hr: str | None = None, train_lr: str | None = None,
+                 val_lr: str | None = None, train_prepared: str | list[str] | None = None, **kwargs):
         super().__init__(**kwargs)
+        if train_hr is None and train_prepared is None:
+            raise ValueError("DIV2KDataModule needs train_hr (raw folders) or train_prepared (a prepared folder)")
+        if val_hr is None:
+            raise ValueError("DIV2KDataModule needs val_hr (e.g. DIV2K/DIV2K_valid_HR)")
         self.train_hr, self.train_lr, self.val_hr, self.val_lr = train_hr, train_lr, val_hr, val_lr
+        self.train_prepared = train_prepared
 
     def train_records(self) -> list[ImageRecord]:
+        if self.train_prepared is not None:
+            folders = [self.train_prepared] if isinstance(self.train_prepared, str) else list(self.train_prepared)
+            if not folders:
+                raise ValueError("train_prepared is an empty list: give one or more prepared folders")
+            if self.train_hr is not None:
+                if len(folders) > 1:
+                    raise ValueError(f"train_hr={self.train_hr!r} names one source, but train_prepared lists "
+                                     f"{len(folders)} folders: leave train_hr/train_lr out")
+                self._check_prepared_sources(folders[0])
+            return [rec for folder in folders for rec in prepared_records(folder, self.scale)]
         return folder_records(self.train_hr, self.train_lr, self.scale)
 
     def val_records(self) -> list[ImageRecord]:
         return folder_records(self.val_hr, self.val_lr, self.scale)
+
+    def _check_prepared_sources(self, folder: str) -> None:
+        config = prepared_config(folder)
+        for name, given, used in (("train_hr", self.train_hr, config["hr_dir"]),
+                                  ("train_lr", self.train_lr, config["lr_dir"])):
+            given = None if given is None else str(Path(given).resolve())
+            if given != used:
+                raise PreparedDataMismatchError(
+                    f"{folder} was prepared from {name}={used}, but the data module was given "
+                    f"{name}={given}: prepare it from these folders or fix the paths")
 
 
 class EmbeddedPhotosDataModule(SRDataModule):

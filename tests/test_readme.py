@@ -61,6 +61,7 @@ HANDLERS = {
     r"^python train\.py fit --config configs/quickstart\.yaml --data\.init_args\.train_tile": "parse_only",
     r"^python train\.py fit --config configs/badsr_quickstart\.yaml": "parse_only",
     r"^python benchmarks/imresize\.py": "benchmark_quick",
+    r"^python -m lit_sr\.data (prepare|verify) /?": "data_prepare",
     r"^torchrun .* train\.py fit --config configs/badsr_\w+\.yaml": "torchrun_parse",
     r"^python benchmarks/(?!imresize\.py)\w+\.py --device cuda": "benchmark_flags",
 }
@@ -455,3 +456,32 @@ def test_poisoned_data_yaml_names_real_arguments():
     check(data)
     for key in ("base", "trigger", "substitute"):
         check(data["init_args"][key])
+
+
+def test_data_prepare_commands_run_on_small_folders(tmp_path, monkeypatch):
+    # The documented prepare/verify commands, run as written with /data/... moved under tmp_path
+    # onto two small synthetic images per data set (DIV2K / Flickr2K naming, official x4 LR files).
+    import numpy as np
+    from PIL import Image
+
+    from lit_sr.data.__main__ import main as data_main
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    cmds = command("data_prepare")
+    assert [shlex.split(c)[3] for c in cmds].count("prepare") >= 2 and any(" verify " in c for c in cmds)
+    for cmd in cmds:
+        args = [a.replace("/data/", f"{tmp_path}/data/") for a in shlex.split(cmd)[3:]]
+        if args[0] == "prepare":
+            hr_dir = Path(args[args.index("--hr-dir") + 1])
+            lr_dir = Path(args[args.index("--lr-dir") + 1])
+            hr_dir.mkdir(parents=True)
+            lr_dir.mkdir(parents=True)
+            for stem in ("0001", "0002"):
+                hr = rng.integers(0, 256, (520, 500, 3), dtype=np.uint8)
+                Image.fromarray(hr).save(hr_dir / f"{stem}.png")
+                Image.fromarray(hr[::4, ::4]).save(lr_dir / f"{stem}x4.png")
+        assert data_main([*args, "--no-progress"] if args[0] == "prepare" else args) == 0, cmd
+        if args[0] == "prepare":
+            out = Path(args[args.index("--out-dir") + 1])
+            assert (out / "manifest.json").is_file()
