@@ -5,7 +5,9 @@ from callbacks.backdoor_eval import BackdoorEvalCallback, BackdoorSummary
 from callbacks.backdoor_gradients import BackdoorGradientCallback
 from callbacks.genetic_selection import GeneticSelectionCallback
 from callbacks.image_logger import SRImageLogger
+from callbacks.last_checkpoint import LastCheckpoint
 from callbacks.poison_selection import PoisonSelectionCallback, SelectionResults, SelectionRun
+from callbacks.prediction_writer import PredictionWriter
 from callbacks.summary import RunSummary
 
 __all__ = [
@@ -14,7 +16,9 @@ __all__ = [
     "BackdoorGradientCallback",
     "BackdoorSummary",
     "GeneticSelectionCallback",
+    "LastCheckpoint",
     "PoisonSelectionCallback",
+    "PredictionWriter",
     "RunSummary",
     "SRImageLogger",
     "SelectionResults",

@@ -389,6 +389,15 @@ class PoisonedSRDataModule(L.LightningDataModule):
         """The base's downloads only: generation is sharded over every rank in :meth:`setup`."""
         self.base.prepare_data()
 
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """The base data module's device-side step (``augment_on="device"``) on poisoned batches too.
+
+        Only this module is attached to the Trainer, so the base is handed its trainer first;
+        without this, a base with device augmentation would silently train unaugmented.
+        """
+        self.base.trainer = self.trainer
+        return self.base.on_after_batch_transfer(batch, dataloader_idx)
+
     def setup(self, stage: str | None = None) -> None:
         """Set up the base, then fill (sharded, when anything is missing) and read the poison cache."""
         self.base.setup(stage)

@@ -10,6 +10,15 @@ import torch
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_image_store(tmp_path_factory):
+    """Shared image stores (cache_images) go to this session's temp folder, not the node's /tmp/lit_sr_cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LIT_SR_CACHE_DIR", str(tmp_path_factory.mktemp("lit_sr_cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def photos() -> dict[str, torch.Tensor]:
     """A few real photographs shipped with scikit-image, as (3, H, W) tensors in [0, 1]."""

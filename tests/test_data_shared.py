@@ -231,3 +231,17 @@ def test_flips_folded_into_the_float_conversion_equal_augment_pair():
         got = to_float(pixels, **draws)
         assert got.is_contiguous() and torch.equal(got, expected)
     assert len(seen) == 8
+
+
+def test_poisoned_data_module_runs_its_base_device_augmentation(tmp_path):
+    from datamodules.poisoned import PoisonedSRDataModule
+
+    make_folder(tmp_path / "hr", [(32, 32)])
+    base = HRFolderDataModule(train_hr=str(tmp_path / "hr"), val_hr=str(tmp_path / "hr"), scale=2, patch_size=16,
+                              augment_on="device", num_workers=0)
+    batch = {"lr": torch.rand(32, 3, 8, 8), "hr": torch.rand(32, 3, 16, 16)}
+    poisoned = SimpleNamespace(base=base, trainer=SimpleNamespace(training=True, num_devices=1))
+    out = PoisonedSRDataModule.on_after_batch_transfer(poisoned, batch, 0)
+    assert not torch.equal(out["lr"], batch["lr"]) and out["lr"].shape == batch["lr"].shape
+    poisoned.trainer = SimpleNamespace(training=False, num_devices=1)
+    assert PoisonedSRDataModule.on_after_batch_transfer(poisoned, batch, 0) is batch

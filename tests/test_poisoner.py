@@ -12,8 +12,8 @@ from torch import nn
 
 from lit_sr.poison import AdversarialTrigger, Blend
 from lit_sr.poison.cache import to_float, to_stored
-from lit_sr.poison.poisoner import CleanLabel, FeatureAlignedLabel, Poisoner, TargetLabel
 from lit_sr.poison.poisoned_hr import resize_target
+from lit_sr.poison.poisoner import CleanLabel, FeatureAlignedLabel, Poisoner, TargetLabel
 
 ROOT = Path(__file__).resolve().parents[1]
 
