@@ -150,7 +150,7 @@ class RobustFinetuneModule(SRModule):
 
     def current_eps(self) -> float:
         """eps of the current training step, from ``trainer.global_step``."""
-        if self.eps_ramp_epochs == 0:
+        if self.eps_ramp_epochs == 0 or self._trainer is None:
             return self.max_eps
         return self.eps_at(self.trainer.global_step, self.steps_per_epoch())
 
@@ -158,12 +158,14 @@ class RobustFinetuneModule(SRModule):
     def _autocast(self) -> Autocast:
         if self.attack_autocast is not None:
             return self.attack_autocast
-        precision = str(getattr(self.trainer, "precision", "32-true"))
+        precision = str(self._trainer.precision) if self._trainer is not None else "32-true"
         return "bf16" if "bf16" in precision else "none"
 
     def _seed(self) -> int | None:
         if self.attack_seed is None:
             return None
+        if self._trainer is None:
+            return self.attack_seed
         return self.attack_seed + self.trainer.global_step * self.trainer.world_size + self.trainer.global_rank
 
     def build_attack(self, eps: float) -> IFGSM:
@@ -203,14 +205,14 @@ class RobustFinetuneModule(SRModule):
         clean_loss = self.pixel_loss(sr_clean, hr)
         adv_loss = self.pixel_loss(sr_adv, hr[:k])
         loss = self.clean_weight * clean_loss + self.adv_weight * adv_loss
-        log = {"sync_dist": True, "batch_size": n}
+        log = {"sync_dist": True, "batch_size": n, "on_step": True, "on_epoch": True}
         if self.consistency_weight > 0:
             consistency = (sr_adv - sr_clean[:k]).abs().mean()
             loss = loss + self.consistency_weight * consistency
             self.log("train/consistency", consistency, **log)
-        self.log("train/loss", loss, prog_bar=True, **log)
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True, batch_size=n)
         self.log("train/loss_clean", clean_loss, **log)
-        self.log("train/loss_robust", adv_loss, prog_bar=True, **log)
+        self.log("train/loss_robust", adv_loss, **log)
         self.log("train/attack_eps", self.current_eps(), **log)
-        self.log("train/attack_seconds", attack_seconds, on_step=True, on_epoch=True, **log)
+        self.log("train/attack_seconds", attack_seconds, **log)
         return {"loss": loss, "lr_adv": lr_adv.detach(), "lr_attacked": lr[:k].detach()}
