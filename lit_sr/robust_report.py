@@ -27,7 +27,6 @@ from torch import nn
 from lit_sr.attacks import IFGSM, PGD, Attack
 from lit_sr.io import atomic_write
 from lit_sr.metrics import psnr
-from lit_sr.ops import imresize
 
 AttackFactory = Callable[[nn.Module, int], Attack]  # (model, restart index) -> attack
 

@@ -6,9 +6,9 @@ per-batch averages."""
 import torch
 from torch import nn
 
+from lit_sr.archs import build_arch
 from lit_sr.attacks import UniversalAttack, robustness_index
 from lit_sr.attacks.base import sse_loss
-from lit_sr.archs import build_arch
 
 
 def scaled_identity(c: float) -> nn.Module:

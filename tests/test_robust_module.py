@@ -15,7 +15,6 @@ import lightning as L
 import pytest
 import torch
 
-from lit_sr.archs import build_arch
 from lit_sr.attacks import IFGSM, PGD
 from lit_sr.io import save_weights
 from lit_sr.metrics import psnr
