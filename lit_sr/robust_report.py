@@ -151,7 +151,7 @@ def _load_model(spec: str, arch_kwargs: dict, scale: int) -> tuple[str, nn.Modul
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from lit_sr.evaluate import load_pairs
+    from lit_sr.report import load_pairs
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="folder of HR images (LR made by bicubic)")

@@ -60,6 +60,8 @@ HANDLERS = {
     r"^python train\.py predict --config configs/quickstart\.yaml --ckpt_path": "predict_quickstart",
     r"^python train\.py fit --config configs/quickstart\.yaml --data\.init_args\.train_tile": "parse_only",
     r"^python train\.py fit --config configs/badsr_quickstart\.yaml": "parse_only",
+    r"^python train\.py fit --config configs/robust_\w+\.yaml$": "parse_only",
+    r"^python -m lit_sr\.evaluate --config configs/robust_report_\w+\.yaml$": "report_config_loads",
     r"^python benchmarks/imresize\.py": "benchmark_quick",
     r"^python -m lit_sr\.data (prepare|verify) /?": "data_prepare",
     r"^torchrun .* train\.py fit --config configs/badsr_\w+\.yaml": "torchrun_parse",
@@ -159,7 +161,9 @@ def quickstart_run(tmp_path_factory, monkeypatch_module):
     """The README's ``python train.py fit --config configs/quickstart.yaml``, 2 epochs of 2 steps."""
     monkeypatch_module.chdir(ROOT)
     save_dir = tmp_path_factory.mktemp("runs")
-    (cmd,) = command("fit_quickstart")
+    cmds = set(command("fit_quickstart"))  # documented in more than one section, always the same command
+    assert len(cmds) == 1, cmds
+    (cmd,) = cmds
     cli = run_cli([*tokens_of(cmd), *quiet(save_dir)])
     return Path(cli.trainer.log_dir), cli.trainer.global_step
 
@@ -485,3 +489,12 @@ def test_data_prepare_commands_run_on_small_folders(tmp_path, monkeypatch):
         if args[0] == "prepare":
             out = Path(args[args.index("--out-dir") + 1])
             assert (out / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize("cmd", command("report_config_loads"))
+def test_documented_report_configs_load(cmd):
+    # Running them needs the trained base and fine-tuned weights (minutes each); their configs must load.
+    from lit_sr.report import load_config
+
+    cfg = load_config(ROOT / shlex.split(cmd)[4])
+    assert cfg.models and cfg.attacks
