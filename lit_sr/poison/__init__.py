@@ -7,10 +7,22 @@ arXiv 2505.15308) on any ``nn.Module``; nothing here depends on Lightning.
 * :mod:`~lit_sr.poison.poisoned_hr`: feature-aligned poisoned HR labels (Eq. 13).
 * :mod:`~lit_sr.poison.gradients`: per-sample backdoor gradient norms and sketches (torch.func).
 * :mod:`~lit_sr.poison.selection`: genetic (DEAP), random and top-k selection of poisoned samples.
-* :mod:`~lit_sr.poison.asr`: attack success rates and stealth figures.
+* :mod:`~lit_sr.poison.asr`: success metrics (pixel ASR, label attainment, feature shift), stealth.
 """
 
-from lit_sr.poison.asr import ASRResult, feature_asr, pixel_asr, stealth
+from lit_sr.poison.asr import (
+    ASRResult,
+    Rate,
+    SuccessTally,
+    attainment_asr,
+    distributed_sum,
+    feature_asr,
+    feature_shift,
+    label_attainment,
+    pixel_asr,
+    stealth,
+    strategy_sum,
+)
 from lit_sr.poison.gradients import (
     naive_per_sample_grad_norms,
     naive_per_sample_grad_stats,
@@ -31,6 +43,13 @@ from lit_sr.poison.triggers import (
 
 __all__ = [
     "ASRResult",
+    "Rate",
+    "SuccessTally",
+    "attainment_asr",
+    "distributed_sum",
+    "feature_shift",
+    "label_attainment",
+    "strategy_sum",
     "AdversarialTrigger",
     "BadNet",
     "Blend",
