@@ -90,12 +90,17 @@ class Verdict:
     min_success: float
     quality_column: str | None
     max_quality_change: float
+    false_positive_columns: list[str] = field(default_factory=list)
+    max_false_positive: float = 0.2
     positive: str = "implanted"
     negative: str = "not implanted at this scale"
 
     def rule(self) -> str:
         success = " or ".join(f"`{c}`" for c in self.success_columns)
         text = f"**{self.positive}** when {success} is at least {self.min_success:.0%}"
+        if self.false_positive_columns:
+            fp = ", ".join(f"`{c}`" for c in self.false_positive_columns)
+            text += f" while {fp} (the clean model under the same trigger) stays below {self.max_false_positive:.0%}"
         if self.quality_column:
             text += f" and `{self.quality_column}` is within ±{self.max_quality_change:g} dB"
         return text + f"; otherwise **{self.negative}**. The reference run gets no verdict."
@@ -213,13 +218,15 @@ def _columns(raw: Any, source: Path) -> list[Column]:
 def _verdict(raw: Any, source: Path, headers: list[str]) -> Verdict | None:
     if raw is None:
         return None
-    allowed = {"success_columns", "min_success", "quality_column", "max_quality_change", "positive", "negative"}
+    allowed = {"success_columns", "min_success", "quality_column", "max_quality_change", "false_positive_columns",
+               "max_false_positive", "positive", "negative"}
     if not isinstance(raw, dict) or set(raw) - allowed or "success_columns" not in raw:
         raise _fail(source, "verdict", f"expected a mapping with keys {sorted(allowed)} (success_columns required)")
     v = Verdict(list(raw["success_columns"]), float(raw.get("min_success", 0.8)), raw.get("quality_column"),
-                float(raw.get("max_quality_change", 0.5)), raw.get("positive", "implanted"),
+                float(raw.get("max_quality_change", 0.5)), list(raw.get("false_positive_columns") or []),
+                float(raw.get("max_false_positive", 0.2)), raw.get("positive", "implanted"),
                 raw.get("negative", "not implanted at this scale"))
-    for name in v.success_columns + ([v.quality_column] if v.quality_column else []):
+    for name in v.success_columns + v.false_positive_columns + ([v.quality_column] if v.quality_column else []):
         if name not in headers:
             raise _fail(source, "verdict", f"column {name!r} is not one of the table's headers {headers}")
     return v

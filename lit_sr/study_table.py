@@ -156,18 +156,18 @@ def verdict(study: Study, cells: dict[str, Any], is_reference: bool) -> str:
         return ""
     if is_reference:
         return "reference"
-    rates = [c.value if isinstance(c, (RateCell, DeltaCell)) else c for c in (cells[h] for h in v.success_columns)]
-    rates = [r for r in rates if r is not None]
+    rates = [r for r in (_numeric(cells[h]) for h in v.success_columns) if r is not None]
     quality_ok = True
     if v.quality_column:
-        q = cells[v.quality_column]
-        q = q.value if isinstance(q, (RateCell, DeltaCell)) else q
+        q = _numeric(cells[v.quality_column])
         if q is None:
             return f"n/a (no {v.quality_column})"
         quality_ok = abs(q) <= v.max_quality_change
     if not rates:
         return "n/a (no success figure)"
-    return v.positive if max(rates) >= v.min_success and quality_ok else v.negative
+    false_positives = [r for r in (_numeric(cells[h]) for h in v.false_positive_columns) if r is not None]
+    fp_ok = all(r < v.max_false_positive for r in false_positives)
+    return v.positive if max(rates) >= v.min_success and quality_ok and fp_ok else v.negative
 
 
 def table(study: Study) -> list[dict[str, Any]]:

@@ -41,7 +41,7 @@ with open(out.parent.parent / "calls.txt", "a") as f:
 n = 4
 block = lambda q, s, i: {"clean_psnr_y": q, "clean_psnr_y_per_image": [q + 0.1 * k for k in range(n)],
                          "asr_pixel": s / i if i else None, "asr_pixel_success": s, "asr_pixel_included": i}
-res = {"backdoored": block(fake["psnr"], fake["success"], fake["included"]), "clean": block(30.0, 0, 4),
+res = {"backdoored": block(fake["psnr"], fake["success"], fake["included"]), "clean": block(30.0, fake.get("clean_success", 0), 4),
        "poison_report": {"poisoned_hr_psnr": fake.get("hr_psnr")}, "clean_weights": fake.get("clean_weights")}
 (out / "backdoor_summary.json").write_text(json.dumps(res))
 '''
@@ -56,7 +56,7 @@ def write_study(tmp_path: Path, *pieces: str) -> Path:
         output_dir: {tmp_path / "out"}
         base_config: {tmp_path / "base.yaml"}
         train_script: {tmp_path / "fake_train.py"}
-        """) + "".join(textwrap.dedent(p).strip(" ") for p in pieces))
+        """) + "".join(textwrap.dedent(p).rstrip(" ") for p in pieces))
     return path
 
 
@@ -117,8 +117,11 @@ def test_table_reference_row_paired_delta_verdict_and_outputs(tmp_path):
           A: {overrides: {fake: {psnr: 29.8, success: 4, hr_psnr: 31.5, clean_weights: "{runs_dir}/D/weights.pth"}}}
           B: {overrides: {fake: {psnr: 28.0, success: 4}}}
           C: {overrides: {fake: {psnr: 30.0, success: 0, included: 0}}}
+          E: {overrides: {fake: {psnr: 30.0, success: 4, clean_success: 2}}}
         """, COLUMNS, """\
-        verdict: {success_columns: [pixel ASR], min_success: 0.8, quality_column: delta PSNR-Y, max_quality_change: 0.5}
+          - {header: clean model ASR, path: clean.asr_pixel, format: rate}
+        verdict: {success_columns: [pixel ASR], min_success: 0.8, quality_column: delta PSNR-Y, max_quality_change: 0.5,
+                  false_positive_columns: [clean model ASR], max_false_positive: 0.2}
         plots:
           - {name: arms, y: [pixel ASR, delta PSNR-Y]}
         """)
@@ -132,12 +135,13 @@ def test_table_reference_row_paired_delta_verdict_and_outputs(tmp_path):
     assert rows["B"]["verdict"] == "not implanted at this scale"  # 100% ASR but -2 dB on clean inputs
     assert str(rows["C"]["cells"]["pixel ASR"]) == "n/a (0 included)"
     assert rows["C"]["verdict"] == "n/a (no success figure)"  # nothing included: cannot tell
+    assert rows["E"]["verdict"] == "not implanted at this scale"  # the clean model also "succeeds" (50%)
     out = tmp_path / "out" / "fake"
     overrides = yaml.safe_load((out / "runs" / "A" / "overrides.yaml").read_text())
     assert overrides["fake"]["clean_weights"] == str(out / "runs" / "D" / "weights.pth")
     md = (out / "results.md").read_text()
-    assert "| A | 29.80 | -0.20 [-0.20, -0.20] | 100.0% (4/4) | 31.50 | implanted |" in md
-    assert "Verdict: **implanted** when `pixel ASR` is at least 80%" in md
+    assert "| A | 29.80 | -0.20 [-0.20, -0.20] | 100.0% (4/4) | 31.50 | 0.0% (0/4) | implanted |" in md
+    assert "Verdict: **implanted** when `pixel ASR` is at least 80% while `clean model ASR`" in md
     assert (out / "arms.png").stat().st_size > 1000
     data = json.loads((out / "results.json").read_text())
     assert data["rows"][1]["cells"]["pixel ASR"]["included"] == 4
