@@ -22,7 +22,8 @@ beside them. A column is ``{header, path, format}``: ``path`` is a dotted key in
 results file, or, starting with ``@.``, into the run's *row block* (``block``, default
 ``backdoored``: the backdoored model's figures; a run may take its row from another run's block,
 ``row: {from_run: A, block: clean}``, as the clean reference of a demo does; a run's own
-``config`` replaces ``base_config`` for it). Formats: ``rate``
+``config`` replaces ``base_config`` for it; ``in_table: false`` runs it without a row, e.g. the
+training of a substitute network the other runs share). Formats: ``rate``
 (reads ``<path>``, ``<path>_success``, ``<path>_included``: "85.7% (6/7)" or
 "n/a (0 included)"), ``pct``, ``db``, ``float``, ``int``, ``text`` and ``paired_delta`` (``path``
 holds per-image values; the column is the mean difference from the ``reference`` run's row, with
@@ -54,7 +55,7 @@ from lit_sr.io import atomic_write
 FORMATS = ("rate", "pct", "db", "float", "int", "text", "paired_delta")
 STUDY_KEYS = {"name", "output_dir", "base_config", "train_script", "subcommand", "overrides", "runs", "grid",
               "results_file", "block", "reference", "columns", "plots", "verdict", "python", "env"}
-RUN_KEYS = {"overrides", "config", "results_file", "row"}
+RUN_KEYS = {"overrides", "config", "results_file", "row", "in_table"}
 NOT_APPLICABLE = "n/a (0 included)"
 MISSING = "-"
 
@@ -82,6 +83,7 @@ class Run:
     results_file: str
     from_run: str | None = None
     block: str | None = None
+    in_table: bool = True
 
 
 @dataclass
@@ -289,8 +291,11 @@ def load_study(path: str | os.PathLike) -> Study:
                               expand_dotted(point, source, "grid"))
             params = {"run": "__".join(parts) or "run", **({"arm": run_name} if run_name else {}), **point}
             configs = _as_list(spec["config"], source, f"{key}.config") if "config" in spec else base_configs
+            in_table = spec.get("in_table", True)
+            if not isinstance(in_table, bool):
+                raise _fail(source, f"{key}.in_table", f"expected true or false; got {in_table!r}")
             runs.append(Run("__".join(parts) or "run", overrides, params, configs,
-                            spec.get("results_file", results_file), row.get("from_run"), row.get("block")))
+                            spec.get("results_file", results_file), row.get("from_run"), row.get("block"), in_table))
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise _fail(source, "runs/grid", f"run names must be distinct; got {names}")

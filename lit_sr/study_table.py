@@ -176,7 +176,7 @@ def table(study: Study) -> list[dict[str, Any]]:
     sources = row_sources(study)
     reference = sources.get(study.reference) if study.reference else None
     rows = []
-    for run in study.runs:
+    for run in (r for r in study.runs if r.in_table):
         src = sources[run.name]
         is_ref = run.name == study.reference
         cells = {c.header: cell(c, src, reference, is_ref) for c in study.columns}

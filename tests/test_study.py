@@ -113,6 +113,7 @@ def test_table_reference_row_paired_delta_verdict_and_outputs(tmp_path):
     path = write_study(tmp_path, """\
         reference: D
         runs:
+          S: {in_table: false}
           D: {row: {from_run: A, block: clean}}
           A: {overrides: {fake: {psnr: 29.8, success: 4, hr_psnr: 31.5, clean_weights: "{runs_dir}/D/weights.pth"}}}
           B: {overrides: {fake: {psnr: 28.0, success: 4}}}
@@ -128,6 +129,8 @@ def test_table_reference_row_paired_delta_verdict_and_outputs(tmp_path):
     assert main(["--config", str(path)]) == 0
     study = load_study(path)
     rows = {r["run"]: r for r in table(study)}
+    assert list(rows) == ["D", "A", "B", "C", "E"]  # S ran (first) but has no row
+    assert (tmp_path / "out" / "fake" / "runs" / "S" / "backdoor_summary.json").is_file()
     assert rows["D"]["verdict"] == "reference" and rows["D"]["cells"]["clean PSNR-Y"] == 30.0
     delta = rows["A"]["cells"]["delta PSNR-Y"]
     assert isinstance(delta, DeltaCell) and delta.mean == pytest.approx(-0.2)
