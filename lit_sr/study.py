@@ -30,7 +30,8 @@ holds per-image values; the column is the mean difference from the ``reference``
 a paired 95% Student-t interval over the images). An optional ``verdict`` rule adds a last
 column and states the rule under the Markdown table.
 
-Placeholders ``{study_dir}`` and ``{runs_dir}`` in override strings are replaced by the study's
+A top-level ``anchors`` mapping is ignored: it holds YAML anchors (``&arm``) that runs merge
+(``<<: *arm``). Placeholders ``{study_dir}`` and ``{runs_dir}`` in override strings are replaced by the study's
 folder and its ``runs`` folder (so a run can name another run's ``weights.pth``).
 """
 
@@ -54,7 +55,7 @@ from lit_sr.io import atomic_write
 
 FORMATS = ("rate", "pct", "db", "float", "int", "text", "paired_delta")
 STUDY_KEYS = {"name", "output_dir", "base_config", "train_script", "subcommand", "overrides", "runs", "grid",
-              "results_file", "block", "reference", "columns", "plots", "verdict", "python", "env"}
+              "results_file", "block", "reference", "columns", "plots", "verdict", "python", "env", "anchors"}
 RUN_KEYS = {"overrides", "config", "results_file", "row", "in_table"}
 NOT_APPLICABLE = "n/a (0 included)"
 MISSING = "-"

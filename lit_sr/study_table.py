@@ -181,8 +181,9 @@ def table(study: Study) -> list[dict[str, Any]]:
         is_ref = run.name == study.reference
         cells = {c.header: cell(c, src, reference, is_ref) for c in study.columns}
         meta = src.own.get("study") or {}
-        rows.append({"run": run.name, "params": run.params, "status": meta.get("status", "not run"),
-                     "wall_s": meta.get("wall_s"), "cells": cells, "verdict": verdict(study, cells, is_ref)})
+        status = meta.get("status", "not run")
+        rows.append({"run": run.name, "params": run.params, "status": status, "wall_s": meta.get("wall_s"),
+                     "cells": cells, "verdict": verdict(study, cells, is_ref) if status == "ok" else MISSING})
     return rows
 
 
