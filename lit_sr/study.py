@@ -249,6 +249,7 @@ def _plots(raw: Any, source: Path, headers: list[str]) -> list[Plot]:
             if y not in headers:
                 raise _fail(source, f"plots[{i}].y", f"{y!r} is not one of the table's headers {headers}")
         plots.append(Plot(str(p["name"]), ys, str(p.get("x", "run")), p.get("group")))
+        # x and group: "run", a run parameter (a grid key) or a column header (checked when plotting)
     return plots
 
 

@@ -249,6 +249,9 @@ def csv_text(study: Study, rows: list[dict[str, Any]]) -> str:
 
 
 def _param(row: dict[str, Any], key: str, plot: Plot) -> Any:
+    """A run parameter (a grid key, ``run``, ``arm``) or, failing that, a column's number."""
+    if key not in row["params"] and key in row["cells"]:
+        return _numeric(row["cells"][key])
     if key not in row["params"]:
         raise ValueError(f"plot {plot.name!r}: {key!r} is not a parameter of run {row['run']!r} "
                          f"(its parameters: {sorted(row['params'])})")
@@ -277,9 +280,10 @@ def plot(study: Study, rows: list[dict[str, Any]], spec: Plot, path: Path) -> Pa
         else:
             groups = dict.fromkeys(_param(r, spec.group, spec) if spec.group else None for r in rows)
             for g in groups:
-                pts = sorted((float(_param(r, spec.x, spec)), r["cells"][header]) for r in rows
-                             if (not spec.group or _param(r, spec.group, spec) == g)
-                             and _numeric(r["cells"][header]) is not None)
+                pts = sorted(((float(_param(r, spec.x, spec)), r["cells"][header]) for r in rows
+                              if (not spec.group or _param(r, spec.group, spec) == g)
+                              and _param(r, spec.x, spec) is not None and _numeric(r["cells"][header]) is not None),
+                             key=lambda p: p[0])
                 if not pts:
                     continue
                 xs, cells = [p[0] for p in pts], [p[1] for p in pts]

@@ -75,12 +75,14 @@ def test_grid_runs_resume_and_rerun_only_what_changed(tmp_path, capsys):
           fake.success: [1, 3]
           fake.psnr: [29.0, 30.0]
         overrides: {fake.included: 4}
+        plots: [{name: sweep, x: fake.psnr, group: fake.success, y: [pixel ASR]}]
         """, COLUMNS.replace("format: paired_delta", "format: float"))
     study = load_study(path)
     assert [r.name for r in study.runs] == ["success=1,psnr=29.0", "success=1,psnr=30.0", "success=3,psnr=29.0",
                                             "success=3,psnr=30.0"]
     assert study.runs[2].overrides["fake"] == {"included": 4, "success": 3, "psnr": 29.0}
     assert main(["--config", str(path)]) == 0
+    assert (tmp_path / "out" / "fake" / "sweep.png").stat().st_size > 1000
     calls = tmp_path / "out" / "fake" / "calls.txt"
     assert len(calls.read_text().split()) == 4
     # a finished run is not rerun
@@ -93,6 +95,7 @@ def test_grid_runs_resume_and_rerun_only_what_changed(tmp_path, capsys):
     assert calls.read_text().split()[4:] == ["success=1,psnr=31.0", "success=3,psnr=31.0"]
     rows = {r["run"]: r for r in table(load_study(path))}
     assert str(rows["success=3,psnr=31.0"]["cells"]["pixel ASR"]) == "75.0% (3/4)"
+    assert rows["success=3,psnr=31.0"]["params"] == {"run": "success=3,psnr=31.0", "fake.success": 3, "fake.psnr": 31.0}
     assert rows["success=3,psnr=31.0"]["cells"]["poisoned HR PSNR"] is None  # not in the results: "-"
 
 
@@ -125,6 +128,7 @@ def test_table_reference_row_paired_delta_verdict_and_outputs(tmp_path):
                   false_positive_columns: [clean model ASR], max_false_positive: 0.2}
         plots:
           - {name: arms, y: [pixel ASR, delta PSNR-Y]}
+          - {name: by_quality, x: clean PSNR-Y, y: [pixel ASR]}
         """)
     assert main(["--config", str(path)]) == 0
     study = load_study(path)
@@ -145,7 +149,7 @@ def test_table_reference_row_paired_delta_verdict_and_outputs(tmp_path):
     md = (out / "results.md").read_text()
     assert "| A | 29.80 | -0.20 [-0.20, -0.20] | 100.0% (4/4) | 31.50 | 0.0% (0/4) | implanted |" in md
     assert "Verdict: **implanted** when `pixel ASR` is at least 80% while `clean model ASR`" in md
-    assert (out / "arms.png").stat().st_size > 1000
+    assert (out / "arms.png").stat().st_size > 1000 and (out / "by_quality.png").stat().st_size > 1000
     data = json.loads((out / "results.json").read_text())
     assert data["rows"][1]["cells"]["pixel ASR"]["included"] == 4
     csv_lines = (out / "results.csv").read_text().splitlines()
