@@ -23,7 +23,8 @@ results file, or, starting with ``@.``, into the run's *row block* (``block``, d
 ``backdoored``: the backdoored model's figures; a run may take its row from another run's block,
 ``row: {from_run: A, block: clean}``, as the clean reference of a demo does; a run's own
 ``config`` replaces ``base_config`` for it; ``in_table: false`` runs it without a row, e.g. the
-training of a substitute network the other runs share). Formats: ``rate``
+training of a substitute network the other runs share; ``grid: false`` keeps a run out of the
+grid, run once, e.g. a clean reference). Formats: ``rate``
 (reads ``<path>``, ``<path>_success``, ``<path>_included``: "85.7% (6/7)" or
 "n/a (0 included)"), ``pct``, ``db``, ``float``, ``int``, ``text`` and ``paired_delta`` (``path``
 holds per-image values; the column is the mean difference from the ``reference`` run's row, with
@@ -56,7 +57,7 @@ from lit_sr.io import atomic_write
 FORMATS = ("rate", "pct", "db", "float", "int", "text", "paired_delta")
 STUDY_KEYS = {"name", "output_dir", "base_config", "train_script", "subcommand", "overrides", "runs", "grid",
               "results_file", "block", "reference", "columns", "plots", "verdict", "python", "env", "anchors"}
-RUN_KEYS = {"overrides", "config", "results_file", "row", "in_table"}
+RUN_KEYS = {"overrides", "config", "results_file", "row", "in_table", "grid"}
 NOT_APPLICABLE = "n/a (0 included)"
 MISSING = "-"
 
@@ -287,7 +288,10 @@ def load_study(path: str | os.PathLike) -> Study:
         row = spec.get("row") or {}
         if not isinstance(row, dict) or set(row) - {"from_run", "block"}:
             raise _fail(source, f"{key}.row", f"expected {{from_run, block}}; got {row!r}")
-        for point in _grid_points(raw.get("grid"), source):
+        crossed = spec.get("grid", True)
+        if not isinstance(crossed, bool):
+            raise _fail(source, f"{key}.grid", f"expected true or false; got {crossed!r}")
+        for point in _grid_points(raw.get("grid") if crossed else None, source):
             parts = [p for p in (run_name, _point_name(point)) if p]
             overrides = merge(merge(common, expand_dotted(spec.get("overrides") or {}, source, key)),
                               expand_dotted(point, source, "grid"))

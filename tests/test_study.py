@@ -237,3 +237,18 @@ def test_two_run_study_of_real_train_runs_writes_its_table_and_plot(tmp_path):
     md = (out / "results.md").read_text()
     assert "| D |" in md and "| A |" in md
     assert (out / "summary.png").stat().st_size > 1000
+
+
+def test_explicit_runs_cross_the_grid_unless_they_opt_out(tmp_path):
+    path = write_study(tmp_path, """\
+        runs:
+          ref: {grid: false, in_table: false}
+          arm: {overrides: {fake.included: 4}}
+        grid: {fake.success: [1, 3]}
+        columns: [{path: "@.asr_pixel", format: rate}]
+        """)
+    study = load_study(path)
+    assert [r.name for r in study.runs] == ["ref", "arm__success=1", "arm__success=3"]
+    assert study.runs[2].params == {"run": "arm__success=3", "arm": "arm", "fake.success": 3}
+    assert study.runs[2].overrides == {"fake": {"included": 4, "success": 3}}
+    assert not study.runs[0].in_table and study.runs[0].overrides == {}
