@@ -31,6 +31,7 @@ holds per-image values; the column is the mean difference from the ``reference``
 a paired 95% Student-t interval over the images). An optional ``verdict`` rule adds a last
 column and states the rule under the Markdown table.
 
+A study may ``extends: <another study file>`` and change only what differs (a quick variant).
 A top-level ``anchors`` mapping is ignored: it holds YAML anchors (``&arm``) that runs merge
 (``<<: *arm``). Placeholders ``{study_dir}`` and ``{runs_dir}`` in override strings are replaced by the study's
 folder and its ``runs`` folder (so a run can name another run's ``weights.pth``).
@@ -254,16 +255,33 @@ def _plots(raw: Any, source: Path, headers: list[str]) -> list[Plot]:
     return plots
 
 
-def load_study(path: str | os.PathLike) -> Study:
-    """Read and check a study YAML file (errors name the file and the key)."""
+def read_raw(source: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The YAML mapping of a study file, with the study it ``extends`` merged under it (the child's
+    keys win; ``runs`` merge by name, overrides key by key; the path is read from the current folder,
+    else beside the file)."""
     import yaml
 
-    source = Path(path)
     if not source.is_file():
         raise FileNotFoundError(f"study config not found: {source}")
     raw = yaml.safe_load(source.read_text())
     if not isinstance(raw, dict):
         raise _fail(source, "<top level>", "expected a mapping")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise _fail(source, "extends", f"expected a study file name; got {parent!r}")
+    parent_path = Path(parent) if Path(parent).is_file() else source.parent / parent
+    if parent_path.resolve() in seen:
+        raise _fail(source, "extends", f"{parent} extends itself (through {[str(p) for p in seen]})")
+    base = read_raw(parent_path, (*seen, source.resolve()))
+    return merge(base, raw)
+
+
+def load_study(path: str | os.PathLike) -> Study:
+    """Read and check a study YAML file (errors name the file and the key)."""
+    source = Path(path)
+    raw = read_raw(source)
     unknown = set(raw) - STUDY_KEYS
     if unknown:
         raise _fail(source, ", ".join(sorted(unknown)), f"unknown key(s); allowed: {sorted(STUDY_KEYS)}")

@@ -252,3 +252,22 @@ def test_explicit_runs_cross_the_grid_unless_they_opt_out(tmp_path):
     assert study.runs[2].params == {"run": "arm__success=3", "arm": "arm", "fake.success": 3}
     assert study.runs[2].overrides == {"fake": {"included": 4, "success": 3}}
     assert not study.runs[0].in_table and study.runs[0].overrides == {}
+
+
+def test_a_study_extends_another_and_changes_only_what_differs(tmp_path):
+    parent = write_study(tmp_path, """\
+        overrides: {fake.included: 4}
+        runs:
+          a: {overrides: {fake.success: 1, fake.psnr: 29.0}}
+          b: {overrides: {fake.success: 2}}
+        columns: [{path: "@.asr_pixel", format: rate}]
+        """)
+    child = tmp_path / "study_quick.yaml"
+    child.write_text(f"extends: {parent}\nname: quick\nruns:\n  a: {{overrides: {{fake.psnr: 31.0}}}}\n")
+    study = load_study(child)
+    assert study.name == "quick" and [r.name for r in study.runs] == ["a", "b"]
+    assert study.runs[0].overrides == {"fake": {"included": 4, "success": 1, "psnr": 31.0}}
+    loop = tmp_path / "loop.yaml"
+    loop.write_text(f"extends: {loop}\n")
+    with pytest.raises(StudyConfigError, match="extends itself"):
+        load_study(loop)
