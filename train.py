@@ -1,18 +1,38 @@
 """lit-sr command line: ``python train.py {fit,validate,test,predict} --config configs/<recipe>.yaml``.
 
 Any LightningModule (``lit_sr.modules.*``) and LightningDataModule (``datamodules.*``) can be
-chosen by ``class_path`` in the YAML file or on the command line.
+chosen by ``class_path`` in the YAML file or on the command line. Model arguments typed on the
+command line win over the hyper-parameters saved in a ``--ckpt_path`` checkpoint
+(:class:`lit_sr.cli.SRLightningCLI`), and ``predict`` writes PNG files through
+``callbacks.prediction_writer.PredictionWriter``, set with ``--prediction.output_dir``, ``--prediction.tile`` and
+``--prediction.tile_overlap``.
 """
 
 from __future__ import annotations
 
 import lightning as L
-from lightning.pytorch.cli import LightningCLI
+
+from callbacks.prediction_writer import PredictionWriter
+from lit_sr.cli import SRLightningCLI
 
 
-def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
+class TrainCLI(SRLightningCLI):
+    """:class:`SRLightningCLI` with the prediction writer as a forced callback (``--prediction.*``)."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_lightning_class_args(PredictionWriter, "prediction")
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs):
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":
+            # The writer has the images on disk; keeping every SR tensor in memory too would only grow.
+            parser.set_defaults(return_predictions=False)
+        return parser
+
+
+def main(args: list[str] | None = None, run: bool = True) -> TrainCLI:
     """Build (and by default run) the CLI; ``args`` replaces ``sys.argv[1:]`` (tests use it)."""
-    return LightningCLI(
+    return TrainCLI(
         L.LightningModule,
         L.LightningDataModule,
         subclass_mode_model=True,

@@ -134,7 +134,7 @@ def main() -> None:
     precisions = ["fp32"] + ([] if args.no_bf16 else ["bf16"])
     rows = []
     for precision in precisions:
-        autocast = "bf16" if precision == "bf16" else False
+        autocast = "bf16" if precision == "bf16" else "none"
         for per_image in (False, True):
             seconds, adv = timed_attack(model, lr, hr, args, autocast, per_image, device)
             m = attack_metrics(model, lr, adv, hr=hr, crop_border=args.scale, y_channel=True)

@@ -67,10 +67,10 @@ def gradient_rows(args, model, lr, hr, device) -> list[dict]:
     """vmap against the loop, in fp32 and (``--bf16``) under bf16 autocast."""
     n_naive = min(args.naive_samples or args.samples, args.samples)
     rows = []
-    modes = [("fp32", None)] + ([("bf16", torch.bfloat16)] if args.bf16 else [])
+    modes = [("fp32", "none")] + ([("bf16", "bf16")] if args.bf16 else [])
     ref_fp32 = None
-    for mode, dtype in tqdm(modes, desc="per-sample gradients"):
-        common = dict(sketch_dim=args.sketch_dim, seed=0, autocast_dtype=dtype)
+    for mode, autocast in tqdm(modes, desc="per-sample gradients"):
+        common = dict(sketch_dim=args.sketch_dim, seed=0, autocast=autocast)
         # warm-up: one chunk / one sample (kernel selection, vmap tracing, allocator)
         per_sample_grad_stats(model, lr[: args.chunk_size], hr[: args.chunk_size], chunk_size=args.chunk_size,
                               **common)

@@ -5,6 +5,7 @@ row/column at a time, as ports of MATLAB's imresize usually do. Both run in the 
 the same inputs; the table reports images/s and the ratio.
 
     python benchmarks/imresize.py --device cpu --size 256 --batch 8
+    python benchmarks/imresize.py --quick        # CPU smoke run: 2 x 3 x 32 x 32, one repeat
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 import torch
 from tqdm import tqdm
 
+from lit_sr.io import atomic_write
 from lit_sr.ops import cubic_kernel, imresize
 
 
@@ -63,11 +65,15 @@ def timed(fn, x, repeats: int, device: str) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--size", type=int, default=256)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--size", type=int, default=None, help="image side in pixels (256; 32 with --quick)")
+    p.add_argument("--batch", type=int, default=None, help="images per batch (8; 2 with --quick)")
+    p.add_argument("--repeats", type=int, default=None, help="timed calls per measurement (5; 1 with --quick)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of the whole benchmark")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args()
+    for name, full, quick in (("size", 256, 32), ("batch", 8, 2), ("repeats", 5, 1)):
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
     x = torch.rand(args.batch, 3, args.size, args.size, device=args.device)
     rows = []
     for scale in tqdm([1 / 4, 1 / 2, 2, 4], desc="scales"):
@@ -83,7 +89,7 @@ def main() -> None:
         print(f"{r['scale']:>6.3g} {r['vectorised_img_s']:>17.1f} {r['loop_img_s']:>11.1f} {r['speedup']:>8.1f}x "
               f"{r['max_abs_diff']:>11.2e}")
     if args.out:
-        with open(args.out, "w") as f:
+        with atomic_write(args.out) as tmp, open(tmp, "w") as f:
             json.dump({"device": args.device, "machine": machine, "batch": args.batch, "size": args.size,
                        "rows": rows}, f, indent=2)
 

@@ -39,10 +39,9 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
-from lit_sr.archs import build_arch, count_parameters
+from lit_sr.archs import arch_kwargs_with_scale, build_arch, count_parameters
 from lit_sr.io import atomic_write
 from lit_sr.modules import SRModule
-from lit_sr.modules.sr_module import arch_kwargs_with_scale
 
 SCALE = 4
 SWINIR_M = dict(img_size=48, window_size=8, img_range=1.0, depths=[6] * 6, embed_dim=180, num_heads=[6] * 6,

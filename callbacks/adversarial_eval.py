@@ -14,7 +14,6 @@ from torch import nn
 from torchvision.utils import make_grid
 
 from lit_sr.attacks import infer_scale
-from lit_sr.attacks.base import model_device, resolve_autocast
 from lit_sr.evaluate import (
     AttackRunner,
     AttackSpec,
@@ -28,6 +27,7 @@ from lit_sr.evaluate import (
     shape_batches,
 )
 from lit_sr.io import write_image
+from lit_sr.runtime import autocast_dtype, model_device
 
 DEFAULT_ATTACKS = {"ifgsm": {"steps": 10}}
 DEFAULT_EPS = (2 / 255, 8 / 255)
@@ -128,7 +128,7 @@ class AdversarialEvalCallback(L.Callback):
         self.batch_size = _check_int(batch_size, "batch_size", 1)
         self.seed = _check_int(seed, "seed", 0)
         self.crop_border = None if crop_border is None else _check_int(crop_border, "crop_border", 0)
-        resolve_autocast(autocast)  # raises on anything but False/None/True/"bf16"
+        autocast_dtype(autocast or "none")  # raises on anything but False/"none"/"bf16"
         self.autocast = autocast
         self.log_images, self.y_channel, self.save_png = bool(log_images), bool(y_channel), bool(save_png)
         self._val_runs = 0

@@ -233,7 +233,7 @@ class BackdoorGradientCallback(L.Callback):
         for batch in batches:
             n, s = per_sample_grad_stats(net, batch["lr"], batch["hr"], loss=self.loss, chunk_size=self.chunk_size,
                                          sketch_dim=self.sketch_dim, seed=self.seed, params=self.params,
-                                         autocast_dtype=AUTOCAST[self.autocast])
+                                         autocast=self.autocast or "none")
             norms.append(n)
             sketches.append(s)
             indices.append(torch.as_tensor(batch["index"], dtype=torch.int64).reshape(-1))

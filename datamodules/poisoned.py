@@ -739,7 +739,7 @@ class PoisonedSRDataModule(L.LightningDataModule):
         if name.lower() in ("badsr", "adversarial"):
             spec["substitute"] = self.substitute
             if self.generation_autocast is not None:
-                spec.setdefault("autocast_dtype", AUTOCAST[self.generation_autocast])
+                spec.setdefault("autocast", self.generation_autocast)
         self.trigger = build_trigger(name, **spec)
 
     def _prepare_parts(self, writable: bool) -> PoisonCache:
@@ -776,9 +776,9 @@ class PoisonedSRDataModule(L.LightningDataModule):
         """Poisoned HR labels of an HR batch (``label``): the resized target, or BadSR's stealthy label."""
         if self.label == "target":
             return self.target_for(hr)
-        autocast = AUTOCAST[self.generation_autocast]
+        autocast = self.generation_autocast or "none"
         y_p, _ = make_poisoned_hr(self.feature_extractor, hr, self.target_image, eps=self.eps,
-                                  steps=self.poisoned_hr_steps, norm=self.poisoned_hr_norm, autocast_dtype=autocast)
+                                  steps=self.poisoned_hr_steps, norm=self.poisoned_hr_norm, autocast=autocast)
         return y_p
 
     def _generate(self, cache: PoisonCache, load_pair, indices: list[int], prefix: str, make_target) -> None:

@@ -21,9 +21,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from lit_sr.attacks.base import Attack, check_images, check_int
+from lit_sr.attacks.base import Attack
 from lit_sr.attacks.evaluation import attack_metrics
 from lit_sr.ops import imresize
+from lit_sr.validation import check_images, check_int, check_module
 
 
 class Defense(nn.Module):
@@ -35,9 +36,7 @@ class Defense(nn.Module):
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        self.model = model
+        self.model = check_module(model, "model")
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         """The input transformation (identity here)."""
@@ -173,9 +172,7 @@ class JPEGDefense(Defense):
 
     def __init__(self, model: nn.Module, quality: int = 75, differentiable: bool = True):
         super().__init__(model)
-        self.quality = check_int(quality, "quality", 1)
-        if self.quality > 100:
-            raise ValueError(f"quality must be in [1, 100], got {quality}")
+        self.quality = check_int(quality, "quality", 1, 100)
         self.differentiable = bool(differentiable)
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
@@ -210,9 +207,7 @@ class BitDepthReduction(Defense):
 
     def __init__(self, model: nn.Module, bits: int = 4, bpda: bool = True):
         super().__init__(model)
-        self.bits = check_int(bits, "bits", 1)
-        if self.bits > 8:
-            raise ValueError(f"bits must be in [1, 8], got {bits}")
+        self.bits = check_int(bits, "bits", 1, 8)
         self.bpda = bool(bpda)
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
@@ -252,7 +247,7 @@ def evaluate_defense(
         hr: optional HR batch.
         crop_border, y_channel: PSNR convention.
     """
-    check_images(lr, "lr")
+    check_images(lr, "lr", value_range=True)
 
     def attack(target: nn.Module) -> torch.Tensor:
         atk = attack_factory(target)

@@ -284,7 +284,7 @@ class AttackRunner:
         self.crop_border, self.y_channel = crop_border, y_channel
         kwargs = dict(spec.kwargs)
         kwargs.setdefault("seed", seed)
-        kwargs.setdefault("autocast", autocast)
+        kwargs.setdefault("autocast", autocast or "none")
         if spec.kind == "universal":
             kwargs.setdefault("batch_size", batch_size)
         self.attack = ATTACKS[spec.kind](model, eps=eps, **kwargs)

@@ -2,7 +2,8 @@
 
 Weights are only ever read with ``torch.load(..., weights_only=True)`` or safetensors; every file
 written goes to a temporary name first and is renamed into place, so an interrupted write never
-leaves a half-written artefact behind.
+leaves a half-written artefact behind. Written files get the usual mode (``0o666`` less the
+umask, as ``open()`` would give), and every error on hostile or broken input names the file.
 """
 
 from __future__ import annotations
@@ -29,21 +30,68 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
     """A checkpoint holds pickled objects beyond plain tensors and containers."""
 
 
+class WeightsMismatchError(RuntimeError):
+    """A weights file does not fit the network: missing or unexpected keys, or tensors of other shapes."""
+
+
+class WeightsReadError(OSError):
+    """A weights file could not be read (truncated, corrupted or not a checkpoint at all)."""
+
+
 # --------------------------------------------------------------------------- atomic writes
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux allows (``/proc/self/status``).
+
+    Elsewhere it is read by setting and restoring it, which is not atomic: a file created by
+    another thread in between would get mode ``0o666``.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _naming_target(exc: OSError, path: Path, doing: str) -> OSError:
+    """``exc`` again (same errno, so the same ``OSError`` subclass) with ``path`` as its file."""
+    return OSError(exc.errno, f"{exc.strerror or exc} ({doing}; nothing was written)", str(path))
 
 
 @contextmanager
 def atomic_write(path: str | os.PathLike, suffix: str | None = None):
-    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The temporary file is created by ``mkstemp`` (mode ``0o600``) and given ``0o666 & ~umask``
+    before the rename, so the artefact has the mode a plain ``open()`` would have given it (a
+    cache or ``weights.pth`` shared with a group stays readable by it). If the block raises, the
+    temporary file is removed and ``path`` is left as it was; an ``OSError`` from the file system
+    (a full disk, a read-only or vanished folder) is raised again with ``path`` as its file name,
+    with the same errno (so ``PermissionError`` stays a ``PermissionError``).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix)
-    os.close(fd)
     try:
-        yield Path(tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix)
+        os.close(fd)
+    except OSError as exc:
+        raise _naming_target(exc, path, "creating its temporary file") from exc
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        # errno None: an error of the caller's own (an ImageReadError naming its file), not of this write
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise _naming_target(exc, path, "while writing") from exc
         raise
 
 
@@ -63,15 +111,26 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
     if not path.is_file():
         raise ImageReadError(f"image file not found: {path}")
     try:
-        with Image.open(path) as im:
-            im.load()  # decode now so truncation is caught here, not later
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im, dtype=np.float32) / 65535.0
-                arr = np.repeat(arr[..., None], 3, axis=2)
-            else:
-                arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+        return _decode_image(path)
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(
+            f"refusing to read image {path}: {exc} PIL's limit is PIL.Image.MAX_IMAGE_PIXELS = "
+            f"{Image.MAX_IMAGE_PIXELS}; raise it only for a file you trust"
+        ) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(f"cannot read image {path}: {exc}") from exc
+
+
+def _decode_image(path: Path) -> torch.Tensor:
+    from PIL import Image
+
+    with Image.open(path) as im:  # the header's size is checked here (DecompressionBombError)
+        im.load()  # decode now so truncation is caught here, not later
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(im, dtype=np.float32) / 65535.0
+            arr = np.repeat(arr[..., None], 3, axis=2)
+        else:
+            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
@@ -121,6 +180,22 @@ def _torch_load_safely(path: Path) -> object:
             f"containers (weights_only=True rejected it: {str(exc).splitlines()[0]}). lit-sr never "
             "unpickles untrusted files; re-save the weights as a state_dict or .safetensors."
         ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:  # torch names no file: a truncated zip, ...
+        raise WeightsReadError(f"cannot read weights file {path}: {_first_line(exc)}") from exc
+
+
+def _safetensors_load(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # SafetensorError and friends name no file
+        raise WeightsReadError(f"cannot read weights file {path}: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def read_state_dict(path: str | os.PathLike, key: str | None = None, prefix: str | None = None) -> dict:
@@ -140,9 +215,7 @@ def read_state_dict(path: str | os.PathLike, key: str | None = None, prefix: str
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return _strip_module_prefix(load_file(str(path)))
+        return _strip_module_prefix(_safetensors_load(path))
     obj = _torch_load_safely(path)
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path} holds a {type(obj).__name__}, expected a dict of weights")
@@ -158,8 +231,9 @@ def read_state_dict(path: str | os.PathLike, key: str | None = None, prefix: str
         state = obj["params"]
     else:
         state = obj
-    if not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: the selected weights are not a flat dict of tensors (keys {sorted(state)[:5]})")
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        shown = sorted(map(str, state))[:5] if isinstance(state, Mapping) else type(state).__name__
+        raise ValueError(f"{path}: the selected weights are not a flat dict of tensors (got {shown})")
     return _strip_module_prefix(dict(state))
 
 
@@ -187,13 +261,16 @@ def load_weights(
 ) -> nn.Module:
     """Load weights from a BasicSR ``.pth``, a Lightning ``.ckpt`` or a ``.safetensors`` file into ``model``.
 
-    See :func:`read_state_dict` for ``key``. With ``strict=True`` any missing or unexpected key
-    raises an error that lists them and names the file. Returns the model.
+    See :func:`read_state_dict` for ``key``. A tensor whose shape differs from the network's
+    (another ``num_feat``, another scale) raises :class:`WeightsMismatchError` naming the file and
+    the tensors, before anything is copied, whatever ``strict``; with ``strict=True`` any missing
+    or unexpected key raises it too, listing them. Returns the model.
     """
     state = read_state_dict(path, key=key)
+    _check_shapes(model, state, path)
     result = model.load_state_dict(state, strict=False)
     if strict and (result.missing_keys or result.unexpected_keys):
-        raise RuntimeError(
+        raise WeightsMismatchError(
             f"weights in {path} do not match {type(model).__name__}: "
             f"missing {result.missing_keys[:10]}{'...' if len(result.missing_keys) > 10 else ''}, "
             f"unexpected {result.unexpected_keys[:10]}{'...' if len(result.unexpected_keys) > 10 else ''}"
@@ -201,11 +278,33 @@ def load_weights(
     return model
 
 
-def save_weights(model: nn.Module, path: str | os.PathLike, ema_model: nn.Module | None = None) -> Path:
+def _check_shapes(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Raise :class:`WeightsMismatchError` listing every tensor of ``state`` whose shape ``model`` does not have."""
+    own = model.state_dict()
+    wrong = [
+        f"{name}: file {tuple(tensor.shape)} vs network {tuple(own[name].shape)}"
+        for name, tensor in state.items()
+        if name in own
+        and not isinstance(own[name], nn.parameter.UninitializedTensorMixin)  # lazy modules take any shape
+        and tuple(tensor.shape) != tuple(own[name].shape)
+    ]
+    if wrong:
+        more = f" (and {len(wrong) - 10} more)" if len(wrong) > 10 else ""
+        raise WeightsMismatchError(
+            f"weights in {path} do not fit {type(model).__name__}: {len(wrong)} tensors have other shapes: "
+            f"{'; '.join(wrong[:10])}{more}. Build the network with the arguments it was trained with "
+            "(num_feat, num_block, scale, ...)"
+        )
+
+
+def save_weights(
+    model: nn.Module, path: str | os.PathLike, ema_model: nn.Module | None = None, meta: Mapping | None = None
+) -> Path:
     """Write ``model``'s weights as BasicSR ``{'params', 'params_ema'}`` (``.pth``) or ``.safetensors``.
 
     ``.safetensors`` holds one state_dict: the EMA weights when given (what one deploys), else
-    the model's. The write is atomic.
+    the model's. ``meta`` (plain values: which state, step, ...) goes in the ``.pth`` file's
+    ``meta`` entry or the ``.safetensors`` header (as strings). The write is atomic.
     """
     path = Path(path)
     params = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -214,11 +313,14 @@ def save_weights(model: nn.Module, path: str | os.PathLike, ema_model: nn.Module
         from safetensors.torch import save_file
 
         with atomic_write(path) as tmp:
-            save_file(ema if ema is not None else params, str(tmp))
+            save_file(ema if ema is not None else params, str(tmp),
+                      metadata=None if meta is None else {str(k): str(v) for k, v in meta.items()})
     elif path.suffix in (".pth", ".pt"):
         payload = {"params": params}
         if ema is not None:
             payload["params_ema"] = ema
+        if meta is not None:
+            payload["meta"] = dict(meta)
         with atomic_write(path) as tmp:
             torch.save(payload, tmp)
     else:

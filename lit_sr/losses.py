@@ -10,17 +10,22 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from lit_sr.validation import check_choice, check_positive
+
 # ----------------------------------------------------------------------------------------------
 # Pixel losses
 # ----------------------------------------------------------------------------------------------
 
-_PIXEL_LOSSES = ("l1", "mse", "l2", "charbonnier")
-_REDUCTIONS = ("mean", "sum", "none")
+PixelLoss = Literal["l1", "mse", "l2", "charbonnier"]
+Reduction = Literal["mean", "sum", "none"]
+_PIXEL_LOSSES: tuple[str, ...] = get_args(PixelLoss)
+_REDUCTIONS: tuple[str, ...] = get_args(Reduction)
 
 
 class CharbonnierLoss(nn.Module):
@@ -35,11 +40,10 @@ class CharbonnierLoss(nn.Module):
         reduction: 'mean', 'sum' or 'none'.
     """
 
-    def __init__(self, eps: float = 1e-6, reduction: str = "mean"):
+    def __init__(self, eps: float = 1e-6, reduction: Reduction = "mean"):
         super().__init__()
-        if not eps > 0:
-            raise ValueError(f"Charbonnier eps must be positive, got {eps!r}")
-        _check_reduction(reduction)
+        check_positive(eps, "Charbonnier eps")
+        check_choice(reduction, "reduction", _REDUCTIONS)
         self.eps = float(eps)
         self.reduction = reduction
 
@@ -48,7 +52,7 @@ class CharbonnierLoss(nn.Module):
         return _reduce(loss, self.reduction)
 
 
-def build_pixel_loss(name: str, eps: float = 1e-6, reduction: str = "mean") -> nn.Module:
+def build_pixel_loss(name: PixelLoss, eps: float = 1e-6, reduction: Reduction = "mean") -> nn.Module:
     """Pixel loss by name.
 
     Args:
@@ -60,7 +64,7 @@ def build_pixel_loss(name: str, eps: float = 1e-6, reduction: str = "mean") -> n
         A module called as ``loss(pred, target)``.
     """
     key = str(name).lower()
-    _check_reduction(reduction)
+    check_choice(reduction, "reduction", _REDUCTIONS)
     if key == "l1":
         return nn.L1Loss(reduction=reduction)
     if key in ("mse", "l2"):
@@ -70,12 +74,7 @@ def build_pixel_loss(name: str, eps: float = 1e-6, reduction: str = "mean") -> n
     raise ValueError(f"unknown pixel loss {name!r}; expected one of {_PIXEL_LOSSES}")
 
 
-def _check_reduction(reduction: str) -> None:
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-
-
-def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
+def _reduce(loss: torch.Tensor, reduction: Reduction) -> torch.Tensor:
     if reduction == "mean":
         return loss.mean()
     if reduction == "sum":
@@ -87,7 +86,8 @@ def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
 # GAN losses
 # ----------------------------------------------------------------------------------------------
 
-_GAN_TYPES = ("vanilla", "lsgan", "hinge", "wgan")
+GanType = Literal["vanilla", "lsgan", "hinge", "wgan"]
+_GAN_TYPES: tuple[str, ...] = get_args(GanType)
 
 
 class GANLoss(nn.Module):
@@ -110,12 +110,11 @@ class GANLoss(nn.Module):
     """
 
     def __init__(
-        self, gan_type: str = "vanilla", real_label_val: float = 1.0, fake_label_val: float = 0.0,
+        self, gan_type: GanType = "vanilla", real_label_val: float = 1.0, fake_label_val: float = 0.0,
         loss_weight: float = 1.0,
     ):
         super().__init__()
-        if gan_type not in _GAN_TYPES:
-            raise ValueError(f"gan_type must be one of {_GAN_TYPES}, got {gan_type!r}")
+        check_choice(gan_type, "gan_type", _GAN_TYPES)
         self.gan_type = gan_type
         self.real_label_val = float(real_label_val)
         self.fake_label_val = float(fake_label_val)
@@ -212,8 +211,9 @@ _VGG_BLOCKS = {
     "vgg19": (2, 2, 4, 4, 4),
 }
 _VGG_WIDTHS = (64, 128, 256, 512, 512)
+VggType = Literal["vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn"]
 # torchvision's ImageNet weight files, as named in the torch hub cache.
-VGG_WEIGHT_FILES = {
+VGG_WEIGHT_FILES: dict[VggType, str] = {
     "vgg11": "vgg11-8a719046.pth",
     "vgg13": "vgg13-19584684.pth",
     "vgg16": "vgg16-397923af.pth",
@@ -227,9 +227,9 @@ _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def vgg_layer_names(vgg_type: str = "vgg19") -> list[str]:
+def vgg_layer_names(vgg_type: VggType = "vgg19") -> list[str]:
     """BasicSR's layer names in torchvision's ``features`` order: conv1_1, (bn1_1,) relu1_1, ..., pool5."""
-    _check_vgg_type(vgg_type)
+    check_choice(vgg_type, "vgg_type", sorted(VGG_WEIGHT_FILES))
     with_bn = vgg_type.endswith("_bn")
     names: list[str] = []
     for block, num_convs in enumerate(_VGG_BLOCKS[vgg_type.removesuffix("_bn")], start=1):
@@ -239,16 +239,11 @@ def vgg_layer_names(vgg_type: str = "vgg19") -> list[str]:
     return names
 
 
-def default_vgg_weights_path(vgg_type: str = "vgg19") -> Path:
+def default_vgg_weights_path(vgg_type: VggType = "vgg19") -> Path:
     """Where torchvision caches the ImageNet weights of ``vgg_type``:
     ``<torch hub dir>/checkpoints/<file>``."""
-    _check_vgg_type(vgg_type)
+    check_choice(vgg_type, "vgg_type", sorted(VGG_WEIGHT_FILES))
     return Path(torch.hub.get_dir()) / "checkpoints" / VGG_WEIGHT_FILES[vgg_type]
-
-
-def _check_vgg_type(vgg_type: str) -> None:
-    if vgg_type not in VGG_WEIGHT_FILES:
-        raise ValueError(f"vgg_type must be one of {sorted(VGG_WEIGHT_FILES)}, got {vgg_type!r}")
 
 
 class VGGFeatureExtractor(nn.Module):
@@ -277,7 +272,7 @@ class VGGFeatureExtractor(nn.Module):
     def __init__(
         self,
         layer_name_list: Sequence[str],
-        vgg_type: str = "vgg19",
+        vgg_type: VggType = "vgg19",
         use_input_norm: bool = True,
         range_norm: bool = False,
         weights_path: str | Path | None = None,
@@ -340,7 +335,7 @@ def _build_vgg_layers(names: Sequence[str]) -> nn.Sequential:
     return nn.Sequential(layers)
 
 
-def _load_torchvision_vgg(vgg_net: nn.Sequential, vgg_type: str, weights_path: str | Path | None) -> None:
+def _load_torchvision_vgg(vgg_net: nn.Sequential, vgg_type: VggType, weights_path: str | Path | None) -> None:
     """Copy torchvision's ``features.{index}.*`` tensors into the named layers (index = position)."""
     path = Path(weights_path) if weights_path is not None else default_vgg_weights_path(vgg_type)
     if not path.is_file():
@@ -366,7 +361,8 @@ def _load_torchvision_vgg(vgg_net: nn.Sequential, vgg_type: str, weights_path: s
     vgg_net.load_state_dict(remapped, strict=True)
 
 
-_CRITERIA = ("l1", "l2", "fro")
+Criterion = Literal["l1", "l2", "fro"]
+_CRITERIA: tuple[str, ...] = get_args(Criterion)
 
 
 class PerceptualLoss(nn.Module):
@@ -395,17 +391,16 @@ class PerceptualLoss(nn.Module):
     def __init__(
         self,
         layer_weights: Mapping[str, float],
-        vgg_type: str = "vgg19",
+        vgg_type: VggType = "vgg19",
         use_input_norm: bool = True,
         perceptual_weight: float = 1.0,
-        criterion: str = "l1",
+        criterion: Criterion = "l1",
         weights_path: str | Path | None = None,
         pretrained: bool = True,
         range_norm: bool = False,
     ):
         super().__init__()
-        if criterion not in _CRITERIA:
-            raise ValueError(f"criterion must be one of {_CRITERIA}, got {criterion!r}")
+        check_choice(criterion, "criterion", _CRITERIA)
         if not layer_weights:
             raise ValueError("layer_weights must name at least one VGG layer")
         self.layer_weights = {str(k): float(v) for k, v in layer_weights.items()}

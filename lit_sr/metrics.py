@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -132,7 +133,8 @@ def ssim(
 
 # --------------------------------------------------------------------------- LPIPS
 
-_LPIPS_BACKBONE_FILES = {
+LpipsNet = Literal["alex", "vgg", "squeeze"]
+_LPIPS_BACKBONE_FILES: dict[LpipsNet, str] = {
     "alex": "alexnet-owt-7be5be79.pth",
     "vgg": "vgg16-397923af.pth",
     "squeeze": "squeezenet1_1-b8a52dc0.pth",
@@ -143,7 +145,7 @@ class LPIPSWeightsMissing(FileNotFoundError):
     """Raised when LPIPS is asked for but its torchvision backbone weights are not on disk."""
 
 
-def lpips_backbone_path(net: str = "alex", backbone_path: str | os.PathLike | None = None) -> Path:
+def lpips_backbone_path(net: LpipsNet = "alex", backbone_path: str | os.PathLike | None = None) -> Path:
     """Where the LPIPS backbone weights are expected (an explicit path or the torch hub cache)."""
     if net not in _LPIPS_BACKBONE_FILES:
         raise ValueError(f"LPIPS net must be one of {sorted(_LPIPS_BACKBONE_FILES)}, got {net!r}")
@@ -152,7 +154,7 @@ def lpips_backbone_path(net: str = "alex", backbone_path: str | os.PathLike | No
     return Path(torch.hub.get_dir()) / "checkpoints" / _LPIPS_BACKBONE_FILES[net]
 
 
-def build_lpips(net: str = "alex", backbone_path: str | os.PathLike | None = None) -> nn.Module:
+def build_lpips(net: LpipsNet = "alex", backbone_path: str | os.PathLike | None = None) -> nn.Module:
     """Real LPIPS (Zhang et al. 2018) with the ``lpips`` package's calibrated linear layers.
 
     The backbone weights are read from ``backbone_path`` or the torch hub cache, never downloaded.

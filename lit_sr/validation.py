@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch import nn
 
 # Relative slack on the [0, 1] range check of images: bicubic LR images overshoot by ~1e-7.
 RANGE_TOLERANCE = 1e-5
@@ -82,6 +83,14 @@ def check_bool(value: Any, name: str) -> bool:
     """A real ``bool`` (guards against ``random_start="no"`` being truthy)."""
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_module(value: Any, name: str, example: str = "") -> nn.Module:
+    """A ``torch.nn.Module`` (a network, a defense, a feature extractor); ``example`` says which kind."""
+    if not isinstance(value, nn.Module):
+        hint = f" ({example})" if example else ""
+        raise TypeError(f"{name} must be a torch.nn.Module{hint}, got {type(value).__name__}")
     return value
 
 

@@ -1,6 +1,10 @@
-"""Weights and image I/O: BasicSR format round trips, Lightning checkpoints, unsafe pickles refused."""
+"""Weights and image I/O: BasicSR format round trips, Lightning checkpoints, unsafe pickles refused,
+hostile files (decompression bombs, wrong shapes, truncation) named, atomic writes under faults."""
 
+import errno
 import os
+import struct
+import zlib
 
 import pytest
 import torch
@@ -9,6 +13,10 @@ from lit_sr.archs import build_arch, count_parameters
 from lit_sr.io import (
     ImageReadError,
     UnsafeCheckpointError,
+    WeightsMismatchError,
+    WeightsReadError,
+    atomic_write,
+    current_umask,
     load_weights,
     read_image,
     read_state_dict,
@@ -127,3 +135,123 @@ def test_truncated_image_names_the_file(tmp_path):
         read_image(path)
     with pytest.raises(ValueError, match="expected one of"):
         write_image(torch.rand(3, 4, 4), tmp_path / "x.txt")
+
+
+# --------------------------------------------------------------------------- hostile files
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width x height`` RGB pixels, with almost no pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_png_is_refused_naming_the_file(tmp_path):
+    bomb = tmp_path / "bomb_900mp.png"
+    bomb.write_bytes(_png_claiming(30_000, 30_000))  # 900 megapixels claimed by a 100-byte file
+    with pytest.raises(ImageReadError, match="bomb_900mp.png") as err:
+        read_image(bomb)
+    assert str(bomb) in str(err.value) and "MAX_IMAGE_PIXELS" in str(err.value)
+
+
+def test_decompression_bomb_limit_applies_to_real_images_too(tmp_path, monkeypatch):
+    from PIL import Image
+
+    path = write_image(torch.rand(3, 40, 40), tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # 1,600 pixels > 2 x 500: PIL raises
+    with pytest.raises(ImageReadError, match="big.png"):
+        read_image(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+    assert read_image(path).shape == (3, 40, 40)
+
+
+def test_weights_of_other_shapes_name_the_file_and_load_nothing(tmp_path):
+    path = save_weights(tiny_edsr(0), tmp_path / "edsr_f8.pth")
+    torch.manual_seed(1)
+    wider = build_arch("edsr", num_feat=16, num_block=2, upscale=2)
+    before = {k: v.clone() for k, v in wider.state_dict().items()}
+    for strict in (True, False):
+        with pytest.raises(WeightsMismatchError, match="edsr_f8.pth") as err:
+            load_weights(wider, path, strict=strict)
+        assert "conv_first.weight: file (8, 3, 3, 3) vs network (16, 3, 3, 3)" in str(err.value)
+        assert "size mismatch" not in str(err.value)
+    torch.testing.assert_close(wider.state_dict(), before)  # checked before anything was copied
+    assert isinstance(err.value, RuntimeError)  # what load_state_dict raised before
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_truncated_weights_name_the_file(tmp_path, suffix):
+    path = save_weights(tiny_edsr(0), tmp_path / f"cut{suffix}")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightsReadError, match=f"cut{suffix}"):
+        load_weights(tiny_edsr(1), path)
+
+
+# --------------------------------------------------------------------------- atomic writes under faults
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for a test and restore it afterwards."""
+    old = os.umask(0o022)
+    os.umask(old)
+    yield lambda mask: os.umask(mask)
+    os.umask(old)
+
+
+@pytest.mark.parametrize("mask,mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_atomic_write_gives_the_mode_the_umask_allows(tmp_path, umask, mask, mode):
+    umask(mask)
+    assert current_umask() == mask and current_umask() == mask  # reading it does not change it
+    weights = save_weights(tiny_edsr(0), tmp_path / "weights.pth")
+    image = write_image(torch.rand(3, 4, 4), tmp_path / "a.png")
+    with atomic_write(tmp_path / "m.json") as tmp:
+        tmp.write_text("{}")
+    for path in (weights, image, tmp_path / "m.json"):
+        assert os.stat(path).st_mode & 0o777 == mode, path
+
+
+def test_a_full_disk_while_writing_names_the_target_and_leaves_nothing(tmp_path, monkeypatch):
+    target = tmp_path / "weights.pth"
+    target.write_bytes(b"old weights")
+
+    def save_until_the_disk_is_full(obj, path, *args, **kwargs):
+        with open(path, "wb") as handle:
+            handle.write(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", save_until_the_disk_is_full)
+    with pytest.raises(OSError, match="No space left on device") as err:
+        save_weights(tiny_edsr(0), target)
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(target)
+    assert str(target) in str(err.value)
+    assert target.read_bytes() == b"old weights"  # the old file is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.pth"]  # no temporary file left
+
+
+def test_atomic_write_keeps_the_callers_own_errors(tmp_path):
+    def write_then_fail(message_error):
+        with atomic_write(tmp_path / "out.png") as tmp:
+            tmp.write_bytes(b"x")
+            raise message_error
+
+    with pytest.raises(ValueError, match="^bad value$"):
+        write_then_fail(ValueError("bad value"))
+    with pytest.raises(ImageReadError, match="^cannot read image src.png: broken$"):
+        write_then_fail(ImageReadError("cannot read image src.png: broken"))  # not re-labelled as a write
+    with pytest.raises(PermissionError, match="out.png"):  # an errno keeps its OSError subclass
+        write_then_fail(PermissionError(errno.EACCES, os.strerror(errno.EACCES)))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_into_an_unwritable_place_names_the_target(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(OSError, match="a_file/sub/out.json"):
+        with atomic_write(blocker / "sub" / "out.json") as tmp:
+            tmp.write_text("{}")

@@ -102,3 +102,57 @@ def test_tiled_forward_equals_whole_image_for_a_local_operator():
     torch.testing.assert_close(out, fn(x))
     with pytest.raises(ValueError, match="overlap"):
         tiled_forward(fn, x, 2, tile=16, overlap=16)
+
+
+def edsr_receptive_radius(num_block: int, scale: int) -> int:
+    """LR pixels an EDSR output pixel depends on, each way: head, 2 per block, body conv, x2 upsampler
+    convs (each at a finer grid: 1 LR pixel at LR, 1/2 after one shuffle, ...) and conv_last at HR,
+    each rounded up to a whole LR pixel because the HR pixel's LR cell may sit at the edge."""
+    return 1 + 2 * num_block + 1 + int(math.log2(scale)) + 1
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_tiled_edsr_equals_whole_image_when_half_the_overlap_covers_the_receptive_radius(scale):
+    from lit_sr.archs import build_arch
+
+    torch.manual_seed(0)  # a randomly initialised tiny EDSR: any smooth operator with that radius
+    net = build_arch("edsr", num_feat=8, num_block=1, upscale=scale).eval()
+    x = torch.rand(2, 3, 45, 38)
+    radius = edsr_receptive_radius(1, scale)
+    with torch.no_grad():
+        whole = net(x)
+        tiled = tiled_forward(net, x, scale, tile=20, overlap=2 * radius, tile_batch=5)
+        seamy = tiled_forward(net, x, scale, tile=20, overlap=2, tile_batch=5)
+    torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=0)
+    # With too small an overlap the tiles' zero padding shows: the check above is not vacuous.
+    assert (seamy - whole).abs().max() > 1e-3
+
+
+def test_tiled_forward_takes_every_output_pixel_from_one_tile():
+    # fn marks each tile with its own constant: an averaging stitch would produce values in between.
+    calls = []
+
+    def fn(t):
+        calls.append(t.shape[0])
+        base = torch.arange(len(calls) * 100, len(calls) * 100 + t.shape[0], dtype=t.dtype)
+        return base.view(-1, 1, 1, 1).expand(t.shape[0], t.shape[1], t.shape[2] * 2, t.shape[3] * 2).clone()
+
+    out = tiled_forward(fn, torch.zeros(1, 1, 30, 30), 2, tile=16, overlap=6, tile_batch=64)
+    ids = out.unique()
+    assert len(ids) == sum(calls) == 9  # starts 0, 10, 14 on each axis
+    assert torch.all(out == out.round())
+
+
+def test_tiled_swinir_is_exact_only_when_half_the_overlap_covers_its_window_reach():
+    from lit_sr.archs import build_arch
+
+    torch.manual_seed(0)  # a tiny random SwinIR: 4 Swin layers of window 4
+    net = build_arch("swinir", upscale=2, img_size=16, window_size=4, depths=[2, 2], embed_dim=12, num_heads=[2, 2],
+                     mlp_ratio=2, upsampler="pixelshuffle").eval()
+    x = torch.rand(1, 3, 40, 40)
+    with torch.no_grad():
+        whole = net(x)
+        near = tiled_forward(net, x, 2, tile=24, overlap=16)  # stride 8: tile starts on the window grid
+        short = tiled_forward(net, x, 2, tile=16, overlap=8)
+    torch.testing.assert_close(near, whole, atol=1e-4, rtol=0)
+    assert (short - whole).abs().max() > 1e-3

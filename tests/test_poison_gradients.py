@@ -103,8 +103,8 @@ def test_bad_parameters_raise_naming_them(model, batch, kwargs, match):
 
 def test_bf16_autocast_matches_its_naive_loop(model, batch):
     lr, hr = batch
-    norms, _ = per_sample_grad_stats(model, lr, hr, sketch_dim=None, autocast_dtype=torch.bfloat16)
-    ref, _ = naive_per_sample_grad_stats(model, lr, hr, sketch_dim=None, autocast_dtype=torch.bfloat16)
+    norms, _ = per_sample_grad_stats(model, lr, hr, sketch_dim=None, autocast="bf16")
+    ref, _ = naive_per_sample_grad_stats(model, lr, hr, sketch_dim=None, autocast="bf16")
     torch.testing.assert_close(norms, ref, rtol=1e-2, atol=0)
     fp32, _ = per_sample_grad_stats(model, lr, hr, sketch_dim=None)
     torch.testing.assert_close(norms, fp32, rtol=5e-2, atol=0)

@@ -92,3 +92,34 @@ def test_recipe_hyperparameters_are_consistent(name):
         assert trainer["strategy"] == "ddp_find_unused_parameters_true"
     else:
         assert trainer["strategy"] == "ddp"
+
+
+@pytest.mark.parametrize("name", [*RECIPES, "quickstart"])
+def test_recipe_keeps_the_last_state_and_the_best_apart(name):
+    # ModelCheckpoint(monitor, save_last) rewrites last.ckpt only on improvement (Lightning 2.6).
+    entries = load(name)["trainer"]["callbacks"]
+    kinds = [e["class_path"].rsplit(".", 1)[-1] for e in entries]
+    assert kinds.count("LastCheckpoint") == 1 and kinds.count("ModelCheckpoint") == 1
+    best = entries[kinds.index("ModelCheckpoint")]["init_args"]
+    assert best["monitor"] == "val/psnr_y" and not best.get("save_last") and best["filename"] == "best"
+    assert kinds.index("ModelCheckpoint") < kinds.index("LastCheckpoint")  # ckpt_path="best" uses the first
+
+
+def test_a_missing_vgg_file_is_reported_first_with_its_name(tmp_path):
+    from train import main
+
+    missing = tmp_path / "vgg19-dcbb9e9d.pth"
+    with pytest.raises(FileNotFoundError) as error:
+        main(["--config", str(CONFIGS / "esrgan_x4_div2k.yaml"), "--trainer.logger", "false",
+              "--model.init_args.pretrained", "null", "--model.init_args.vgg_weights_path", str(missing)], run=False)
+    message = str(error.value)
+    assert message.startswith("VGG weights") and str(missing) in message.splitlines()[0]
+    assert "Union subtypes" not in message.splitlines()[0]
+
+
+def test_explicit_model_keys_reads_both_argument_forms():
+    from lit_sr.cli import explicit_model_keys
+
+    argv = ["fit", "--config", "a.yaml", "--model.init_args.lr=0.1", "--model.tile", "8", "--trainer.max_epochs", "3",
+            "--model.init_args.lr", "0.2"]
+    assert explicit_model_keys(argv) == ["model.init_args.lr", "model.tile"]

@@ -55,6 +55,24 @@ def build_arch(name: str, **kwargs) -> nn.Module:
     return cls(**kwargs)
 
 
+def arch_kwargs_with_scale(arch: str, arch_kwargs: dict | None, scale: int) -> dict:
+    """``arch_kwargs`` with the network's scale argument filled in (``upscale``, or RRDBNet's ``scale``).
+
+    Used by everything that builds a network for a given scale (the SR module, the report, the
+    poisoned data module's substitute, the backdoor callbacks). A value already in
+    ``arch_kwargs`` must agree with ``scale``; networks without a scale argument get the
+    keyword arguments unchanged.
+    """
+    kwargs = dict(arch_kwargs or {})
+    params = inspect.signature(get_arch_class(arch).__init__).parameters
+    for name in ("upscale", "scale"):
+        if name in params:
+            if kwargs.setdefault(name, scale) != scale:
+                raise ValueError(f"arch_kwargs.{name}={kwargs[name]} disagrees with the module's scale={scale}")
+            break
+    return kwargs
+
+
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (all, or only those with ``requires_grad``)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -13,6 +13,7 @@ with a head width of 32 it was no faster (111 vs 112).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -21,8 +22,10 @@ from torch.utils import checkpoint as torch_checkpoint
 
 from lit_sr.archs.common import MeanShiftMixin, Upsample
 
-_UPSAMPLERS = ("pixelshuffle", "pixelshuffledirect", "nearest+conv", "")
-_RESI_CONNECTIONS = ("1conv", "3conv")
+Upsampler = Literal["pixelshuffle", "pixelshuffledirect", "nearest+conv", ""]
+_UPSAMPLERS: tuple[str, ...] = get_args(Upsampler)
+ResiConnection = Literal["1conv", "3conv"]
+_RESI_CONNECTIONS: tuple[str, ...] = get_args(ResiConnection)
 _MASK_VALUE = -100.0  # what the reference uses between tokens from different shifted regions
 _DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
 
@@ -385,7 +388,7 @@ class RSTB(nn.Module):
         drop_path: float | Sequence[float] = 0.0,
         norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
         use_checkpoint: bool = False,
-        resi_connection: str = "1conv",
+        resi_connection: ResiConnection = "1conv",
     ):
         super().__init__()
         self.residual_group = BasicLayer(
@@ -472,8 +475,8 @@ class SwinIR(MeanShiftMixin, nn.Module):
         use_checkpoint: bool = False,
         upscale: int = 2,
         img_range: float = 1.0,
-        upsampler: str = "pixelshuffle",
-        resi_connection: str = "1conv",
+        upsampler: Upsampler = "pixelshuffle",
+        resi_connection: ResiConnection = "1conv",
     ):
         super().__init__()
         resolution = _to_2tuple(img_size, "img_size")

@@ -13,18 +13,60 @@ the perturbation is always float32, even when the forward pass runs under bf16 a
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
+from typing import Literal
 
 import torch
 from torch import nn
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from lit_sr.runtime import (
+    Autocast,
+    autocast_context,
+    autocast_dtype,
+    frozen_eval,
+    grad_enabled_outside_inference,
+    model_device,
+)
+from lit_sr.validation import (
+    check_bool,
+    check_choice,
+    check_eps,
+    check_images,
+    check_int,
+    check_module,
+    check_positive,
+)
 
-# Relative slack on the [0, 1] range check of inputs: bicubic LR images overshoot by ~1e-7.
-_RANGE_TOLERANCE = 1e-5
+# Re-exported: attack modules and older callers import these from here; they live in
+# lit_sr.validation and lit_sr.runtime (one implementation each).
+__all__ = [
+    "LOSSES",
+    "Attack",
+    "Autocast",
+    "LossFn",
+    "LossName",
+    "autocast_context",
+    "check_bool",
+    "check_choice",
+    "check_eps",
+    "check_images",
+    "check_int",
+    "check_module",
+    "check_positive",
+    "frozen_eval",
+    "grad_enabled_outside_inference",
+    "l2_loss",
+    "make_generator",
+    "model_device",
+    "mse_loss",
+    "resolve_loss",
+    "sse_loss",
+    "uniform_like",
+]
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+LossName = Literal["sse", "mse", "l2"]
 
 
 # --------------------------------------------------------------------------- losses
@@ -49,10 +91,10 @@ def l2_loss(sr: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm((sr - ref).flatten(1), ord=2, dim=1)
 
 
-LOSSES: dict[str, LossFn] = {"sse": sse_loss, "mse": mse_loss, "l2": l2_loss}
+LOSSES: dict[LossName, LossFn] = {"sse": sse_loss, "mse": mse_loss, "l2": l2_loss}
 
 
-def resolve_loss(loss: str | LossFn) -> LossFn:
+def resolve_loss(loss: LossName | LossFn) -> LossFn:
     """Map a loss name (``"sse"``, ``"mse"``, ``"l2"``) or a callable to a per-sample loss function.
 
     A callable must take ``(sr, ref)`` and return one value per image, shape ``(N,)``.
@@ -70,124 +112,7 @@ def resolve_loss(loss: str | LossFn) -> LossFn:
     raise TypeError(f"loss must be a string or a callable(sr, ref) -> (N,) tensor, got {type(loss).__name__}")
 
 
-# --------------------------------------------------------------------------- validation
-
-
-def check_eps(eps: float, name: str = "eps") -> float:
-    """``eps`` as a float in (0, 1] (the [0, 1] pixel scale: 8/255 is 0.0314)."""
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-        raise TypeError(f"{name} must be a real number in (0, 1], got {eps!r}")
-    if not (0 < float(eps) <= 1) or math.isnan(float(eps)):
-        raise ValueError(f"{name} must be in (0, 1] on the [0, 1] pixel scale (8/255 = 0.0314), got {eps!r}")
-    return float(eps)
-
-
-def check_int(value: int, name: str, minimum: int) -> int:
-    """An integer ``>= minimum`` (bools are rejected)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def check_positive(value: float, name: str) -> float:
-    """A finite real number ``> 0``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a positive real number, got {value!r}")
-    if not (float(value) > 0) or not math.isfinite(float(value)):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
-def check_choice(value: str, name: str, choices: tuple[str, ...]) -> str:
-    """One of ``choices``."""
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
-    return value
-
-
-def check_bool(value: bool, name: str) -> bool:
-    """A real ``bool`` (guards against ``random_start="no"`` being truthy)."""
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return value
-
-
-def resolve_autocast(autocast: bool | str | torch.dtype | None) -> torch.dtype | None:
-    """``False``/``None`` (fp32), or ``"bf16"``/``"bfloat16"``/``torch.bfloat16``/``True`` (bf16).
-
-    Only bf16 is offered: fp16 would need loss scaling to keep small input gradients from
-    underflowing, and sign steps are exactly where a flushed gradient silently stops the attack.
-    """
-    if autocast is None or autocast is False:
-        return None
-    if autocast is True or autocast in ("bf16", "bfloat16") or autocast is torch.bfloat16:
-        return torch.bfloat16
-    raise ValueError(f"autocast must be False, None, True, 'bf16' or torch.bfloat16, got {autocast!r}")
-
-
-def check_images(x: torch.Tensor, name: str) -> None:
-    """Raise unless ``x`` is a floating (N, C, H, W) tensor with values in [0, 1]."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"{name} must be a (N, C, H, W) batch, got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating point tensor in [0, 1], got dtype {x.dtype}")
-    if x.numel() == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
-    lo, hi = torch.aminmax(x.detach())
-    if lo.item() < -_RANGE_TOLERANCE or hi.item() > 1 + _RANGE_TOLERANCE:
-        raise ValueError(f"{name} must hold values in [0, 1], got range [{lo.item():.4g}, {hi.item():.4g}]")
-
-
-# --------------------------------------------------------------------------- model handling
-
-
-def model_device(model: nn.Module) -> torch.device | None:
-    """The device of the model's first parameter or buffer; ``None`` for stateless models (bicubic)."""
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return None
-
-
-@contextmanager
-def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode and ``requires_grad=False`` on every parameter; both restored exactly on exit.
-
-    Each submodule's ``training`` flag and each parameter's ``requires_grad`` are recorded one by
-    one, so a model with mixed modes (a frozen BatchNorm inside a training network) or partly
-    frozen parameters gets back exactly what it had, also when the attack raises.
-    """
-    modes = [(module, module.training) for module in model.modules()]
-    flags = [(param, param.requires_grad) for param in model.parameters()]
-    try:
-        model.eval()
-        for param, _ in flags:
-            param.requires_grad_(False)
-        yield model
-    finally:
-        for module, training in modes:
-            module.training = training
-        for param, requires_grad in flags:
-            param.requires_grad_(requires_grad)
-
-
-@contextmanager
-def grad_enabled_outside_inference() -> Iterator[None]:
-    """Leave ``torch.inference_mode`` and enable autograd (Lightning validates in inference mode)."""
-    with torch.inference_mode(False), torch.enable_grad():
-        yield
-
-
-def autocast_context(dtype: torch.dtype | None, device: torch.device):
-    """``torch.autocast`` for ``dtype`` on ``device`` or a no-op context when ``dtype`` is None."""
-    if dtype is None:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+# --------------------------------------------------------------------------- random draws
 
 
 def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
@@ -222,8 +147,9 @@ class Attack:
             ``"mse"``, ``"l2"`` (the paper's non-squared Eq. 1), or a callable ``(sr, ref) -> (N,)``.
             The per-image losses are summed over the batch, so each image's gradient is the
             gradient of its own loss.
-        autocast: ``False`` (fp32) or ``"bf16"``: the model's forward runs under bf16 autocast,
-            the perturbation and the loss stay float32.
+        autocast: ``"none"`` (float32, the default) or ``"bf16"``: the model's forward runs
+            under bf16 autocast, the perturbation and the loss stay float32
+            (:data:`lit_sr.runtime.Autocast`).
         eot_samples: forward passes averaged per gradient (Expectation over Transformation, for
             randomised models/defenses). ``None`` reads ``model.eot_samples`` when the model
             declares one (e.g. :class:`lit_sr.defenses.RandomResizeDefense`), else 1.
@@ -238,18 +164,17 @@ class Attack:
         model: nn.Module,
         eps: float,
         *,
-        loss: str | LossFn = "sse",
-        autocast: bool | str | torch.dtype | None = False,
+        loss: LossName | LossFn = "sse",
+        autocast: Autocast = "none",
         eot_samples: int | None = None,
         seed: int | None = None,
     ):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        self.model = model
+        self.model = check_module(model, "model")
         self.eps = check_eps(eps)
         self.loss = loss
         self.loss_fn = resolve_loss(loss)
-        self.autocast_dtype = resolve_autocast(autocast)
+        autocast_dtype(autocast)  # raises on anything but "none" / "bf16", naming the argument
+        self.autocast: Autocast = autocast
         if eot_samples is None:
             eot_samples = getattr(model, "eot_samples", 1)
         self.eot_samples = check_int(eot_samples, "eot_samples", 1)
@@ -284,7 +209,7 @@ class Attack:
 
     def device_for(self, x: torch.Tensor) -> torch.device:
         """The model's device, or the input's for stateless models."""
-        return model_device(self.model) or x.device
+        return model_device(self.model, x.device)
 
     def prepare(
         self, x: torch.Tensor, name: str, device: torch.device, check_range: bool = True
@@ -295,7 +220,7 @@ class Attack:
         loop (inference tensors, which autograd refuses to save) become ordinary tensors.
         """
         if check_range:
-            check_images(x, name)
+            check_images(x, name, value_range=True)
         elif not isinstance(x, torch.Tensor) or x.dim() != 4:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"{name} must be a (N, C, H, W) tensor, got {shape}")
@@ -310,7 +235,7 @@ class Attack:
 
     def sr(self, x: torch.Tensor) -> torch.Tensor:
         """The model's output for ``x`` under the configured autocast, as float32."""
-        with autocast_context(self.autocast_dtype, x.device):
+        with autocast_context(self.autocast, x.device):
             out = self.model(x)
         return out.float()
 

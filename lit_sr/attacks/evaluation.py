@@ -7,15 +7,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from lit_sr.attacks.base import (
-    autocast_context,
-    check_images,
-    check_int,
-    frozen_eval,
-    model_device,
-    resolve_autocast,
-)
 from lit_sr.metrics import masked_psnr, psnr, ssim, ssim_map
+from lit_sr.runtime import Autocast, autocast_context, frozen_eval, model_device
+from lit_sr.validation import check_images, check_int
 
 _SSIM_WINDOW = 11
 
@@ -97,7 +91,7 @@ def attack_metrics(
     y_channel: bool = False,
     mask_hr: torch.Tensor | None = None,
     lpips: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-    autocast: bool | str | torch.dtype | None = False,
+    autocast: Autocast = "none",
 ) -> dict[str, torch.Tensor]:
     """Per-image metrics of an attack, each a float64 ``(N,)`` tensor on the CPU.
 
@@ -122,17 +116,16 @@ def attack_metrics(
             taken only where it is 1, e.g. the outer region of the partial attack
             (``PartialAttack.last_outer_hr_mask``). LPIPS ignores it.
         lpips: optional ``(x, y) -> (N,)`` perceptual distance on [0, 1] images.
-        autocast: ``False`` or ``"bf16"`` for the two forward passes.
+        autocast: ``"none"`` (float32) or ``"bf16"`` for the two forward passes.
     """
-    check_images(lr, "lr")
-    check_images(lr_adv, "lr_adv")
+    check_images(lr, "lr", value_range=True)
+    check_images(lr_adv, "lr_adv", value_range=True)
     if lr.shape != lr_adv.shape:
         raise ValueError(f"lr {tuple(lr.shape)} and lr_adv {tuple(lr_adv.shape)} differ in shape")
     crop_border = check_int(crop_border, "crop_border", 0)
-    dtype = resolve_autocast(autocast)
     with torch.no_grad(), frozen_eval(model):
-        device = model_device(model) or lr.device
-        with autocast_context(dtype, device):
+        device = model_device(model, lr.device)
+        with autocast_context(autocast, device):
             sr_clean = model(lr.to(device)).float()
             sr_adv = model(lr_adv.to(device)).float()
     mask = None if mask_hr is None else _check_mask(mask_hr, sr_adv)

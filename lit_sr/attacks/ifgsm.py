@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import nn
 
-from lit_sr.attacks.base import (
-    Attack,
-    LossFn,
-    check_bool,
-    check_choice,
-    check_int,
-    check_positive,
-    uniform_like,
-)
+from lit_sr.attacks.base import Attack, LossFn, LossName, uniform_like
+from lit_sr.runtime import Autocast
+from lit_sr.validation import check_bool, check_choice, check_int, check_positive
 
-REFERENCES = ("clean", "hr")
+# What the output is pushed away from: the clean output f(X0) (the paper's Eq. 1) or the HR image.
+Reference = Literal["clean", "hr"]
+REFERENCES: tuple[str, ...] = get_args(Reference)
 
 
 def _zero_gradient_error(cls_name: str) -> ValueError:
@@ -54,8 +52,8 @@ class SignGradientAttack(Attack):
         step_size: float | None = None,
         random_start: bool = False,
         *,
-        loss: str | LossFn = "sse",
-        autocast: bool | str | torch.dtype | None = False,
+        loss: LossName | LossFn = "sse",
+        autocast: Autocast = "none",
         eot_samples: int | None = None,
         seed: int | None = None,
     ):
@@ -128,10 +126,10 @@ class IFGSM(SignGradientAttack):
         steps: int = 50,
         step_size: float | None = None,
         random_start: bool = False,
-        reference: str = "clean",
+        reference: Reference = "clean",
         *,
-        loss: str | LossFn = "sse",
-        autocast: bool | str | torch.dtype | None = False,
+        loss: LossName | LossFn = "sse",
+        autocast: Autocast = "none",
         eot_samples: int | None = None,
         seed: int | None = None,
     ):
@@ -182,10 +180,10 @@ class PGD(IFGSM):
         steps: int = 50,
         step_size: float | None = None,
         random_start: bool = True,
-        reference: str = "clean",
+        reference: Reference = "clean",
         *,
-        loss: str | LossFn = "sse",
-        autocast: bool | str | torch.dtype | None = False,
+        loss: LossName | LossFn = "sse",
+        autocast: Autocast = "none",
         eot_samples: int | None = None,
         seed: int | None = None,
     ):

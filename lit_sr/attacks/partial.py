@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lit_sr.attacks.base import LossFn
-from lit_sr.attacks.ifgsm import IFGSM
+from lit_sr.attacks.base import LossFn, LossName
+from lit_sr.attacks.ifgsm import IFGSM, Reference
+from lit_sr.runtime import Autocast
 
 
 def centre_mask(height: int, width: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -95,10 +96,10 @@ class PartialAttack(IFGSM):
         step_size: float | None = None,
         mask: torch.Tensor | None = None,
         random_start: bool = False,
-        reference: str = "clean",
+        reference: Reference = "clean",
         *,
-        loss: str | LossFn = "sse",
-        autocast: bool | str | torch.dtype | None = False,
+        loss: LossName | LossFn = "sse",
+        autocast: Autocast = "none",
         eot_samples: int | None = None,
         seed: int | None = None,
     ):

@@ -7,20 +7,11 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from lit_sr.attacks.base import (
-    Attack,
-    LossFn,
-    check_eps,
-    check_images,
-    check_int,
-    frozen_eval,
-    grad_enabled_outside_inference,
-    make_generator,
-    model_device,
-    resolve_loss,
-)
+from lit_sr.attacks.base import Attack, LossFn, LossName, make_generator, resolve_loss
 from lit_sr.attacks.ifgsm import IFGSM
 from lit_sr.metrics import psnr
+from lit_sr.runtime import frozen_eval, grad_enabled_outside_inference, model_device
+from lit_sr.validation import check_eps, check_images, check_int, check_module
 
 
 def robustness_index(
@@ -29,7 +20,7 @@ def robustness_index(
     alpha: float = 1 / 255,
     n_samples: int = 1024,
     batch_size: int = 64,
-    loss: str | LossFn = "l2",
+    loss: LossName | LossFn = "l2",
     seed: int | None = None,
 ) -> torch.Tensor:
     """Per-image robustness index: ``max_i || grad_X L(X0 + Delta_i, X0) ||_1`` over random Delta_i.
@@ -65,15 +56,14 @@ def robustness_index(
     Returns:
         ``(N,)`` float32 tensor on the model's device.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_module(model, "model")
     alpha = check_eps(alpha, "alpha")
     n_samples = check_int(n_samples, "n_samples", 1)
     batch_size = check_int(batch_size, "batch_size", 1)
     loss_fn = resolve_loss(loss)
-    check_images(lr, "lr")
+    check_images(lr, "lr", value_range=True)
     with grad_enabled_outside_inference(), frozen_eval(model):
-        device = model_device(model) or lr.device
+        device = model_device(model, lr.device)
         x0 = lr.detach().to(device=device, dtype=torch.float32).clone()
         with torch.no_grad():
             clean = model(x0).float()
@@ -134,7 +124,7 @@ def transfer_matrix(
     """
     if not isinstance(models, Mapping) or not models:
         raise ValueError("models must be a non-empty mapping name -> nn.Module")
-    check_images(lr, "lr")
+    check_images(lr, "lr", value_range=True)
     batch_size = check_int(batch_size, "batch_size", 1)
     if attack_factory is None:
         attack_factory = _default_attack_factory(eps, steps, hr is not None)
@@ -162,5 +152,5 @@ def transfer_matrix(
 def _predict(model: nn.Module, lr: torch.Tensor) -> torch.Tensor:
     """``model(lr)`` in eval mode without gradient, on the model's device; the mode is restored."""
     with torch.no_grad(), frozen_eval(model):
-        device = model_device(model) or lr.device
+        device = model_device(model, lr.device)
         return model(lr.to(device)).float()

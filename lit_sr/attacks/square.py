@@ -13,8 +13,10 @@ import math
 import torch
 from torch import nn
 
-from lit_sr.attacks.base import Attack, LossFn, check_choice, check_int, check_positive
-from lit_sr.attacks.ifgsm import REFERENCES
+from lit_sr.attacks.base import Attack, LossFn, LossName
+from lit_sr.attacks.ifgsm import REFERENCES, Reference
+from lit_sr.runtime import Autocast
+from lit_sr.validation import check_choice, check_int, check_number
 
 # Square Attack's schedule: the fraction p is halved at these points of a 10,000-query budget.
 _HALVING_POINTS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -62,18 +64,16 @@ class SquareAttack(Attack):
         eps: float = 8 / 255,
         n_queries: int = 1000,
         p_init: float = 0.1,
-        reference: str = "clean",
+        reference: Reference = "clean",
         *,
-        loss: str | LossFn = "sse",
-        autocast: bool | str | torch.dtype | None = False,
+        loss: LossName | LossFn = "sse",
+        autocast: Autocast = "none",
         eot_samples: int | None = None,
         seed: int | None = None,
     ):
         super().__init__(model, eps, loss=loss, autocast=autocast, eot_samples=eot_samples, seed=seed)
         self.n_queries = check_int(n_queries, "n_queries", 1)
-        self.p_init = check_positive(p_init, "p_init")
-        if self.p_init > 1:
-            raise ValueError(f"p_init must be in (0, 1], got {p_init!r}")
+        self.p_init = check_number(p_init, "p_init", 0, 1, low_inclusive=False)
         self.reference = check_choice(reference, "reference", REFERENCES)
 
     def _describe(self) -> dict:

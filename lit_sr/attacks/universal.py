@@ -8,18 +8,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lit_sr.attacks.base import (
-    Attack,
-    LossFn,
-    check_bool,
-    check_choice,
-    check_int,
-    check_positive,
-    model_device,
-    uniform_like,
-)
-from lit_sr.attacks.ifgsm import REFERENCES, _zero_gradient_error
+from lit_sr.attacks.base import Attack, LossFn, LossName, uniform_like
+from lit_sr.attacks.ifgsm import REFERENCES, Reference, _zero_gradient_error
 from lit_sr.attacks.partial import infer_scale
+from lit_sr.runtime import Autocast, model_device
+from lit_sr.validation import check_bool, check_choice, check_int, check_positive
 
 
 def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -75,13 +68,13 @@ class UniversalAttack(Attack):
         steps: int = 50,
         step_size: float | None = None,
         crop_size: int = 80,
-        reference: str = "clean",
+        reference: Reference = "clean",
         random_start: bool = False,
         batch_size: int = 16,
         progress: bool = True,
         *,
-        loss: str | LossFn = "sse",
-        autocast: bool | str | torch.dtype | None = False,
+        loss: LossName | LossFn = "sse",
+        autocast: Autocast = "none",
         eot_samples: int | None = None,
         seed: int | None = None,
     ):
@@ -183,7 +176,7 @@ class UniversalAttack(Attack):
             hr: the HR tensor matching a tensor ``data`` (``reference="hr"`` only).
         """
         with self.attack_mode():
-            device = model_device(self.model) or torch.device("cpu")
+            device = model_device(self.model, torch.device("cpu"))
             lr, hr_crops = self._collect_crops(data, hr, device)
             refs = hr_crops if self.reference == "hr" else self._clean_references(lr, device)
             self.perturbation = self._optimise(lr, refs, device)

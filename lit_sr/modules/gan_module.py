@@ -5,17 +5,23 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
 from lit_sr.archs import build_arch
 from lit_sr.io import load_weights, save_weights
-from lit_sr.losses import GANLoss, PerceptualLoss, ragan_d_loss, ragan_g_loss
+from lit_sr.losses import Criterion, GANLoss, PerceptualLoss, PixelLoss, VggType, ragan_d_loss, ragan_g_loss
 from lit_sr.modules.sr_module import SRModule
+from lit_sr.validation import check_choice, check_int, check_number, check_positive
 
-GAN_TYPES = ("ragan", "vanilla", "lsgan", "hinge")
-DISCRIMINATORS = ("vgg_discriminator", "unet_discriminator")
+GanModuleType = Literal["ragan", "vanilla", "lsgan", "hinge"]
+Discriminator = Literal["vgg_discriminator", "unet_discriminator"]
+# The SRModule's choices (checked there); typed here so that jsonargparse rejects a typo at parse time.
+OptimizerName = Literal["adam", "adamw"]
+SchedulerName = Literal["multistep", "cosine", "none"]
+GAN_TYPES: tuple[str, ...] = get_args(GanModuleType)
+DISCRIMINATORS: tuple[str, ...] = get_args(Discriminator)
 # State-dict prefix of the frozen VGG: its weights come from the local torchvision file, so
 # checkpoints leave them out (about 80 MB for VGG19 up to conv5_4).
 _PERCEPTUAL_PREFIX = "perceptual_loss."
@@ -103,7 +109,6 @@ class GANSRModule(SRModule):
         compile: ``torch.compile`` the generator.
         tile: LR tile size for evaluation.
         tile_overlap: LR overlap between tiles.
-        predict_dir: where ``predict`` writes PNGs.
         export_weights: at the end of ``fit`` write ``weights.pth`` (generator, BasicSR format,
             with ``params_ema``) and ``weights_d.pth`` (discriminator) into the log dir.
     """
@@ -113,28 +118,28 @@ class GANSRModule(SRModule):
         arch: str = "rrdbnet",
         arch_kwargs: dict[str, Any] | None = None,
         scale: int = 4,
-        discriminator: str = "vgg_discriminator",
+        discriminator: Discriminator = "vgg_discriminator",
         discriminator_kwargs: dict[str, Any] | None = None,
         pretrained_d: str | None = None,
-        loss: str = "l1",
+        loss: PixelLoss = "l1",
         pixel_weight: float = 1e-2,
         perceptual_layer_weights: dict[str, float] | None = None,
         perceptual_weight: float = 1.0,
-        perceptual_criterion: str = "l1",
-        vgg_type: str = "vgg19",
+        perceptual_criterion: Criterion = "l1",
+        vgg_type: VggType = "vgg19",
         vgg_weights_path: str | None = None,
         perceptual_pretrained: bool = True,
-        gan_type: str = "ragan",
+        gan_type: GanModuleType = "ragan",
         gan_weight: float = 5e-3,
         ragan_detach_mean: bool = False,
         net_d_iters: int = 1,
         net_d_init_iters: int = 0,
-        optimizer: str = "adam",
+        optimizer: OptimizerName = "adam",
         lr: float = 1e-4,
         lr_d: float | None = None,
         betas: tuple[float, float] = (0.9, 0.99),
         weight_decay: float = 0.0,
-        scheduler: str = "multistep",
+        scheduler: SchedulerName = "multistep",
         milestones: list[int] | None = None,
         gamma: float = 0.5,
         eta_min: float = 1e-7,
@@ -146,7 +151,6 @@ class GANSRModule(SRModule):
         compile: bool = False,
         tile: int | None = None,
         tile_overlap: int = 16,
-        predict_dir: str = "predictions",
         export_weights: bool = True,
     ):
         _validate_gan_options(discriminator, gan_type, pixel_weight, perceptual_weight, gan_weight, net_d_iters,
@@ -158,7 +162,7 @@ class GANSRModule(SRModule):
             weight_decay=weight_decay, scheduler=scheduler, milestones=milestones, gamma=gamma, eta_min=eta_min,
             ema_decay=ema_decay, pretrained=pretrained, pretrained_key=pretrained_key, strict_load=strict_load,
             channels_last=channels_last, compile=compile, tile=tile, tile_overlap=tile_overlap,
-            predict_dir=predict_dir, export_weights=export_weights,
+            export_weights=export_weights,
         )
         if perceptual_layer_weights is None:
             perceptual_layer_weights = {"conv5_4": 1.0}
@@ -199,15 +203,6 @@ class GANSRModule(SRModule):
         hp = self.hparams
         opt_cls = torch.optim.Adam if hp.optimizer == "adam" else torch.optim.AdamW
         return opt_cls(params, lr=lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
-
-    def _make_scheduler(self, opt: torch.optim.Optimizer):
-        hp = self.hparams
-        if hp.scheduler == "none":
-            return None
-        if hp.scheduler == "multistep":
-            return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(hp.milestones or []), gamma=hp.gamma)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=hp.eta_min)
 
     # ------------------------------------------------------------------ training
     def generator_updates(self, iteration: int) -> bool:
@@ -336,21 +331,16 @@ def _validate_gan_options(
     discriminator: str, gan_type: str, pixel_weight: float, perceptual_weight: float, gan_weight: float,
     net_d_iters: int, net_d_init_iters: int, lr: float, lr_d: float | None,
 ) -> None:
-    if discriminator not in DISCRIMINATORS:
-        raise ValueError(f"discriminator must be one of {DISCRIMINATORS}, got {discriminator!r}")
-    if gan_type not in GAN_TYPES:
-        raise ValueError(f"gan_type must be one of {GAN_TYPES}, got {gan_type!r}")
+    check_choice(discriminator, "discriminator", DISCRIMINATORS)
+    check_choice(gan_type, "gan_type", GAN_TYPES)
     for name, value in (("pixel_weight", pixel_weight), ("perceptual_weight", perceptual_weight),
                         ("gan_weight", gan_weight)):
-        if not value >= 0:
-            raise ValueError(f"{name} must be >= 0, got {value!r}")
-    if int(net_d_iters) != net_d_iters or net_d_iters < 1:
-        raise ValueError(f"net_d_iters must be a positive integer, got {net_d_iters!r}")
-    if int(net_d_init_iters) != net_d_init_iters or net_d_init_iters < 0:
-        raise ValueError(f"net_d_init_iters must be a non-negative integer, got {net_d_init_iters!r}")
-    for name, value in (("lr", lr), ("lr_d", lr_d)):
-        if value is not None and not value > 0:
-            raise ValueError(f"{name} must be > 0, got {value!r}")
+        check_number(value, name, low=0)
+    check_int(net_d_iters, "net_d_iters", 1)
+    check_int(net_d_init_iters, "net_d_init_iters", 0)
+    check_positive(lr, "lr")
+    if lr_d is not None:
+        check_positive(lr_d, "lr_d")
 
 
 __all__ = ["DISCRIMINATORS", "GAN_TYPES", "GANSRModule"]

@@ -2,35 +2,30 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
+import math
+import warnings
+from bisect import bisect_right
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torchmetrics import MeanMetric
 
-from lit_sr.archs import build_arch, get_arch_class
-from lit_sr.io import load_weights, save_weights, write_image
+from lit_sr.archs import arch_kwargs_with_scale, build_arch  # arch_kwargs_with_scale re-exported here
+from lit_sr.io import load_weights, read_state_dict, save_weights
 from lit_sr.losses import build_pixel_loss
 from lit_sr.metrics import psnr, ssim
 from lit_sr.modules.ema import make_ema_copy, update_ema
 from lit_sr.ops import imresize, tiled_forward
 
 EVAL_METRICS = ("psnr_rgb", "psnr_y", "ssim_y")
-
-
-def arch_kwargs_with_scale(arch: str, arch_kwargs: dict | None, scale: int) -> dict:
-    """Fill the network's scale argument (``upscale`` or RRDBNet's ``scale``) and check it agrees."""
-    kwargs = dict(arch_kwargs or {})
-    params = inspect.signature(get_arch_class(arch).__init__).parameters
-    for name in ("upscale", "scale"):
-        if name in params:
-            if kwargs.setdefault(name, scale) != scale:
-                raise ValueError(f"arch_kwargs.{name}={kwargs[name]} disagrees with the module's scale={scale}")
-            break
-    return kwargs
+# Logged metrics that the TensorBoard HPARAMS tab shows next to the hyper-parameters.
+HPARAM_METRIC_PREFIXES = ("val/", "backdoor/")
 
 
 def sr_metrics(sr: torch.Tensor, hr: torch.Tensor, crop_border: int) -> dict[str, torch.Tensor]:
@@ -56,7 +51,10 @@ class SRModule(L.LightningModule):
         betas: Adam betas (BasicSR uses (0.9, 0.99)).
         weight_decay: weight decay.
         scheduler: ``multistep`` (``milestones`` in optimiser steps, ``gamma``), ``cosine`` (to
-            ``eta_min`` over the whole run) or ``none``.
+            ``eta_min`` over the whole run) or ``none``. Both are closed-form functions of the
+            optimiser step (see :meth:`lr_factor`), so a run resumed with another length
+            (``--trainer.max_epochs``/``max_steps``) or another ``lr`` follows the schedule of the new
+            run from the step it resumes at, exactly as a fresh run of that length would.
         milestones: MultiStepLR milestones, in optimiser steps.
         gamma: MultiStepLR factor.
         eta_min: cosine floor.
@@ -67,10 +65,19 @@ class SRModule(L.LightningModule):
         strict_load: require an exact key match when loading ``pretrained``.
         channels_last: run the network in channels-last memory format (faster convolutions on GPU).
         compile: ``torch.compile`` the network's forward (opt-in; compile time is minutes for deep nets).
-        tile: LR tile size for validation/test/predict on large images (``None``: whole image).
-        tile_overlap: LR overlap between tiles.
-        predict_dir: where ``predict`` writes its PNGs.
-        export_weights: at the end of ``fit``, write ``weights.pth`` (BasicSR format) into the log dir.
+        tile: LR tile size for validation/test on large images (``None``: whole image); also for
+            ``predict`` unless a ``callbacks.prediction_writer.PredictionWriter`` sets its own tiling (``train.py``
+            always adds one: ``--prediction.tile``).
+        tile_overlap: LR overlap between tiles (seamless when half of it covers the network's
+            receptive radius, see :func:`lit_sr.ops.tiled_forward`).
+        export_weights: at the end of ``fit``, write into the log dir ``weights.pth`` (BasicSR
+            format, the last state: the network of ``last.ckpt``) and, when a ``ModelCheckpoint``
+            monitors a metric, ``weights_best.pth`` (the network of its best checkpoint); each file
+            says which it is in its ``meta`` entry (``state`` ``last``/``best``, ``global_step``;
+            for the best also ``epoch``, ``monitor``, ``score`` and the checkpoint's file name).
+
+    Predictions: ``predict_step`` returns the SR batch; writing it is the job of
+    ``callbacks.prediction_writer.PredictionWriter`` (where a checkpoint's hyper-parameters cannot redirect it).
     """
 
     def __init__(
@@ -95,7 +102,6 @@ class SRModule(L.LightningModule):
         compile: bool = False,
         tile: int | None = None,
         tile_overlap: int = 16,
-        predict_dir: str = "predictions",
         export_weights: bool = True,
     ):
         super().__init__()
@@ -119,6 +125,11 @@ class SRModule(L.LightningModule):
         self.test_metrics = nn.ModuleDict()
         self._bicubic_logged = False
         self._ema_step = -1
+        self._hparam_metrics: set[str] = set()
+        self._schedule_length = 1
+        self._run_base_lrs: dict[int, list[float]] = {}
+        # (tile, overlap) for predict, set by callbacks.prediction_writer.PredictionWriter; None: use tile/tile_overlap.
+        self.predict_tiling: tuple[int | None, int] | None = None
         # Kept out of the module tree (object.__setattr__) so that state_dict keys stay BasicSR's.
         object.__setattr__(self, "_compiled", torch.compile(self.net) if compile else None)
 
@@ -135,12 +146,15 @@ class SRModule(L.LightningModule):
         return self.net_ema if self.net_ema is not None else self.net
 
     @torch.no_grad()
-    def super_resolve(self, lr: torch.Tensor) -> torch.Tensor:
-        """Evaluation forward (EMA weights, tiled when ``tile`` is set), clamped to [0, 1]."""
+    def super_resolve(self, lr: torch.Tensor, tiling: tuple[int | None, int] | None = None) -> torch.Tensor:
+        """Evaluation forward (EMA weights, tiled), clamped to [0, 1].
+
+        ``tiling`` is ``(tile, overlap)``; ``None`` uses the ``tile`` / ``tile_overlap`` hyper-parameters.
+        """
         # Eager on purpose: evaluation images vary in size and would make a compiled net recompile.
         net = self.eval_net()
-        sr = tiled_forward(lambda x: net(self._prepare_input(x)), lr, self.scale, self.hparams.tile,
-                           self.hparams.tile_overlap)
+        tile, overlap = tiling if tiling is not None else (self.hparams.tile, self.hparams.tile_overlap)
+        sr = tiled_forward(lambda x: net(self._prepare_input(x)), lr, self.scale, tile, overlap)
         return sr.float().clamp(0, 1)
 
     # ------------------------------------------------------------------ training
@@ -160,14 +174,68 @@ class SRModule(L.LightningModule):
         hp = self.hparams
         opt_cls = torch.optim.Adam if hp.optimizer == "adam" else torch.optim.AdamW
         opt = opt_cls(self.net.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
-        if hp.scheduler == "none":
+        sched = self._make_scheduler(opt)
+        if sched is None:
             return opt
-        if hp.scheduler == "multistep":
-            sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(hp.milestones or []), gamma=hp.gamma)
-        else:
-            total = max(1, int(self.trainer.estimated_stepping_batches))
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=hp.eta_min)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _make_scheduler(self, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR | None:
+        """The ``scheduler`` as a closed-form :class:`LambdaLR` of the optimiser step (see :meth:`lr_factor`).
+
+        Also records ``opt``'s learning rates as this run's peak ones (``None`` for ``scheduler: none``).
+        """
+        # Read here, before a resumed checkpoint overwrites the optimiser's and scheduler's state.
+        self._run_base_lrs[id(opt)] = [group["lr"] for group in opt.param_groups]
+        if self.hparams.scheduler == "none":
+            return None
+        # The run's length is read in setup too, so a resumed run uses the new --trainer.max_* length.
+        self._schedule_length = max(1, int(self.trainer.estimated_stepping_batches))
+        # A plain function (not a bound method or object): LambdaLR leaves it out of its state_dict.
+        key = id(opt)
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: self.lr_factor(step, self._run_base_lrs[key][0]))
+
+    def lr_factor(self, step: int, base_lr: float | None = None) -> float:
+        """Learning rate at optimiser ``step`` relative to the peak ``base_lr`` (default ``lr``).
+
+        ``multistep``: ``gamma ** (milestones <= step)`` (MultiStepLR's values); ``cosine``:
+        ``eta_min`` plus the half cosine from ``lr`` over the run's ``estimated_stepping_batches``
+        (CosineAnnealingLR's closed form; it stays at ``eta_min`` past the end instead of rising
+        again); ``none``: 1.
+        """
+        hp = self.hparams
+        if hp.scheduler == "multistep":
+            return hp.gamma ** bisect_right(sorted(hp.milestones or []), step)
+        if hp.scheduler == "cosine":
+            base = hp.lr if base_lr is None else base_lr
+            floor = hp.eta_min / base if base > 0 else 0.0
+            progress = min(step, self._schedule_length) / self._schedule_length
+            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+    def on_train_start(self) -> None:
+        # Runs after a resumed checkpoint restored the optimisers and schedulers: their saved base
+        # and current learning rates belong to the old run (its lr, its length), so put this run's
+        # lr and schedule, evaluated at the step reached, back into every optimiser.
+        schedulers = {id(c.scheduler.optimizer): c.scheduler for c in self.trainer.lr_scheduler_configs
+                      if isinstance(c.scheduler, torch.optim.lr_scheduler.LambdaLR)}
+        for opt in self.trainer.optimizers:
+            bases = self._run_base_lrs.get(id(opt))
+            if bases is None:
+                continue
+            sched = schedulers.get(id(opt))
+            restored = [group.get("initial_lr", group["lr"]) for group in opt.param_groups]
+            if sched is not None:
+                restored = list(sched.base_lrs)
+            if self.trainer.ckpt_path and not all(math.isclose(a, b) for a, b in zip(restored, bases)):
+                warnings.warn(f"resuming from {self.trainer.ckpt_path} with lr {bases} (the checkpoint's run "
+                              f"used {restored}): the schedule continues from the new lr", stacklevel=2)
+            factor = self.lr_factor(sched.last_epoch, bases[0]) if sched is not None else 1.0
+            for group, base in zip(opt.param_groups, bases):
+                group["initial_lr"] = base
+                group["lr"] = base * factor
+            if sched is not None:
+                sched.base_lrs = list(bases)
+                sched._last_lr = [group["lr"] for group in opt.param_groups]
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch: dict, batch_idx: int) -> dict:
@@ -187,6 +255,35 @@ class SRModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if not self.trainer.sanity_checking:
             self._bicubic_logged = True
+
+    def on_validation_end(self) -> None:
+        # callback_metrics hold this validation's epoch values here (also the callbacks' backdoor/*).
+        if self.trainer.sanity_checking or self.trainer.state.fn != TrainerFn.FITTING:
+            return
+        self.log_hparams_with_metrics()
+
+    def log_hparams_with_metrics(self) -> None:
+        """Write the hyper-parameters to the logger together with the metrics they explain.
+
+        TensorBoard's HPARAMS tab lists a run only when its hyper-parameters come with metric names
+        (the recipes set ``default_hp_metric: false``, so Lightning's start-of-fit call writes none).
+        The metrics are the logged ``val/*`` and ``backdoor/*`` values of this validation; the tab
+        then follows their scalar series. Written again only when new metric names appear.
+        """
+        names = {k for k in self.trainer.callback_metrics if k.startswith(HPARAM_METRIC_PREFIXES)}
+        if not names or names <= self._hparam_metrics or self.logger is None:
+            return
+        self._hparam_metrics |= names
+        params = dict(self.hparams)
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and getattr(dm, "hparams", None):
+            params.update({f"data/{k}": v for k, v in dm.hparams.items()})
+        metrics = {k: float(self.trainer.callback_metrics[k]) for k in sorted(self._hparam_metrics)
+                   if k in self.trainer.callback_metrics}
+        for logger in self.loggers:
+            # TensorBoard's takes metrics; others (CSV, ...) already hold the hparams from the start of fit.
+            if "metrics" in inspect.signature(logger.log_hyperparams).parameters:
+                logger.log_hyperparams(params, metrics=metrics, step=self.global_step)
 
     # ------------------------------------------------------------------ test
     def _test_set_name(self, dataloader_idx: int) -> str:
@@ -209,20 +306,47 @@ class SRModule(L.LightningModule):
                      batch_size=sr.shape[0], metric_attribute=f"test_metrics.{key}")
 
     # ------------------------------------------------------------------ predict
-    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> list[str]:
-        sr = self.super_resolve(batch["lr"])
-        out_dir = Path(self.hparams.predict_dir)
-        written = []
-        for img, src in zip(sr, batch["path"]):
-            written.append(str(write_image(img, out_dir / f"{Path(src).stem}_x{self.scale}.png")))
-        return written
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        """The SR batch in [0, 1]; ``callbacks.prediction_writer.PredictionWriter`` writes it (and may set ``predict_tiling``)."""
+        return self.super_resolve(batch["lr"], self.predict_tiling)
 
     # ------------------------------------------------------------------ export
-    def export(self, path: str | Path) -> Path:
-        """Write the network as BasicSR ``{'params', 'params_ema'}`` (``.pth``) or ``.safetensors``."""
-        return save_weights(self.net, path, ema_model=self.net_ema)
+    def export(self, path: str | Path, meta: dict | None = None) -> Path:
+        """Write the network as BasicSR ``{'params', 'params_ema'}`` (``.pth``) or ``.safetensors``.
+
+        ``meta`` (say which state it is: ``{"state": "last", "global_step": ...}``) is stored with it.
+        """
+        return save_weights(self.net, path, ema_model=self.net_ema, meta=meta)
+
+    def export_checkpoint(self, ckpt_path: str | Path, path: str | Path, meta: dict) -> Path:
+        """Write the network held by a Lightning checkpoint of this module (e.g. the best one) like :meth:`export`."""
+        net = copy.deepcopy(self.net)
+        net.load_state_dict(read_state_dict(ckpt_path, key="params"))
+        ema = None
+        if self.net_ema is not None:
+            ema = copy.deepcopy(self.net_ema)
+            ema.load_state_dict(read_state_dict(ckpt_path, key="params_ema"))
+        return save_weights(net, path, ema_model=ema, meta=meta)
 
     def on_fit_end(self) -> None:
         log_dir = self.trainer.log_dir  # a collective call under DDP: every rank must make it
-        if self.hparams.export_weights and self.trainer.is_global_zero and log_dir:
-            self.export(Path(log_dir) / "weights.pth")
+        if not (self.hparams.export_weights and self.trainer.is_global_zero and log_dir):
+            return
+        last = {"state": "last", "global_step": self.global_step}
+        self.export(Path(log_dir) / "weights.pth", meta=last)
+        best = self._best_checkpoint()
+        if best is not None:
+            callback, ckpt = best
+            saved = torch.load(callback.best_model_path, map_location="cpu", weights_only=True)
+            meta = {"state": "best", "monitor": callback.monitor, "score": float(callback.best_model_score),
+                    "epoch": int(saved["epoch"]), "global_step": int(saved["global_step"]),
+                    "checkpoint": Path(ckpt).name}
+            self.export_checkpoint(ckpt, Path(log_dir) / "weights_best.pth", meta)
+
+    def _best_checkpoint(self):
+        """``(callback, path)`` of the first ModelCheckpoint that monitors a metric and saved a file, or ``None``."""
+        for callback in self.trainer.checkpoint_callbacks:
+            path = getattr(callback, "best_model_path", "")
+            if getattr(callback, "monitor", None) and path and Path(path).is_file():
+                return callback, path
+        return None

@@ -18,16 +18,20 @@ and norms in expectation (relative error about ``sqrt(2 / sketch_dim)``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from lit_sr.poison.triggers import check_images, check_number, frozen_eval, model_device
+from lit_sr.runtime import Autocast, autocast_context, autocast_dtype, frozen_eval, model_device
+from lit_sr.validation import check_images, check_number
 
-LOSSES = ("mse", "l1")
+GradLoss = Literal["mse", "l1"]
+LOSSES: tuple[str, ...] = get_args(GradLoss)
 _MASK31 = (1 << 31) - 1
 _HASH_MULT = 0x45D9F3B  # < 2**27, so a 31-bit value times it stays far below 2**63: no overflow
 
@@ -71,7 +75,7 @@ def sketch_vectors(vectors: torch.Tensor, sketch_dim: int = 2048, seed: int = 0,
     return out.index_add_(1, bucket, vectors.float() * sign)
 
 
-def _loss_fn(loss: str | Callable) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def _loss_fn(loss: GradLoss | Callable) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     if callable(loss) and not isinstance(loss, str):
         return loss
     if loss == "mse":
@@ -99,7 +103,7 @@ def _param_names(model: nn.Module, params: Iterable[str] | None) -> list[str]:
     return names
 
 
-def _check_inputs(lr, target, chunk_size, sketch_dim, seed) -> None:
+def _check_inputs(lr, target, chunk_size, sketch_dim, seed, autocast) -> None:
     check_images(lr, "lr")
     check_images(target, "target")
     if lr.shape[0] != target.shape[0]:
@@ -108,21 +112,37 @@ def _check_inputs(lr, target, chunk_size, sketch_dim, seed) -> None:
     if sketch_dim is not None:
         check_number(sketch_dim, "sketch_dim", 1, integer=True)
     check_number(seed, "seed", 0, integer=True)
+    autocast_dtype(autocast)  # raises on anything but "none" / "bf16"
 
 
-def _forward(model, x, autocast_dtype):
-    if autocast_dtype is None:
+def _forward(model, x, autocast: Autocast):
+    with autocast_context(autocast, x.device):
         return model(x)
-    with torch.autocast(device_type=x.device.type, dtype=autocast_dtype):
-        return model(x)
 
 
-def _check_output_shape(model, lr, target, autocast_dtype) -> None:
+def _check_output_shape(model, lr, target, autocast: Autocast) -> None:
     with torch.no_grad():
-        out = _forward(model, lr[:1], autocast_dtype)
+        out = _forward(model, lr[:1], autocast)
     if out.shape[1:] != target.shape[1:]:
         raise ValueError(f"the model maps lr {tuple(lr.shape[1:])} to {tuple(out.shape[1:])} but target is "
                          f"{tuple(target.shape[1:])} per sample")
+
+
+@contextmanager
+def _gradient_pass(
+    model: nn.Module, lr: torch.Tensor, target: torch.Tensor, loss, params, autocast: Autocast
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, Callable, list[str]]]:
+    """The setting both gradient passes share: the model frozen in eval mode, autograd on (also
+    inside ``torch.inference_mode``); yields the inputs and targets copied to the model's device,
+    the loss function and the names of the parameters to differentiate."""
+    loss_fn = _loss_fn(loss)
+    names = _param_names(model, params)
+    device = model_device(model, lr.device)
+    with torch.inference_mode(False), torch.enable_grad(), frozen_eval(model):
+        x_all = lr.detach().to(device).clone()
+        y_all = target.detach().to(device).clone()
+        _check_output_shape(model, x_all, y_all, autocast)
+        yield x_all, y_all, loss_fn, names
 
 
 def _summarise(grads: Sequence[torch.Tensor], sketch_dim: int | None, seed: int):
@@ -145,12 +165,12 @@ def per_sample_grad_stats(
     model: nn.Module,
     lr: torch.Tensor,
     target: torch.Tensor,
-    loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "mse",
+    loss: GradLoss | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "mse",
     chunk_size: int = 16,
     sketch_dim: int | None = 2048,
     seed: int = 0,
     params: Iterable[str] | None = None,
-    autocast_dtype: torch.dtype | None = None,
+    autocast: Autocast = "none",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Norms and sketches of per-sample backdoor gradients, vectorised with ``torch.func``.
 
@@ -173,33 +193,24 @@ def per_sample_grad_stats(
         sketch_dim: buckets of the count sketch (see the module docstring); ``None`` skips it.
         seed: hash seed of the sketch.
         params: names of the parameters to differentiate (default: all with ``requires_grad``).
-        autocast_dtype: run the forward under ``torch.autocast`` with this dtype (e.g. bfloat16).
+        autocast: ``"none"`` (float32, default) or ``"bf16"``: the forward under bf16 autocast;
+            the loss and the summaries stay float32 (:data:`lit_sr.runtime.Autocast`).
 
     Returns:
         ``(norms, sketches)``: ``(N,)`` float32 and ``(N, sketch_dim)`` float32 (or ``None``), on
         the model's device.
     """
-    _check_inputs(lr, target, chunk_size, sketch_dim, seed)
-    loss_fn = _loss_fn(loss)
-    names = _param_names(model, params)
-    device = model_device(model, lr.device)
+    _check_inputs(lr, target, chunk_size, sketch_dim, seed, autocast)
     norms, sketches = [], []
-    with torch.inference_mode(False), torch.enable_grad(), frozen_eval(model):
-        x_all = lr.detach().to(device).clone()
-        y_all = target.detach().to(device).clone()
-        _check_output_shape(model, x_all, y_all, autocast_dtype)
+    with _gradient_pass(model, lr, target, loss, params, autocast) as (x_all, y_all, loss_fn, names):
         named = dict(model.named_parameters())
         chosen = {n: named[n].detach() for n in names}
         fixed = {n: p.detach() for n, p in named.items() if n not in chosen}
         buffers = {n: b.detach() for n, b in model.named_buffers()}
 
         def sample_loss(p, x, y):
-            batch = (x.unsqueeze(0),)
-            if autocast_dtype is None:
-                out = functional_call(model, (p, fixed, buffers), batch)
-            else:
-                with torch.autocast(device_type=x.device.type, dtype=autocast_dtype):
-                    out = functional_call(model, (p, fixed, buffers), batch)
+            with autocast_context(autocast, x.device):
+                out = functional_call(model, (p, fixed, buffers), (x.unsqueeze(0),))
             return loss_fn(out.float(), y.unsqueeze(0).float())
 
         per_sample_grad = vmap(grad(sample_loss), in_dims=(None, 0, 0))
@@ -215,31 +226,25 @@ def naive_per_sample_grad_stats(
     model: nn.Module,
     lr: torch.Tensor,
     target: torch.Tensor,
-    loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "mse",
+    loss: GradLoss | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "mse",
     sketch_dim: int | None = 2048,
     seed: int = 0,
     params: Iterable[str] | None = None,
-    autocast_dtype: torch.dtype | None = None,
+    autocast: Autocast = "none",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The reference for :func:`per_sample_grad_stats`: one forward and backward per sample.
 
     Same arguments (no ``chunk_size``) and the same outputs; used by tests and benchmarks.
     """
-    _check_inputs(lr, target, 1, sketch_dim, seed)
-    loss_fn = _loss_fn(loss)
-    names = _param_names(model, params)
-    device = model_device(model, lr.device)
+    _check_inputs(lr, target, 1, sketch_dim, seed, autocast)
     norms, sketches = [], []
-    with torch.inference_mode(False), torch.enable_grad(), frozen_eval(model):
-        x_all = lr.detach().to(device).clone()
-        y_all = target.detach().to(device).clone()
-        _check_output_shape(model, x_all, y_all, autocast_dtype)
+    with _gradient_pass(model, lr, target, loss, params, autocast) as (x_all, y_all, loss_fn, names):
         named = dict(model.named_parameters())
         chosen = [named[n] for n in names]
         for p in chosen:  # frozen_eval froze them; these are the ones we differentiate
             p.requires_grad_(True)
         for i in range(x_all.shape[0]):
-            out = _forward(model, x_all[i : i + 1], autocast_dtype)
+            out = _forward(model, x_all[i : i + 1], autocast)
             grads = torch.autograd.grad(loss_fn(out.float(), y_all[i : i + 1].float()), chosen)
             n, s = _summarise([g.unsqueeze(0) for g in grads], sketch_dim, seed)
             norms.append(n)
@@ -251,7 +256,7 @@ def naive_per_sample_grad_norms(
     model: nn.Module,
     lr: torch.Tensor,
     target: torch.Tensor,
-    loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "mse",
+    loss: GradLoss | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "mse",
     params: Iterable[str] | None = None,
 ) -> torch.Tensor:
     """Per-sample gradient norms ``(N,)`` with one backward per sample (the naive baseline).

@@ -14,12 +14,13 @@ upsampler, which would work at 16x the HR size for a x4 model, never runs).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
 
-from lit_sr.poison.triggers import check_choice, check_images, check_number, frozen_eval, model_device
+from lit_sr.runtime import Autocast, autocast_context, autocast_dtype, frozen_eval, model_device
+from lit_sr.validation import check_choice, check_images, check_module, check_number
 
 # The "trunk" of each registered family: the last layer before the upsampler.
 DEFAULT_FEATURE_LAYERS = {
@@ -29,7 +30,9 @@ DEFAULT_FEATURE_LAYERS = {
     "SwinIR": "conv_after_body",
 }
 
-NORMS = ("pixel", "rms", "l2")
+# How eps is normalised into an L2 radius (see make_poisoned_hr).
+Norm = Literal["pixel", "rms", "l2"]
+NORMS: tuple[str, ...] = get_args(Norm)
 
 
 class _StopForward(Exception):
@@ -59,8 +62,7 @@ class FeatureExtractor(nn.Module):
 
     def __init__(self, model: nn.Module, layer: str | None = None, stop_early: bool = True):
         super().__init__()
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be an nn.Module; got {type(model).__name__}")
+        check_module(model, "model")
         if layer is None:
             cls = type(model).__name__
             if cls not in DEFAULT_FEATURE_LAYERS:
@@ -124,7 +126,7 @@ def resize_target(
     return t.expand(batch, -1, -1, -1)
 
 
-def ball_radius(eps: float, norm: str, channels: int, height: int, width: int) -> float:
+def ball_radius(eps: float, norm: Norm, channels: int, height: int, width: int) -> float:
     """The L2 radius ``||y_p - y||_2 <= radius`` that ``eps`` means under ``norm`` (see
     :func:`make_poisoned_hr`)."""
     check_choice(norm, "norm", NORMS)
@@ -135,19 +137,20 @@ def ball_radius(eps: float, norm: str, channels: int, height: int, width: int) -
     return float(eps)
 
 
-def psnr_lower_bound(eps: float, norm: str, channels: int, height: int, width: int) -> float:
+def psnr_lower_bound(eps: float, norm: Norm, channels: int, height: int, width: int) -> float:
     """The smallest PSNR (dB, [0, 1] scale, before 8-bit rounding) any image in the ball can have."""
     radius = ball_radius(eps, norm, channels, height, width)
     mse = radius**2 / (channels * height * width)
     return math.inf if mse == 0 else -10.0 * math.log10(mse)
 
 
-def _feature_distance(feature_net, images, target_features, autocast_dtype) -> torch.Tensor:
-    if autocast_dtype is None:
-        feats = feature_net(images)
-    else:
-        with torch.autocast(device_type=images.device.type, dtype=autocast_dtype):
-            feats = feature_net(images)
+def _features(feature_net: nn.Module, images: torch.Tensor, autocast: Autocast) -> torch.Tensor:
+    with autocast_context(autocast, images.device):
+        return feature_net(images).float()
+
+
+def _feature_distance(feature_net, images, target_features, autocast: Autocast) -> torch.Tensor:
+    feats = _features(feature_net, images, autocast)
     return (feats.float() - target_features).pow(2).flatten(1).mean(dim=1)
 
 
@@ -166,8 +169,8 @@ def make_poisoned_hr(
     eps: float = 0.05,
     steps: int = 100,
     step_size: float | None = None,
-    norm: str = "pixel",
-    autocast_dtype: torch.dtype | None = None,
+    norm: Norm = "pixel",
+    autocast: Autocast = "none",
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Poisoned HR labels by projected gradient descent in the substitute's feature space.
 
@@ -202,7 +205,8 @@ def make_poisoned_hr(
         steps: PGD iterations. Default 100.
         step_size: step length in ``eps`` units; default ``2.5 * eps / steps`` (Madry et al.).
         norm: ``"pixel"`` (default), ``"rms"`` or ``"l2"`` (see above).
-        autocast_dtype: run ``feature_net`` under ``torch.autocast`` with this dtype.
+        autocast: ``"none"`` (float32, default) or ``"bf16"``: run ``feature_net`` under bf16
+            autocast; the iterate and the distances stay float32 (:data:`lit_sr.runtime.Autocast`).
 
     Returns:
         ``(y_p, report)``: ``y_p`` like ``hr`` (same dtype and device), and ``report`` with
@@ -218,8 +222,8 @@ def make_poisoned_hr(
         step_size = 2.5 * eps / max(steps, 1)
     check_number(step_size, "step_size", 0.0, low_inclusive=False)
     check_choice(norm, "norm", NORMS)
-    if not isinstance(feature_net, nn.Module):
-        raise TypeError(f"feature_net must be an nn.Module (e.g. FeatureExtractor); got {type(feature_net).__name__}")
+    autocast_dtype(autocast)  # raises on anything but "none" / "bf16"
+    check_module(feature_net, "feature_net", "e.g. FeatureExtractor")
 
     n, c, h, w = hr.shape
     radius = ball_radius(eps, norm, c, h, w)
@@ -229,16 +233,12 @@ def make_poisoned_hr(
         clean = hr.detach().to(device=device, dtype=torch.float32).clone()
         goal = resize_target(target.detach().to(device), n, h, w, c).float().clone()
         with torch.no_grad():
-            if autocast_dtype is None:
-                target_features = feature_net(goal).float()
-            else:
-                with torch.autocast(device_type=device.type, dtype=autocast_dtype):
-                    target_features = feature_net(goal).float()
+            target_features = _features(feature_net, goal, autocast)
         best, best_dist = clean.clone(), None
         y = clean.clone()
         for step in range(steps + 1):
             y.requires_grad_(True)
-            dist = _feature_distance(feature_net, y, target_features, autocast_dtype)
+            dist = _feature_distance(feature_net, y, target_features, autocast)
             if best_dist is None:
                 dist_before = dist.detach().clone()
                 best_dist = dist.detach().clone()

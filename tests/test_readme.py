@@ -1,0 +1,420 @@
+"""The README's commands and snippets, run as documented (small overrides), and what it says they produce.
+
+The commands are parsed from README.md's fenced blocks, so a changed README changes the test:
+every ``bash`` command must match exactly one entry of ``HANDLERS`` (run and checked here) or of
+``EXCLUDED`` (with the reason it is not run here); every ``python`` / ``yaml`` block must match a
+snippet handler; a block in another language, or a handler that matches nothing, fails. One tiny
+quickstart training (the README's own ``fit`` command with a few steps) is shared by the checks that
+need a trained run. Networks are randomly initialised or trained for a few steps.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+
+
+# --------------------------------------------------------------------------- README parsing
+@dataclass(frozen=True)
+class Block:
+    lang: str
+    body: str
+    line: int
+
+
+def fenced_blocks(text: str) -> list[Block]:
+    return [Block(m.group(1), m.group(2), text[: m.start()].count("\n") + 1)
+            for m in re.finditer(r"^```([\w-]*)\n(.*?)^```", text, re.S | re.M)]
+
+
+def shell_commands(body: str) -> list[str]:
+    """One string per command: continuation lines joined, comments and blank lines dropped."""
+    joined = re.sub(r"\\\n\s*", " ", body)
+    commands = []
+    for line in joined.splitlines():
+        tokens = shlex.split(line, comments=True)
+        if tokens:
+            commands.append(" ".join(tokens))
+    return commands
+
+
+BLOCKS = fenced_blocks(README.read_text())
+COMMANDS = [cmd for b in BLOCKS if b.lang == "bash" for cmd in shell_commands(b.body)]
+
+# A bash command matching one of these patterns is run by the handler of that name.
+HANDLERS = {
+    r"^python train\.py fit --config configs/quickstart\.yaml$": "fit_quickstart",
+    r"^python train\.py fit --config configs/quickstart\.yaml --trainer\.callbacks\+=": "callbacks_append",
+    r"^python train\.py (fit|test) --config configs/\w+_div2k\.yaml": "parse_gpu_recipe",
+    r"^python train\.py predict --config configs/quickstart\.yaml --ckpt_path": "predict_quickstart",
+    r"^python train\.py fit --config configs/quickstart\.yaml --data\.init_args\.train_tile": "parse_only",
+    r"^python train\.py fit --config configs/badsr_quickstart\.yaml": "parse_only",
+    r"^python benchmarks/imresize\.py": "benchmark_quick",
+    r"^python benchmarks/(?!imresize\.py)\w+\.py --device cuda": "benchmark_flags",
+}
+# ... or is deliberately not run here, for this reason.
+EXCLUDED = {
+    r"^make demo$": "about 5 minutes of poisoned training; its pipeline is tested piecewise by "
+                    "test_poisoned_datamodule.py, test_backdoor_callbacks.py and end to end by "
+                    "test_backdoor_e2e.py, and its two train.py commands are parsed here",
+    r"^make test$": "the whole test suite, this file included",
+    r"^python -m lit_sr\.evaluate --config configs/robustness_\w+\.yaml$":
+        "the robustness report's commands are run by tests/test_evaluate.py (the report's own tests)",
+}
+# The first code line of each python / yaml block, and the handler that runs it.
+SNIPPETS = {
+    r"^from lit_sr\.archs import build_arch": "snippet_weights",
+    r"^from lit_sr\.attacks import IFGSM": "snippet_attacks",
+    r"^trainer:\n  callbacks:\n    - class_path: callbacks\.AdversarialEvalCallback": "yaml_adversarial",
+    r"^trainer:\n  reload_dataloaders_every_n_epochs: 1\n  callbacks:\n    - class_path: callbacks\.Backdoor":
+        "yaml_backdoor",
+}
+
+
+def matching(patterns: dict, text: str) -> list[str]:
+    return [p for p in patterns if re.search(p, text)]
+
+
+def test_every_fenced_block_is_run_or_excluded_with_a_reason():
+    problems = []
+    used = set()
+    for block in BLOCKS:
+        if block.lang == "bash":
+            for cmd in shell_commands(block.body):
+                hits = matching(HANDLERS, cmd) + matching(EXCLUDED, cmd)
+                used.update(hits)
+                if len(hits) != 1:
+                    problems.append(f"README line {block.line}: {cmd!r} matches {len(hits)} entries "
+                                    f"(add a handler to HANDLERS or a reasoned entry to EXCLUDED)")
+        elif block.lang in ("python", "yaml"):
+            hits = matching(SNIPPETS, block.body)
+            used.update(hits)
+            if len(hits) != 1:
+                problems.append(f"README line {block.line}: {block.lang} block starting "
+                                f"{block.body.splitlines()[0]!r} matches {len(hits)} SNIPPETS entries")
+        elif block.lang == "":
+            # Plain blocks are layouts and printed tables; a command hidden in one would go untested.
+            for text_line in block.body.splitlines():
+                if re.match(r"\s*(python|make|\$) ", text_line):
+                    problems.append(f"README line {block.line}: command in a plain block: {text_line!r}")
+        else:
+            problems.append(f"README line {block.line}: fenced block in {block.lang!r}: not covered")
+    stale = [p for p in [*HANDLERS, *EXCLUDED, *SNIPPETS] if p not in used]
+    assert not problems, "\n".join(problems)
+    assert not stale, f"entries that match nothing in README.md: {stale}"
+
+
+# --------------------------------------------------------------------------- running train.py
+def tokens_of(cmd: str) -> list[str]:
+    """``python train.py <args>`` -> ``<args>``."""
+    tokens = shlex.split(cmd)
+    assert tokens[:2] == ["python", "train.py"], cmd
+    return tokens[2:]
+
+
+def run_cli(args: list[str], run: bool = True):
+    from train import main
+
+    return main(args, run=run)
+
+
+def quiet(save_dir: Path) -> list[str]:
+    """Appended to a documented quickstart command: a few steps, small images, output in ``save_dir``."""
+    return ["--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2", "--trainer.check_val_every_n_epoch",
+            "1", "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(save_dir),
+            "--data.init_args.max_val_images", "1", "--data.init_args.max_side", "192"]
+
+
+def print_config(args: list[str], capsys) -> dict:
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli([*args, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def command(pattern_name: str) -> list[str]:
+    found = [c for c in COMMANDS if any(HANDLERS[p] == pattern_name for p in matching(HANDLERS, c))]
+    assert found, f"README.md has no command for {pattern_name}"
+    return found
+
+
+@pytest.fixture(scope="module")
+def quickstart_run(tmp_path_factory, monkeypatch_module):
+    """The README's ``python train.py fit --config configs/quickstart.yaml``, 2 epochs of 2 steps."""
+    monkeypatch_module.chdir(ROOT)
+    save_dir = tmp_path_factory.mktemp("runs")
+    (cmd,) = command("fit_quickstart")
+    cli = run_cli([*tokens_of(cmd), *quiet(save_dir)])
+    return Path(cli.trainer.log_dir), cli.trainer.global_step
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+def test_fit_quickstart_writes_what_the_readme_lists(quickstart_run):
+    log_dir, final_step = quickstart_run
+    assert log_dir.parent.name == "quickstart" and log_dir.name.startswith("version_")
+    for name in ("checkpoints/last.ckpt", "checkpoints/best.ckpt", "weights.pth", "weights_best.pth",
+                 "config.yaml", "summary.json"):
+        assert (log_dir / name).is_file(), name
+    assert list((log_dir / "images").glob("*.png")) and list(log_dir.glob("events.out.tfevents.*"))
+    last = torch.load(log_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == final_step == 4
+    meta = torch.load(log_dir / "weights.pth", weights_only=True)["meta"]
+    assert meta == {"state": "last", "global_step": final_step}
+    assert torch.load(log_dir / "weights_best.pth", weights_only=True)["meta"]["state"] == "best"
+    # "Validation logs val/psnr_rgb, val/psnr_y, val/ssim_y and val/bicubic_*"
+    val = json.loads((log_dir / "summary.json").read_text())["val"]
+    text = README.read_text()
+    sentence = text[text.index("Validation logs"):].split(".", 1)[0]
+    documented = set(re.findall(r"`(val/\w+)`", sentence))
+    assert documented == {"val/psnr_rgb", "val/psnr_y", "val/ssim_y"} and "`val/bicubic_*`" in sentence
+    assert documented | {f"val/bicubic_{m}" for m in ("psnr_rgb", "psnr_y", "ssim_y")} <= set(val)
+
+
+def test_tensorboard_hparams_are_logged_with_their_metrics(quickstart_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    log_dir, _ = quickstart_run
+    events = EventAccumulator(str(log_dir), size_guidance={"tensors": 0, "scalars": 0})
+    events.Reload()
+    content = events.PluginTagToContent("hparams")
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(content)
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    metric_tags = {m.name.tag for m in experiment.metric_infos}
+    assert {"val/psnr_y", "val/psnr_rgb", "val/ssim_y"} <= metric_tags
+    session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    hparams = session.session_start_info.hparams
+    assert hparams["arch"].string_value == "edsr" and hparams["lr"].number_value == pytest.approx(1e-3)
+    assert "val/psnr_y" in events.Tags()["scalars"]  # the series the HPARAMS tab reads
+
+
+def test_callbacks_append_keeps_the_recipe_list(quickstart_run, tmp_path):
+    (cmd,) = command("callbacks_append")
+    args = tokens_of(cmd)
+    assert args[0] == "fit"
+    cli = run_cli([*args[1:], *quiet(tmp_path)], run=False)
+    names = [type(c).__name__ for c in cli.trainer.callbacks]
+    assert {"EarlyStopping", "ModelCheckpoint", "LastCheckpoint", "SRImageLogger", "RunSummary"} <= set(names)
+    stop = next(c for c in cli.trainer.callbacks if type(c).__name__ == "EarlyStopping")
+    assert (stop.monitor, stop.mode, stop.patience) == ("val/psnr_y", "max", 3)
+
+
+@pytest.mark.parametrize("cmd", command("parse_gpu_recipe"))
+def test_gpu_recipe_commands_parse(cmd, quickstart_run, capsys):
+    # DIV2K is not on the test machine: the documented flags are parsed and the recipe checked.
+    args = [a.replace("runs/.../best.ckpt", str(quickstart_run[0] / "checkpoints" / "best.ckpt"))
+            for a in tokens_of(cmd)]
+    printed = print_config(args, capsys)
+    callbacks = [c["class_path"].rsplit(".", 1)[-1] for c in printed["trainer"]["callbacks"]]
+    assert callbacks.index("ModelCheckpoint") < callbacks.index("LastCheckpoint")
+    assert printed["trainer"]["precision"] == "bf16-mixed"
+    if "--ckpt_path" in args:
+        assert Path(printed["ckpt_path"]).is_file()
+
+
+@pytest.mark.parametrize("cmd", command("parse_only"))
+def test_expensive_commands_parse(cmd, capsys):
+    # The demo's commands: minutes of training and poisoning (make demo); here their flags are parsed.
+    args = tokens_of(cmd)
+    printed = print_config(args, capsys)
+    for flag, value in zip(args, args[1:]):
+        if flag.startswith("--trainer.logger.init_args."):
+            assert str(printed["trainer"]["logger"]["init_args"][flag.rsplit(".", 1)[-1]]) == value
+
+
+def test_predict_writes_the_given_folder_with_the_given_tiling(quickstart_run, tmp_path, monkeypatch):
+    from lit_sr.archs import build_arch
+    from lit_sr.io import read_image, read_state_dict, write_image
+
+    log_dir, _ = quickstart_run
+    (cmd,) = command("predict_quickstart")
+    torch.manual_seed(0)
+    lr_dir, out_dir = tmp_path / "my_lr_images", tmp_path / "out"
+    write_image(torch.rand(3, 40, 36), lr_dir / "a.png")
+    write_image(torch.rand(3, 24, 28), lr_dir / "b.png")
+    args = tokens_of(cmd)
+    args = [{"runs/.../last.ckpt": str(log_dir / "checkpoints" / "last.ckpt"), "my_lr_images/": str(lr_dir),
+             "out/": str(out_dir), "configs/quickstart.yaml": str(ROOT / "configs" / "quickstart.yaml")}.get(a, a)
+            for a in args]
+    assert args[args.index("--prediction.tile") + 1] == "128"
+    # 32 px tiles with a 26 px overlap: half of it covers the 4-block EDSR's 13 px radius at x4.
+    args[args.index("--prediction.tile") + 1], args[args.index("--prediction.tile_overlap") + 1] = "32", "26"
+    monkeypatch.chdir(tmp_path)  # a stray ./predictions folder would show here
+    run_cli([*args, "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"])
+    assert sorted(p.name for p in out_dir.iterdir()) == ["a_x4.png", "b_x4.png"]
+    assert not (tmp_path / "predictions").exists()
+    sr = read_image(out_dir / "a_x4.png")
+    assert sr.shape == (3, 160, 144)
+    net = build_arch("edsr", num_feat=32, num_block=4, upscale=4).eval()
+    net.load_state_dict(read_state_dict(log_dir / "checkpoints" / "last.ckpt", key="params"))
+    with torch.no_grad():
+        whole = net(read_image(lr_dir / "a.png")[None]).clamp(0, 1)[0]
+    assert (sr - whole).abs().max() <= 1 / 255 + 1e-6  # seamless: 8-bit rounding only
+
+
+def test_command_line_model_arguments_win_over_the_checkpoint(quickstart_run, tmp_path, monkeypatch):
+    from lit_sr.cli import SRLightningCLI
+
+    # LightningCLI applies --ckpt_path's hyper-parameters only with a subcommand: build `fit`, skip fitting.
+    monkeypatch.setattr(SRLightningCLI, "_run_subcommand", lambda self, subcommand: None)
+    log_dir, _ = quickstart_run
+    ckpt = str(log_dir / "checkpoints" / "last.ckpt")
+    config = str(ROOT / "configs" / "quickstart.yaml")
+    base = ["fit", "--config", config, "--trainer.logger", "false", "--ckpt_path", ckpt]
+    with pytest.warns(UserWarning, match=r"--model\.init_args\.lr 0\.0123 given on the command line"):
+        cli = run_cli([*base, "--model.init_args.lr", "0.0123", "--model.init_args.tile", "24"])
+    assert cli.model.hparams.lr == pytest.approx(0.0123) and cli.model.hparams.tile == 24
+    # A value from a --config file yields to the checkpoint (it describes the saved network).
+    other = tmp_path / "lr.yaml"
+    other.write_text("model:\n  init_args:\n    lr: 5.0e-4\n    tile: 40\n")
+    cli = run_cli([*base[:3], "--config", str(other), *base[3:]])
+    assert cli.model.hparams.lr == pytest.approx(1e-3) and cli.model.hparams.tile is None
+
+
+# --------------------------------------------------------------------------- benchmarks
+def run_script(argv: list[str], monkeypatch) -> None:
+    """``python <argv>`` in this process (no second torch import), from the repository root."""
+    import runpy
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.syspath_prepend(str((ROOT / argv[0]).parent))  # as `python script.py` would
+    runpy.run_path(str(ROOT / argv[0]), run_name="__main__")
+
+
+def test_benchmark_imresize_quick(tmp_path, monkeypatch):
+    (cmd,) = command("benchmark_quick")
+    out = tmp_path / "imresize.json"
+    args = [a for a in shlex.split(cmd)[1:] if a not in ("--device", "cuda")]
+    run_script([*args, "--device", "cpu", "--quick", "--out", str(out)], monkeypatch)
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["scale"] for r in rows] == [0.25, 0.5, 2, 4]
+    assert all(r["max_abs_diff"] < 1e-4 and r["speedup"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("cmd", command("benchmark_flags"))
+def test_benchmark_flags_exist(cmd, monkeypatch, capsys):
+    # Each benchmark's own --quick run belongs to its owner's tests; here: the documented flags exist.
+    script, *flags = shlex.split(cmd)[1:]
+    with pytest.raises(SystemExit) as exit_info:
+        run_script([script, "--help"], monkeypatch)
+    assert exit_info.value.code in (0, None)
+    usage = capsys.readouterr().out
+    readme_line = next(line for line in README.read_text().splitlines() if line.startswith(cmd.split(" #")[0]))
+    for flag in [f for f in flags if f.startswith("--")] + ["--quick", "--out"] + re.findall(r"\+ (--\w+)", readme_line):
+        assert flag in usage, f"{script} has no {flag}"
+
+
+# --------------------------------------------------------------------------- snippets and tables
+def snippet(handler: str) -> Block:
+    (block,) = [b for b in BLOCKS if b.lang in ("python", "yaml") and any(
+        SNIPPETS[p] == handler for p in matching(SNIPPETS, b.body))]
+    return block
+
+
+def test_snippet_weights(tmp_path, monkeypatch):
+    from lit_sr.archs import build_arch, count_parameters
+    from lit_sr.io import read_state_dict, save_weights
+
+    block = snippet("snippet_weights")
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)  # a random stand-in for the model-zoo file, in BasicSR's format
+    zoo = build_arch("edsr", num_feat=64, num_block=16, upscale=4)
+    zoo_file = re.search(r'load_weights\(net, "([^"]+)"\)', block.body).group(1)
+    save_weights(zoo, zoo_file)
+    scope: dict = {}
+    exec(compile(block.body, f"README.md:{block.line}", "exec"), scope)
+    claimed = int(re.search(r"([\d,]+) params", block.body).group(1).replace(",", ""))
+    assert count_parameters(scope["net"]) == claimed
+    saved = re.search(r'save_weights\(net, "([^"]+)"\)', block.body).group(1)
+    for key, value in read_state_dict(saved).items():
+        assert torch.equal(value, zoo.state_dict()[key])
+
+
+def test_snippet_attacks():
+    from lit_sr.archs import build_arch
+
+    block = snippet("snippet_attacks")
+    torch.manual_seed(0)  # tiny random x2 networks and 16 px LR crops stand in for the README's names
+    tiny = dict(num_feat=8, num_block=1, upscale=2)
+    lr, hr = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 32, 32)
+    scope = {"net": build_arch("edsr", **tiny).eval(), "lr": lr, "hr": hr, "loader": [{"lr": lr, "hr": hr}],
+             "edsr": build_arch("edsr", **tiny).eval(), "bicubic": build_arch("bicubic", upscale=2),
+             "rcan": build_arch("rcan", num_feat=8, num_group=1, num_block=1, squeeze_factor=4, upscale=2).eval()}
+    # Smaller budgets (steps, samples, crop) than documented; the calls are the same.
+    body = re.sub(r"steps=50", "steps=2", block.body)
+    body = body.replace("n_samples=1024", "n_samples=4").replace("crop_size=80", "crop_size=8")
+    body = body.replace("crop_border=4", "crop_border=2")
+    exec(compile(body, f"README.md:{block.line}", "exec"), scope)
+    comment = next(line for line in block.body.splitlines() if line.startswith("# per image:"))
+    documented = set(re.findall(r"\b(\w+_(?:psnr|ssim))\b", comment))
+    assert documented and documented <= set(scope["m"])
+    assert (scope["lr_adv"] - lr).abs().max() <= 8 / 255 + 1e-6
+
+
+@pytest.mark.parametrize("handler,recipe", [("yaml_adversarial", "quickstart"), ("yaml_backdoor", "badsr_quickstart")])
+def test_callback_yaml_as_a_second_config_replaces_the_list(handler, recipe, tmp_path, capsys):
+    # The README says so (and shows --trainer.callbacks+= to add instead): check both halves.
+    block = snippet(handler)
+    extra = tmp_path / "callbacks.yaml"
+    extra.write_text(block.body)
+    printed = print_config(["fit", "--config", str(ROOT / "configs" / f"{recipe}.yaml"), "--config", str(extra)],
+                           capsys)
+    got = [c["class_path"] for c in printed["trainer"]["callbacks"]]
+    assert got == [c["class_path"] for c in yaml.safe_load(block.body)["trainer"]["callbacks"]]
+    assert "replaces* the recipe's list" in README.read_text()
+
+
+def test_parameter_table_counts_the_documented_arguments():
+    from lit_sr.archs import build_arch, count_parameters
+
+    text = README.read_text()
+    table = text[text.index("| name | network | standard arguments"):].split("\n\n", 1)[0]
+    rows = [r for r in table.splitlines()[2:] if r.startswith("| `")]
+    assert len(rows) >= 8
+    for row in rows:
+        name, _, args, count = [c.strip() for c in row.strip("|").split(" | ")]
+        kwargs = eval(f"dict({args.strip('`')})")  # the README's own literal arguments
+        net = build_arch(name.strip("`"), **kwargs)
+        assert count_parameters(net) == int(count.replace(",", "")), row
+
+
+def test_resume_with_a_new_lr_and_length_from_the_command_line(quickstart_run, tmp_path):
+    import math
+
+    log_dir, final_step = quickstart_run
+    args = ["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), *quiet(tmp_path),
+            "--ckpt_path", str(log_dir / "checkpoints" / "last.ckpt"), "--trainer.max_epochs", "4",
+            "--model.init_args.lr", "0.004"]
+    with pytest.warns(UserWarning, match="overrides the value 0.001"):
+        cli = run_cli(args)
+    assert cli.trainer.global_step == final_step + 4 == 8
+    last = torch.load(Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt", weights_only=True)
+    group = last["optimizer_states"][0]["param_groups"][0]
+    assert last["lr_schedulers"][0]["base_lrs"] == [0.004] and group["initial_lr"] == 0.004
+    # A fresh 4-epoch run of 2 steps per epoch at lr 0.004 ends at eta_min; the resumed steps log that run's lr.
+    assert group["lr"] == pytest.approx(1e-7)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(cli.trainer.log_dir, size_guidance={"scalars": 0})
+    events.Reload()
+    logged = {e.step: e.value for e in events.Scalars("lr-Adam")}
+    # log_every_n_steps 5: the first resumed step (4, half-way through 8) is logged; the old run's
+    # schedule (lr 1e-3 over 4 steps) would give 1e-7 there.
+    assert logged[4] == pytest.approx(1e-7 + (0.004 - 1e-7) * 0.5 * (1 + math.cos(math.pi * 4 / 8)), rel=1e-5)
