@@ -15,17 +15,26 @@ sample per method is excluded, the best of ``--repeats`` timed runs counts, and 
 synchronised around each.
 
 Part 2: :func:`lit_sr.poison.genetic_select` (population 50, 100 generations: the defaults) on
-random sketches ``(N, --sketch-dim)`` for pools of 1,000 and 10,000 candidates and a budget of 10%,
-for both fitness functions; with the fitness of top-k by norm and of a random subset for scale.
+random float32 sketches ``(N, --sketch-dim)`` for pools of 1,000, 10,000 and 100,000 candidates
+and a budget of 10%, for both fitness functions, with the sparse evaluation (sums over the
+members, the default) and, as the baseline in the same run, the dense one (a ``(population, N)``
+membership matrix times the scores), skipped where its matrix would not fit in a quarter of the
+available memory. Each search runs in its own process (spawned), so that its peak RSS
+(``ru_maxrss``) is its own; the RSS of that process after its imports and before the sketches
+exist is reported too (``import torch`` alone is ~0.7 GB here), as are the sketches' bytes. Also
+the fitness of top-k by norm and of a random subset, for scale.
 
     python benchmarks/backdoor_gradients.py --device cuda --bf16 --out backdoor_gradients.json
     python benchmarks/backdoor_gradients.py --device cpu --quick   # tiny EDSR, few samples
+    python benchmarks/backdoor_gradients.py --selection-only       # part 2 only
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import resource
 import time
 from datetime import date
 
@@ -92,33 +101,71 @@ def gradient_rows(args, model, lr, hr, device) -> list[dict]:
     return rows
 
 
+def _rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+def one_search(pool: int, fitness: str, evaluation: str, sketch_dim: int, budget_rate: float, population: int,
+               generations: int) -> dict:
+    """One genetic search on fresh random sketches, in the calling process (run it in a child)."""
+    base_rss = _rss_gib()
+    sketches = np.random.default_rng(pool).standard_normal((pool, sketch_dim), dtype=np.float32)
+    norms = torch.linalg.vector_norm(torch.from_numpy(sketches), dim=1).numpy()
+    scores = sketches if fitness == "norm_of_sum" else norms
+    budget = max(1, round(budget_rate * pool))
+    start = time.perf_counter()
+    chosen, history = genetic_select(scores, budget, fitness=fitness, population=population,
+                                     generations=generations, seed=0, evaluation=evaluation)
+    seconds = time.perf_counter() - start
+    return {
+        "pool": pool, "budget": budget, "fitness": fitness, "evaluation": evaluation, "population": population,
+        "generations": generations, "seconds": seconds,
+        "ms_per_generation": 1000 * seconds / len(history),  # the initial population counts as one
+        "peak_rss_gib": _rss_gib(), "rss_after_imports_gib": base_rss, "sketch_gib": sketches.nbytes / 2**30,
+        "fitness_ga": history[-1], "chosen": np.asarray(chosen).tolist(),
+        "fitness_topk": selection_fitness(topk_select(norms, budget).tolist(), scores, fitness),
+        "fitness_random": selection_fitness(random_select(pool, budget, seed=0).tolist(), scores, fitness),
+        "size": int(len(chosen)),
+    }
+
+
+def _available_bytes() -> int:
+    for line in open("/proc/meminfo"):
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 8 * 2**30
+
+
 def selection_rows(args) -> list[dict]:
-    """Time of the genetic search on random sketches for each pool size and fitness."""
+    """Sparse and dense genetic searches on random sketches for each pool size and fitness, each in a child."""
     rows = []
-    jobs = [(n, f) for n in args.pools for f in ("norm_of_sum", "sum_of_norms")]
-    for pool, fitness in tqdm(jobs, desc="genetic selection"):
-        rng = np.random.default_rng(pool)
-        sketches = rng.standard_normal((pool, args.sketch_dim), dtype=np.float32)
-        norms = np.linalg.norm(sketches, axis=1)
-        scores = sketches if fitness == "norm_of_sum" else norms
-        budget = max(1, round(args.budget_rate * pool))
-        start = time.perf_counter()
-        chosen, history = genetic_select(scores, budget, fitness=fitness, population=args.population,
-                                         generations=args.generations, seed=0)
-        seconds = time.perf_counter() - start
-        rows.append({
-            "pool": pool, "budget": budget, "fitness": fitness, "population": args.population,
-            "generations": args.generations, "seconds": seconds,
-            "ms_per_generation": 1000 * seconds / len(history),  # the initial population counts as one
-            "fitness_ga": history[-1],
-            "fitness_topk": selection_fitness(topk_select(norms, budget).tolist(), scores, fitness),
-            "fitness_random": selection_fitness(random_select(pool, budget, seed=0).tolist(), scores, fitness),
-            "size": int(len(chosen)),
-        })
+    jobs = [(n, f, e) for n in args.pools for f in ("norm_of_sum", "sum_of_norms") for e in args.evaluations]
+    context = multiprocessing.get_context("spawn")  # a fresh process per search: its peak RSS is its own
+    for pool, fitness, evaluation in tqdm(jobs, desc="genetic selection"):
+        if evaluation == "dense" and 4 * args.population * pool > _available_bytes() // 4:
+            continue  # the dense membership matrix would not fit
+        with context.Pool(1) as worker:
+            row = worker.apply(one_search, (pool, fitness, evaluation, args.sketch_dim, args.budget_rate,
+                                            args.population, args.generations))
+        rows.append(row)
+    for row in rows:  # the baseline's time over the sparse one's, and whether they chose the same set
+        dense = [r for r in rows if r["evaluation"] == "dense" and (r["pool"], r["fitness"]) == (row["pool"],
+                                                                                                  row["fitness"])]
+        if row["evaluation"] == "sparse" and dense:
+            row["dense_over_sparse"] = dense[0]["seconds"] / row["seconds"]
+            row["same_choice_as_dense"] = dense[0]["chosen"] == row["chosen"]
+    for row in rows:
+        row.pop("chosen")
     return rows
 
 
 def print_tables(info: dict, grad_rows: list[dict], sel_rows: list[dict]) -> None:
+    if grad_rows:
+        print_gradient_table(info, grad_rows)
+    print_selection_table(info, sel_rows)
+
+
+def print_gradient_table(info: dict, grad_rows: list[dict]) -> None:
     print(f"\nper-sample backdoor gradients: {info['model']} ({info['params']:,} parameters), "
           f"{info['lr_size']} px LR -> {info['lr_size'] * 4} px, sketch {info['sketch_dim']}, "
           f"chunk {info['chunk_size']}, {info['device']} ({info['machine']}), torch {info['torch']}")
@@ -129,12 +176,20 @@ def print_tables(info: dict, grad_rows: list[dict], sel_rows: list[dict]) -> Non
         vs_fp32 = f"{r['max_rel_diff_vs_fp32']:.1e}" if "max_rel_diff_vs_fp32" in r else "-"
         print(f"{r['mode']:>5} {r['vmap_samples_s']:>15.1f} {r['loop_samples_s']:>15.1f} {r['speedup']:>8.2f}x "
               f"{r['max_rel_diff_norms']:>13.2e} {vs_fp32:>9} {mem:>19}")
+
+
+def print_selection_table(info: dict, sel_rows: list[dict]) -> None:
     print(f"\ngenetic selection (population {sel_rows[0]['population']}, {sel_rows[0]['generations']} generations, "
-          f"random sketches of {info['sketch_dim']}, budget {info['budget_rate']:.0%})")
-    print(f"{'pool':>6} {'fitness':>13} {'seconds':>8} {'ms/gen':>7} {'GA':>10} {'top-k':>10} {'random':>10}")
+          f"random float32 sketches of {info['sketch_dim']}, budget {info['budget_rate']:.0%}; one process each)")
+    print(f"{'pool':>7} {'fitness':>13} {'eval':>6} {'seconds':>8} {'ms/gen':>7} {'dense/sparse':>12} {'same':>5} "
+          f"{'peak GiB':>8} {'imports':>7} {'sketch':>6} {'GA':>10} {'top-k':>10} {'random':>10}")
     for r in sel_rows:
-        print(f"{r['pool']:>6} {r['fitness']:>13} {r['seconds']:>8.2f} {r['ms_per_generation']:>7.1f} "
-              f"{r['fitness_ga']:>10.4g} {r['fitness_topk']:>10.4g} {r['fitness_random']:>10.4g}")
+        ratio = f"{r['dense_over_sparse']:.2f}x" if "dense_over_sparse" in r else "-"
+        same = str(r["same_choice_as_dense"]) if "same_choice_as_dense" in r else "-"
+        print(f"{r['pool']:>7} {r['fitness']:>13} {r['evaluation']:>6} {r['seconds']:>8.2f} "
+              f"{r['ms_per_generation']:>7.1f} {ratio:>12} {same:>5} {r['peak_rss_gib']:>8.2f} "
+              f"{r['rss_after_imports_gib']:>7.2f} {r['sketch_gib']:>6.2f} {r['fitness_ga']:>10.4g} "
+              f"{r['fitness_topk']:>10.4g} {r['fitness_random']:>10.4g}")
 
 
 def parse_args() -> argparse.Namespace:
@@ -147,7 +202,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--lr-size", type=int, default=48)
     p.add_argument("--sketch-dim", type=int, default=2048)
     p.add_argument("--bf16", action="store_true", help="also run both under bfloat16 autocast")
-    p.add_argument("--pools", type=int, nargs="+", default=[1000, 10000])
+    p.add_argument("--pools", type=int, nargs="+", default=[1000, 10000, 100000])
+    p.add_argument("--selection-only", action="store_true", help="only part 2 (the genetic selection)")
+    p.add_argument("--evaluations", nargs="+", choices=["sparse", "dense"], default=["sparse", "dense"],
+                   help="GA fitness evaluations to time (dense: the baseline)")
     p.add_argument("--budget-rate", type=float, default=0.1)
     p.add_argument("--population", type=int, default=50)
     p.add_argument("--generations", type=int, default=100)
@@ -174,7 +232,7 @@ def main() -> None:
             "torch": torch.__version__, "budget_rate": args.budget_rate, "date": date.today().isoformat(),
             "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn_tf32": torch.backends.cudnn.allow_tf32,
             "args": vars(args)}
-    grad_rows = gradient_rows(args, model, lr, hr, device)
+    grad_rows = [] if args.selection_only else gradient_rows(args, model, lr, hr, device)
     sel_rows = selection_rows(args)
     print_tables(info, grad_rows, sel_rows)
     if args.out:

@@ -5,6 +5,7 @@ from callbacks.backdoor_eval import BackdoorEvalCallback, BackdoorSummary
 from callbacks.backdoor_gradients import BackdoorGradientCallback
 from callbacks.genetic_selection import GeneticSelectionCallback
 from callbacks.image_logger import SRImageLogger
+from callbacks.poison_selection import PoisonSelectionCallback, SelectionResults, SelectionRun
 from callbacks.summary import RunSummary
 
 __all__ = [
@@ -13,6 +14,9 @@ __all__ = [
     "BackdoorGradientCallback",
     "BackdoorSummary",
     "GeneticSelectionCallback",
+    "PoisonSelectionCallback",
     "RunSummary",
     "SRImageLogger",
+    "SelectionResults",
+    "SelectionRun",
 ]

@@ -5,9 +5,12 @@
 * :class:`BackdoorSummary`: at the end of ``fit``, compares the backdoored model with a clean model
   trained separately and with bicubic, prints the table and writes it as JSON.
 
-Both read the poisoned data module (:class:`datamodules.PoisonedSRDataModule`): its cached
-triggered validation inputs and backdoor target outputs (``backdoor_val_pair``), its target image
-(``target_for``), its substitute's feature extractor and its ``poison_report``.
+Both read the poisoned data module through :class:`callbacks.protocols.PoisonedData`
+(:class:`datamodules.PoisonedSRDataModule` is one): its cached triggered validation inputs and
+backdoor target outputs (``backdoor_val_pair``), its target image (``target_for``), its
+substitute's feature extractor (used on the device where the data module placed it, never moved),
+its ``poison_report`` and ``poison_config()``; and the module through
+:class:`callbacks.protocols.SRModel` (``scale``, ``super_resolve``).
 
 **The two ASR definitions** (both from :mod:`lit_sr.poison.asr`; counts, not rates, are summed
 over batches and DDP ranks, then divided once):
@@ -54,14 +57,16 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchvision.utils import make_grid
 
+from callbacks.poison_selection import ReportsSelection, SelectionResults
+from callbacks.protocols import PoisonedData, SRModel, require
 from callbacks.summary import format_table
 from lit_sr.io import atomic_write, write_image
 from lit_sr.metrics import psnr
 from lit_sr.ops import imresize
 from lit_sr.poison.asr import feature_asr, pixel_asr
-from lit_sr.poison.triggers import check_number
+from lit_sr.runtime import model_device
+from lit_sr.validation import check_number
 
-DATAMODULE_MEMBERS = ("backdoor_val_pair", "target_for", "poison_report")
 TALLY_FIELDS = (
     "pixel_success", "pixel_included", "feature_success", "feature_included", "feature_shift", "label_feature_shift",
     "clean_psnr_y", "triggered_psnr_y",
@@ -69,12 +74,10 @@ TALLY_FIELDS = (
 )
 
 
-def check_poisoned_datamodule(datamodule: Any, who: str) -> None:
-    """Raise ``TypeError`` unless ``datamodule`` is a poisoned data module (duck-typed)."""
-    missing = [m for m in DATAMODULE_MEMBERS if not hasattr(datamodule, m)]
-    if datamodule is None or missing:
-        raise TypeError(f"{who} needs a poisoned data module (datamodules.PoisonedSRDataModule); trainer.datamodule "
-                        f"is {type(datamodule).__name__}, missing {missing or list(DATAMODULE_MEMBERS)}")
+def check_parts(trainer: L.Trainer, pl_module: L.LightningModule, who: str) -> None:
+    """Raise ``TypeError`` unless the data module is a ``PoisonedData`` and the module an ``SRModel``."""
+    require(trainer.datamodule, PoisonedData, who, "trainer.datamodule")
+    require(pl_module, SRModel, who, "the LightningModule")
 
 
 class BackdoorTally:
@@ -181,14 +184,6 @@ def feature_shift(
     return (base - dist(moved)) / base.clamp_min(1e-12)
 
 
-def model_sr_fn(pl_module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The evaluation forward of a module: ``super_resolve`` when it has one, else ``forward`` clamped."""
-    fn = getattr(pl_module, "super_resolve", None)
-    if callable(fn):
-        return fn
-    return lambda x: pl_module(x).float().clamp(0, 1)
-
-
 def backdoor_inputs(datamodule, batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Triggered LR and target outputs of a validation batch, from the data module's cache."""
     pairs = [datamodule.backdoor_val_pair(int(i), lr, hr)
@@ -197,13 +192,18 @@ def backdoor_inputs(datamodule, batch: dict, device: torch.device) -> tuple[torc
             torch.stack([p[1] for p in pairs]).to(device, batch["hr"].dtype))
 
 
-def feature_function(datamodule, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The substitute's feature extractor on ``device`` (moved there), or ``None`` without a substitute."""
-    extractor = getattr(datamodule, "feature_extractor", None)
+def feature_function(datamodule: PoisonedData) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The substitute's features of a batch, or ``None`` without a substitute.
+
+    The extractor runs where the data module placed it (it is the data module's, and may be
+    shared with its poison generation): the batch goes to the extractor's device and the features
+    come back to the batch's device.
+    """
+    extractor = datamodule.feature_extractor
     if extractor is None:
         return None
-    extractor.to(device)
-    return lambda x: extractor(x.float())
+    device = model_device(extractor, torch.device("cpu"))
+    return lambda x: extractor(x.to(device).float()).to(x.device)
 
 
 def grid_row(lr, triggered_lr, clean_sr, triggered_sr, target_out, scale: int) -> torch.Tensor:
@@ -268,7 +268,7 @@ class BackdoorEvalCallback(L.Callback):
         self._rows: list[torch.Tensor] = []
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        check_poisoned_datamodule(trainer.datamodule, type(self).__name__)
+        check_parts(trainer, pl_module, type(self).__name__)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # trainer.log_dir broadcasts from rank 0 under DDP: read it here, where every rank is.
@@ -277,8 +277,8 @@ class BackdoorEvalCallback(L.Callback):
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._tally, self._rows = None, []
         if self._is_due(trainer):
-            check_poisoned_datamodule(trainer.datamodule, type(self).__name__)
-            self._tally = BackdoorTally(self.psnr_thr, self.ssim_thr, scale_of(pl_module, trainer.datamodule))
+            check_parts(trainer, pl_module, type(self).__name__)
+            self._tally = BackdoorTally(self.psnr_thr, self.ssim_thr, pl_module.scale)
 
     def _is_due(self, trainer: L.Trainer) -> bool:
         if trainer.sanity_checking:
@@ -292,7 +292,7 @@ class BackdoorEvalCallback(L.Callback):
             return
         dm = trainer.datamodule
         device = pl_module.device
-        sr_fn = model_sr_fn(pl_module)
+        sr_fn = pl_module.super_resolve
         lr, hr = batch["lr"], batch["hr"]
         clean_sr = outputs["sr"] if isinstance(outputs, dict) and "sr" in outputs else sr_fn(lr)
         triggered_lr, target_out = backdoor_inputs(dm, batch, device)
@@ -301,11 +301,11 @@ class BackdoorEvalCallback(L.Callback):
         clean_sr = clean_sr.float().clamp(0, 1)
         target_image = dm.target_for(hr.float())
         tally.update(lr.float(), hr.float(), triggered_lr.float(), clean_sr, triggered_sr, target_out.float(),
-                     target_image, feature_function(dm, device))
+                     target_image, feature_function(dm))
         if trainer.is_global_zero and len(self._rows) < self.num_grid_images:
             for k in range(min(lr.shape[0], self.num_grid_images - len(self._rows))):
                 self._rows.append(grid_row(lr[k], triggered_lr[k], clean_sr[k], triggered_sr[k], target_out[k],
-                                           scale_of(pl_module, dm)))
+                                           pl_module.scale))
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         tally = self._tally
@@ -314,7 +314,7 @@ class BackdoorEvalCallback(L.Callback):
         reduced = trainer.strategy.reduce(tally.as_tensor(pl_module.device), reduce_op="sum")
         tally.load_tensor(reduced.cpu())
         dm = trainer.datamodule
-        metrics = tally.metrics(with_feature=getattr(dm, "feature_extractor", None) is not None)
+        metrics = tally.metrics(with_feature=dm.feature_extractor is not None)
         metrics.update({k: float(v) for k, v in dm.poison_report.items() if k != "num_candidates"})
         self.last_metrics = metrics
         for name, value in metrics.items():
@@ -333,21 +333,23 @@ class BackdoorEvalCallback(L.Callback):
             write_image(grid, Path(log_dir) / "backdoor" / f"epoch{trainer.current_epoch:04d}.png")
 
 
-def scale_of(pl_module: nn.Module, datamodule: Any) -> int:
-    """The SR scale: the module's ``scale``, else the data module's."""
-    scale = getattr(pl_module, "scale", None) or getattr(datamodule, "scale", None)
-    if not isinstance(scale, int):
-        raise TypeError("cannot tell the SR scale: neither the module nor the data module has an int 'scale'")
-    return scale
-
-
 # --------------------------------------------------------------------------- end-of-run summary
+
+
+def find_selection_results(trainer: L.Trainer) -> SelectionResults | None:
+    """The ``SelectionResults`` of the one callback that reports selections (``ReportsSelection``), if any."""
+    found = [cb for cb in trainer.callbacks if isinstance(cb, ReportsSelection)]
+    if len(found) > 1:
+        names = [type(cb).__name__ for cb in found]
+        raise ValueError(f"BackdoorSummary found {len(found)} callbacks that report selections ({names}); "
+                         f"pass the one to report as BackdoorSummary(selection=callback.selection_results)")
+    return found[0].selection_results if found else None
 
 
 @torch.no_grad()
 def evaluate_backdoor(
     sr_fn: Callable[[torch.Tensor], torch.Tensor],
-    datamodule: Any,
+    datamodule: PoisonedData,
     device: torch.device,
     psnr_thr: float = 20.0,
     ssim_thr: float = 0.7,
@@ -369,7 +371,7 @@ def evaluate_backdoor(
     """
     tally = BackdoorTally(psnr_thr, ssim_thr, scale)
     bicubic_sum = 0.0
-    feature_fn = feature_function(datamodule, device)
+    feature_fn = feature_function(datamodule)
     for batch in datamodule.val_dataloader():
         lr, hr = batch["lr"].to(device), batch["hr"].to(device)
         triggered_lr, target_out = backdoor_inputs(datamodule, batch, device)
@@ -382,12 +384,6 @@ def evaluate_backdoor(
     out = tally.metrics(with_feature=feature_fn is not None)
     out["bicubic_psnr_y"] = bicubic_sum / tally.sums["count"] if tally.sums["count"] else math.nan
     return out
-
-
-def _trigger_config(datamodule: Any) -> dict[str, Any] | None:
-    """The trigger's hyper-parameters as plain values (``Trigger.config``: tensors are summarised)."""
-    trigger = getattr(datamodule, "trigger", None)
-    return trigger.config() if hasattr(trigger, "config") else None
 
 
 def _fmt(value: Any, kind: str) -> str:
@@ -410,8 +406,11 @@ class BackdoorSummary(L.Callback):
     * PSNR-Y of the outputs on triggered inputs vs the HR, and PSNR of those outputs vs the target;
     * stealth: poisoned HR vs clean HR and triggered LR vs clean LR (training pool, PSNR/SSIM), and
       triggered validation LR vs clean;
-    * selection fitness of the last genetic search: GA vs random vs top-k (from
-      :class:`callbacks.GeneticSelectionCallback`, "-" without it);
+    * selection fitness of the last selection: the selector's choice vs random vs top-k, from a
+      :class:`callbacks.poison_selection.SelectionResults` (``selection``, or the one exposed by
+      the callback in ``trainer.callbacks`` that satisfies
+      :class:`callbacks.poison_selection.ReportsSelection`, e.g. ``PoisonSelectionCallback``);
+    * what was poisoned and how (``datamodule.poison_config()``);
     * the ``tensorboard`` command.
 
     Everything also goes to ``<log_dir>/<output>`` as JSON.
@@ -423,6 +422,7 @@ class BackdoorSummary(L.Callback):
         psnr_thr, ssim_thr: pixel-ASR thresholds (as :class:`BackdoorEvalCallback`).
         max_images: evaluate at most this many validation images.
         output: JSON file name inside the log dir.
+        selection: the selection results to report (Python API; ``None``: looked up by type).
     """
 
     def __init__(
@@ -434,6 +434,7 @@ class BackdoorSummary(L.Callback):
         ssim_thr: float = 0.7,
         max_images: int | None = None,
         output: str = "backdoor_summary.json",
+        selection: SelectionResults | None = None,
     ):
         super().__init__()
         check_number(psnr_thr, "psnr_thr")
@@ -444,10 +445,13 @@ class BackdoorSummary(L.Callback):
             raise ValueError(f"output must be a .json file name; got {output!r}")
         self.clean_weights, self.clean_arch, self.clean_arch_kwargs = clean_weights, clean_arch, clean_arch_kwargs
         self.psnr_thr, self.ssim_thr, self.max_images, self.output = float(psnr_thr), float(ssim_thr), max_images, output
+        if selection is not None and not isinstance(selection, SelectionResults):
+            raise TypeError(f"selection must be a callbacks.SelectionResults or None; got {type(selection).__name__}")
+        self.selection = selection
         self.results: dict[str, Any] = {}
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        check_poisoned_datamodule(trainer.datamodule, type(self).__name__)
+        check_parts(trainer, pl_module, type(self).__name__)
         if self.clean_weights is not None and not Path(self.clean_weights).is_file():
             raise FileNotFoundError(f"clean reference weights not found: {self.clean_weights} (BackdoorSummary."
                                     "clean_weights); train the clean model first (see `make demo`) or set it to null")
@@ -455,16 +459,15 @@ class BackdoorSummary(L.Callback):
     def _clean_model(self, pl_module: L.LightningModule, device: torch.device) -> nn.Module | None:
         if self.clean_weights is None:
             return None
-        from lit_sr.archs import build_arch
+        from lit_sr.archs import arch_kwargs_with_scale, build_arch
         from lit_sr.io import load_weights
-        from lit_sr.modules.sr_module import arch_kwargs_with_scale
 
-        hp = getattr(pl_module, "hparams", {})
+        hp = pl_module.hparams
         arch = self.clean_arch or hp.get("arch")
         kwargs = self.clean_arch_kwargs if self.clean_arch_kwargs is not None else hp.get("arch_kwargs")
         if arch is None:
             raise ValueError("BackdoorSummary needs clean_arch: the trained module has no hparams.arch")
-        net = build_arch(arch, **arch_kwargs_with_scale(arch, kwargs, scale_of(pl_module, None)))
+        net = build_arch(arch, **arch_kwargs_with_scale(arch, kwargs, pl_module.scale))
         return load_weights(net, self.clean_weights).to(device).eval()
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -473,13 +476,13 @@ class BackdoorSummary(L.Callback):
             return
         dm = trainer.datamodule
         device = pl_module.device
-        scale = scale_of(pl_module, dm)
+        scale = pl_module.scale
         was_training = pl_module.training
         pl_module.eval()
         try:
             kwargs = dict(datamodule=dm, device=device, psnr_thr=self.psnr_thr, ssim_thr=self.ssim_thr, scale=scale,
                           max_images=self.max_images)
-            backdoored = evaluate_backdoor(model_sr_fn(pl_module), **kwargs)
+            backdoored = evaluate_backdoor(pl_module.super_resolve, **kwargs)
             clean_net = self._clean_model(pl_module, device)
             clean = None
             if clean_net is not None:
@@ -490,24 +493,22 @@ class BackdoorSummary(L.Callback):
         self.results = {
             "backdoored": backdoored, "clean": clean, "bicubic_psnr_y": backdoored["bicubic_psnr_y"],
             "poison_report": dict(dm.poison_report), "selection": selection,
-            "config": {"label": getattr(dm, "label", None), "trigger": _trigger_config(dm),
-                       "poison_rate": getattr(dm, "poison_rate", None), "budget": getattr(dm, "budget", None),
-                       "poisoned_indices": getattr(dm, "poisoned_indices", None),
-                       "clean_weights": self.clean_weights, "psnr_thr": self.psnr_thr, "ssim_thr": self.ssim_thr,
-                       "perceptual": getattr(getattr(dm, "trigger", None), "perceptual_used", None)},
+            "config": {**dict(dm.poison_config()), "poisoned_indices": list(dm.poisoned_indices),
+                       "clean_weights": self.clean_weights, "psnr_thr": self.psnr_thr, "ssim_thr": self.ssim_thr},
         }
         rank_zero_info("\n" + self.table() + f"\n\nTensorBoard:  tensorboard --logdir {log_dir.parent}\n")
         with atomic_write(log_dir / self.output) as tmp:
             tmp.write_text(json.dumps(self.results, indent=2, default=float))
 
-    @staticmethod
-    def _selection(trainer: L.Trainer) -> dict[str, Any] | None:
-        for cb in trainer.callbacks:
-            results = getattr(cb, "results", None)
-            if type(cb).__name__ == "GeneticSelectionCallback" and results:
-                return {k: results.get(k) for k in ("epoch", "fitness", "fitness_ga", "fitness_random",
-                                                    "fitness_topk", "size", "budget", "pool", "seeded_with_topk")}
-        return None
+    def _selection(self, trainer: L.Trainer) -> dict[str, Any] | None:
+        results = self.selection if self.selection is not None else find_selection_results(trainer)
+        last = None if results is None else results.last
+        if last is None:
+            return None
+        values = last.as_dict()
+        keys = ("epoch", "selector", "fitness", "fitness_selected", "fitness_ga", "fitness_random", "fitness_topk",
+                "size", "budget", "pool", "seeded_with_topk")
+        return {k: values[k] for k in keys if k in values}
 
     def table(self) -> str:
         """The summary as plain-text tables (after ``on_fit_end``)."""
@@ -538,13 +539,14 @@ class BackdoorSummary(L.Callback):
         text.append(format_table(stealth_rows, ("stealth", "PSNR (dB)", "SSIM")))
         s = r["selection"]
         if s:
-            sel_rows = [(f"fitness ({s['fitness']}), epoch {s['epoch']}", _fmt(s["fitness_ga"], "fit"),
+            sel_rows = [(f"fitness ({s['fitness']}), epoch {s['epoch']}", _fmt(s["fitness_selected"], "fit"),
                          _fmt(s["fitness_random"], "fit"), _fmt(s["fitness_topk"], "fit"))]
             note = " (GA seeded with top-k)" if s.get("seeded_with_topk") else ""
-            text.append(format_table(sel_rows, (f"selection of {s['size']}/{s['pool']}{note}", "GA", "random",
+            chosen = "GA" if s["selector"] == "genetic" else f"{s['selector']} (chosen)"
+            text.append(format_table(sel_rows, (f"selection of {s['size']}/{s['pool']}{note}", chosen, "random",
                                                 "top-k")))
         else:
-            text.append("selection: no GeneticSelectionCallback ran (initial random set kept)")
+            text.append("selection: none ran (no PoisonSelectionCallback; the initial random set was kept)")
         return "\n\n".join(text)
 
     @staticmethod

@@ -8,7 +8,8 @@ it need not inherit from anything.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import typing
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -90,3 +91,38 @@ class PoisonedData(Protocol):
     def val_dataloader(self) -> Any:
         """The clean validation loader (batches ``{"lr", "hr", "index", ...}``)."""
         ...
+
+
+@runtime_checkable
+class PixelLossModel(Protocol):
+    """An SR LightningModule whose training loss has a pixel term ``pixel_loss(sr, hr) -> scalar``.
+
+    ``SRModule`` and ``GANModule`` are. The backdoor-gradient scorer differentiates it when asked
+    for the victim's own loss (``GradientScorer(loss="module")``).
+    """
+
+    pixel_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def protocol_members(protocol: type) -> list[str]:
+    """The names a runtime-checkable protocol requires, sorted."""
+    members = getattr(protocol, "__protocol_attrs__", None)
+    if members is None:  # Python < 3.12
+        members = typing._get_protocol_attrs(protocol)  # noqa: SLF001
+    return sorted(members)
+
+
+def require(obj: Any, protocol: type, who: str, role: str) -> None:
+    """Raise ``TypeError`` naming the missing members unless ``obj`` satisfies ``protocol``.
+
+    Args:
+        obj: the data module or LightningModule to check.
+        protocol: one of the protocols above.
+        who: the component that needs it (for the message), e.g. ``"PoisonSelectionCallback"``.
+        role: what ``obj`` is, e.g. ``"trainer.datamodule"``.
+    """
+    if obj is not None and isinstance(obj, protocol):
+        return
+    missing = [m for m in protocol_members(protocol) if not hasattr(obj, m)] if obj is not None else []
+    raise TypeError(f"{who} needs {role} to be a {protocol.__name__} ({protocol.__module__}.{protocol.__name__}); "
+                    f"{role} is {type(obj).__name__}, missing {missing or protocol_members(protocol)}")

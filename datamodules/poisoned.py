@@ -968,6 +968,13 @@ class PoisonedSRDataModule(L.LightningDataModule):
             self._target_sizes[key] = resize_target(self.target_image, 1, h, w, c).contiguous()
         return self._target_sizes[key].to(device=hr.device, dtype=hr.dtype).expand(n, -1, -1, -1)
 
+    def poison_config(self) -> dict[str, Any]:
+        """What was poisoned and how, as plain values (``callbacks.protocols.PoisonedData``; for summaries)."""
+        trigger = self.trigger
+        return {"label": self.label, "trigger": None if trigger is None else trigger.config(),
+                "poison_rate": self.poison_rate, "budget": self.budget,
+                "perceptual": getattr(trigger, "perceptual_used", None)}
+
     @property
     def poisoned_indices(self) -> list[int]:
         """The active poisoned set (dataset indices, sorted)."""

@@ -14,18 +14,32 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from callbacks import BackdoorGradientCallback, GeneticSelectionCallback
+from callbacks import (
+    BackdoorGradientCallback,
+    GeneticSelectionCallback,
+    PoisonSelectionCallback,
+    SelectionResults,
+)
 from callbacks.backdoor_gradients import to_pool_order
 from lit_sr.modules import SRModule
-from lit_sr.poison import naive_per_sample_grad_stats, random_select, selection_fitness, topk_select
+from lit_sr.poison import (
+    GeneticSelector,
+    GradientScorer,
+    TopKSelector,
+    naive_per_sample_grad_stats,
+    random_select,
+    selection_fitness,
+    topk_select,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN = 16
@@ -53,9 +67,11 @@ class _PairDataset(Dataset):
 class StandInPoisonedDataModule(L.LightningDataModule):
     """Random 16 px LR / 32 px HR pairs; a Blend-like trigger and a half-target poisoned HR.
 
-    Implements the PoisonedSRDataModule members the callbacks use: ``candidate_indices``,
-    ``budget``, ``candidate_batches``, ``set_poisoned_indices``, ``poisoned_indices``. Loaders are
-    rebuilt every epoch (``reload_dataloaders_every_n_epochs=1``) and read the set then.
+    Satisfies ``callbacks.protocols.PoisonedData`` (what the callbacks read): the pool
+    (``candidate_indices``, ``budget``, ``candidate_batches``, ``set_poisoned_indices``,
+    ``poisoned_indices``) and the backdoor-evaluation side (``backdoor_val_pair``, ``target_for``,
+    ``poison_report``, ``poison_config``, no substitute). Loaders are rebuilt every epoch
+    (``reload_dataloaders_every_n_epochs=1``) and read the set then.
     """
 
     def __init__(self, seed: int = 0):
@@ -64,6 +80,7 @@ class StandInPoisonedDataModule(L.LightningDataModule):
         self.hr = torch.rand(N_TRAIN, 3, 32, 32, generator=g)
         self.lr = F.avg_pool2d(self.hr, 2)
         pattern, target = torch.rand(3, 16, 16, generator=g), torch.rand(3, 32, 32, generator=g)
+        self.pattern, self.target = pattern, target
         self.triggered_lr = 0.8 * self.lr + 0.2 * pattern
         # per-sample weights so the candidates' backdoor gradients differ in size
         w = torch.linspace(0.2, 1.0, N_TRAIN)[torch.randperm(N_TRAIN, generator=g)].view(-1, 1, 1, 1)
@@ -72,6 +89,18 @@ class StandInPoisonedDataModule(L.LightningDataModule):
         self.budget = BUDGET
         self.poisoned_indices = sorted(POOL[:BUDGET])
         self.set_calls: list[list[int]] = []
+        self.scale = 2
+        self.feature_extractor = None
+        self.poison_report = {"poisoned_hr_psnr": float(-10 * torch.log10((self.poisoned_hr - self.hr).pow(2).mean()))}
+
+    def poison_config(self) -> dict:
+        return {"label": "half-target", "trigger": {"name": "blend", "alpha": 0.2}, "budget": self.budget}
+
+    def backdoor_val_pair(self, index: int, lr: torch.Tensor, hr: torch.Tensor):
+        return 0.8 * lr + 0.2 * self.pattern, 0.5 * hr + 0.5 * self.target
+
+    def target_for(self, hr: torch.Tensor) -> torch.Tensor:
+        return self.target.to(hr).expand(hr.shape[0], -1, -1, -1)
 
     def set_poisoned_indices(self, indices) -> None:
         indices = sorted(int(i) for i in indices)
@@ -288,6 +317,192 @@ def test_pool_order_rejects_missing_or_repeated_candidates():
     assert order == [5, 9, 7] and out.tolist() == [2.0, 3.0, 1.0]
     with pytest.raises(ValueError, match="exactly once"):
         to_pool_order([5, 9, 7], norms, None, torch.tensor([9, 9, 5]))
+
+
+# --------------------------------------------------------------------------- PoisonSelectionCallback
+class ScoreProbe(L.Callback):
+    """After the selection callback: its scores against the naive loop under L1 and MSE, on the same weights."""
+
+    def __init__(self, sel: PoisonSelectionCallback):
+        self.sel, self.diffs = sel, []
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self.sel.scores_epoch != trainer.current_epoch:
+            return
+        dm = trainer.datamodule
+        idx = torch.tensor(dm.candidate_indices)
+        l1, _ = naive_per_sample_grad_stats(pl_module.net, dm.triggered_lr[idx], dm.poisoned_hr[idx], loss="l1",
+                                            sketch_dim=None)
+        mse, _ = naive_per_sample_grad_stats(pl_module.net, dm.triggered_lr[idx], dm.poisoned_hr[idx], loss="mse",
+                                             sketch_dim=None)
+        norms = self.sel.scores.norms
+        self.diffs.append((float(((norms - l1).abs() / l1).max()), float(((norms - mse).abs() / mse).max())))
+
+
+def test_selection_callback_scores_with_the_victims_loss_and_installs_topk(tmp_path):
+    sel = PoisonSelectionCallback(scorer=GradientScorer(batch_size=5, sketch_dim=None),
+                                  selector=TopKSelector(fitness="sum_of_norms"), save_plot=False)
+    probe = ScoreProbe(sel)
+    trainer, data = _fit(tmp_path, [sel, probe], max_epochs=3)  # SRModule's loss: l1
+    assert [r.epoch for r in sel.selection_results.runs] == [0, 1]
+    assert len(probe.diffs) == 2
+    for to_l1, to_mse in probe.diffs:
+        assert to_l1 < 1e-3, "the scores are the gradients of the module's own L1 loss"
+        assert to_mse > 0.05, "not of MSE"
+    last = sel.selection_results.last
+    assert last.selector == "topk" and last.chosen == last.topk == data.poisoned_indices
+    assert last.chosen == sorted(POOL[p] for p in topk_select(sel.scores.norms, BUDGET).tolist())
+    assert last.fitness_selected == pytest.approx(last.fitness_topk) and last.fitness_topk >= last.fitness_random
+    assert data.set_calls == [r.chosen for r in sel.selection_results.runs]
+    assert float(trainer.callback_metrics["selection/fitness_topk"]) == pytest.approx(last.fitness_topk, rel=1e-5)
+    assert "selection/fitness_ga" not in trainer.callback_metrics
+
+
+def test_selection_callback_validates_its_parts(tmp_path):
+    with pytest.raises(TypeError, match="scorer"):
+        PoisonSelectionCallback(scorer="grad")
+    with pytest.raises(TypeError, match="selector"):
+        PoisonSelectionCallback(selector="genetic")
+    with pytest.raises(ValueError, match="sketch_dim"):
+        PoisonSelectionCallback(scorer=GradientScorer(sketch_dim=None), selector=GeneticSelector())
+    with pytest.raises(ValueError, match="loss"):
+        GradientScorer(loss="huber")
+    with pytest.raises(ValueError, match="autocast"):
+        GradientScorer(autocast="fp16")
+
+    class PlainData(L.LightningDataModule):
+        def train_dataloader(self):
+            return StandInPoisonedDataModule().train_dataloader()
+
+    with pytest.raises(TypeError, match=r"PoisonedData.*candidate_batches"):
+        _fit(tmp_path, [PoisonSelectionCallback()], max_epochs=2, data=PlainData())
+
+    class NoPixelLoss(L.Callback):  # a module without a training pixel loss, as a custom module might be
+        def setup(self, trainer, pl_module, stage):
+            del pl_module.pixel_loss
+
+    with pytest.raises(TypeError, match="pixel_loss"):
+        _fit(tmp_path, [NoPixelLoss(), PoisonSelectionCallback()], max_epochs=2)
+
+
+# --------------------------------------------------------------------------- resume
+class ShuffledData(StandInPoisonedDataModule):
+    """Shuffled training batches and a checkpointed poisoned set.
+
+    ``per_epoch_seed``: the order comes from the sampler's own generator seeded with the epoch
+    (only the sampler draws from it, so the extra ``iter()`` calls of a restart do not shift it);
+    otherwise from the global torch generator (``shuffle=True``), which Lightning does not checkpoint.
+    """
+
+    def __init__(self, per_epoch_seed: bool):
+        super().__init__()
+        self.per_epoch_seed = per_epoch_seed
+
+    def train_dataloader(self) -> DataLoader:
+        if not self.per_epoch_seed:
+            return DataLoader(_PairDataset(self), batch_size=4, shuffle=True)
+        dataset = _PairDataset(self)
+        generator = torch.Generator().manual_seed(1000 + self.trainer.current_epoch)
+        return DataLoader(dataset, batch_size=4, sampler=RandomSampler(dataset, generator=generator))
+
+    def state_dict(self) -> dict:
+        return {"poisoned_indices": self.poisoned_indices}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.poisoned_indices = list(state_dict["poisoned_indices"])
+
+
+class SimulatedCrash(RuntimeError):
+    pass
+
+
+class Crash(L.Callback):
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 3:
+            raise SimulatedCrash("killed at the start of epoch 3; the checkpoint of epoch 2 is on disk")
+
+
+def _selections(folder: Path, per_epoch_seed: bool, crash: bool = False, ckpt: str | None = None) -> list:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    L.seed_everything(0, verbose=False)
+    sel = PoisonSelectionCallback(scorer=GradientScorer(batch_size=6, sketch_dim=32),
+                                  selector=GeneticSelector(population=8, generations=5), save_plot=False)
+    callbacks = [sel, ModelCheckpoint(dirpath=str(folder), save_last=True, save_top_k=-1)] + ([Crash()] if crash else [])
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=6, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, reload_dataloaders_every_n_epochs=1, default_root_dir=str(folder),
+                        callbacks=callbacks)
+    try:
+        trainer.fit(_module(), datamodule=ShuffledData(per_epoch_seed), ckpt_path=ckpt)
+    except SimulatedCrash:
+        assert crash
+    return [(r.epoch, r.chosen, r.fitness_selected, r.fitness_random, r.history) for r in sel.selection_results.runs]
+
+
+@pytest.mark.parametrize("per_epoch_seed", [True, False])
+def test_interrupted_and_resumed_selections_equal_the_uninterrupted_ones(tmp_path, per_epoch_seed):
+    full = _selections(tmp_path / "full", per_epoch_seed)
+    partial = _selections(tmp_path / "part", per_epoch_seed, crash=True)
+    assert [r[0] for r in full] == [0, 1, 2, 3, 4] and [r[0] for r in partial] == [0, 1, 2]
+    resumed = _selections(tmp_path / "resumed", per_epoch_seed, ckpt=str(tmp_path / "part" / "last.ckpt"))
+    assert resumed[:3] == full[:3], "the selections made before the crash come back from the checkpoint"
+    if per_epoch_seed:
+        assert resumed == full, "same schedule, seeds, scorer and training order: the same selections"
+    else:  # what a resume does not reproduce (README): an order drawn from the global generator
+        assert [r[2] for r in resumed[3:]] != [r[2] for r in full[3:]]
+
+
+# --------------------------------------------------------------------------- BackdoorSummary / BackdoorEvalCallback
+class _RecordingExtractor(torch.nn.Module):
+    """A feature extractor that records any attempt to move or cast it (``Module._apply``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.moves = 0
+
+    def _apply(self, fn, recurse=True):
+        self.moves += 1
+        return super()._apply(fn, recurse)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class ValData(StandInPoisonedDataModule):
+    def __init__(self):
+        super().__init__()
+        self.feature_extractor = _RecordingExtractor().requires_grad_(False)
+        self.feature_extractor.moves = 0
+
+    def val_dataloader(self) -> DataLoader:
+        pairs = [{"lr": self.lr[i], "hr": self.hr[i], "index": i, "path": f"val{i}"} for i in range(4)]
+        return DataLoader(pairs, batch_size=2)
+
+
+def test_summary_reads_the_selection_results_and_the_poison_config(tmp_path):
+    from callbacks import BackdoorEvalCallback, BackdoorSummary
+
+    sel = PoisonSelectionCallback(scorer=GradientScorer(batch_size=6, sketch_dim=16),
+                                  selector=GeneticSelector(population=6, generations=3), save_plot=False)
+    evaluation, summary = BackdoorEvalCallback(num_grid_images=0), BackdoorSummary()
+    trainer, data = _fit(tmp_path, [sel, evaluation, summary], max_epochs=2, data=ValData())
+    last = sel.selection_results.last
+    s = summary.results["selection"]
+    assert s["epoch"] == last.epoch == 0 and s["selector"] == "genetic"
+    assert s["fitness_selected"] == s["fitness_ga"] == last.fitness_selected
+    assert s["fitness_random"] == last.fitness_random and s["fitness_topk"] == last.fitness_topk
+    config = summary.results["config"]
+    assert config["label"] == "half-target" and config["trigger"] == {"name": "blend", "alpha": 0.2}
+    assert config["poisoned_indices"] == data.poisoned_indices == last.chosen
+    assert "GA" in summary.table() and f"{last.fitness_selected:.4g}" in summary.table()
+    assert "backdoor/asr_feature" in trainer.callback_metrics, "the substitute's features were used"
+    assert data.feature_extractor.moves == 0, "the callbacks used the extractor where it was, never moved it"
+    # passed by reference instead of looked up
+    other = SelectionResults([replace(last, epoch=7)])
+    assert BackdoorSummary(selection=other)._selection(trainer)["epoch"] == 7
+    with pytest.raises(TypeError, match="selection"):
+        BackdoorSummary(selection={"epoch": 1})
 
 
 # --------------------------------------------------------------------------- DDP

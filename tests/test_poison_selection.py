@@ -130,3 +130,74 @@ def test_random_and_topk_select():
 def test_bad_parameters_raise_naming_them(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+# --------------------------------------------------------------------------- pool-scale evaluation
+from lit_sr.poison import GeneticSelector, RandomSelector, TopKSelector  # noqa: E402
+from lit_sr.poison.selection import SparseFitness, _check_scores, dense_fitness  # noqa: E402
+
+
+def _population(n, size, count, seed):
+    rng = np.random.default_rng(seed)
+    return [rng.choice(n, size=int(rng.integers(1, size + 1)), replace=False).tolist() for _ in range(count)]
+
+
+@pytest.mark.parametrize("fitness", ["norm_of_sum", "sum_of_norms"])
+def test_sparse_fitness_equals_the_dense_membership_product(fitness):
+    sketches = np.random.default_rng(0).standard_normal((3000, 96), dtype=np.float32)
+    scores = sketches if fitness == "norm_of_sum" else np.linalg.norm(sketches, axis=1)
+    arr = _check_scores(scores, fitness)
+    subsets = _population(3000, 300, 40, seed=1)
+    sparse = SparseFitness(arr, fitness, lam=0.01)(subsets)
+    dense = dense_fitness(subsets, arr, fitness, lam=0.01)
+    # exact reference in float64: both agree with it to float32 rounding
+    exact = np.array([np.linalg.norm(sketches[s].astype(np.float64).sum(0)) if fitness == "norm_of_sum"
+                      else arr[s].sum() for s in subsets]) - 0.01 * np.array([len(s) for s in subsets])
+    np.testing.assert_allclose(sparse, dense, rtol=2e-6)
+    np.testing.assert_allclose(sparse, exact, rtol=2e-6)
+
+
+@pytest.mark.parametrize("fitness", ["norm_of_sum", "sum_of_norms"])
+def test_sparse_and_dense_ga_make_the_same_choices(fitness):
+    sketches = np.random.default_rng(4).standard_normal((400, 32), dtype=np.float32)
+    scores = sketches if fitness == "norm_of_sum" else np.linalg.norm(sketches, axis=1)
+    kwargs = dict(budget=40, fitness=fitness, population=16, generations=30, seed=3)
+    sparse_sel, sparse_hist = genetic_select(scores, evaluation="sparse", **kwargs)
+    dense_sel, dense_hist = genetic_select(scores, evaluation="dense", **kwargs)
+    assert sparse_sel.tolist() == dense_sel.tolist()
+    np.testing.assert_allclose(sparse_hist, dense_hist, rtol=2e-6)
+    assert sparse_hist[-1] > sparse_hist[0], "the search improved on its initial population"
+
+
+def test_sketches_stay_float32_or_float16_without_copies():
+    f32 = np.random.default_rng(0).standard_normal((500, 64), dtype=np.float32)
+    assert _check_scores(f32, "norm_of_sum") is f32 or np.shares_memory(_check_scores(f32, "norm_of_sum"), f32)
+    f16 = f32.astype(np.float16)
+    kept = _check_scores(f16, "norm_of_sum")
+    assert kept.dtype == np.float16 and np.shares_memory(kept, f16)
+    import torch
+
+    t = torch.from_numpy(f32)
+    assert np.shares_memory(_check_scores(t, "norm_of_sum"), f32), "a CPU float32 tensor is viewed, not copied"
+    assert _check_scores(f32.astype(np.float64), "norm_of_sum").dtype == np.float32
+    subset = list(range(0, 500, 7))
+    exact = float(np.linalg.norm(f16[subset].astype(np.float64).sum(0)))
+    assert selection_fitness(subset, f16) == pytest.approx(exact, rel=1e-3)  # float16 output rounding
+
+
+def test_selector_objects_match_the_functions():
+    sketches = np.random.default_rng(5).standard_normal((60, 8), dtype=np.float32)
+    norms = np.linalg.norm(sketches, axis=1)
+    topk = TopKSelector().select(norms, sketches, 6, seed=0)
+    assert topk.positions.tolist() == topk_select(norms, 6).tolist()
+    assert topk.history == [pytest.approx(selection_fitness(topk.positions, sketches))]
+    rand = RandomSelector(fitness="sum_of_norms").select(norms, None, 6, seed=9)
+    assert rand.positions.tolist() == random_select(60, 6, seed=9).tolist()
+    ga = GeneticSelector(population=10, generations=8).select(norms, sketches, 6, seed=2)
+    assert ga.positions.tolist() == genetic_select(sketches, 6, population=10, generations=8, seed=2,
+                                                   initial=[topk_select(norms, 6).tolist()])[0].tolist()
+    assert selection_fitness(ga.positions, sketches) >= selection_fitness(topk.positions, sketches) - 1e-6
+    with pytest.raises(ValueError, match="sketch_dim"):
+        GeneticSelector().select(norms, None, 6, seed=0)
+    with pytest.raises(ValueError, match="tournament_size"):
+        GeneticSelector(population=4, tournament_size=5)

@@ -6,7 +6,9 @@ arXiv 2505.15308) on any ``nn.Module``; nothing here depends on Lightning.
 * :mod:`~lit_sr.poison.triggers`: BadNet, Blend, SIG, WaNet and BadSR's adversarial trigger.
 * :mod:`~lit_sr.poison.poisoned_hr`: feature-aligned poisoned HR labels (Eq. 13).
 * :mod:`~lit_sr.poison.gradients`: per-sample backdoor gradient norms and sketches (torch.func).
-* :mod:`~lit_sr.poison.selection`: genetic (DEAP), random and top-k selection of poisoned samples.
+* :mod:`~lit_sr.poison.scoring`: :class:`GradientScorer`, the pool's backdoor-gradient scores.
+* :mod:`~lit_sr.poison.selection`: genetic (DEAP), random and top-k selection of poisoned samples
+  (functions and the selector objects ``GeneticSelector``, ``RandomSelector``, ``TopKSelector``).
 * :mod:`~lit_sr.poison.asr`: success metrics (pixel ASR, label attainment, feature shift), stealth.
 """
 
@@ -30,7 +32,18 @@ from lit_sr.poison.gradients import (
     sketch_vectors,
 )
 from lit_sr.poison.poisoned_hr import FeatureExtractor, make_poisoned_hr, resize_target
-from lit_sr.poison.selection import genetic_select, random_select, selection_fitness, topk_select
+from lit_sr.poison.scoring import GradientScorer, GradientScores
+from lit_sr.poison.selection import (
+    GeneticSelector,
+    RandomSelector,
+    Selected,
+    Selector,
+    TopKSelector,
+    genetic_select,
+    random_select,
+    selection_fitness,
+    topk_select,
+)
 from lit_sr.poison.triggers import (
     SIG,
     AdversarialTrigger,
@@ -54,6 +67,13 @@ __all__ = [
     "BadNet",
     "Blend",
     "FeatureExtractor",
+    "GeneticSelector",
+    "GradientScorer",
+    "GradientScores",
+    "RandomSelector",
+    "Selected",
+    "Selector",
+    "TopKSelector",
     "SIG",
     "Trigger",
     "WaNet",
