@@ -33,6 +33,19 @@ demo-quick: $(STAMP)
 quickstart: $(STAMP)
 	$(PY) train.py fit --config configs/quickstart.yaml
 
+# The robustness report of the quickstart EDSR against bicubic (configs/robustness_quick.yaml): the
+# embedded validation photos as PNG files, the quickstart trained into a fixed logger version when its
+# weights are missing, then the report (runs/robustness_quick/summary.md).
+QUICKSTART_VERSION ?= quickstart
+QUICKSTART_WEIGHTS := runs/quickstart/$(QUICKSTART_VERSION)/weights.pth
+.PHONY: robustness
+robustness: $(STAMP)
+	$(PY) -c "from datamodules import export_embedded_photos; export_embedded_photos('data/embedded_val', 'val', max_side=256)"
+	test -f $(QUICKSTART_WEIGHTS) || $(PY) train.py fit --config configs/quickstart.yaml \
+	  --trainer.logger.init_args.version $(QUICKSTART_VERSION)
+	$(PY) -m lit_sr.evaluate --config configs/robustness_quick.yaml \
+	  --models.EDSR-quickstart.weights $(QUICKSTART_WEIGHTS)
+
 test: $(STAMP)
 	$(PY) -m pytest tests -x --durations=15
 

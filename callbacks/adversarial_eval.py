@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from pathlib import Path
 from typing import Any
 
@@ -14,29 +13,26 @@ from torch import nn
 from torchvision.utils import make_grid
 
 from lit_sr.attacks import infer_scale
-from lit_sr.evaluate import (
+from lit_sr.attacks.spec import (
     AttackRunner,
     AttackSpec,
     eps_label,
-    figure_to_tensor,
     parse_attacks,
     parse_eps_list,
     predict,
-    psnr_vs_eps_figure,
-    save_figure,
     shape_batches,
 )
 from lit_sr.io import write_image
-from lit_sr.runtime import autocast_dtype, model_device
+from lit_sr.plots import figure_to_tensor, psnr_vs_eps_figure, save_figure
+from lit_sr.runtime import Autocast, autocast_dtype, model_device
+from lit_sr.validation import check_int
 
 DEFAULT_ATTACKS = {"ifgsm": {"steps": 10}}
 DEFAULT_EPS = (2 / 255, 8 / 255)
 
 
 def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"AdversarialEvalCallback: {name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+    return check_int(value, f"AdversarialEvalCallback.{name}", minimum)
 
 
 def attack_row(
@@ -75,7 +71,7 @@ class AdversarialEvalCallback(L.Callback):
 
     Logged, reduced across ranks as sums and counts (so unequal shards weigh by image):
     ``attack/<name>/eps<k>/<metric>`` with ``k = eps * 255`` and the metrics of
-    :class:`lit_sr.evaluate.AttackRunner`: ``lr_psnr`` (stealth), ``sr_psnr`` and ``sr_ssim``
+    :class:`lit_sr.attacks.spec.AttackRunner`: ``lr_psnr`` (stealth), ``sr_psnr`` and ``sr_ssim``
     (attacked vs clean output), ``hr_psnr``, ``hr_ssim``, ``clean_hr_psnr`` (vs ground truth); the
     targeted attack adds ``target_psnr`` and ``clean_target_psnr``. With ``log_images``, rank 0
     also sends a PSNR-vs-eps plot and image grids to TensorBoard and writes them as PNG under
@@ -83,7 +79,7 @@ class AdversarialEvalCallback(L.Callback):
     enlarged by the scale) | clean SR | attacked SR.
 
     Args:
-        attacks: name -> parameters, as the ``attacks`` block of ``lit_sr.evaluate`` (kinds
+        attacks: name -> parameters, as the ``attacks`` block of the robustness report (kinds
             ``ifgsm``, ``pgd``, ``partial``, ``universal``, ``targeted``, ``square``; ``attack:``
             picks the kind when the name is not one). Default ``{"ifgsm": {"steps": 10}}``: 10
             steps instead of the paper's 50 keep the check cheap inside training. ``reference``
@@ -97,7 +93,7 @@ class AdversarialEvalCallback(L.Callback):
         y_channel: metrics on BT.601 Y (the SR convention) instead of RGB.
         crop_border: SR-side border crop of the metrics; ``None`` means the module's ``scale``.
         batch_size: images attacked together (same-size images only).
-        autocast: ``False`` or ``"bf16"`` for the attacks' forward passes (metrics stay fp32).
+        autocast: ``"none"`` (float32) or ``"bf16"`` for the attacks' forward passes (metrics stay fp32).
         seed: seed of the attacks' random choices (random starts, squares).
         save_png: also write the plot and grids as PNG files (with ``log_images``).
     """
@@ -113,7 +109,7 @@ class AdversarialEvalCallback(L.Callback):
         y_channel: bool = True,
         crop_border: int | None = None,
         batch_size: int = 8,
-        autocast: bool | str = False,
+        autocast: Autocast = "none",
         seed: int = 0,
         save_png: bool = True,
     ):
@@ -128,7 +124,7 @@ class AdversarialEvalCallback(L.Callback):
         self.batch_size = _check_int(batch_size, "batch_size", 1)
         self.seed = _check_int(seed, "seed", 0)
         self.crop_border = None if crop_border is None else _check_int(crop_border, "crop_border", 0)
-        autocast_dtype(autocast or "none")  # raises on anything but False/"none"/"bf16"
+        autocast_dtype(autocast, "AdversarialEvalCallback.autocast")  # raises naming it on anything else
         self.autocast = autocast
         self.log_images, self.y_channel, self.save_png = bool(log_images), bool(y_channel), bool(save_png)
         self._val_runs = 0
@@ -178,8 +174,7 @@ class AdversarialEvalCallback(L.Callback):
         if not self._active:
             return
         self._active = False
-        eval_net = getattr(pl_module, "eval_net", None)
-        model = eval_net() if callable(eval_net) else pl_module
+        model = self._eval_model(pl_module)
         device = model_device(model) or pl_module.device
         scale = self._scale(pl_module, model, device)
         crop_border = scale if self.crop_border is None else self.crop_border
@@ -199,6 +194,15 @@ class AdversarialEvalCallback(L.Callback):
         if self.log_images and trainer.is_global_zero:
             self._log_visuals(trainer, means, grids)
         self._subset = []
+
+    @staticmethod
+    def _eval_model(pl_module: L.LightningModule) -> nn.Module:
+        # ``eval_net`` is the EMA network when the module keeps one: a method on SRModule, a property
+        # in callbacks.protocols.SRModel; a module without it is attacked as it is.
+        eval_net = getattr(pl_module, "eval_net", None)
+        if isinstance(eval_net, nn.Module):
+            return eval_net
+        return eval_net() if callable(eval_net) else pl_module
 
     def _scale(self, pl_module: L.LightningModule, model: nn.Module, device: torch.device) -> int:
         scale = getattr(pl_module, "scale", None)

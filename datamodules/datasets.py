@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lit_sr.io import ImageReadError, list_images, read_image
-from lit_sr.ops import imresize, mod_crop
+from lit_sr.ops import make_lr
 
 
 class DataError(ValueError):
@@ -154,12 +154,9 @@ class SRPairDataset(Dataset):
                     f"expected HR {expected[0]}x{expected[1]}"
                 )
         else:
-            hr = mod_crop(hr, self.scale)
             if min(hr.shape[-2:]) < self.scale:
                 raise DataError(f"image {rec.hr_path or rec.name} ({tuple(hr.shape[-2:])}) is smaller than the scale")
-            lr = imresize(hr, 1 / self.scale).clamp(0, 1)
-            # MATLAB writes LR images as uint8: round so that training sees what a file would hold.
-            lr = (lr * 255).round() / 255
+            lr, hr = make_lr(hr, self.scale)  # mod-crop, MATLAB bicubic, rounded to 8 bits as a file holds
         if self.cache:
             self._cache[i] = (lr, hr)
         return lr, hr

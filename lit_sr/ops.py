@@ -138,6 +138,23 @@ def tile_cores(starts: list[int], tile: int, size: int) -> list[tuple[int, int]]
     return list(zip(bounds, bounds[1:]))
 
 
+def make_lr(hr: torch.Tensor, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The SR benchmark protocol's LR image of an HR image: ``(lr, hr)`` with ``hr`` mod-cropped.
+
+    The HR image is cropped to a multiple of ``scale`` (:func:`mod_crop`), shrunk by MATLAB
+    bicubic (:func:`imresize`), clamped to [0, 1] and rounded to 8 bits, because MATLAB writes LR
+    images as uint8 files: a model sees what a benchmark's LR PNG would hold. Works on ``(C, H, W)``
+    or ``(N, C, H, W)``.
+    """
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"make_lr: scale must be an integer >= 1, got {scale!r}")
+    if min(hr.shape[-2:]) < scale:
+        raise ValueError(f"make_lr: an image of {tuple(hr.shape[-2:])} is smaller than the scale {scale}")
+    hr = mod_crop(hr, scale)
+    lr = imresize(hr, 1 / scale).clamp(0, 1)
+    return (lr * 255).round() / 255, hr
+
+
 def tiled_forward(
     fn,
     x: torch.Tensor,

@@ -21,9 +21,11 @@ import yaml
 from datamodules import export_embedded_photos
 from datamodules.sr import EMBEDDED_TRAIN, load_embedded_photo
 from lit_sr.archs import build_arch
-from lit_sr.evaluate import ConfigError, eps_label, load_config, main, parse_config, parse_eps, run_report
+from lit_sr.attacks.spec import eps_label, parse_eps
+from lit_sr.evaluate import main
 from lit_sr.io import read_image, save_weights
 from lit_sr.ops import imresize
+from lit_sr.report import ConfigError, load_config, parse_config, run_report
 
 ROOT = Path(__file__).resolve().parents[1]
 EDSR_KWARGS = {"num_feat": 16, "num_block": 2, "img_range": 1.0}
@@ -185,3 +187,153 @@ def test_eps_strings_and_labels():
     assert eps_label(8 / 255) == "eps8" and eps_label(0.01) == "eps2.55"
     with pytest.raises(ConfigError, match="eps"):
         parse_eps("eight")
+
+
+# --------------------------------------------------------------------------- the command line (jsonargparse)
+
+
+def test_cli_weights_override_replaces_a_missing_path_and_keeps_the_entry(assets, tmp_path, capsys):
+    """``--models.<name>.weights PATH`` (issue 14: "unrecognized arguments") sets one key of one model."""
+    raw = _quick_raw(assets)
+    raw["models"]["edsr"]["weights"] = str(tmp_path / "not_there.pth")
+    config_path = tmp_path / "quick.yaml"
+    config_path.write_text(yaml.safe_dump(raw))
+    fast = ["--max_images", "1", "--attacks", "{ifgsm: {steps: 1}}", "--eps", "[8/255]", "--transfer", "null",
+            "--defenses", "null", "--no-progress"]
+
+    assert main(["--config", str(config_path), "--out", str(tmp_path / "no"), *fast]) == 2
+    assert "models.edsr.weights" in capsys.readouterr().err and not (tmp_path / "no").exists()
+
+    out = tmp_path / "report"
+    weights = str(assets / "edsr_x2.pth")
+    assert main(["--config", str(config_path), "--models.edsr.weights", weights, "--out", str(out), *fast]) == 0
+    data = json.loads((out / "results.json").read_text())
+    model = data["config"]["models"]["edsr"]
+    # the override set the path and kept the rest of the entry from the file
+    assert model["weights"] == weights and model["arch_kwargs"] == EDSR_KWARGS
+    assert {(r["model"], r["attack"], r["n_images"]) for r in data["rows"]} == {("edsr", "ifgsm", 1), ("bicubic", "ifgsm", 1)}
+    assert data["transfer"] is None and data["defenses"] == []
+
+
+def test_shipped_quick_config_takes_the_issue_14_override(tmp_path):
+    cfg = load_config(ROOT / "configs" / "robustness_quick.yaml",
+                      ["--models.EDSR-quickstart.weights", str(tmp_path / "w.pth"), "--max_images", "1"])
+    spec = cfg.models["EDSR-quickstart"]
+    assert spec.weights == str(tmp_path / "w.pth") and spec.arch_kwargs == {"num_feat": 32, "num_block": 4}
+    assert cfg.max_images == 1 and cfg.raw["models"]["EDSR-quickstart"]["weights"] == str(tmp_path / "w.pth")
+    # a whole mapping on the command line replaces that one entry (the other attacks stay)
+    cfg = load_config(ROOT / "configs" / "robustness_quick.yaml", ["--attacks.ifgsm", "{steps: 2}", "--transfer.eps", "2/255"])
+    assert {a.label: a.kwargs.get("steps") for a in cfg.attacks} == {"ifgsm": 2, "partial": 10, "universal": 10}
+    assert eps_label(cfg.transfer.eps) == "eps2" and cfg.transfer.attack == "ifgsm"
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["--models.EDSR-quickstart.weigths", "x.pth"], r"--models\.EDSR-quickstart\.weigths: unknown key"),
+        (["--models.EDSR-quickstart.strict", "maybe"], r"--models\.EDSR-quickstart\.strict: .*maybe"),
+        (["--models.EDSR-quickstart.arch_kwargs.num_feat", "8"], r"whole mapping.*--models\.EDSR-quickstart\.arch_kwargs"),
+        (["--attacks.ifgsm.steps", "3"], r"whole mapping.*--attacks\.ifgsm '"),
+        (["--transfer.epz", "0.1"], r"--transfer\.epz: unknown key"),
+        (["--transfer.eps", "2"], r"transfer\.eps"),
+        (["--autocast", "fp16"], "autocast"),
+        (["--max_images", "0"], "max_images"),
+        (["--defenses.attack", "universal"], r"defenses\.attack: 'universal' is a universal attack"),
+    ],
+)
+def test_bad_command_line_overrides_name_the_dotted_key(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(ROOT / "configs" / "robustness_quick.yaml", overrides)
+
+
+@pytest.mark.parametrize(
+    "path, value, match",
+    [
+        ("models.edsr.wieghts", "x.pth", r"models\.edsr\.wieghts: unknown key"),
+        ("models.edsr.strict", "maybe", r"models\.edsr\.strict: .*maybe"),
+        ("models.edsr.scale", 0, r"models\.edsr\.scale"),
+        ("transfer.epz", 1, r"transfer\.epz: unknown key"),
+        ("defenses.methods.resize", {"shrink": 1, "defence": "jpeg"}, r"defenses\.methods\.resize.*defence"),
+        ("autocast", False, "autocast"),
+    ],
+)
+def test_bad_yaml_keys_and_values_name_the_dotted_key(assets, tmp_path, path, value, match):
+    raw = _mutate(_quick_raw(assets), path, value)
+    with pytest.raises(ConfigError, match=match):
+        parse_config(raw, source="quick.yaml")
+    config_path = tmp_path / "bad.yaml"
+    config_path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=f"bad.yaml: .*{match}"):
+        load_config(config_path)
+
+
+def test_make_robustness_trains_where_the_report_reads():
+    """``make robustness`` (dry run): the data folder, the training's weights path and the report's agree."""
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.fail("make is not installed; the robustness target cannot be checked")
+    dry = subprocess.run(["make", "-n", "-C", str(ROOT), "robustness"], capture_output=True, text=True, check=True)
+    commands = dry.stdout.replace("\\\n", " ")
+    train = next(line for line in commands.splitlines() if "train.py fit" in line)
+    report = next(line for line in commands.splitlines() if "lit_sr.evaluate" in line)
+    export = next(line for line in commands.splitlines() if "export_embedded_photos" in line)
+    version = train.split("--trainer.logger.init_args.version")[1].split()[0]
+    logger = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())["trainer"]["logger"]["init_args"]
+    trained = f"{logger['save_dir']}/{logger['name']}/{version}/weights.pth"
+    assert f"test -f {trained} ||" in train
+    assert f"--models.EDSR-quickstart.weights {trained}" in report
+    quick = yaml.safe_load((ROOT / "configs" / "robustness_quick.yaml").read_text())
+    assert quick["models"]["EDSR-quickstart"]["weights"] == trained  # the documented one-liner needs no override
+    assert f"'{quick['datasets']['photos']}'" in export
+
+
+def test_one_make_lr_for_the_datasets_and_the_report(tmp_path):
+    """The report's image pairs and the data modules' pairs come from lit_sr.ops.make_lr, bit for bit."""
+    from datamodules import ImageRecord, SRPairDataset
+    from lit_sr.io import write_image
+    from lit_sr.ops import make_lr, mod_crop
+    from lit_sr.report import load_pairs
+
+    photo = load_embedded_photo(EMBEDDED_TRAIN[0], 64)[:, :41, :54]  # sizes that are not multiples of 4
+    path = write_image(photo, tmp_path / "photos" / "odd.png")
+    hr_file = read_image(path)
+    lr, hr = make_lr(hr_file, 4)
+    assert hr.shape[-2:] == (40, 52) and lr.shape[-2:] == (10, 13)
+    assert torch.equal(hr, mod_crop(hr_file, 4))
+    assert torch.equal(lr * 255, (lr * 255).round()) and 0 <= lr.min() and lr.max() <= 1  # 8-bit, as a file holds
+    # MATLAB bicubic of the mod-cropped image, then quantised: close to the unquantised resize, not equal
+    exact = imresize(hr, 1 / 4).clamp(0, 1)
+    assert (lr - exact).abs().max() <= 0.5 / 255 + 1e-6 and not torch.equal(lr, exact)
+
+    ds_lr, ds_hr = SRPairDataset([ImageRecord(name="odd", hr_path=path)], scale=4).load_pair(0)
+    (pair,) = load_pairs(tmp_path / "photos", 4)
+    assert torch.equal(ds_lr, lr) and torch.equal(ds_hr, hr)
+    assert torch.equal(pair.lr, lr) and torch.equal(pair.hr, hr)
+    with pytest.raises(ValueError, match="smaller than the scale"):
+        make_lr(hr_file[:, :3, :3], 4)
+
+
+def test_attack_runner_takes_the_one_autocast_spelling():
+    from lit_sr.attacks.spec import AttackRunner, parse_attacks
+
+    torch.manual_seed(0)
+    net = build_arch("edsr", upscale=2, num_feat=8, num_block=1, img_range=1.0).eval()
+    seen: list[torch.dtype] = []
+    net.conv_first.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    lr = torch.rand(2, 3, 12, 12)
+    hr = torch.rand(2, 3, 24, 24)
+    (spec,) = parse_attacks({"ifgsm": {"steps": 2}})
+    (per_attack,) = parse_attacks({"ifgsm": {"steps": 2, "autocast": "bf16"}})  # the same spelling inside a block
+    cases = [(AttackRunner(spec, net, 4 / 255), torch.float32),
+             (AttackRunner(spec, net, 4 / 255, autocast="bf16"), torch.bfloat16),
+             (AttackRunner(per_attack, net, 4 / 255), torch.bfloat16)]
+    for runner, dtype in cases:
+        seen.clear()
+        adv = runner.attack(lr, hr=hr)  # the attack's own forward passes, under its autocast
+        assert seen and set(seen) == {dtype}
+        _, metrics = runner.run(lr, hr)
+        assert (adv - lr).abs().max() <= 4 / 255 + 1e-6 and metrics["sr_psnr"].dtype == torch.float64
+    with pytest.raises(ValueError, match="AttackRunner.autocast"):
+        AttackRunner(spec, net, 4 / 255, autocast=False)

@@ -73,15 +73,17 @@ EXCLUDED = {
     r"^python -m lit_sr\.study --config configs/study_\w+\.yaml": "minutes to hours of training per study; the "
                     "study command is run end to end by test_study.py (a two-run study of real train.py runs)",
     r"^make test$": "the whole test suite, this file included",
-    r"^python -m lit_sr\.evaluate --config configs/robustness_\w+\.yaml$":
-        "the robustness report's commands are run by tests/test_evaluate.py (the report's own tests)",
+    r"^python -m lit_sr\.evaluate --config configs/robustness_\w+\.yaml( |$)":
+        "the robustness report's commands and overrides are run by tests/test_evaluate.py (the report's own tests)",
+    r"^make robustness$": "trains the quickstart (tens of minutes on two CPU cores) before the report; "
+                          "tests/test_evaluate.py checks that its data, weights and report paths agree (dry run)",
 }
 # The first code line of each python / yaml block, and the handler that runs it.
 SNIPPETS = {
     r"^from lit_sr\.archs import build_arch": "snippet_weights",
     r"^from lit_sr\.attacks import IFGSM": "snippet_attacks",
     r"^trainer:\n  callbacks:\n    - class_path: callbacks\.AdversarialEvalCallback": "yaml_adversarial",
-    r"^trainer:\n  reload_dataloaders_every_n_epochs: 1\n  callbacks:\n    - class_path: callbacks\.Backdoor":
+    r"^trainer:\n  reload_dataloaders_every_n_epochs: 1\n  callbacks:\n    - class_path: callbacks\.PoisonSelectionCallback":
         "yaml_backdoor",
 }
 

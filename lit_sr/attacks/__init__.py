@@ -28,10 +28,34 @@ from lit_sr.attacks.evaluation import attack_metrics, masked_ssim
 from lit_sr.attacks.ifgsm import IFGSM, PGD, SignGradientAttack, TargetedAttack
 from lit_sr.attacks.partial import PartialAttack, centre_mask, infer_scale, outer_hr_mask, upscale_mask
 from lit_sr.attacks.robustness import robustness_index, transfer_matrix
+from lit_sr.attacks.spec import (
+    AttackRunner,
+    AttackSpec,
+    ConfigError,
+    eps_label,
+    eps_text,
+    make_target,
+    parse_attacks,
+    parse_eps,
+    parse_eps_list,
+    predict,
+    shape_batches,
+)
 from lit_sr.attacks.square import SquareAttack, square_fraction
 from lit_sr.attacks.universal import UniversalAttack, center_crop
 
 __all__ = [
+    "AttackRunner",
+    "AttackSpec",
+    "ConfigError",
+    "eps_label",
+    "eps_text",
+    "make_target",
+    "parse_attacks",
+    "parse_eps",
+    "parse_eps_list",
+    "predict",
+    "shape_batches",
     "LOSSES",
     "IFGSM",
     "PGD",

@@ -1,0 +1,95 @@
+"""Figures of the robustness report and the attack callback: PSNR against eps, transfer heat maps.
+
+Every figure is a plain ``matplotlib.figure.Figure`` on the Agg canvas, built without pyplot, so
+it is safe in headless and multi-threaded runs; matplotlib is imported only when a figure is made.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from lit_sr.io import atomic_write
+
+
+def _agg_figure(figsize: tuple[float, float]):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def psnr_vs_eps_figure(panels: Mapping[str, Mapping[str, Sequence[tuple[float, float]]]], title: str):
+    """A matplotlib ``Figure`` with one subplot per panel and one line per series.
+
+    Args:
+        panels: panel title -> series name -> ``[(eps * 255, value), ...]``.
+        title: the figure's title.
+
+    The x axis is logarithmic (base 2) in 8-bit levels, as the eps grids of the paper double.
+    Points whose value is ``None`` or not finite are left out.
+    """
+    fig = _agg_figure((5.2 * len(panels), 4.0))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (panel, series) in zip(axes, panels.items()):
+        ticks = set()
+        for name, points in series.items():
+            points = sorted(p for p in points if p[1] is not None and math.isfinite(p[1]))
+            if points:
+                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+                ticks.update(p[0] for p in points)
+        ax.set_xscale("log", base=2)
+        if ticks:
+            ax.set_xticks(sorted(ticks), [f"{t:g}" for t in sorted(ticks)])
+            ax.minorticks_off()
+        ax.set_xlabel("eps (x 1/255)")
+        ax.set_ylabel("PSNR (dB)")
+        ax.set_title(panel, fontsize=10)
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def transfer_figure(names: Sequence[str], matrix: Sequence[Sequence[float]], title: str):
+    """Heat map of a source x target PSNR matrix (lower = the attack transfers better), values written in."""
+    size = 1.2 + 0.9 * len(names)
+    fig = _agg_figure((size + 1.5, size))
+    ax = fig.subplots()
+    values = torch.tensor(matrix, dtype=torch.float64).numpy()
+    image = ax.imshow(values, cmap="viridis")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("target model")
+    ax.set_ylabel("source model (attacked)")
+    middle = (values.max() + values.min()) / 2
+    for i in range(len(names)):
+        for j in range(len(names)):
+            colour = "black" if values[i, j] > middle else "white"
+            ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center", color=colour, fontsize=8)
+    fig.colorbar(image, ax=ax, label="SR PSNR vs clean output (dB)")
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+def figure_to_tensor(fig) -> torch.Tensor:
+    """Render a figure to a ``(3, H, W)`` float tensor in [0, 1] (for TensorBoard's ``add_image``)."""
+    import numpy as np
+
+    fig.canvas.draw()
+    rgba = np.asarray(fig.canvas.buffer_rgba())
+    return torch.from_numpy(rgba[..., :3].copy()).permute(2, 0, 1).float() / 255
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Write a figure as PNG, atomically."""
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    return path
