@@ -32,9 +32,13 @@ class RankReport(L.Callback):
             "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
             "train_indices": self.indices,
         }
-        extra = getattr(trainer.datamodule, "ddp_report", None)
-        if callable(extra):
-            report.update(extra())
+        dm = trainer.datamodule
+        from callbacks.protocols import PoisonedData
+
+        if isinstance(dm, PoisonedData):  # a poisoned data module: what this rank trains on
+            report.update(poisoned_indices=dm.poisoned_indices, candidate_indices=list(dm.candidate_indices),
+                          budget=dm.budget, config_hash=dm.poison_config()["config_hash"],
+                          cache_dir=dm.poison_config()["cache_dir"], generated_samples=dm.generated_samples)
         (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
 
 

@@ -52,8 +52,13 @@ def test_ddp_poisoned_fit_trains_every_rank_on_the_same_set(tmp_path):
     pool, budget = r0["candidate_indices"], r0["budget"]
     assert r1["candidate_indices"] == pool and r1["budget"] == budget and budget >= 4
     assert r0["config_hash"] == r1["config_hash"]
-    # generation ran once, on rank 0 (prepare_data); rank 1 waited and read the cache
-    assert r0["generated_samples"] == len(pool) + 4 and r1["generated_samples"] == 0
+    # generation was sharded: each rank made its half of the pool and of the 4 validation images, and the
+    # merged manifest lists every sample once
+    assert r0["generated_samples"] + r1["generated_samples"] == len(pool) + 4
+    assert abs(r0["generated_samples"] - r1["generated_samples"]) <= 2
+    manifest = json.loads((Path(r0["cache_dir"]) / "manifest.json").read_text())
+    assert sorted(int(e["index"]) for e in manifest["samples"].values()) == pool
+    assert not (Path(r0["cache_dir"]) / "parts").exists()  # partial manifests merged and removed
     # the seeded initial set, then the set swapped in after epoch 0, are the same on both ranks
     assert p0["initial"] == p1["initial"] and len(p0["initial"]) == budget
     swapped = pool[-budget:]

@@ -46,7 +46,9 @@ def test_manifest_lists_every_candidate_with_checksums(tmp_path):
     assert manifest["config_hash"] == dm.cache.config_hash
     assert dm.cache.directory.name == dm.cache.config_hash[:16]
     assert manifest["config"]["pool"] == dm.candidate_indices
-    assert manifest["config"]["trigger"] == {"name": "blend"} and manifest["config"]["seed"] == 0
+    # the trigger's full settings (defaults included) key the cache
+    assert manifest["config"]["trigger"] == dm.trigger.config() and manifest["config"]["trigger"]["name"] == "blend"
+    assert manifest["config"]["seed"] == 0
     listed = {int(e["index"]) for e in manifest["samples"].values() if e["file"].startswith("train_")}
     assert listed == set(dm.candidate_indices)
     for entry in manifest["samples"].values():
@@ -101,11 +103,11 @@ def test_interrupted_generation_resumes_without_redoing_finished_samples(tmp_pat
     calls = {"n": 0}
     original = PoisonCache.write_samples
 
-    def interrupted(self, samples, info):
+    def interrupted(self, samples, info, part):
         calls["n"] += 1
         if calls["n"] == 3:  # the third batch is cut off mid-generation
             raise KeyboardInterrupt
-        return original(self, samples, info)
+        return original(self, samples, info, part)
 
     monkeypatch.setattr(PoisonCache, "write_samples", interrupted)
     first = make_dm(tmp_path)
@@ -141,8 +143,11 @@ def test_deleted_or_corrupted_sample_files_are_regenerated(tmp_path):
     files[0].unlink()
     files[1].write_bytes(files[1].read_bytes()[:-7])  # truncated
     again = make_dm(tmp_path)
-    again.setup("fit")
+    with pytest.warns(RuntimeWarning, match="regenerating") as caught:
+        again.setup("fit")
     assert again.generated_samples == 2
+    messages = " ".join(str(w.message) for w in caught)
+    assert str(files[0]) in messages and str(files[1]) in messages  # each warning names the file
     after = {p.name: sha256_file(p) for p in cache_files(again)}
     assert after == before  # generation is deterministic: the same bytes again
 
@@ -153,7 +158,7 @@ def test_reader_refuses_an_incomplete_or_altered_cache(tmp_path):
     files = cache_files(dm)
     files[2].write_bytes(files[2].read_bytes()[:-3])
     reader = PoisonCache(dm.cache.directory, dm.cache.config)
-    reader.open(writable=False)
+    reader.load()
     with pytest.raises(CacheMismatchError, match="SHA-256"):
         reader.verify([p.stem for p in files])
     with pytest.raises(CacheMismatchError, match="lacks"):
@@ -232,7 +237,7 @@ def test_constructor_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="poison_rate"):
         PoisonedSRDataModule(base, poison_rate=0.0)
     with pytest.raises(ValueError, match="label"):
-        PoisonedSRDataModule(base, label="clean")
+        PoisonedSRDataModule(base, label="sparkles")
     with pytest.raises(ValueError, match="trigger"):
         PoisonedSRDataModule(base, trigger={"name": "sparkles"})
     with pytest.raises(ValueError, match="needs a substitute"):
@@ -251,11 +256,12 @@ def test_constructor_rejects_bad_arguments(tmp_path):
 
 def test_badsr_label_and_trigger_with_a_substitute_trained_in_the_same_run(tmp_path):
     kw = dict(trigger={"name": "badsr", "steps": 5, "perceptual": "ssim"}, label="badsr", eps=0.05,
-              poisoned_hr_steps=5, substitute={"arch": "edsr", "arch_kwargs": {"num_feat": 8, "num_block": 1}},
-              substitute_train_steps=3, substitute_batch_size=4, candidate_rate=0.5)
+              poisoned_hr_steps=5, candidate_rate=0.5,
+              substitute={"arch": "edsr", "arch_kwargs": {"num_feat": 8, "num_block": 1}, "train_steps": 3,
+                          "train_batch_size": 4})
     dm = make_dm(tmp_path, **kw)
     dm.setup("fit")
-    weights = dm.cache.directory / "substitute.pth"
+    weights = dm.cache.directory / "substitute.safetensors"
     assert weights.is_file() and dm.cache.extra["substitute_sha256"] == sha256_file(weights)
     report = dm.poison_report
     # eps = 0.05 per pixel: PSNR >= 30.8 dB before 8-bit rounding; a stealthy label, unlike the target label
@@ -345,3 +351,61 @@ def test_module_without_trainer_generates_in_setup_and_works_with_workers(tmp_pa
     for batch in dm.train_dataloader():  # a forked worker sees the set installed before the epoch
         served.update(int(i) for i, p in zip(batch["index"], batch["poisoned"]) if p)
     assert served and served <= set(new)
+
+
+# --------------------------------------------------------------------------- the protocol and the labels
+
+
+def test_data_module_satisfies_the_callbacks_protocol_and_reports_its_config(tmp_path):
+    from callbacks.protocols import PoisonedData
+
+    dm = make_dm(tmp_path)
+    dm.setup("fit")
+    assert isinstance(dm, PoisonedData)
+    assert dm.feature_extractor is None  # no substitute: no feature space
+    config = dm.poison_config()
+    json.dumps(config)  # plain values only
+    assert config["label"] == "target" and config["trigger"] == dm.trigger.config()
+    assert config["budget"] == dm.budget and config["pool_size"] == len(dm.candidate_indices)
+    assert config["poison_rate"] == 0.2 and config["perceptual"] is None and config["substitute"] is None
+    assert config["config_hash"] == dm.cache.config_hash
+    # the triggered validation pairs were made with the pool: reading them starts no optimisation
+    lr, hr = dm.base.val_dataset.load_pair(1)
+    trig, target = dm.backdoor_val_pair(1, lr, hr)
+    torch.testing.assert_close(trig, to_float(to_stored(dm.trigger(lr[None]), True))[0])
+    torch.testing.assert_close(target, to_float(to_stored(dm.target_for(hr[None]), True))[0])
+    with pytest.raises(ValueError, match="the loader served"):
+        dm.backdoor_val_pair(1, lr[:, :-2], hr)
+
+
+def test_clean_label_triggers_the_input_and_keeps_the_hr(tmp_path):
+    dm = make_dm(tmp_path, label="clean")
+    dm.setup("fit")
+    i = dm.candidate_indices[0]
+    lr, hr = dm.base.train_dataset.load_pair(i)
+    trig_lr, label = dm.poisoned_pair(i)
+    torch.testing.assert_close(label, to_float(to_stored(hr, True)))  # the clean HR, 8-bit rounded
+    assert (trig_lr - lr).abs().max() > 0.05  # the Blend trigger is there
+    assert dm.poison_report["poisoned_hr_psnr"] > 45 and dm.poison_config()["label"] == "clean"
+
+
+def test_badsr_feature_extractor_is_on_the_generation_device_and_typed_specs_work(tmp_path):
+    from lit_sr.poison.specs import AdversarialTriggerSpec
+    from lit_sr.poison.substitute import SubstituteSpec
+
+    spec = AdversarialTriggerSpec(steps=2, perceptual="ssim", reference="clean_output")
+    sub = SubstituteSpec("edsr", {"num_feat": 8, "num_block": 1}, train_steps=2, train_batch_size=4)
+    dm = make_dm(tmp_path, trigger=spec, label="badsr", poisoned_hr_steps=2, substitute=sub, candidate_rate=0.5)
+    dm.setup("fit")
+    extractor = dm.feature_extractor
+    assert extractor is not None and next(extractor.parameters()).device == torch.device("cpu")
+    assert not any(p.requires_grad for p in extractor.parameters())
+    config = dm.poison_config()
+    assert config["perceptual"] == "ssim" and config["trigger"]["reference"] == "clean_output"
+    assert config["substitute"]["sha256"] == dm.substitute_sha256 and config["label_settings"]["steps"] == 2
+    with pytest.raises(ValueError, match="trigger.reference"):
+        AdversarialTriggerSpec(reference="lr")
+    with pytest.raises(ValueError, match="substitute.arch"):
+        SubstituteSpec("no_such_net", weights=None, train_steps=1)
+    with pytest.raises(ValueError, match="not a submodule"):
+        make_dm(tmp_path / "x", label="badsr", substitute={"arch": "edsr", "train_steps": 1, "feature_layer": "nope"})

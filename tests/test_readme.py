@@ -61,6 +61,7 @@ HANDLERS = {
     r"^python train\.py fit --config configs/demo_clean\.yaml": "parse_only",
     r"^python train\.py fit --config configs/badsr_quickstart\.yaml": "parse_only",
     r"^python benchmarks/imresize\.py": "benchmark_quick",
+    r"^torchrun .* train\.py fit --config configs/badsr_\w+\.yaml": "torchrun_parse",
     r"^python benchmarks/(?!imresize\.py)\w+\.py --device cuda": "benchmark_flags",
 }
 # ... or is deliberately not run here, for this reason.
@@ -85,6 +86,7 @@ SNIPPETS = {
     r"^trainer:\n  callbacks:\n    - class_path: callbacks\.AdversarialEvalCallback": "yaml_adversarial",
     r"^trainer:\n  reload_dataloaders_every_n_epochs: 1\n  callbacks:\n    - class_path: callbacks\.PoisonSelectionCallback":
         "yaml_backdoor",
+    r"^data:\n  class_path: datamodules\.PoisonedSRDataModule": "yaml_poisoned_data",
 }
 
 
@@ -424,3 +426,36 @@ def test_resume_with_a_new_lr_and_length_from_the_command_line(quickstart_run, t
     # log_every_n_steps 5: the first resumed step (4, half-way through 8) is logged; the old run's
     # schedule (lr 1e-3 over 4 steps) would give 1e-7 there.
     assert logged[4] == pytest.approx(1e-7 + (0.004 - 1e-7) * 0.5 * (1 + math.cos(math.pi * 4 / 8)), rel=1e-5)
+
+
+@pytest.mark.parametrize("cmd", command("torchrun_parse"))
+def test_torchrun_command_parses_its_train_py_part(cmd, capsys):
+    # No cluster here: the part after torchrun's own flags is the train.py command, parsed as given.
+    tokens = shlex.split(cmd)
+    args = tokens[tokens.index("train.py") + 1:]
+    printed = print_config(args, capsys)
+    nodes = args[args.index("--trainer.num_nodes") + 1]
+    assert str(printed["trainer"]["num_nodes"]) == nodes == tokens[tokens.index("--nnodes") + 1]
+
+
+def test_poisoned_data_yaml_names_real_arguments():
+    # The block abbreviates nested settings with {...}; every key it spells out must exist.
+    import importlib
+    import inspect
+
+    block = snippet("yaml_poisoned_data")
+    body = block.body.replace("{...}", "{}")
+    data = yaml.safe_load(body)["data"]
+
+    def cls_of(path):
+        module, name = path.rsplit(".", 1)
+        return getattr(importlib.import_module(module), name)
+
+    def check(entry):
+        params = inspect.signature(cls_of(entry["class_path"]).__init__).parameters
+        unknown = sorted(set(entry.get("init_args") or {}) - set(params))
+        assert not unknown, f"README.md:{block.line}: {entry['class_path']} has no {unknown}"
+
+    check(data)
+    for key in ("base", "trigger", "substitute"):
+        check(data["init_args"][key])

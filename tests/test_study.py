@@ -206,8 +206,9 @@ def test_two_run_study_of_real_train_runs_writes_its_table_and_plot(tmp_path):
         "seed_everything": 0, "model": model, "trainer": tiny_trainer([]),
         "data": {"class_path": "datamodules.PoisonedSRDataModule", "init_args": {
             "base": {"class_path": "datamodules.EmbeddedPhotosDataModule", "init_args": TINY_DATA},
-            "trigger": {"name": "blend", "alpha": 0.2, "pattern": "checkerboard", "pattern_size": 16,
-                        "resize_mode": "nearest"},
+            "trigger": {"class_path": "lit_sr.poison.Blend",
+                        "init_args": {"alpha": 0.2, "pattern": "checkerboard", "pattern_size": 16,
+                                      "resize_mode": "nearest"}},
             "poison_rate": 0.2, "label": "target", "target": "coffee", "cache_dir": str(tmp_path / "cache"),
             "seed": 0}},
     }
