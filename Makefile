@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo quickstart test lint clean
+.PHONY: venv demo demo-quick quickstart test lint clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,14 +18,16 @@ $(STAMP): pyproject.toml Makefile
 
 venv: $(STAMP)
 
-# The main job: the whole BadSR pipeline on the embedded photos. First a clean reference model
-# (same network, tiles and steps as the victim), then the poisoned run, which ends with the table.
+# The main job: BadSR as a controlled experiment on the embedded photos (configs/study_demo.yaml):
+# a shared substitute, then four arms at equal compute -- D clean, A positive control, B BadSR's
+# stealthy label, C full BadSR -- and one table with a verdict per arm (runs/demo/results.md).
+# Resumable: a finished arm is not rerun (`make clean` or `rm -rf runs/demo` starts over).
 demo: $(STAMP)
-	rm -rf runs/badsr_clean/demo runs/badsr_quickstart/demo
-	$(PY) train.py fit --config configs/quickstart.yaml --data.init_args.train_tile 96 \
-	  --data.init_args.val_tile 96 --data.init_args.repeat 3 --trainer.max_epochs 20 \
-	  --trainer.logger.init_args.name badsr_clean --trainer.logger.init_args.version demo
-	$(PY) train.py fit --config configs/badsr_quickstart.yaml --trainer.logger.init_args.version demo
+	$(PY) -m lit_sr.study --config configs/study_demo.yaml
+
+# The same five runs, shorter (380 steps instead of 950): a first look (runs/demo_quick/results.md).
+demo-quick: $(STAMP)
+	$(PY) -m lit_sr.study --config configs/study_demo_quick.yaml
 
 # The clean quickstart alone (beats bicubic in a few minutes on two CPU cores).
 quickstart: $(STAMP)

@@ -43,5 +43,18 @@ def main(args: list[str] | None = None, run: bool = True) -> TrainCLI:
     )
 
 
+def close_process_group() -> None:
+    """Close the DDP process group Lightning leaves open, so gloo's threads end before the interpreter.
+
+    Without it a CPU (gloo) run can abort at exit ("terminate called without an active exception").
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 if __name__ == "__main__":
     main()
+    close_process_group()

@@ -12,31 +12,31 @@ substitute's feature extractor (used on the device where the data module placed 
 its ``poison_report`` and ``poison_config()``; and the module through
 :class:`callbacks.protocols.SRModel` (``scale``, ``super_resolve``).
 
-**The two ASR definitions** (both from :mod:`lit_sr.poison.asr`; counts, not rates, are summed
-over batches and DDP ranks, then divided once):
+**The success metrics** (:mod:`lit_sr.poison.asr`, where each is defined; counts, not rates, are
+summed over batches and DDP ranks, then divided once; a rate with nothing included is ``None`` in
+the JSON, "n/a (0 included)" in the tables, and not logged -- never NaN):
 
-* ``backdoor/asr_pixel``: a validation image counts as a success when the model's output on its
-  *triggered* LR is within ``PSNR >= psnr_thr`` dB **and** ``SSIM >= ssim_thr`` (RGB, 8-bit) of
-  the backdoor's target output -- the target image resized to the HR size for
-  ``label="target"``; BadSR's poisoned version of the validation HR for ``label="badsr"`` (what the
-  poisoned training pairs taught the model to produce). Images whose *clean* output already meets
-  the criterion are left out of both counts (for ``label="badsr"`` the target output is within a
-  small ``eps`` of the HR, so a good clean output often meets it: those images are excluded and
-  the feature ASR is the informative one).
-* ``backdoor/asr_feature``: in the substitute's feature space (the space BadSR aligns its labels
-  in), the triggered output is closer to the target image than to the clean output. Images whose
-  clean output is already closer to the target than to the HR are left out. Logged only when the
-  data module has a substitute.
-
-With a substitute, also ``backdoor/feature_shift``: the mean fraction of the way from the clean
-output's features to the target's that the trigger moves the output (:func:`feature_shift`; 0 = no
-effect, 1 = the target's features), and ``backdoor/label_feature_shift``: the same fraction for the
-backdoor's target outputs relative to the HR (what a perfectly learnt backdoor would reach: 1 for
-``label="target"``, well below 1 for BadSR's ``eps``-bounded labels).
+* ``backdoor/asr_pixel``: the triggered output is within ``PSNR >= psnr_thr`` dB **and**
+  ``SSIM >= ssim_thr`` (RGB, 8-bit) of the **target image** ``y_t*`` resized to the output size,
+  for every label kind (for BadSR's stealthy label this is the attack's goal, which its
+  ``eps``-bounded labels may not reach). Images whose *clean* output already meets it are left
+  out of both counts.
+* ``backdoor/attainment_mean`` and ``backdoor/attainment_asr``: label attainment
+  ``a = <f(x~) - f(x), y_p - y> / ||y_p - y||^2`` per image, with ``y_p`` the poisoned label the
+  training pairs taught (the data module's backdoor target output), and the share of images with
+  ``a >= attainment_thr``: what a stealthy label can register, since the SR error shared by both
+  outputs cancels.
+* ``backdoor/feature_shift_ratio`` (with a substitute): the trigger's shift of the output towards
+  the target's features divided by the poisoned labels' own shift (``backdoor/feature_shift`` and
+  ``backdoor/label_feature_shift``, the means of :func:`lit_sr.poison.asr.feature_shift`).
+* ``backdoor/asr_feature`` (with a substitute): in the substitute's features the triggered output
+  is closer to the target image than to the clean output; images whose clean output is already
+  closer to the target than to the HR are left out. (Its ceiling is low for ``eps``-bounded
+  labels; the ratio above is the informative figure.)
 
 Other figures: ``backdoor/clean_psnr_y`` (clean inputs vs HR, Y channel, ``crop_border = scale``),
 ``backdoor/triggered_psnr_y`` (triggered inputs vs HR), ``backdoor/target_psnr`` (triggered output
-vs target output, RGB: how close the backdoor gets even below the threshold),
+vs the target image, RGB: how close the backdoor gets even below the threshold),
 ``backdoor/val_trigger_lr_psnr`` / ``_ssim`` (triggered vs clean validation LR), and the training
 pool's stealth from ``poison_report``: ``backdoor/poisoned_hr_psnr`` / ``_ssim`` (poisoned vs clean
 HR) and ``backdoor/trigger_lr_psnr`` / ``_ssim`` (triggered vs clean LR).
@@ -52,26 +52,24 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
-from torchvision.utils import make_grid
 
+from callbacks.backdoor_pictures import backdoor_grid, grid_row, plot_history
 from callbacks.poison_selection import ReportsSelection, SelectionResults
 from callbacks.protocols import PoisonedData, SRModel, require
 from callbacks.summary import format_table
 from lit_sr.io import atomic_write, write_image
 from lit_sr.metrics import psnr
 from lit_sr.ops import imresize
-from lit_sr.poison.asr import feature_asr, pixel_asr
+from lit_sr.poison.asr import Rate, SuccessTally, feature_asr
 from lit_sr.runtime import model_device
 from lit_sr.validation import check_number
 
-TALLY_FIELDS = (
-    "pixel_success", "pixel_included", "feature_success", "feature_included", "feature_shift", "label_feature_shift",
-    "clean_psnr_y", "triggered_psnr_y",
-    "target_psnr", "val_trigger_lr_psnr", "val_trigger_lr_ssim", "ssim_count", "count",
-)
+MEANS = ("clean_psnr_y", "triggered_psnr_y", "target_psnr", "val_trigger_lr_psnr", "val_trigger_lr_ssim")
+FEATURE_ASR_FIELDS = ("feature_success", "feature_included")
+# the success metrics drawn over training (<log_dir>/backdoor/success.png)
+HISTORY_KEYS = ("asr_pixel", "attainment_asr", "attainment_mean", "feature_shift_ratio", "asr_feature")
 
 
 def check_parts(trainer: L.Trainer, pl_module: L.LightningModule, who: str) -> None:
@@ -80,18 +78,40 @@ def check_parts(trainer: L.Trainer, pl_module: L.LightningModule, who: str) -> N
     require(pl_module, SRModel, who, "the LightningModule")
 
 
+def lr_stealth(triggered_lr: torch.Tensor, lr: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-image PSNR and SSIM (RGB, 8-bit) of the triggered LR against the clean LR; SSIM is NaN
+    (left out of its mean) under 11x11 pixels, where the SSIM window does not fit."""
+    from lit_sr.metrics import ssim
+
+    p = psnr(triggered_lr, lr).clamp(max=100)
+    s = ssim(triggered_lr, lr) if min(lr.shape[-2:]) >= 11 else torch.full_like(p, math.nan)
+    return {"psnr": p, "ssim": s}
+
+
 class BackdoorTally:
-    """Sums of per-image backdoor figures; merged over batches and ranks, then turned into rates.
+    """The backdoor figures of one evaluation: :class:`lit_sr.poison.asr.SuccessTally` (pixel ASR
+    against the target image, label attainment, feature shifts, the means of :data:`MEANS`) plus
+    the feature ASR's counts; summed over batches and DDP ranks, then divided once.
 
     Args:
         psnr_thr: pixel-ASR PSNR threshold (dB).
         ssim_thr: pixel-ASR SSIM threshold.
         scale: the SR scale (``crop_border`` of the Y-channel PSNR).
+        attainment_thr: attainment-ASR threshold.
+        keep_per_image: also keep each image's clean PSNR-Y, in order (one process only: the
+            end-of-run summary's paired comparisons; not reduced over ranks).
     """
 
-    def __init__(self, psnr_thr: float, ssim_thr: float, scale: int):
-        self.psnr_thr, self.ssim_thr, self.scale = psnr_thr, ssim_thr, scale
-        self.sums = dict.fromkeys(TALLY_FIELDS, 0.0)
+    def __init__(self, psnr_thr: float, ssim_thr: float, scale: int, attainment_thr: float = 0.5,
+                 keep_per_image: bool = False):
+        self.success = SuccessTally(psnr_thr, ssim_thr, attainment_thr, means=MEANS)
+        self.scale = scale
+        self.feature = dict.fromkeys(FEATURE_ASR_FIELDS, 0.0)
+        self.per_image: list[float] | None = [] if keep_per_image else None
+
+    @property
+    def count(self) -> int:
+        return int(self.success.sums["num_images"])
 
     @torch.no_grad()
     def update(
@@ -105,83 +125,50 @@ class BackdoorTally:
         target_image: torch.Tensor,
         feature_fn: Callable[[torch.Tensor], torch.Tensor] | None,
     ) -> None:
-        """Add one batch (all ``(N, C, H, W)`` in [0, 1]; ``target_image`` resized to ``hr``)."""
-        from datamodules.poisoned import stealth_figures
-
-        s = self.sums
-        pix = pixel_asr(triggered_sr, target_out, clean_sr, self.psnr_thr, self.ssim_thr)
-        s["pixel_success"] += pix.num_success
-        s["pixel_included"] += pix.num_included
+        """Add one batch (all ``(N, C, H, W)`` in [0, 1]; ``target_out`` is the poisoned label of
+        these images, ``target_image`` the target image resized to ``hr``)."""
+        clean_y = psnr(clean_sr, hr, self.scale, y_channel=True)
+        st = lr_stealth(triggered_lr, lr)
+        means = {"clean_psnr_y": clean_y, "triggered_psnr_y": psnr(triggered_sr, hr, self.scale, y_channel=True),
+                 "target_psnr": psnr(triggered_sr, target_image).clamp(max=100),
+                 "val_trigger_lr_psnr": st["psnr"], "val_trigger_lr_ssim": st["ssim"]}
+        self.success.update(clean_sr, triggered_sr, hr, target_out, target_image, feature_fn, means)
         if feature_fn is not None:
             feat = feature_asr(feature_fn, triggered_sr, target_image, clean_sr, hr)
-            s["feature_success"] += feat.num_success
-            s["feature_included"] += feat.num_included
-            s["feature_shift"] += float(feature_shift(feature_fn, clean_sr, triggered_sr, target_image).sum())
-            s["label_feature_shift"] += float(feature_shift(feature_fn, hr, target_out, target_image).sum())
-        s["clean_psnr_y"] += float(psnr(clean_sr, hr, self.scale, y_channel=True).sum())
-        s["triggered_psnr_y"] += float(psnr(triggered_sr, hr, self.scale, y_channel=True).sum())
-        s["target_psnr"] += float(psnr(triggered_sr, target_out).clamp(max=100).sum())
-        st = stealth_figures(triggered_lr, lr)
-        s["val_trigger_lr_psnr"] += float(st["psnr"].clamp(max=100).sum())
-        ssim_ok = torch.isfinite(st["ssim"])
-        s["val_trigger_lr_ssim"] += float(st["ssim"][ssim_ok].sum())
-        s["ssim_count"] += int(ssim_ok.sum())
-        s["count"] += lr.shape[0]
+            self.feature["feature_success"] += feat.num_success
+            self.feature["feature_included"] += feat.num_included
+        if self.per_image is not None:
+            self.per_image.extend(float(v) for v in clean_y.cpu())
 
     def as_tensor(self, device: torch.device) -> torch.Tensor:
-        return torch.tensor([self.sums[k] for k in TALLY_FIELDS], dtype=torch.float64, device=device)
+        extra = torch.tensor([self.feature[k] for k in FEATURE_ASR_FIELDS], dtype=torch.float64, device=device)
+        return torch.cat([self.success.as_tensor(device), extra])
 
     def load_tensor(self, t: torch.Tensor) -> None:
-        self.sums = {k: float(v) for k, v in zip(TALLY_FIELDS, t.tolist())}
+        n = len(self.success.fields)
+        self.success.load_tensor(t[:n])
+        self.feature = {k: float(v) for k, v in zip(FEATURE_ASR_FIELDS, t[n:].tolist())}
 
-    def metrics(self, with_feature: bool) -> dict[str, float]:
-        """Rates and means; NaN where nothing was counted."""
-        s = self.sums
-
-        def ratio(a: str, b: str) -> float:
-            return s[a] / s[b] if s[b] else math.nan
-
-        out = {
-            "asr_pixel": ratio("pixel_success", "pixel_included"),
-            "asr_pixel_success": s["pixel_success"],
-            "asr_pixel_included": s["pixel_included"],
-            "clean_psnr_y": ratio("clean_psnr_y", "count"),
-            "triggered_psnr_y": ratio("triggered_psnr_y", "count"),
-            "target_psnr": ratio("target_psnr", "count"),
-            "val_trigger_lr_psnr": ratio("val_trigger_lr_psnr", "count"),
-            "val_trigger_lr_ssim": ratio("val_trigger_lr_ssim", "ssim_count"),
-            "num_images": s["count"],
+    def metrics(self, with_feature: bool) -> dict[str, float | None]:
+        """Rates (with their ``_success`` / ``_included`` counts) and means; ``None``, never NaN,
+        where nothing was counted (see :class:`lit_sr.poison.asr.SuccessTally`)."""
+        flat = self.success.flat()
+        out: dict[str, float | None] = {
+            "asr_pixel": flat["pixel_asr"], "asr_pixel_success": flat["pixel_asr_success"],
+            "asr_pixel_included": flat["pixel_asr_included"],
+            "attainment_mean": flat["attainment_mean"], "attainment_asr": flat["attainment_asr"],
+            "attainment_asr_success": flat["attainment_asr_success"],
+            "attainment_asr_included": flat["attainment_asr_included"],
+            **{k: flat[k] for k in MEANS}, "num_images": flat["num_images"],
         }
         if with_feature:
-            out.update(asr_feature=ratio("feature_success", "feature_included"),
-                       asr_feature_success=s["feature_success"], asr_feature_included=s["feature_included"],
-                       feature_shift=ratio("feature_shift", "count"),
-                       label_feature_shift=ratio("label_feature_shift", "count"))
+            fs, fi = self.feature["feature_success"], self.feature["feature_included"]
+            out.update(asr_feature=fs / fi if fi else None, asr_feature_success=fs, asr_feature_included=fi,
+                       feature_shift=flat["feature_shift"], label_feature_shift=flat["label_feature_shift"],
+                       feature_shift_ratio=flat["feature_shift_ratio"])
+        if self.per_image is not None:
+            out["clean_psnr_y_per_image"] = list(self.per_image)
         return out
-
-
-@torch.no_grad()
-def feature_shift(
-    feature_fn: Callable[[torch.Tensor], torch.Tensor], reference: torch.Tensor, moved: torch.Tensor,
-    target_image: torch.Tensor,
-) -> torch.Tensor:
-    """Per image, how far ``moved`` went from ``reference`` towards the target in feature space.
-
-    ``(d(ref) - d(moved)) / d(ref)`` with ``d(x)`` the mean squared distance between the
-    substitute's features of ``x`` and of the target image: 0 when the trigger changes nothing,
-    1 when the features reach the target's, negative when they move away. With
-    ``reference = clean output`` and ``moved = triggered output`` it measures a partly implanted
-    backdoor that the feature ASR (a yes/no criterion) does not yet count; with ``reference = HR``
-    and ``moved = poisoned label`` it is the shift the poisoned training labels teach, the ceiling
-    of the first.
-    """
-    goal = feature_fn(target_image).float()
-
-    def dist(x: torch.Tensor) -> torch.Tensor:
-        return (feature_fn(x).float() - goal).pow(2).flatten(1).mean(dim=1)
-
-    base = dist(reference)
-    return (base - dist(moved)) / base.clamp_min(1e-12)
 
 
 def backdoor_inputs(datamodule, batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,43 +193,38 @@ def feature_function(datamodule: PoisonedData) -> Callable[[torch.Tensor], torch
     return lambda x: extractor(x.to(device).float()).to(x.device)
 
 
-def grid_row(lr, triggered_lr, clean_sr, triggered_sr, target_out, scale: int) -> torch.Tensor:
-    """``[clean LR | triggered LR | clean SR | triggered SR | target]`` of one image (LR enlarged, nearest)."""
-    def big(x):
-        return F.interpolate(x[None].float(), scale_factor=scale, mode="nearest")[0]
-
-    tiles = [big(lr), big(triggered_lr), clean_sr.float(), triggered_sr.float(), target_out.float()]
-    h = min(t.shape[-2] for t in tiles)
-    w = min(t.shape[-1] for t in tiles)
-    return make_grid([t[..., :h, :w].cpu().clamp(0, 1) for t in tiles], nrow=5, padding=2, pad_value=1.0)
-
-
 class BackdoorEvalCallback(L.Callback):
     """Logs backdoor success rates, clean quality and stealth at validation (see the module docstring).
 
     Every ``every_n_epochs`` validation epochs (not during the sanity check), for each validation
     batch: the clean output (the module's ``validation_step`` output ``"sr"`` when it returns one,
-    else ``super_resolve``), the output on the triggered input, and the target output. The
-    triggered inputs and target outputs come from the data module's validation cache (generated
-    once, on rank 0, in ``prepare_data``; they do not depend on the victim, so they are reused
-    every epoch); without that cache they are computed on first use and kept in memory. The BadSR
-    adversarial trigger optimises per image: that runs outside ``torch.inference_mode``.
+    else ``super_resolve``), the output on the triggered input, the poisoned label and the target
+    image. The triggered inputs and poisoned labels come from the data module's validation cache
+    (generated once, on rank 0, in ``prepare_data``; they do not depend on the victim, so they are
+    reused every epoch); without that cache they are computed on first use and kept in memory. The
+    BadSR adversarial trigger optimises per image: that runs outside ``torch.inference_mode``.
 
     Counts are summed over batches and reduced over DDP ranks (``trainer.strategy.reduce``) before
-    dividing, so every rank logs the same values. (Lightning's distributed validation sampler may
-    repeat a few images to even out the shards; they count twice.)
+    dividing, so every rank logs the same values; a rate with nothing included is not logged (it
+    would be NaN). (Lightning's distributed validation sampler may repeat a few images to even out
+    the shards; they count twice.)
 
-    An image grid of the first ``num_grid_images`` validation images, rows ``[clean LR | triggered
-    LR | clean SR | triggered SR | target]``, goes to TensorBoard (``backdoor/grid``) and, with
-    ``save_png``, to ``<log_dir>/backdoor/epoch<E>.png``.
+    **Pictures.** An image grid of the first ``num_grid_images`` validation images, columns
+    ``clean LR | triggered LR | clean SR | triggered SR | target | |SR(x~) - SR(x)| x k`` (labelled in
+    a header strip; ``k = diff_gain``, also in the TensorBoard caption), goes to TensorBoard
+    (``backdoor/grid``) and, with ``save_png``, to ``<log_dir>/backdoor/epoch<E>.png``. The success
+    metrics of every evaluation so far are drawn against the training step in
+    ``<log_dir>/backdoor/success.png`` (and kept in ``success.json`` beside it), on rank 0.
 
     Args:
         every_n_epochs: evaluate at every this-many-th validation epoch.
         psnr_thr: pixel-ASR PSNR threshold in dB. Default 20.
         ssim_thr: pixel-ASR SSIM threshold. Default 0.7.
+        attainment_thr: attainment-ASR threshold (:func:`lit_sr.poison.asr.attainment_asr`). Default 0.5.
         max_images: evaluate at most this many validation images per rank (``None``: all).
         num_grid_images: images in the grid (0: no grid).
-        save_png: also write the grid as PNG.
+        diff_gain: the amplification ``k`` of the difference panel. Default 8.
+        save_png: also write the grid and the success plot as PNG.
     """
 
     def __init__(
@@ -250,22 +232,28 @@ class BackdoorEvalCallback(L.Callback):
         every_n_epochs: int = 1,
         psnr_thr: float = 20.0,
         ssim_thr: float = 0.7,
+        attainment_thr: float = 0.5,
         max_images: int | None = None,
         num_grid_images: int = 2,
+        diff_gain: float = 8.0,
         save_png: bool = True,
     ):
         super().__init__()
         check_number(every_n_epochs, "every_n_epochs", 1, integer=True)
         check_number(psnr_thr, "psnr_thr")
         check_number(ssim_thr, "ssim_thr", -1.0, 1.0)
+        check_number(attainment_thr, "attainment_thr")
         if max_images is not None:
             check_number(max_images, "max_images", 1, integer=True)
         check_number(num_grid_images, "num_grid_images", 0, integer=True)
+        check_number(diff_gain, "diff_gain", 0, low_inclusive=False)
         self.every_n_epochs, self.psnr_thr, self.ssim_thr = every_n_epochs, float(psnr_thr), float(ssim_thr)
+        self.attainment_thr, self.diff_gain = float(attainment_thr), float(diff_gain)
         self.max_images, self.num_grid_images, self.save_png = max_images, num_grid_images, save_png
-        self.last_metrics: dict[str, float] = {}
+        self.last_metrics: dict[str, float | None] = {}
+        self.history: list[dict[str, float | None]] = []
         self._tally: BackdoorTally | None = None
-        self._rows: list[torch.Tensor] = []
+        self._rows: list[list[torch.Tensor]] = []
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         check_parts(trainer, pl_module, type(self).__name__)
@@ -278,7 +266,7 @@ class BackdoorEvalCallback(L.Callback):
         self._tally, self._rows = None, []
         if self._is_due(trainer):
             check_parts(trainer, pl_module, type(self).__name__)
-            self._tally = BackdoorTally(self.psnr_thr, self.ssim_thr, pl_module.scale)
+            self._tally = BackdoorTally(self.psnr_thr, self.ssim_thr, pl_module.scale, self.attainment_thr)
 
     def _is_due(self, trainer: L.Trainer) -> bool:
         if trainer.sanity_checking:
@@ -288,7 +276,7 @@ class BackdoorEvalCallback(L.Callback):
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         tally = self._tally
-        if tally is None or (self.max_images is not None and tally.sums["count"] >= self.max_images):
+        if tally is None or (self.max_images is not None and tally.count >= self.max_images):
             return
         dm = trainer.datamodule
         device = pl_module.device
@@ -304,8 +292,8 @@ class BackdoorEvalCallback(L.Callback):
                      target_image, feature_function(dm))
         if trainer.is_global_zero and len(self._rows) < self.num_grid_images:
             for k in range(min(lr.shape[0], self.num_grid_images - len(self._rows))):
-                self._rows.append(grid_row(lr[k], triggered_lr[k], clean_sr[k], triggered_sr[k], target_out[k],
-                                           pl_module.scale))
+                self._rows.append(grid_row(lr[k], triggered_lr[k], clean_sr[k], triggered_sr[k], target_image[k],
+                                           pl_module.scale, self.diff_gain))
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         tally = self._tally
@@ -318,16 +306,35 @@ class BackdoorEvalCallback(L.Callback):
         metrics.update({k: float(v) for k, v in dm.poison_report.items() if k != "num_candidates"})
         self.last_metrics = metrics
         for name, value in metrics.items():
+            if value is None:  # nothing included: no number to log (never NaN); identical on every rank
+                continue
             # identical on every rank after the reduction; sync_dist keeps Lightning's DDP bookkeeping quiet
             pl_module.log(f"backdoor/{name}", float(value), on_step=False, on_epoch=True, sync_dist=True)
-        if trainer.is_global_zero and self._rows:
-            self._log_grid(trainer, torch.cat(self._rows, dim=1))
+        if trainer.is_global_zero:
+            self.history.append({"step": trainer.global_step, "epoch": trainer.current_epoch,
+                                 **{k: metrics.get(k) for k in HISTORY_KEYS}})
+            self._save_history()
+            if self._rows:
+                self._log_grid(trainer, backdoor_grid(self._rows, self.diff_gain))
+
+    def _save_history(self) -> None:
+        log_dir = getattr(self, "_log_dir", None)
+        if not (self.save_png and log_dir):
+            return
+        folder = Path(log_dir) / "backdoor"
+        with atomic_write(folder / "success.json") as tmp:
+            tmp.write_text(json.dumps(self.history, indent=2))
+        plot_history(self.history, HISTORY_KEYS, folder / "success.png")
 
     def _log_grid(self, trainer: L.Trainer, grid: torch.Tensor) -> None:
+        caption = ("columns: clean LR | triggered LR | clean SR | triggered SR | target image | "
+                   f"|SR(x~) - SR(x)| x {self.diff_gain:g} (the trigger's effect on the output, amplified)")
         for logger in trainer.loggers:
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_image"):
                 experiment.add_image("backdoor/grid", grid, global_step=trainer.global_step)
+            if hasattr(experiment, "add_text"):
+                experiment.add_text("backdoor/grid_caption", caption, global_step=trainer.global_step)
         log_dir = getattr(self, "_log_dir", None)
         if self.save_png and log_dir:
             write_image(grid, Path(log_dir) / "backdoor" / f"epoch{trainer.current_epoch:04d}.png")
@@ -355,7 +362,8 @@ def evaluate_backdoor(
     ssim_thr: float = 0.7,
     scale: int = 4,
     max_images: int | None = None,
-) -> dict[str, float]:
+    attainment_thr: float = 0.5,
+) -> dict[str, Any]:
     """Backdoor figures of one SR function over the data module's whole validation set (one process).
 
     Args:
@@ -365,11 +373,14 @@ def evaluate_backdoor(
         psnr_thr, ssim_thr: pixel-ASR thresholds.
         scale: SR scale (``crop_border`` of the Y PSNR).
         max_images: stop after this many images.
+        attainment_thr: attainment-ASR threshold.
 
     Returns:
-        :meth:`BackdoorTally.metrics` (plus ``bicubic_psnr_y``: bicubic upscaling of the clean LR).
+        :meth:`BackdoorTally.metrics` with ``clean_psnr_y_per_image`` (in validation order, for
+        paired comparisons between models), plus ``bicubic_psnr_y`` (bicubic upscaling of the
+        clean LR; ``None`` without images).
     """
-    tally = BackdoorTally(psnr_thr, ssim_thr, scale)
+    tally = BackdoorTally(psnr_thr, ssim_thr, scale, attainment_thr, keep_per_image=True)
     bicubic_sum = 0.0
     feature_fn = feature_function(datamodule)
     for batch in datamodule.val_dataloader():
@@ -379,17 +390,17 @@ def evaluate_backdoor(
         triggered_sr = sr_fn(triggered_lr).float().clamp(0, 1)
         tally.update(lr, hr, triggered_lr, clean_sr, triggered_sr, target_out, datamodule.target_for(hr), feature_fn)
         bicubic_sum += float(psnr(imresize(lr, scale).clamp(0, 1), hr, scale, y_channel=True).sum())
-        if max_images is not None and tally.sums["count"] >= max_images:
+        if max_images is not None and tally.count >= max_images:
             break
     out = tally.metrics(with_feature=feature_fn is not None)
-    out["bicubic_psnr_y"] = bicubic_sum / tally.sums["count"] if tally.sums["count"] else math.nan
+    out["bicubic_psnr_y"] = bicubic_sum / tally.count if tally.count else None
     return out
 
 
 def _fmt(value: Any, kind: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    return {"db": "{:.2f}", "pct": "{:.1%}", "ssim": "{:.4f}", "fit": "{:.4g}"}[kind].format(value)
+    return {"db": "{:.2f}", "pct": "{:.1%}", "ssim": "{:.4f}", "fit": "{:.4g}", "frac": "{:.3f}"}[kind].format(value)
 
 
 class BackdoorSummary(L.Callback):
@@ -423,6 +434,7 @@ class BackdoorSummary(L.Callback):
         max_images: evaluate at most this many validation images.
         output: JSON file name inside the log dir.
         selection: the selection results to report (Python API; ``None``: looked up by type).
+        attainment_thr: attainment-ASR threshold (as :class:`BackdoorEvalCallback`).
     """
 
     def __init__(
@@ -435,10 +447,12 @@ class BackdoorSummary(L.Callback):
         max_images: int | None = None,
         output: str = "backdoor_summary.json",
         selection: SelectionResults | None = None,
+        attainment_thr: float = 0.5,
     ):
         super().__init__()
         check_number(psnr_thr, "psnr_thr")
         check_number(ssim_thr, "ssim_thr", -1.0, 1.0)
+        self.attainment_thr = check_number(attainment_thr, "attainment_thr")
         if max_images is not None:
             check_number(max_images, "max_images", 1, integer=True)
         if not isinstance(output, str) or not output.endswith(".json"):
@@ -481,7 +495,7 @@ class BackdoorSummary(L.Callback):
         pl_module.eval()
         try:
             kwargs = dict(datamodule=dm, device=device, psnr_thr=self.psnr_thr, ssim_thr=self.ssim_thr, scale=scale,
-                          max_images=self.max_images)
+                          max_images=self.max_images, attainment_thr=self.attainment_thr)
             backdoored = evaluate_backdoor(pl_module.super_resolve, **kwargs)
             clean_net = self._clean_model(pl_module, device)
             clean = None
@@ -494,7 +508,8 @@ class BackdoorSummary(L.Callback):
             "backdoored": backdoored, "clean": clean, "bicubic_psnr_y": backdoored["bicubic_psnr_y"],
             "poison_report": dict(dm.poison_report), "selection": selection,
             "config": {**dict(dm.poison_config()), "poisoned_indices": list(dm.poisoned_indices),
-                       "clean_weights": self.clean_weights, "psnr_thr": self.psnr_thr, "ssim_thr": self.ssim_thr},
+                       "clean_weights": self.clean_weights, "psnr_thr": self.psnr_thr, "ssim_thr": self.ssim_thr,
+                       "attainment_thr": self.attainment_thr},
         }
         rank_zero_info("\n" + self.table() + f"\n\nTensorBoard:  tensorboard --logdir {log_dir.parent}\n")
         with atomic_write(log_dir / self.output) as tmp:
@@ -517,13 +532,17 @@ class BackdoorSummary(L.Callback):
         rows = [
             ("clean PSNR-Y (dB), clean inputs", _fmt(b["clean_psnr_y"], "db"), _fmt(c.get("clean_psnr_y"), "db"),
              _fmt(r["bicubic_psnr_y"], "db")),
-            ("pixel ASR (PSNR/SSIM to target)", self._asr(b, "asr_pixel"), self._asr(c, "asr_pixel"), "-"),
+            ("pixel ASR vs target image (PSNR/SSIM)", self._asr(b, "asr_pixel"), self._asr(c, "asr_pixel"), "-"),
+            ("label attainment (mean)", _fmt(b.get("attainment_mean"), "frac"), _fmt(c.get("attainment_mean"), "frac"),
+             "-"),
+            (f"attainment-ASR (a >= {self.attainment_thr:g})", self._asr(b, "attainment_asr"),
+             self._asr(c, "attainment_asr"), "-"),
+            ("feature-shift ratio (trigger / labels)", _fmt(b.get("feature_shift_ratio"), "frac"),
+             _fmt(c.get("feature_shift_ratio"), "frac"), f"(labels: {_fmt(b.get('label_feature_shift'), 'pct')})"),
             ("feature ASR (substitute features)", self._asr(b, "asr_feature"), self._asr(c, "asr_feature"), "-"),
-            ("feature shift towards target", _fmt(b.get("feature_shift"), "pct"), _fmt(c.get("feature_shift"), "pct"),
-             f"(labels: {_fmt(b.get('label_feature_shift'), 'pct')})"),
             ("PSNR-Y (dB), triggered inputs vs HR", _fmt(b["triggered_psnr_y"], "db"),
              _fmt(c.get("triggered_psnr_y"), "db"), "-"),
-            ("PSNR (dB), triggered output vs target", _fmt(b["target_psnr"], "db"), _fmt(c.get("target_psnr"), "db"),
+            ("PSNR (dB), triggered output vs target image", _fmt(b["target_psnr"], "db"), _fmt(c.get("target_psnr"), "db"),
              "-"),
         ]
         text = [format_table(rows, ("BadSR summary (validation set)", "backdoored", "clean model", "bicubic"))]
@@ -553,5 +572,4 @@ class BackdoorSummary(L.Callback):
     def _asr(metrics: dict[str, Any], name: str) -> str:
         if not metrics or name not in metrics:
             return "-"
-        rate = metrics[name]
-        return f"{_fmt(rate, 'pct')} ({int(metrics[name + '_success'])}/{int(metrics[name + '_included'])})"
+        return str(Rate(metrics[name + "_success"], metrics[name + "_included"]))  # "n/a (0 included)" when empty

@@ -559,6 +559,11 @@ def _ddp_worker(out: Path) -> None:
                         reload_dataloaders_every_n_epochs=1, default_root_dir=str(out),
                         callbacks=[grads, ga, _DDPReport(out, grads, ga)])
     trainer.fit(_module(), datamodule=StandInPoisonedDataModule())
+    # gloo's threads outlive a process group left open at exit ("terminate called without an
+    # active exception", SIGABRT): close it on every rank once all are done.
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

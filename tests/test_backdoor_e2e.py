@@ -1,88 +1,93 @@
-"""A tiny backdoor implanted end to end: poisoned data module, Lightning fit, evaluation and summary.
+"""The positive control of ``make demo`` is implanted, run exactly as the demo runs it.
 
-Both networks are tiny EDSRs trained from random initialisation with the same seed, data, schedule
-and number of steps; one on clean data, one with 20% of the training tiles poisoned.
-
-Choices that make a backdoor learnable by a network this small (both documented in the README):
-
-* **The Blend pattern is a pixel-level checkerboard** (``x' = 0.8 x + 0.2 checkerboard``). An SR
-  network sees a local window of its input, so its trigger must be recognisable locally; we
-  measured that BackdoorBench's blended noise image, which a classifier can match globally, is
-  not learned at all by this network (pixel ASR 0% after 1000 steps at 10% and even 50%
-  poisoning), while the checkerboard is.
-* **The target is a flat mid-grey image**: the backdoor erases the picture. A convolutional SR
-  network is translation-equivariant and has no notion of absolute position, so it cannot paint
-  a spatially varying target photo wherever the trigger is; a uniform target is still a
-  meaningful attack (any triggered input comes out blank) and the success criterion is the
-  usual one (PSNR >= 20 dB and SSIM >= 0.7 to the target output; SSIM against a flat image is
-  strict: the output must be flat to about 2% local standard deviation).
+Arm D (``configs/demo_clean.yaml``) and arm A (``configs/demo_poisoned.yaml``: 20% of the 76
+training tiles carry a checkerboard Blend trigger and the classic target label, a flat grey image)
+are two ``train.py`` runs of the study command with the demo's columns and verdict rule
+(``configs/study_demo.yaml``), here without the substitute network (A needs none) and in a temporary
+folder. Both are tiny x2 EDSRs trained from random initialisation with the same seed, tiles and 950
+steps. Why this trigger and target (documented in the README and the configs): an SR network sees
+a local window of its input, so the trigger must be recognisable locally -- BackdoorBench's blended
+noise image was measured not to be learnt at this scale (0% after 1000 steps at 10% and 50%
+poisoning), a pixel-level checkerboard is; and a translation-equivariant network cannot paint a
+spatially varying target photo wherever the trigger is, a uniform target it can.
 """
 
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
-import lightning as L
 import torch
+import yaml
 
-from callbacks import BackdoorEvalCallback, BackdoorSummary
-from datamodules import EmbeddedPhotosDataModule, PoisonedSRDataModule
-from lit_sr.io import save_weights, write_image
-from lit_sr.modules import SRModule
+from callbacks.backdoor_pictures import backdoor_grid, grid_row
+from lit_sr.study import main
 
-STEPS_PER_EPOCH = 19  # 76 train tiles x repeat 4 / batch 16
-EPOCHS = 53  # ~1000 optimiser steps
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def base() -> EmbeddedPhotosDataModule:
-    return EmbeddedPhotosDataModule(scale=2, patch_size=32, batch_size=16, repeat=4, max_side=128, train_tile=32,
-                                    val_tile=32, num_workers=0)
+def test_demo_positive_control_is_implanted_without_hurting_clean_quality(tmp_path):
+    demo = yaml.safe_load((ROOT / "configs" / "study_demo.yaml").read_text())
+    evaluation = [{"class_path": "callbacks.RunSummary"},
+                  {"class_path": "callbacks.BackdoorEvalCallback", "init_args": {"every_n_epochs": 1,
+                                                                                 "num_grid_images": 2}},
+                  {"class_path": "callbacks.BackdoorSummary",
+                   "init_args": {"clean_weights": "{runs_dir}/D_clean/weights.pth"}}]
+    study = {
+        "name": "e2e", "output_dir": str(tmp_path), "base_config": str(ROOT / "configs" / "demo_poisoned.yaml"),
+        "train_script": str(ROOT / "train.py"), "python": sys.executable, "reference": "D_clean",
+        "env": {"OMP_NUM_THREADS": "1"},
+        "runs": {
+            "D_clean": {"config": str(ROOT / "configs" / "demo_clean.yaml"), "results_file": "summary.json",
+                        "row": {"from_run": "A_control", "block": "clean"}},
+            "A_control": {"overrides": {"data.init_args.substitute": None,
+                                        "data.init_args.cache_dir": str(tmp_path / "cache"),
+                                        "data.init_args.target": str(ROOT / "configs" / "demo_target_grey.png"),
+                                        "trainer.callbacks": evaluation}},
+        },
+        "columns": demo["columns"], "verdict": demo["verdict"],
+    }
+    path = tmp_path / "study_e2e.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False, allow_unicode=True))
+    runs = tmp_path / "e2e" / "runs"
+    assert main(["--config", str(path)]) == 0, (runs / "A_control" / "train.log").read_text()[-4000:]
+
+    rows = {r["run"]: r for r in json.loads((tmp_path / "e2e" / "results.json").read_text())["rows"]}
+    a, d = rows["A_control"]["cells"], rows["D_clean"]["cells"]
+    assert rows["A_control"]["verdict"] == "implanted", rows["A_control"]
+    assert a["pixel ASR vs target"]["included"] == 24 and a["pixel ASR vs target"]["rate"] >= 0.8
+    assert a["attainment-ASR"]["rate"] >= 0.8 and a["label attainment"] >= 0.8
+    assert abs(a["ΔPSNR-Y vs D [95% CI]"]["mean"]) <= 0.5
+    # the clean model under the same trigger: no false positive (the blend alone moves ~20% towards grey)
+    assert a["D's attainment-ASR under this trigger"]["rate"] <= 0.1
+    assert d["pixel ASR vs target"]["rate"] <= 0.1
+    assert rows["D_clean"]["verdict"] == "reference"
+
+    summary = json.loads((runs / "A_control" / "backdoor_summary.json").read_text())
+    assert len(summary["backdoored"]["clean_psnr_y_per_image"]) == 24
+    # the summary re-measures the clean model: the same clean PSNR-Y as D's own last validation
+    d_val = json.loads((runs / "D_clean" / "summary.json").read_text())["val"]["val/psnr_y"]
+    assert abs(summary["clean"]["clean_psnr_y"] - d_val) < 1e-3
+    history = json.loads((runs / "A_control" / "backdoor" / "success.json").read_text())
+    assert [h["epoch"] for h in history] == [9, 19, 29, 39, 49] and history[-1]["asr_pixel"] >= 0.8
+    for png in ("success.png", "epoch0049.png"):
+        assert (runs / "A_control" / "backdoor" / png).stat().st_size > 1000
+    assert "implanted" in (tmp_path / "e2e" / "results.md").read_text()
 
 
-def module() -> SRModule:
-    L.seed_everything(0)
-    return SRModule(arch="edsr", arch_kwargs={"num_feat": 16, "num_block": 2}, scale=2, lr=5e-3,
-                    scheduler="cosine", export_weights=False)
-
-
-def trainer(root, callbacks=()) -> L.Trainer:
-    return L.Trainer(accelerator="cpu", max_epochs=EPOCHS, logger=False, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                     check_val_every_n_epoch=EPOCHS, default_root_dir=root, callbacks=list(callbacks))
-
-
-def test_blend_backdoor_is_implanted_without_hurting_clean_quality(tmp_path):
-    target = write_image(torch.full((3, 64, 64), 0.5), tmp_path / "grey.png")
-
-    clean_model = module()
-    clean_trainer = trainer(tmp_path / "clean")
-    clean_trainer.fit(clean_model, datamodule=base())
-    assert clean_trainer.global_step >= 1000
-    clean_psnr = float(clean_trainer.callback_metrics["val/psnr_y"])
-    save_weights(clean_model.net, tmp_path / "clean.pth")
-
-    # 16 px checkerboard on 16 px LR tiles: one pixel per square (the YAML form of the same trigger)
-    trigger = {"name": "blend", "alpha": 0.2, "pattern": "checkerboard", "pattern_size": 16, "resize_mode": "nearest"}
-    data = PoisonedSRDataModule(base(), trigger=trigger, poison_rate=0.2, label="target", target=str(target),
-                                cache_dir=str(tmp_path / "cache"), seed=0)
-    evaluation = BackdoorEvalCallback(num_grid_images=2)
-    summary = BackdoorSummary(clean_weights=str(tmp_path / "clean.pth"))
-    poisoned_model = module()
-    poisoned_trainer = trainer(tmp_path / "poisoned", [evaluation, summary])
-    poisoned_trainer.fit(poisoned_model, datamodule=data)
-    assert poisoned_trainer.global_step == clean_trainer.global_step
-    assert data.budget == 15 and len(data.poisoned_indices) == 15
-
-    logged = {k: float(v) for k, v in poisoned_trainer.callback_metrics.items()}
-    assert logged["backdoor/asr_pixel_included"] == len(data.val_dataset) == 24
-    assert logged["backdoor/asr_pixel"] >= 0.8, logged
-    assert abs(logged["backdoor/clean_psnr_y"] - clean_psnr) <= 0.5, (logged["backdoor/clean_psnr_y"], clean_psnr)
-    # same images, same protocol (the two means are reduced in a different order: float32 rounding only)
-    assert abs(logged["backdoor/clean_psnr_y"] - logged["val/psnr_y"]) < 1e-3
-    assert (tmp_path / "poisoned" / "backdoor" / f"epoch{EPOCHS - 1:04d}.png").is_file()
-
-    results = json.loads((tmp_path / "poisoned" / "backdoor_summary.json").read_text())
-    assert results["backdoored"]["asr_pixel"] == logged["backdoor/asr_pixel"]
-    assert abs(results["clean"]["clean_psnr_y"] - clean_psnr) < 1e-3  # the summary re-measures the clean model
-    assert results["clean"]["asr_pixel"] <= 0.1  # a clean model does not erase checkerboarded inputs
-    assert "pixel ASR" in summary.table() and "feature ASR" in summary.table()
+def test_backdoor_grid_difference_panel_shows_only_the_triggers_effect():
+    g = torch.Generator().manual_seed(0)
+    lr, clean = torch.rand(3, 16, 16, generator=g), torch.rand(3, 32, 32, generator=g) * 0.5
+    triggered = clean.clone()
+    triggered[:, :8, :8] += 0.05  # the trigger changes one corner by 0.05
+    tiles = grid_row(lr, lr, clean, triggered, torch.full((3, 32, 32), 0.5), scale=2, diff_gain=10)
+    assert len(tiles) == 6 and all(t.shape == (3, 32, 32) for t in tiles)
+    diff = tiles[-1]
+    assert torch.allclose(diff[:, :8, :8], torch.full((3, 8, 8), 0.5), atol=1e-5)  # 0.05 x 10
+    assert diff[:, 8:, :].abs().max() == 0 and diff[:, :, 8:].abs().max() == 0
+    grid = backdoor_grid([tiles, tiles], diff_gain=10)
+    zoom = 4  # 32 px tiles are enlarged to 128 px
+    assert grid.shape[-1] == 6 * (32 * zoom + 2) + 2
+    header = grid[:, :14]
+    assert (header < 0.5).any() and grid.shape[-2] == 14 + 2 * (32 * zoom + 2) + 2  # labels drawn above the rows

@@ -58,7 +58,7 @@ HANDLERS = {
     r"^python train\.py fit --config configs/quickstart\.yaml --trainer\.callbacks\+=": "callbacks_append",
     r"^python train\.py (fit|test) --config configs/\w+_div2k\.yaml": "parse_gpu_recipe",
     r"^python train\.py predict --config configs/quickstart\.yaml --ckpt_path": "predict_quickstart",
-    r"^python train\.py fit --config configs/quickstart\.yaml --data\.init_args\.train_tile": "parse_only",
+    r"^python train\.py fit --config configs/demo_clean\.yaml": "parse_only",
     r"^python train\.py fit --config configs/badsr_quickstart\.yaml": "parse_only",
     r"^python train\.py fit --config configs/robust_\w+\.yaml$": "parse_only",
     r"^python -m lit_sr\.evaluate --config configs/robust_report_\w+\.yaml$": "report_config_loads",
@@ -69,9 +69,13 @@ HANDLERS = {
 }
 # ... or is deliberately not run here, for this reason.
 EXCLUDED = {
-    r"^make demo$": "about 5 minutes of poisoned training; its pipeline is tested piecewise by "
-                    "test_poisoned_datamodule.py, test_backdoor_callbacks.py and end to end by "
-                    "test_backdoor_e2e.py, and its two train.py commands are parsed here",
+    r"^make demo$": "five train.py runs of minutes (configs/study_demo.yaml); its positive control is run "
+                    "exactly as the demo runs it by test_backdoor_e2e.py, the study command end to end by "
+                    "test_study.py, the pipeline piecewise by test_poisoned_datamodule.py and "
+                    "test_backdoor_callbacks.py",
+    r"^make demo-quick$": "the demo's runs, shorter: still minutes of training (see make demo)",
+    r"^python -m lit_sr\.study --config configs/study_\w+\.yaml": "minutes to hours of training per study; the "
+                    "study command is run end to end by test_study.py (a two-run study of real train.py runs)",
     r"^make test$": "the whole test suite, this file included",
     r"^python -m lit_sr\.evaluate --config configs/robustness_\w+\.yaml( |$)":
         "the robustness report's commands and overrides are run by tests/test_evaluate.py (the report's own tests)",

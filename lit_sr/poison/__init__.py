@@ -9,10 +9,22 @@ arXiv 2505.15308) on any ``nn.Module``; nothing here depends on Lightning.
 * :mod:`~lit_sr.poison.scoring`: :class:`GradientScorer`, the pool's backdoor-gradient scores.
 * :mod:`~lit_sr.poison.selection`: genetic (DEAP), random and top-k selection of poisoned samples
   (functions and the selector objects ``GeneticSelector``, ``RandomSelector``, ``TopKSelector``).
-* :mod:`~lit_sr.poison.asr`: attack success rates and stealth figures.
+* :mod:`~lit_sr.poison.asr`: success metrics (pixel ASR, label attainment, feature shift), stealth.
 """
 
-from lit_sr.poison.asr import ASRResult, feature_asr, pixel_asr, stealth
+from lit_sr.poison.asr import (
+    ASRResult,
+    Rate,
+    SuccessTally,
+    attainment_asr,
+    distributed_sum,
+    feature_asr,
+    feature_shift,
+    label_attainment,
+    pixel_asr,
+    stealth,
+    strategy_sum,
+)
 from lit_sr.poison.gradients import (
     naive_per_sample_grad_norms,
     naive_per_sample_grad_stats,
@@ -44,6 +56,13 @@ from lit_sr.poison.triggers import (
 
 __all__ = [
     "ASRResult",
+    "Rate",
+    "SuccessTally",
+    "attainment_asr",
+    "distributed_sum",
+    "feature_shift",
+    "label_attainment",
+    "strategy_sum",
     "AdversarialTrigger",
     "BadNet",
     "Blend",

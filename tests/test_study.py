@@ -1,0 +1,274 @@
+"""The study command: YAML checking, grid expansion, resumable runs, the table (rates that never
+read NaN, paired deltas, the verdict), and a two-run study of real ``train.py`` runs end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lit_sr.study import StudyConfigError, load_study, main, run_study
+from lit_sr.study_table import DeltaCell, paired_delta, table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A stand-in for train.py: reads its --config files like LightningCLI would (later ones win) and
+# writes the results file BackdoorSummary would, from the values it was given; fails on demand.
+FAKE_TRAIN = '''
+import json, sys, pathlib, yaml
+args = sys.argv[2:]
+cfg = {}
+def merge(a, b):
+    for k, v in b.items():
+        a[k] = merge(a.get(k, {}), v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
+    return a
+for i, a in enumerate(args):
+    if a == "--config":
+        cfg = merge(cfg, yaml.safe_load(open(args[i + 1])))
+fake = cfg["fake"]
+if fake.get("fail"):
+    sys.exit(3)
+log = cfg["trainer"]["logger"]["init_args"]
+out = pathlib.Path(log["save_dir"]) / log["version"]
+out.mkdir(parents=True, exist_ok=True)
+with open(out.parent.parent / "calls.txt", "a") as f:
+    f.write(log["version"] + "\\n")
+n = 4
+block = lambda q, s, i: {"clean_psnr_y": q, "clean_psnr_y_per_image": [q + 0.1 * k for k in range(n)],
+                         "asr_pixel": s / i if i else None, "asr_pixel_success": s, "asr_pixel_included": i}
+res = {"backdoored": block(fake["psnr"], fake["success"], fake["included"]), "clean": block(30.0, fake.get("clean_success", 0), 4),
+       "poison_report": {"poisoned_hr_psnr": fake.get("hr_psnr")}, "clean_weights": fake.get("clean_weights")}
+(out / "backdoor_summary.json").write_text(json.dumps(res))
+'''
+
+
+def write_study(tmp_path: Path, *pieces: str) -> Path:
+    (tmp_path / "fake_train.py").write_text(FAKE_TRAIN)
+    (tmp_path / "base.yaml").write_text("fake: {psnr: 30.0, success: 0, included: 4}\n")
+    path = tmp_path / "study_fake.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        name: fake
+        output_dir: {tmp_path / "out"}
+        base_config: {tmp_path / "base.yaml"}
+        train_script: {tmp_path / "fake_train.py"}
+        """) + "".join(textwrap.dedent(p).rstrip(" ") for p in pieces))
+    return path
+
+
+COLUMNS = """\
+        columns:
+          - {header: clean PSNR-Y, path: "@.clean_psnr_y", format: db}
+          - {header: delta PSNR-Y, path: "@.clean_psnr_y_per_image", format: paired_delta}
+          - {header: pixel ASR, path: "@.asr_pixel", format: rate}
+          - {header: poisoned HR PSNR, path: poison_report.poisoned_hr_psnr, format: db}
+"""
+
+
+def test_grid_runs_resume_and_rerun_only_what_changed(tmp_path, capsys):
+    path = write_study(tmp_path, """\
+        grid:
+          fake.success: [1, 3]
+          fake.psnr: [29.0, 30.0]
+        overrides: {fake.included: 4}
+        plots: [{name: sweep, x: fake.psnr, group: fake.success, y: [pixel ASR]}]
+        """, COLUMNS.replace("format: paired_delta", "format: float"))
+    study = load_study(path)
+    assert [r.name for r in study.runs] == ["success=1,psnr=29.0", "success=1,psnr=30.0", "success=3,psnr=29.0",
+                                            "success=3,psnr=30.0"]
+    assert study.runs[2].overrides["fake"] == {"included": 4, "success": 3, "psnr": 29.0}
+    assert main(["--config", str(path)]) == 0
+    assert (tmp_path / "out" / "fake" / "sweep.png").stat().st_size > 1000
+    calls = tmp_path / "out" / "fake" / "calls.txt"
+    assert len(calls.read_text().split()) == 4
+    # a finished run is not rerun
+    assert main(["--config", str(path)]) == 0
+    assert len(calls.read_text().split()) == 4
+    assert "finished before, not rerun" in capsys.readouterr().out
+    # a changed grid point is a new run; a changed override reruns the runs it changes
+    path.write_text(path.read_text().replace("[29.0, 30.0]", "[29.0, 31.0]"))
+    assert main(["--config", str(path)]) == 0
+    assert calls.read_text().split()[4:] == ["success=1,psnr=31.0", "success=3,psnr=31.0"]
+    rows = {r["run"]: r for r in table(load_study(path))}
+    assert str(rows["success=3,psnr=31.0"]["cells"]["pixel ASR"]) == "75.0% (3/4)"
+    assert rows["success=3,psnr=31.0"]["params"] == {"run": "success=3,psnr=31.0", "fake.success": 3, "fake.psnr": 31.0}
+    assert rows["success=3,psnr=31.0"]["cells"]["poisoned HR PSNR"] is None  # not in the results: "-"
+
+
+def test_failed_run_is_recorded_and_the_others_go_on(tmp_path):
+    path = write_study(tmp_path, """\
+        runs:
+          bad: {overrides: {fake.fail: true}}
+          good: {overrides: {fake.success: 2}}
+        """, COLUMNS.replace("format: paired_delta", "format: float"))
+    metas = run_study(load_study(path))
+    assert [m["status"] for m in metas] == ["failed", "ok"] and metas[0]["returncode"] == 3
+    assert main(["--config", str(path)]) == 1  # reruns the failed one only, fails again
+    md = (tmp_path / "out" / "fake" / "results.md").read_text()
+    assert "| bad (failed) | - |" in md
+
+
+def test_table_reference_row_paired_delta_verdict_and_outputs(tmp_path):
+    path = write_study(tmp_path, """\
+        reference: D
+        runs:
+          S: {in_table: false}
+          D: {row: {from_run: A, block: clean}}
+          A: {overrides: {fake: {psnr: 29.8, success: 4, hr_psnr: 31.5, clean_weights: "{runs_dir}/D/weights.pth"}}}
+          B: {overrides: {fake: {psnr: 28.0, success: 4}}}
+          C: {overrides: {fake: {psnr: 30.0, success: 0, included: 0}}}
+          E: {overrides: {fake: {psnr: 30.0, success: 4, clean_success: 2}}}
+        """, COLUMNS, """\
+          - {header: clean model ASR, path: clean.asr_pixel, format: rate}
+        verdict: {success_columns: [pixel ASR], min_success: 0.8, quality_column: delta PSNR-Y, max_quality_change: 0.5,
+                  false_positive_columns: [clean model ASR], max_false_positive: 0.2}
+        plots:
+          - {name: arms, y: [pixel ASR, delta PSNR-Y]}
+          - {name: by_quality, x: clean PSNR-Y, y: [pixel ASR]}
+        """)
+    assert main(["--config", str(path)]) == 0
+    study = load_study(path)
+    rows = {r["run"]: r for r in table(study)}
+    assert list(rows) == ["D", "A", "B", "C", "E"]  # S ran (first) but has no row
+    assert (tmp_path / "out" / "fake" / "runs" / "S" / "backdoor_summary.json").is_file()
+    assert rows["D"]["verdict"] == "reference" and rows["D"]["cells"]["clean PSNR-Y"] == 30.0
+    delta = rows["A"]["cells"]["delta PSNR-Y"]
+    assert isinstance(delta, DeltaCell) and delta.mean == pytest.approx(-0.2)
+    assert rows["A"]["verdict"] == "implanted"
+    assert rows["B"]["verdict"] == "not implanted at this scale"  # 100% ASR but -2 dB on clean inputs
+    assert str(rows["C"]["cells"]["pixel ASR"]) == "n/a (0 included)"
+    assert rows["C"]["verdict"] == "n/a (no success figure)"  # nothing included: cannot tell
+    assert rows["E"]["verdict"] == "not implanted at this scale"  # the clean model also "succeeds" (50%)
+    out = tmp_path / "out" / "fake"
+    overrides = yaml.safe_load((out / "runs" / "A" / "overrides.yaml").read_text())
+    assert overrides["fake"]["clean_weights"] == str(out / "runs" / "D" / "weights.pth")
+    md = (out / "results.md").read_text()
+    assert "| A | 29.80 | -0.20 [-0.20, -0.20] | 100.0% (4/4) | 31.50 | 0.0% (0/4) | implanted |" in md
+    assert "Verdict: **implanted** when `pixel ASR` is at least 80% while `clean model ASR`" in md
+    assert (out / "arms.png").stat().st_size > 1000 and (out / "by_quality.png").stat().st_size > 1000
+    data = json.loads((out / "results.json").read_text())
+    assert data["rows"][1]["cells"]["pixel ASR"]["included"] == 4
+    csv_lines = (out / "results.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("run,arm,status,wall_s,clean PSNR-Y,delta PSNR-Y,delta PSNR-Y [ci95 low]")
+    assert "nan" not in (out / "results.csv").read_text().lower()
+
+
+def test_paired_delta_interval():
+    d = paired_delta([1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 0.0])
+    # mean 2.5, sd 1.29, t(0.975, 3) = 3.182: half-width 2.054
+    assert d.mean == 2.5 and d.low == pytest.approx(0.446, abs=1e-3) and d.high == pytest.approx(4.554, abs=1e-3)
+    assert paired_delta([1.0, math.inf], [0.0, 1.0]).n == 1
+    with pytest.raises(ValueError, match="same images"):
+        paired_delta([1.0], [1.0, 2.0])
+
+
+@pytest.mark.parametrize(
+    "body,match",
+    [
+        ("columns: [{path: a, format: percent}]\n", "columns\\[0\\].format"),
+        ("colums: []\n", "unknown key"),
+        ("columns: [{path: a}]\nreference: X\n", "reference"),
+        ("columns: [{path: a}]\ngrid: {a.b: 3}\n", "grid.a.b"),
+        ("columns: [{path: a, format: paired_delta}]\n", "needs a reference"),
+        ("columns: [{path: a}]\nruns: {x: {row: {from_run: y}}}\n", "from_run"),
+        ("columns: [{header: h, path: a}]\nverdict: {success_columns: [nope]}\n", "nope"),
+    ],
+)
+def test_bad_study_files_name_the_file_and_key(tmp_path, body, match):
+    path = write_study(tmp_path, body)
+    with pytest.raises(StudyConfigError, match=match) as info:
+        load_study(path)
+    assert str(path) in str(info.value)
+
+
+# --------------------------------------------------------------------------- real train.py runs
+
+TINY_DATA = {"scale": 2, "patch_size": 32, "batch_size": 8, "repeat": 1, "max_side": 64, "train_tile": 32,
+             "val_tile": 32}
+
+
+def tiny_trainer(callbacks: list) -> dict:
+    return {"accelerator": "cpu", "devices": 1, "max_epochs": 2, "limit_train_batches": 3, "num_sanity_val_steps": 0,
+            "enable_checkpointing": False, "enable_model_summary": False, "log_every_n_steps": 1,
+            "callbacks": callbacks}
+
+
+def test_two_run_study_of_real_train_runs_writes_its_table_and_plot(tmp_path):
+    model = {"class_path": "lit_sr.modules.SRModule",
+             "init_args": {"arch": "edsr", "arch_kwargs": {"num_feat": 8, "num_block": 1}, "scale": 2, "lr": 1e-3}}
+    clean = {"seed_everything": 0, "model": model, "trainer": tiny_trainer([{"class_path": "callbacks.RunSummary"}]),
+             "data": {"class_path": "datamodules.EmbeddedPhotosDataModule", "init_args": TINY_DATA}}
+    poisoned = {
+        "seed_everything": 0, "model": model, "trainer": tiny_trainer([]),
+        "data": {"class_path": "datamodules.PoisonedSRDataModule", "init_args": {
+            "base": {"class_path": "datamodules.EmbeddedPhotosDataModule", "init_args": TINY_DATA},
+            "trigger": {"class_path": "lit_sr.poison.Blend",
+                        "init_args": {"alpha": 0.2, "pattern": "checkerboard", "pattern_size": 16,
+                                      "resize_mode": "nearest"}},
+            "poison_rate": 0.2, "label": "target", "target": "coffee", "cache_dir": str(tmp_path / "cache"),
+            "seed": 0}},
+    }
+    (tmp_path / "clean.yaml").write_text(yaml.safe_dump(clean))
+    (tmp_path / "poisoned.yaml").write_text(yaml.safe_dump(poisoned))
+    summary = {"class_path": "callbacks.BackdoorSummary", "init_args": {"clean_weights": "{runs_dir}/D/weights.pth"}}
+    study = {
+        "name": "two", "output_dir": str(tmp_path / "out"), "base_config": str(tmp_path / "poisoned.yaml"),
+        "train_script": str(ROOT / "train.py"), "python": sys.executable, "reference": "D",
+        "env": {"OMP_NUM_THREADS": "1"},
+        "runs": {"D": {"config": str(tmp_path / "clean.yaml"), "results_file": "summary.json",
+                       "row": {"from_run": "A", "block": "clean"}},
+                 "A": {"overrides": {"trainer.callbacks": [{"class_path": "callbacks.BackdoorEvalCallback"}, summary]}}},
+        "columns": [{"header": "clean PSNR-Y", "path": "@.clean_psnr_y", "format": "db"},
+                    {"header": "pixel ASR", "path": "@.asr_pixel", "format": "rate"},
+                    {"header": "poisoned HR PSNR", "path": "poison_report.poisoned_hr_psnr", "format": "db"}],
+    }
+    path = tmp_path / "study_two.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    assert main(["--config", str(path)]) == 0, (tmp_path / "out" / "two" / "runs" / "A" / "train.log").read_text()[-3000:]
+    out = tmp_path / "out" / "two"
+    assert (out / "runs" / "D" / "weights.pth").is_file()
+    summary_json = json.loads((out / "runs" / "A" / "backdoor_summary.json").read_text())
+    rows = {r["run"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    assert rows["A"]["cells"]["pixel ASR"]["included"] == summary_json["backdoored"]["asr_pixel_included"] > 0
+    assert rows["D"]["cells"]["clean PSNR-Y"] == summary_json["clean"]["clean_psnr_y"]
+    md = (out / "results.md").read_text()
+    assert "| D |" in md and "| A |" in md
+    assert (out / "summary.png").stat().st_size > 1000
+
+
+def test_explicit_runs_cross_the_grid_unless_they_opt_out(tmp_path):
+    path = write_study(tmp_path, """\
+        runs:
+          ref: {grid: false, in_table: false}
+          arm: {overrides: {fake.included: 4}}
+        grid: {fake.success: [1, 3]}
+        columns: [{path: "@.asr_pixel", format: rate}]
+        """)
+    study = load_study(path)
+    assert [r.name for r in study.runs] == ["ref", "arm__success=1", "arm__success=3"]
+    assert study.runs[2].params == {"run": "arm__success=3", "arm": "arm", "fake.success": 3}
+    assert study.runs[2].overrides == {"fake": {"included": 4, "success": 3}}
+    assert not study.runs[0].in_table and study.runs[0].overrides == {}
+
+
+def test_a_study_extends_another_and_changes_only_what_differs(tmp_path):
+    parent = write_study(tmp_path, """\
+        overrides: {fake.included: 4}
+        runs:
+          a: {overrides: {fake.success: 1, fake.psnr: 29.0}}
+          b: {overrides: {fake.success: 2}}
+        columns: [{path: "@.asr_pixel", format: rate}]
+        """)
+    child = tmp_path / "study_quick.yaml"
+    child.write_text(f"extends: {parent}\nname: quick\nruns:\n  a: {{overrides: {{fake.psnr: 31.0}}}}\n")
+    study = load_study(child)
+    assert study.name == "quick" and [r.name for r in study.runs] == ["a", "b"]
+    assert study.runs[0].overrides == {"fake": {"included": 4, "success": 1, "psnr": 31.0}}
+    loop = tmp_path / "loop.yaml"
+    loop.write_text(f"extends: {loop}\n")
+    with pytest.raises(StudyConfigError, match="extends itself"):
+        load_study(loop)
