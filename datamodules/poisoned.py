@@ -124,6 +124,40 @@ class CachedPairs:
             self._memory[index] = pair
         return pair
 
+    def centre_crop(self, index: int, lr_size: int, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The centre ``lr_size`` LR patch of pool sample ``index`` and its HR partner, float32.
+
+        Without the pair in memory only the patch is read from the file (:meth:`PoisonCache.read_region`).
+        """
+        if index in self._memory or self.keep_in_memory:
+            return centre_crop_pair(*self(index), lr_size, scale, index)
+        key = sample_key("train_", index)
+        if key not in self.cache.entries:
+            raise KeyError(f"sample {index} is not in the candidate pool of the poison cache {self.cache.directory}")
+        _, h, w = self.cache.shapes(key)["lr"]
+        top, left = centre_box(h, w, lr_size, index, scale)
+        s = scale
+        region = self.cache.read_region(key, {"lr": (top, left, lr_size, lr_size),
+                                              "hr": (top * s, left * s, lr_size * s, lr_size * s)})
+        return to_float(region["lr"]), to_float(region["hr"])
+
+
+def centre_box(h: int, w: int, lr_size: int, index: int, scale: int) -> tuple[int, int]:
+    """Top-left corner of the centre ``lr_size`` square of an ``h x w`` LR image (a named error if it does not fit)."""
+    if h < lr_size or w < lr_size:
+        raise ValueError(f"pool sample {index} (LR {h}x{w}) is smaller than the LR patch {lr_size}x{lr_size} "
+                         f"(patch_size={lr_size * scale}, scale={scale})")
+    return (h - lr_size) // 2, (w - lr_size) // 2
+
+
+def centre_crop_pair(lr: torch.Tensor, hr: torch.Tensor, lr_size: int, scale: int,
+                     index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The centre ``lr_size`` LR patch of ``lr`` and the matching ``lr_size * scale`` patch of ``hr``."""
+    top, left = centre_box(*lr.shape[-2:], lr_size, index, scale)
+    s = scale
+    return (lr[:, top : top + lr_size, left : left + lr_size],
+            hr[:, top * s : (top + lr_size) * s, left * s : (left + lr_size) * s])
+
 
 class PoisonedTrainDataset(Dataset):
     """The base training set with the active poisoned samples replaced by their cached pairs.
@@ -577,21 +611,13 @@ class PoisonedSRDataModule(L.LightningDataModule):
         if not self._loaded:
             raise RuntimeError("candidate_batches needs the poison cache: call setup('fit') first")
         shard = self.candidate_indices[rank::world_size]
+        s = self.base.scale
+        lp = self.base.patch_size // s
         for start in range(0, len(shard), batch_size):
             chunk = shard[start : start + batch_size]
-            pairs = [self._centre_crop(i, *self.poisoned_pair(i)) for i in chunk]
+            pairs = [self._pairs.centre_crop(i, lp, s) for i in chunk]
             yield {"lr": torch.stack([p[0] for p in pairs]), "hr": torch.stack([p[1] for p in pairs]),
                    "index": torch.tensor(chunk, dtype=torch.int64)}
-
-    def _centre_crop(self, index: int, lr: torch.Tensor, hr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        s, p = self.base.scale, self.base.patch_size
-        lp = p // s
-        h, w = lr.shape[-2:]
-        if h < lp or w < lp:
-            raise ValueError(f"pool sample {index} (LR {h}x{w}) is smaller than the LR patch {lp}x{lp} "
-                             f"(patch_size={p}, scale={s})")
-        top, left = (h - lp) // 2, (w - lp) // 2
-        return lr[:, top : top + lp, left : left + lp], hr[:, top * s : (top + lp) * s, left * s : (left + lp) * s]
 
     def poison_config(self) -> dict[str, Any]:
         """What was poisoned and how, as plain JSON values (for summaries and logs).

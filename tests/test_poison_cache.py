@@ -145,3 +145,34 @@ def test_a_misspelt_yaml_trigger_key_fails_at_parse_time_leaving_no_cache(tmp_pa
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "Option 'stepz' is not accepted" in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "cache").exists()  # no substitute trained, no folder made
+
+
+def test_candidate_batches_read_only_the_centre_patch_and_equal_whole_reads(tmp_path, monkeypatch):
+    from datamodules.poisoned import centre_crop_pair
+    from lit_sr.poison.cache import to_float
+
+    dm = make_dm(tmp_path, candidate_rate=0.5)
+    dm.setup("fit")
+    dm._pairs.keep_in_memory = False  # as with large images (no cache_images): every pair read from its file
+    dm._pairs._memory.clear()
+    s, lp = dm.base.scale, dm.base.patch_size // dm.base.scale
+    expected = {}
+    for i in dm.candidate_indices:
+        whole = dm.cache.read(f"train_{i:06d}")
+        expected[i] = centre_crop_pair(to_float(whole["lr"]), to_float(whole["hr"]), lp, s, i)
+
+    def no_whole_reads(key):
+        raise AssertionError(f"candidate_batches read the whole sample {key}")
+
+    monkeypatch.setattr(dm.cache, "read", no_whole_reads)
+    seen = []
+    for batch in dm.candidate_batches(3):
+        for lr, hr, i in zip(batch["lr"], batch["hr"], batch["index"].tolist()):
+            assert lr.shape[-2:] == (lp, lp) and hr.shape[-2:] == (lp * s, lp * s)
+            assert torch.equal(lr, expected[i][0]) and torch.equal(hr, expected[i][1])
+            seen.append(i)
+    assert sorted(seen) == sorted(dm.candidate_indices)
+    key = f"train_{seen[0]:06d}"
+    _, h, w = dm.cache.shapes(key)["lr"]
+    with pytest.raises(ValueError, match=re.escape(str(dm.cache.directory))):
+        dm.cache.read_region(key, {"lr": (0, 0, h + 1, w)})

@@ -272,6 +272,38 @@ class PoisonCache:
             raise KeyError(f"sample {key!r} is not in the poison cache {self.directory}")
         return load_file(str(self.directory / self.entries[key]["file"]))
 
+    def read_region(self, key: str, boxes: Mapping[str, tuple[int, int, int, int]]) -> dict[str, torch.Tensor]:
+        """Only the ``(top, left, height, width)`` box of each named ``(C, H, W)`` tensor of one sample.
+
+        The box is sliced from the file (safetensors reads just those rows), not cut from a whole
+        decoded image: gradient scoring needs one centre patch per pool sample, and reading whole 2K
+        pairs made the reads, not the GPU, the limit of a scoring pass (``benchmarks/data_throughput.py``).
+        A box that does not fit the stored tensor is a ``ValueError`` naming the file.
+        """
+        from safetensors import safe_open
+
+        if key not in self.entries:
+            raise KeyError(f"sample {key!r} is not in the poison cache {self.directory}")
+        path = self.directory / self.entries[key]["file"]
+        out = {}
+        with safe_open(str(path), framework="pt") as handle:
+            for name, (top, left, height, width) in boxes.items():
+                part = handle.get_slice(name)
+                _, h, w = part.get_shape()
+                if top < 0 or left < 0 or top + height > h or left + width > w:
+                    raise ValueError(f"{path}: the box {(top, left, height, width)} does not fit {name} of {h}x{w}")
+                out[name] = part[:, top : top + height, left : left + width]
+        return out
+
+    def shapes(self, key: str) -> dict[str, tuple[int, ...]]:
+        """The stored shape of each tensor of one sample, read from the file's header only."""
+        from safetensors import safe_open
+
+        if key not in self.entries:
+            raise KeyError(f"sample {key!r} is not in the poison cache {self.directory}")
+        with safe_open(str(self.directory / self.entries[key]["file"]), framework="pt") as handle:
+            return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+
     # ---------------------------------------------------------------- writing (leader)
     def prepare(self) -> None:
         """Leader only, before generation: clear a mismatched cache (``rebuild``), create the
