@@ -460,3 +460,39 @@ class TTSR(nn.Module):
 
     def forward(self, lr: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         return self.forward_with_textures(lr, ref)[0]
+
+
+class TTSRDiscriminator(nn.Module):
+    """TTSR's discriminator for the WGAN-GP loss: ten 3x3 convs (every second one stride 2) with
+    LeakyReLU(0.2), then two linear layers to one score per image. No normalisation layer, as the
+    gradient penalty needs (a batch norm would couple the images of a batch).
+
+    Args:
+        in_size: square input side, a multiple of 32 (TTSR: 160, its training crop).
+        num_feat: channels of the first conv (32); doubled every two convs up to 16x.
+    """
+
+    def __init__(self, in_size: int = 160, num_feat: int = 32):
+        super().__init__()
+        if isinstance(in_size, bool) or not isinstance(in_size, int) or in_size < 32 or in_size % 32:
+            raise ValueError(f"in_size must be a positive multiple of 32, got {in_size!r}")
+        self.in_size = in_size
+        widths = [num_feat * 2**k for k in range(5)]
+        layers: list[nn.Module] = []
+        in_ch = 3
+        for width in widths:
+            layers += [_conv3x3(in_ch, width), nn.LeakyReLU(0.2), _conv3x3(width, width, 2), nn.LeakyReLU(0.2)]
+            in_ch = width
+        self.body = nn.Sequential(*layers)
+        self.fc1 = nn.Linear((in_size // 32) ** 2 * widths[-1], 1024)
+        self.lrelu = nn.LeakyReLU(0.2)
+        self.fc2 = nn.Linear(1024, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, in_size, in_size) in [0, 1] -> (N, 1) scores."""
+        if x.shape[-2:] != (self.in_size, self.in_size):
+            raise ValueError(
+                f"TTSRDiscriminator(in_size={self.in_size}) needs {self.in_size}x{self.in_size} inputs, "
+                f"got {tuple(x.shape[-2:])}; set in_size to the training patch size"
+            )
+        return self.fc2(self.lrelu(self.fc1(self.body(x * 2 - 1).flatten(1))))
