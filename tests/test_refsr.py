@@ -14,6 +14,7 @@ import torch
 from lit_sr.archs import build_arch
 from lit_sr.archs.ttsr_arch import TTSR, parse_num_res_blocks
 from lit_sr.attacks.refsr_adv import FixedLR, FixedReference, RefSRAdv, refsr_attack_report, uniform_noise
+from lit_sr.metrics import psnr
 from lit_sr.ops import imresize
 
 EPS = 8 / 255
@@ -203,10 +204,12 @@ def test_refsr_adv_on_a_trained_ttsr_hurts_far_more_than_noise(trained_ttsr, sma
     rows = refsr_attack_report(trained_ttsr, lr, ref, hr, eps=EPS, steps=10, seed=0)
     assert set(rows) == {"clean", "refsr_adv", "ref_noise", "lr_pgd"}
     adv, noise = rows["refsr_adv"]["sr_psnr"], rows["ref_noise"]["sr_psnr"]
-    # the trained network beats its own random start: it has learned to super-resolve
-    assert rows["clean"]["hr_psnr"].mean() > 20
+    # the trained network beats its own random start by far: it has learned to super-resolve
+    with torch.no_grad():
+        untrained = psnr(tiny_ttsr()(lr, ref).clamp(0, 1), hr, crop_border=4, y_channel=True)
+    assert rows["clean"]["hr_psnr"].mean() > untrained.mean() + 3
     # the attack lowers the SR PSNR (vs the clean output) far more than noise of the same budget
-    assert adv.mean() < noise.mean() - 6, (adv, noise)
+    assert adv.mean() < noise.mean() - 6, (adv, noise, rows["clean"]["hr_psnr"], untrained)
     assert (adv < noise).all()
     # against HR the damage is diluted by the small net's own error, but it is there on average
     assert rows["refsr_adv"]["hr_psnr"].mean() < rows["clean"]["hr_psnr"].mean()

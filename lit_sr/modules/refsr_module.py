@@ -76,7 +76,9 @@ class RefSRModule(L.LightningModule):
         disc_size: input side of the discriminator (the HR training patch).
         lr: learning rate of the backbone; ``lr_texture``: of the texture extractor (TTSR: 1e-5);
             ``lr_disc``: of the discriminator.
-        betas: Adam betas (TTSR: 0.9, 0.999).
+        betas: Adam betas of the network (TTSR: 0.9, 0.999).
+        disc_betas: Adam betas of the discriminator (TTSR's WGAN-GP: 0, 0.9).
+        disc_steps: critic updates per iteration, on the same generated batch (TTSR's GAN_k: 2).
         milestones, gamma: MultiStepLR (in optimiser steps) of all optimisers; none by default.
         pretrained: weights file for the network (``.pth``/``.ckpt``/``.safetensors``).
         strict_load: exact key match when loading ``pretrained``.
@@ -106,6 +108,8 @@ class RefSRModule(L.LightningModule):
         lr_texture: float = 1e-5,
         lr_disc: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.999),
+        disc_betas: tuple[float, float] = (0.0, 0.9),
+        disc_steps: int = 2,
         milestones: list[int] | None = None,
         gamma: float = 0.5,
         pretrained: str | None = None,
@@ -124,6 +128,7 @@ class RefSRModule(L.LightningModule):
         for name in ("rec_weight", "perceptual_weight", "tpl_weight", "adv_weight", "gp_weight"):
             check_number(getattr(self.hparams, name), name, low=0)
         check_int(warmup_epochs, "warmup_epochs", 0)
+        check_int(disc_steps, "disc_steps", 1)
         check_eps(attack_eps, "attack_eps")
         check_int(attack_steps, "attack_steps", 1)
         check_int(attack_square_queries, "attack_square_queries", 0)
@@ -158,7 +163,7 @@ class RefSRModule(L.LightningModule):
         groups = [{"params": rest, "lr": hp.lr}] + ([{"params": texture, "lr": hp.lr_texture}] if texture else [])
         optimisers = [torch.optim.Adam(groups, betas=tuple(hp.betas))]
         if self.net_d is not None:
-            optimisers.append(torch.optim.Adam(self.net_d.parameters(), lr=hp.lr_disc, betas=tuple(hp.betas)))
+            optimisers.append(torch.optim.Adam(self.net_d.parameters(), lr=hp.lr_disc, betas=tuple(hp.disc_betas)))
         configs = []
         for opt in optimisers:
             sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(hp.milestones or []), gamma=hp.gamma)
@@ -208,7 +213,8 @@ class RefSRModule(L.LightningModule):
         logs = {f"train/{k}": v.detach() for k, v in losses.items()}
         logs["train/loss"] = loss.detach()
         if opt_d is not None and not self.in_warmup():
-            logs.update(self._discriminator_step(opt_d, sr.detach(), batch["hr"]))
+            for _ in range(self.hparams.disc_steps):
+                logs.update(self._discriminator_step(opt_d, sr.detach(), batch["hr"]))
         for sched in self._schedulers():
             sched.step()
         self.log_dict(logs, prog_bar=False, batch_size=n)
@@ -324,12 +330,12 @@ class RefSRModule(L.LightningModule):
 
 
 def attack_table_rows(values: Mapping[str, float]) -> dict[str, dict[str, float]]:
-    """``{set: {"<row>_<col>": mean}}`` from the ``test__<set>__<row>/<col>`` metric keys (sets other than ``all``)."""
+    """``{set: {"<row>_<col>": mean}}`` from the ``test__<set>__<row>_<col>`` metric keys (sets other than ``all``)."""
     table: dict[str, dict[str, float]] = {}
     for key, value in values.items():
         stage, set_name, name = key.split("__", 2)
-        if stage == "test" and set_name != _ALL and name.split("/")[0] in ATTACK_ROWS:
-            table.setdefault(set_name, {})[name.replace("/", "_")] = value
+        if stage == "test" and set_name != _ALL and any(name.startswith(f"{row}_") for row in ATTACK_ROWS):
+            table.setdefault(set_name, {})[name] = value
     return table
 
 
