@@ -211,8 +211,8 @@ def test_refsr_adv_on_a_trained_ttsr_hurts_far_more_than_noise(trained_ttsr, sma
     # the attack lowers the SR PSNR (vs the clean output) far more than noise of the same budget
     assert adv.mean() < noise.mean() - 6, (adv, noise, rows["clean"]["hr_psnr"], untrained)
     assert (adv < noise).all()
-    # against HR the damage is diluted by the small net's own error, but it is there on average
-    assert rows["refsr_adv"]["hr_psnr"].mean() < rows["clean"]["hr_psnr"].mean()
+    # (against HR, no claim: this tiny net is ~19 dB from HR, and pushing its output away from
+    # itself was measured to move it slightly closer to HR as often as further)
     # stealth: an L_inf budget of 8/255 bounds the reference PSNR from below by 20 log10(255/8)
     assert (rows["refsr_adv"]["ref_psnr"] >= 20 * math.log10(255 / 8) - 1e-6).all()
     assert (rows["lr_pgd"]["lr_psnr"] >= 20 * math.log10(255 / 8) - 1e-6).all()
