@@ -299,7 +299,8 @@ class RefSRModule(L.LightningModule):
         if not self.hparams.test_attack:
             self._log_overall("test")
             return
-        values = {key: metric.compute().item() for key, metric in self.eval_metrics.items()}  # collective
+        values = {key: metric.compute().item() for key, metric in self.eval_metrics.items()  # collective
+                  if key.startswith("test__")}
         log_dir = self.trainer.log_dir
         if self.trainer.is_global_zero and log_dir:
             write_attack_table(values, Path(log_dir) / "refsr_adv_by_set.md", self.hparams.attack_eps)
