@@ -61,6 +61,7 @@ HANDLERS = {
     r"^python train\.py fit --config configs/demo_clean\.yaml": "parse_only",
     r"^python train\.py fit --config configs/badsr_quickstart\.yaml": "parse_only",
     r"^python train\.py fit --config configs/robust_\w+\.yaml$": "parse_only",
+    r"^python train\.py (fit|test) --config configs/refsr_quickstart\.yaml": "parse_only",
     r"^python -m lit_sr\.evaluate --config configs/robust_report_\w+\.yaml$": "report_config_loads",
     r"^python benchmarks/imresize\.py": "benchmark_quick",
     r"^python -m lit_sr\.data (prepare|verify) /?": "data_prepare",

@@ -21,6 +21,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "swinir": ("lit_sr.archs.swinir_arch", "SwinIR"),
     "carn": ("lit_sr.archs.carn_arch", "CARN"),
     "carn_m": ("lit_sr.archs.carn_arch", "CARNM"),
+    "ttsr": ("lit_sr.archs.ttsr_arch", "TTSR"),
     "vgg_discriminator": ("lit_sr.archs.discriminator_arch", "VGGStyleDiscriminator"),
     "unet_discriminator": ("lit_sr.archs.discriminator_arch", "UNetDiscriminatorSN"),
 }
