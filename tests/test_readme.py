@@ -85,7 +85,8 @@ EXCLUDED = {
 }
 # The first code line of each python / yaml block, and the handler that runs it.
 SNIPPETS = {
-    r"^from lit_sr\.archs import build_arch": "snippet_weights",
+    r"^from lit_sr\.archs import build_arch\n(?!from lit_sr\.attacks\.refsr_adv)": "snippet_weights",
+    r"^from lit_sr\.archs import build_arch\nfrom lit_sr\.attacks\.refsr_adv import": "snippet_refsr_adv",
     r"^from lit_sr\.attacks import IFGSM": "snippet_attacks",
     r"^trainer:\n  callbacks:\n    - class_path: callbacks\.AdversarialEvalCallback": "yaml_adversarial",
     r"^trainer:\n  reload_dataloaders_every_n_epochs: 1\n  callbacks:\n    - class_path: callbacks\.PoisonSelectionCallback":
@@ -503,3 +504,21 @@ def test_documented_report_configs_load(cmd):
 
     cfg = load_config(ROOT / shlex.split(cmd)[4])
     assert cfg.models and cfg.attacks
+
+
+def test_snippet_refsr_adv():
+    # A tiny random TTSR and small budgets stand in for the documented sizes; the calls are the same.
+    block = snippet("snippet_refsr_adv")
+    body = re.sub(r'n_feats=64, num_res_blocks="16\+16\+8\+4", vgg_weights="[^"]+"',
+                  'n_feats=8, num_res_blocks="1+1+1+1", vgg_weights=None', block.body)
+    body = body.replace("steps=50", "steps=2").replace("square_queries=1000", "square_queries=4")
+    assert body != block.body
+    torch.manual_seed(0)
+    lr, ref, hr = torch.rand(1, 3, 12, 12), torch.rand(1, 3, 48, 48), torch.rand(1, 3, 48, 48)
+    scope = {"lr": lr, "ref": ref, "hr": hr}
+    exec(compile(body, f"README.md:{block.line}", "exec"), scope)
+    assert torch.equal(scope["lr"], lr) and (scope["ref_adv"] - ref).abs().max() <= 8 / 255 + 1e-6
+    documented = re.search(r"# rows: (.*?) \(", block.body).group(1).split(", ")
+    rows = scope["rows"]
+    names = set(rows) if isinstance(rows, dict) else {r["name"] if isinstance(r, dict) else r for r in rows}
+    assert documented[0] in names and documented[1] in names, names
