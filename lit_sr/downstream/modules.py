@@ -63,14 +63,15 @@ class ClassifierModule(L.LightningModule):
             flip = torch.rand(images.shape[0], device=images.device) < 0.5
             images = torch.where(flip[:, None, None, None], images.flip(-1), images)
         loss = F.cross_entropy(self(images), batch["label"])
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
         return loss
 
     def validation_step(self, batch, batch_idx):
         logits = self(batch["hr"])
         self.val_top1.update(logits.argmax(1), batch["label"])
-        self.log("val/loss", F.cross_entropy(logits, batch["label"]), sync_dist=True)
-        self.log("val/top1", self.val_top1, prog_bar=True)
+        n = len(batch["label"])
+        self.log("val/loss", F.cross_entropy(logits, batch["label"]), sync_dist=True, batch_size=n)
+        self.log("val/top1", self.val_top1, prog_bar=True, batch_size=n)
 
     def configure_optimizers(self):
         return _cosine_adamw(self, self.hparams.lr, self.hparams.weight_decay)
@@ -116,9 +117,9 @@ class DetectorModule(L.LightningModule):
                     targets[i] = {"boxes": hflip_boxes(targets[i]["boxes"], width), "labels": targets[i]["labels"]}
         losses = self.net(images, targets)
         loss = sum(losses.values())
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
         for name, value in losses.items():
-            self.log(f"train/{name}", value)
+            self.log(f"train/{name}", value, batch_size=len(images))
         return loss
 
     def validation_step(self, batch, batch_idx):
