@@ -67,6 +67,12 @@ def load_downstream_state(model: nn.Module, path: Path, owner: str) -> None:
     state = read_state_dict(path)
     if state and all(k.startswith("model.") for k in state):  # our module: net = wrapper, wrapper.model = torchvision
         state = {k[len("model."):]: v for k, v in state.items()}
+    own = model.state_dict()
+    wrong = [f"{k}: file {tuple(v.shape)} vs network {tuple(own[k].shape)}"
+             for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        raise ValueError(f"{owner}: weights in {path} do not fit the network: {'; '.join(wrong[:6])} "
+                         "(wrong arch or num_classes?)")
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(f"{owner}: weights in {path} do not fit the network: missing {result.missing_keys[:8]}, "
