@@ -32,7 +32,6 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.utils import draw_bounding_boxes, make_grid
 
@@ -151,8 +150,8 @@ class DownstreamEvalCallback(L.Callback):
         images = {"hr": hr, "bicubic": imresize(lr, scale).clamp(0, 1), "sr_clean": pl_module.super_resolve(lr)}
         data = trainer.datamodule
         if isinstance(data, PoisonedData):
-            triggered = torch.stack([data.backdoor_val_pair(int(i), l, h)[0].to(lr)
-                                     for i, l, h in zip(batch["index"], lr, hr)])
+            triggered = torch.stack([data.backdoor_val_pair(int(i), lr_i, hr_i)[0].to(lr)
+                                     for i, lr_i, hr_i in zip(batch["index"], lr, hr)])
             images["sr_triggered"] = pl_module.super_resolve(triggered)
         for name, attack in self._attacks.items():
             images[f"sr_{name}"] = pl_module.super_resolve(attack(lr, hr=hr))
