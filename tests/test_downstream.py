@@ -142,3 +142,43 @@ def test_callback_on_hr_of_a_trained_classifier_equals_its_val_accuracy(tmp_path
         assert 0 <= res[f"downstream/classifier/{cond}/top1"] <= 1
         assert 0 <= res[f"downstream/classifier/{cond}/asr"] <= 1
     assert callback.grid_path.is_file()
+
+
+def test_triggered_condition_reads_the_poisoned_data_protocol(tmp_path):
+    from callbacks.downstream_eval import DownstreamEvalCallback
+    from callbacks.protocols import PoisonedData
+    from datamodules.shapes import ShapesDataModule
+    from lit_sr.modules import SRModule
+
+    class PoisonedShapes(ShapesDataModule):
+        """Shapes with a stand-in backdoor: the triggered LR is the LR with its red channel zeroed."""
+
+        budget, candidate_indices, poisoned_indices, poison_report, feature_extractor = 0, [], [], {}, None
+        calls: list[int] = []
+
+        def set_poisoned_indices(self, indices):
+            raise AssertionError("the downstream callback must not change the poisoned set")
+
+        def candidate_batches(self, batch_size, rank=0, world_size=1):
+            return iter(())
+
+        def backdoor_val_pair(self, index, lr, hr):
+            self.calls.append(index)
+            return lr * torch.tensor([0.0, 1.0, 1.0]).view(3, 1, 1), hr
+
+        def target_for(self, hr):
+            return hr
+
+        def poison_config(self):
+            return {}
+
+    data = PoisonedShapes(scale=4, hr_size=64, val_size=6, min_radius=10, max_radius=20, val_batch_size=3)
+    assert isinstance(data, PoisonedData)
+    classifier = DownstreamClassifier("resnet18", 6, random_init=True, input_size=32)
+    callback = DownstreamEvalCallback(classifier=classifier, max_batches=None, target_class=1, num_images=0)
+    sr = SRModule(arch="edsr", arch_kwargs={"num_feat": 8, "num_block": 1}, scale=4)
+    L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+              default_root_dir=tmp_path, callbacks=[callback]).validate(sr, datamodule=data, verbose=False)
+    assert sorted(PoisonedShapes.calls) == list(range(6))
+    res = callback.results
+    assert res["downstream/classifier/sr_triggered/n"] == 6 and "downstream/classifier/sr_triggered/agreement" in res
