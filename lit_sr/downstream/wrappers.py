@@ -1,0 +1,165 @@
+"""Downstream models that take SR outputs directly: a torchvision classifier and a Faster R-CNN detector.
+
+Both are built offline: torchvision's builders download weights by default (and the detectors'
+``weights_backbone`` defaults to ImageNet weights), so they are always called with ``weights=None``
+(and ``weights_backbone=None``) and the weights are read from a local file with
+``torch.load(weights_only=True)`` (:func:`lit_sr.io.read_state_dict`). The file is either
+torchvision's own ``.pth`` (by default the one torchvision would download, looked up in the torch
+hub cache, ``<torch.hub.get_dir()>/checkpoints/<name>.pth``) or one of our checkpoints (a Lightning
+``.ckpt`` of :class:`lit_sr.downstream.ClassifierModule` / ``DetectorModule``, whose network is under
+``net.model.``). With no file, :class:`MissingWeightsError` names the expected file and how to pass
+it, before the network is built. A network trained here from scratch is built with
+``random_init=True``, which says so explicitly.
+
+Inputs are ``(N, 3, H, W)`` images in [0, 1]; ImageNet normalisation (classifier) and resizing live
+inside the wrapper (the detector's own ``GeneralizedRCNNTransform`` normalises and resizes to
+``min_size`` / ``max_size``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lit_sr.io import read_state_dict
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class MissingWeightsError(FileNotFoundError):
+    """A downstream model has no local weights file (nothing is ever downloaded)."""
+
+
+def torchvision_weights_file(arch: str) -> Path:
+    """Where torchvision would cache ``arch``'s default weights (its download URL's file name, in the hub cache)."""
+    from torchvision.models import get_model_weights
+
+    try:
+        url = get_model_weights(arch).DEFAULT.url
+    except (ValueError, KeyError, AttributeError) as exc:
+        raise ValueError(f"torchvision has no model named {arch!r} with published weights") from exc
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def resolve_weights(arch: str, weights: str | os.PathLike | None, random_init: bool, owner: str) -> Path | None:
+    """The weights file to load, or ``None`` for an explicit ``random_init``; raises :class:`MissingWeightsError`."""
+    if random_init:
+        if weights is not None:
+            raise ValueError(f"{owner}: give either weights={weights!r} or random_init=True, not both")
+        return None
+    expected = Path(weights) if weights is not None else torchvision_weights_file(arch)
+    if not expected.is_file():
+        raise MissingWeightsError(
+            f"{owner}: weights file not found: {expected}. lit-sr never downloads; put torchvision's "
+            f"'{expected.name}' there (torch hub cache) or pass weights=<path to a torchvision .pth or a "
+            f"lit-sr .ckpt> (YAML: init_args.weights), or random_init=True for an untrained network"
+        )
+    return expected
+
+
+def load_downstream_state(model: nn.Module, path: Path, owner: str) -> None:
+    """Load a torchvision ``.pth`` (bare state_dict) or a lit-sr checkpoint (``net.model.*``) into ``model``."""
+    state = read_state_dict(path)
+    if state and all(k.startswith("model.") for k in state):  # our module: net = wrapper, wrapper.model = torchvision
+        state = {k[len("model."):]: v for k, v in state.items()}
+    own = model.state_dict()
+    wrong = [f"{k}: file {tuple(v.shape)} vs network {tuple(own[k].shape)}"
+             for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        raise ValueError(f"{owner}: weights in {path} do not fit the network: {'; '.join(wrong[:6])} "
+                         "(wrong arch or num_classes?)")
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(f"{owner}: weights in {path} do not fit the network: missing {result.missing_keys[:8]}, "
+                         f"unexpected {result.unexpected_keys[:8]} (wrong arch or num_classes?)")
+
+
+class DownstreamClassifier(nn.Module):
+    """Any torchvision classification model on [0, 1] images.
+
+    Args:
+        arch: a torchvision classification builder name (``resnet50``, ``resnet18``, ``vit_b_16``, ...).
+        num_classes: output classes (1000 for torchvision's ImageNet weights).
+        weights: local weights file; ``None`` looks for torchvision's default file in the hub cache.
+        random_init: build an untrained network (for training from scratch); excludes ``weights``.
+        input_size: images are resized (bilinear, antialiased) to this square side before the
+            network; ``None`` keeps their size (CNNs with global pooling take any size).
+        mean, std: normalisation applied inside (ImageNet's by default).
+    """
+
+    def __init__(self, arch: str = "resnet50", num_classes: int = 1000, weights: str | None = None,
+                 random_init: bool = False, input_size: int | None = 224,
+                 mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD):
+        super().__init__()
+        from torchvision.models import get_model
+
+        path = resolve_weights(arch, weights, random_init, f"DownstreamClassifier({arch})")
+        self.arch, self.num_classes, self.input_size = arch, num_classes, input_size
+        self.model = get_model(arch, weights=None, num_classes=num_classes)
+        if path is not None:
+            load_downstream_state(self.model, path, f"DownstreamClassifier({arch})")
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"DownstreamClassifier expects (N, 3, H, W) images in [0, 1], got {tuple(images.shape)}")
+        if self.input_size is not None and tuple(images.shape[-2:]) != (self.input_size, self.input_size):
+            images = F.interpolate(images, size=(self.input_size, self.input_size), mode="bilinear",
+                                   align_corners=False, antialias=True)
+        return (images - self.mean) / self.std
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, num_classes)``."""
+        return self.model(self.preprocess(images))
+
+
+class DownstreamDetector(nn.Module):
+    """A torchvision Faster R-CNN on [0, 1] images (``fasterrcnn_mobilenet_v3_large_320_fpn`` for CPU).
+
+    Args:
+        arch: a torchvision detection builder (``fasterrcnn_resnet50_fpn``,
+            ``fasterrcnn_mobilenet_v3_large_320_fpn``, ...).
+        num_classes: classes including background (91 for torchvision's COCO weights).
+        weights: local weights file; ``None`` looks for torchvision's default file in the hub cache.
+        random_init: build an untrained network (``weights_backbone`` stays ``None``: nothing is downloaded).
+        min_size, max_size: the detector's internal resize (its transform also normalises);
+            ``None`` keeps the builder's default (320 for the ``_320_`` variant, 800 otherwise).
+        trainable_backbone_layers: as in torchvision (only matters when training).
+        score_thresh: detections below this score are dropped (torchvision's ``box_score_thresh``).
+
+    ``forward(images)`` in eval mode returns torchvision's list of ``{"boxes", "labels", "scores"}``;
+    in train mode ``forward(images, targets)`` returns its loss dict.
+    """
+
+    def __init__(self, arch: str = "fasterrcnn_mobilenet_v3_large_320_fpn", num_classes: int = 91,
+                 weights: str | None = None, random_init: bool = False, min_size: int | None = None,
+                 max_size: int | None = None, trainable_backbone_layers: int | None = None,
+                 score_thresh: float = 0.05):
+        super().__init__()
+        from torchvision.models import get_model
+
+        path = resolve_weights(arch, weights, random_init, f"DownstreamDetector({arch})")
+        self.arch, self.num_classes = arch, num_classes
+        kwargs = {"box_score_thresh": score_thresh}
+        if min_size is not None:
+            kwargs["min_size"] = min_size
+        if max_size is not None:
+            kwargs["max_size"] = max_size
+        if trainable_backbone_layers is not None:
+            kwargs["trainable_backbone_layers"] = trainable_backbone_layers
+        self.model = get_model(arch, weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
+        if path is not None:
+            load_downstream_state(self.model, path, f"DownstreamDetector({arch})")
+
+    def forward(self, images: torch.Tensor | list[torch.Tensor], targets: list[dict] | None = None):
+        if isinstance(images, torch.Tensor):
+            if images.dim() != 4 or images.shape[1] != 3:
+                raise ValueError(f"DownstreamDetector expects (N, 3, H, W) images in [0, 1], got {tuple(images.shape)}")
+            images = list(images)
+        return self.model(images, targets)
