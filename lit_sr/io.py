@@ -8,6 +8,7 @@ umask, as ``open()`` would give), and every error on hostile or broken input nam
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import tempfile
@@ -96,6 +97,15 @@ def atomic_write(path: str | os.PathLike, suffix: str | None = None):
 
 
 # --------------------------------------------------------------------------- images
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes (manifests of the poison cache and of prepared data)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_image(path: str | os.PathLike) -> torch.Tensor:

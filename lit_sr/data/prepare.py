@@ -38,7 +38,7 @@ from typing import Any, Literal
 import torch
 
 from lit_sr.data.images import NPY_SUFFIX, bicubic_lr, lr_partner, read_pixels, to_uint8, write_npy
-from lit_sr.io import atomic_write, list_images
+from lit_sr.io import atomic_write, list_images, sha256_file
 from lit_sr.ops import mod_crop
 from lit_sr.validation import check_choice, check_int
 
@@ -141,15 +141,6 @@ def subimage_boxes(height: int, width: int, crop_size: int, step: int, thresh_si
 
 
 # --------------------------------------------------------------------------- one image
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _eight_bit(img: torch.Tensor, path: Path) -> torch.Tensor:

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from lit_sr.io import atomic_write
+from lit_sr.io import atomic_write, sha256_file  # sha256_file re-exported here
 
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
@@ -52,15 +52,6 @@ class CacheMismatchError(ValueError):
 
 
 # --------------------------------------------------------------------------- hashing
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def sha256_tensors(*tensors: torch.Tensor) -> str:
