@@ -14,6 +14,7 @@ import lightning as L
 
 from callbacks.prediction_writer import PredictionWriter
 from lit_sr.cli import SRLightningCLI
+from lit_sr.runtime import close_process_group
 
 
 class TrainCLI(SRLightningCLI):
@@ -41,18 +42,6 @@ def main(args: list[str] | None = None, run: bool = True) -> TrainCLI:
         args=args,
         run=run,
     )
-
-
-def close_process_group() -> None:
-    """Close the DDP process group Lightning leaves open, so gloo's threads end before the interpreter.
-
-    Without it a CPU (gloo) run can abort at exit ("terminate called without an active exception").
-    """
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -72,3 +72,17 @@ def grad_enabled_outside_inference() -> Iterator[None]:
     """Leave ``torch.inference_mode`` and enable autograd (Lightning validates in inference mode)."""
     with torch.inference_mode(False), torch.enable_grad():
         yield
+
+
+def close_process_group() -> None:
+    """Close the default ``torch.distributed`` process group on every rank, after a barrier.
+
+    Lightning leaves the group of a DDP run open; with gloo, a process that exits with it open can
+    abort in C++ teardown ("terminate called without an active exception", SIGABRT) although the
+    run itself finished. Call this once at the end of a script that ran a distributed fit.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -63,11 +63,9 @@ def main() -> None:
                         callbacks=[RankReport(out, base_sum)], default_root_dir=str(out), num_sanity_val_steps=0,
                         limit_val_batches=0)
     trainer.fit(module, datamodule=data)
-    # gloo's threads outlive a process group left open at exit ("terminate called without an
-    # active exception", SIGABRT): close it on every rank once all are done.
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    from lit_sr.runtime import close_process_group
+
+    close_process_group()  # gloo aborts at exit with the group left open
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from lit_sr.poison import (
     selection_fitness,
     topk_select,
 )
+from lit_sr.runtime import close_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN = 16
@@ -559,11 +560,7 @@ def _ddp_worker(out: Path) -> None:
                         reload_dataloaders_every_n_epochs=1, default_root_dir=str(out),
                         callbacks=[grads, ga, _DDPReport(out, grads, ga)])
     trainer.fit(_module(), datamodule=StandInPoisonedDataModule())
-    # gloo's threads outlive a process group left open at exit ("terminate called without an
-    # active exception", SIGABRT): close it on every rank once all are done.
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    close_process_group()  # gloo aborts at exit with the group left open
 
 
 if __name__ == "__main__":

@@ -79,6 +79,9 @@ def main() -> None:
     trainer.fit(module, datamodule=data)
     report = {"results": callback.results, "local": callback.local_counts, "indices": indices.indices}
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
+    from lit_sr.runtime import close_process_group
+
+    close_process_group()  # gloo aborts at exit with the group left open
 
 
 if __name__ == "__main__":

@@ -210,6 +210,9 @@ def _ddp_worker(out: Path) -> None:
     tr.fit(module, DataLoader(PairSet(8), batch_size=2))
     torch.save({"init": init, "final": module.state_dict(), "seen": seen, "global_step": tr.global_step},
                out / f"rank{tr.global_rank}.pt")
+    from lit_sr.runtime import close_process_group
+
+    close_process_group()  # gloo aborts at exit with the group left open
 
 
 def test_ddp_two_processes_keep_g_and_d_in_sync(tmp_path):
