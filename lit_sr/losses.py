@@ -432,3 +432,26 @@ class PerceptualLoss(nn.Module):
         if self.criterion == "l2":
             return F.mse_loss(a, b)
         return torch.linalg.vector_norm(a - b)
+
+
+PERCEPTUAL_PREFIX = "perceptual_loss."
+
+
+def drop_frozen_perceptual(checkpoint: dict, prefix: str = PERCEPTUAL_PREFIX) -> None:
+    """Remove a frozen perceptual network's tensors (``prefix``) from a Lightning checkpoint.
+
+    Its weights come from the local VGG file the module was built with, so storing them in every
+    checkpoint would only copy that file.
+    """
+    state = checkpoint.get("state_dict")
+    if isinstance(state, Mapping):
+        for key in [k for k in state if k.startswith(prefix)]:
+            del state[key]
+
+
+def restore_frozen_perceptual(checkpoint: dict, perceptual: nn.Module | None, prefix: str = PERCEPTUAL_PREFIX) -> None:
+    """Put ``perceptual``'s tensors back into a checkpoint so that strict loading succeeds."""
+    state = checkpoint.get("state_dict")
+    if isinstance(state, dict) and perceptual is not None:
+        for key, value in perceptual.state_dict(prefix=prefix).items():
+            state.setdefault(key, value)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -11,7 +10,18 @@ import torch
 
 from lit_sr.archs import build_arch
 from lit_sr.io import load_weights, save_weights
-from lit_sr.losses import Criterion, GANLoss, PerceptualLoss, PixelLoss, VggType, ragan_d_loss, ragan_g_loss
+from lit_sr.losses import (
+    PERCEPTUAL_PREFIX,
+    Criterion,
+    GANLoss,
+    PerceptualLoss,
+    PixelLoss,
+    VggType,
+    drop_frozen_perceptual,
+    ragan_d_loss,
+    ragan_g_loss,
+    restore_frozen_perceptual,
+)
 from lit_sr.modules.sr_module import SRModule
 from lit_sr.validation import check_choice, check_int, check_number, check_positive
 
@@ -24,7 +34,7 @@ GAN_TYPES: tuple[str, ...] = get_args(GanModuleType)
 DISCRIMINATORS: tuple[str, ...] = get_args(Discriminator)
 # State-dict prefix of the frozen VGG: its weights come from the local torchvision file, so
 # checkpoints leave them out (about 80 MB for VGG19 up to conv5_4).
-_PERCEPTUAL_PREFIX = "perceptual_loss."
+_PERCEPTUAL_PREFIX = PERCEPTUAL_PREFIX
 
 
 class GANSRModule(SRModule):
@@ -300,17 +310,11 @@ class GANSRModule(SRModule):
     # ------------------------------------------------------------------ checkpoints and export
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Leave the frozen VGG out of checkpoints; its weights come from ``vgg_weights_path``."""
-        state = checkpoint.get("state_dict")
-        if isinstance(state, Mapping):
-            for key in [k for k in state if k.startswith(_PERCEPTUAL_PREFIX)]:
-                del state[key]
+        drop_frozen_perceptual(checkpoint, _PERCEPTUAL_PREFIX)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Put this module's VGG weights back so that strict loading of a checkpoint succeeds."""
-        state = checkpoint.get("state_dict")
-        if isinstance(state, dict) and self.perceptual_loss is not None:
-            for key, value in self.perceptual_loss.state_dict(prefix=_PERCEPTUAL_PREFIX).items():
-                state.setdefault(key, value)
+        restore_frozen_perceptual(checkpoint, self.perceptual_loss, _PERCEPTUAL_PREFIX)
 
     def export_discriminator(self, path: str | Path) -> Path:
         """Write the discriminator as BasicSR ``{'params'}`` (``.pth``) or ``.safetensors``."""

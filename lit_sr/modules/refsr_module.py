@@ -26,12 +26,12 @@ from lit_sr.archs import build_arch
 from lit_sr.archs.ttsr_arch import TTSRDiscriminator
 from lit_sr.attacks.refsr_adv import refsr_attack_report
 from lit_sr.io import atomic_write, load_weights, save_weights
-from lit_sr.losses import PerceptualLoss
+from lit_sr.losses import PERCEPTUAL_PREFIX, PerceptualLoss, drop_frozen_perceptual, restore_frozen_perceptual
 from lit_sr.modules.sr_module import EVAL_METRICS, arch_kwargs_with_scale, sr_metrics
 from lit_sr.runtime import Autocast, grad_enabled_outside_inference
 from lit_sr.validation import check_eps, check_int, check_number
 
-_PERCEPTUAL_PREFIX = "perceptual_loss."
+_PERCEPTUAL_PREFIX = PERCEPTUAL_PREFIX
 _ALL = "all"  # the set name of the means over every evaluation loader
 ATTACK_ROWS = ("clean", "refsr_adv", "ref_noise", "ref_square", "lr_pgd")
 
@@ -308,17 +308,12 @@ class RefSRModule(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints and export
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Leave the frozen perceptual VGG out of checkpoints; its weights come from ``vgg_weights``."""
-        state = checkpoint.get("state_dict")
-        if isinstance(state, Mapping):
-            for key in [k for k in state if k.startswith(_PERCEPTUAL_PREFIX)]:
-                del state[key]
+        """Leave the frozen VGG out of checkpoints; its weights come from ``vgg_weights``."""
+        drop_frozen_perceptual(checkpoint, _PERCEPTUAL_PREFIX)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("state_dict")
-        if isinstance(state, dict) and self.perceptual_loss is not None:
-            for key, value in self.perceptual_loss.state_dict(prefix=_PERCEPTUAL_PREFIX).items():
-                state.setdefault(key, value)
+        """Put this module's VGG weights back so that strict loading of a checkpoint succeeds."""
+        restore_frozen_perceptual(checkpoint, self.perceptual_loss, _PERCEPTUAL_PREFIX)
 
     def export(self, path: str | Path) -> Path:
         """Write the network as BasicSR ``{'params'}`` (``.pth``) or ``.safetensors``."""
