@@ -77,3 +77,21 @@ def test_refsr_module_trains_masa_on_the_embedded_pairs_and_reloads_it(tmp_path)
     assert any(n.startswith("test/embedded_l1/refsr_adv") for n in names), sorted(names)
     stealth = [v for n, v in trainer.callback_metrics.items() if n.endswith("refsr_adv/ref_psnr")]
     assert stealth and all(v >= 20 * torch.log10(torch.tensor(255 / 8)) - 1e-4 for v in stealth)
+
+
+def test_full_losses_without_the_transferal_term_train_masa_and_its_critic(tmp_path):
+    # MASA has no texture extractor, so its full model is L1 + perceptual + WGAN-GP (tpl_weight 0)
+    torch.manual_seed(0)
+    module = RefSRModule(arch="masa", arch_kwargs=TINY, losses="full", tpl_weight=0.0, perceptual_pretrained=False,
+                         warmup_epochs=0, disc_size=64, export_weights=False)
+    data = EmbeddedRefPairsDataModule(max_side=128, patch_size=64, batch_size=2, repeat=1, levels=[1],
+                                      val_photos=("astronaut",))
+    before_d = [p.detach().clone() for p in module.net_d.parameters()]
+    trainer = L.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, default_root_dir=tmp_path, num_sanity_val_steps=0)
+    trainer.fit(module, data)
+    metrics = trainer.callback_metrics
+    for key in ("train/rec", "train/per", "train/adv", "train/d_loss"):
+        assert key in metrics and torch.isfinite(metrics[key]), key
+    assert "train/tpl" not in metrics
+    assert any(not torch.equal(a, b) for a, b in zip(before_d, module.net_d.parameters()))

@@ -92,6 +92,7 @@ SNIPPETS = {
     r"^trainer:\n  reload_dataloaders_every_n_epochs: 1\n  callbacks:\n    - class_path: callbacks\.PoisonSelectionCallback":
         "yaml_backdoor",
     r"^data:\n  class_path: datamodules\.PoisonedSRDataModule": "yaml_poisoned_data",
+    r"^from lit_sr\.archs\.masa_arch import MASA\n": "snippet_masa",
 }
 
 
@@ -522,3 +523,21 @@ def test_snippet_refsr_adv():
     rows = scope["rows"]
     names = set(rows) if isinstance(rows, dict) else {r["name"] if isinstance(r, dict) else r for r in rows}
     assert documented[0] in names and documented[1] in names, names
+
+
+def test_snippet_masa():
+    # A tiny random MASA stands in for the published size; the calls are the same.
+    from lit_sr.archs.masa_arch import MASA, Match
+
+    block = snippet("snippet_masa")
+    body = block.body.replace("MASA()", "MASA(n_feats=8, n_blks=[1, 1, 1], n_blks_dec=[1, 1, 1, 1, 1, 1])")
+    assert body != block.body
+    torch.manual_seed(0)
+    lr, ref = torch.rand(1, 3, 16, 12), torch.rand(1, 3, 50, 70)
+    scope = {"lr": lr, "ref": ref}
+    exec(compile(body, f"README.md:{block.line}", "exec"), scope)
+    assert isinstance(scope["net"], MASA) and scope["sr"].shape == (1, 3, 64, 48)
+    match = scope["match"]
+    assert isinstance(match, Match) and match.soft.shape == (1, 4, 64)  # 2x2 blocks of 8x8 (LR padded to 16x16)
+    for name in ("patch_top", "patch_left", "soft"):  # the fields the comment names
+        assert name in block.body
