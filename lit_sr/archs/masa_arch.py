@@ -212,24 +212,26 @@ class Match(NamedTuple):
 
 
 def gather_patches(feat: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int) -> torch.Tensor:
-    """``feat[n, :, top:top+size, left:left+size]`` for every corner: (N, C, H, W), (N, Q) -> (N, Q, C, size, size).
+    """``feat[n, :, top:top+size, left:left+size]`` for every corner: (N, C, H, W), (N, Q) -> (N, Q, size, size, C).
 
-    Advanced indexing, so only the gathered patches are allocated (no unfolding of ``feat``) and
-    the gradient flows back to ``feat`` (scatter-added where patches overlap).
+    One flat index into the channels-last features, so only the gathered patches are allocated (no
+    unfolding of ``feat``) and the gradient flows back to ``feat`` (summed where patches overlap).
     """
-    n = feat.shape[0]
+    n, c, _, width = feat.shape
     steps = torch.arange(size, device=feat.device)
     rows = top.reshape(n, -1, 1) + steps
     cols = left.reshape(n, -1, 1) + steps
-    batch = torch.arange(n, device=feat.device).view(n, 1, 1, 1)
-    patches = feat.permute(0, 2, 3, 1)[batch, rows[:, :, :, None], cols[:, :, None, :]]  # (N, Q, S, S, C)
-    return patches.permute(0, 1, 4, 2, 3)
+    index = rows[:, :, :, None] * width + cols[:, :, None, :]  # (N, Q, S, S)
+    flat = feat.permute(0, 2, 3, 1).reshape(n, -1, c)
+    return flat[torch.arange(n, device=feat.device).view(n, 1, 1, 1), index]
 
 
-def _to_blocks(x: torch.Tensor, k: int) -> torch.Tensor:
-    """(N, D, h, w) -> (N, P, D, k*k): the k x k blocks, row-major, each row-major inside."""
-    n, d, h, w = x.shape
-    return x.view(n, d, h // k, k, w // k, k).permute(0, 2, 4, 1, 3, 5).reshape(n, (h // k) * (w // k), d, k * k)
+def _block_positions(h: int, w: int, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column of every position of an h x w map, by k x k block: two (P, k*k) tensors."""
+    inner = torch.arange(k * k, device=device)
+    rows = (torch.arange(h // k, device=device) * k).repeat_interleave(w // k)[:, None] + inner // k
+    cols = (torch.arange(w // k, device=device) * k).repeat(h // k)[:, None] + inner % k
+    return rows, cols
 
 
 def _from_blocks(x: torch.Tensor, blocks_y: int, blocks_x: int) -> torch.Tensor:
@@ -333,50 +335,64 @@ class MatchExtract(nn.Module):
                    region: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Best 3x3 patch of each block's region for every query: corners (N, P, k*k) in Ref-down pixels.
 
-        ``queries``: (N, P, 9C, k*k) normalised LR patches; ``top``, ``left``: (N, P) region corners.
+        ``queries``: (N, P, k*k, 9C) normalised LR patches; ``top``, ``left``: (N, P) region corners.
+        The region's patches are gathered directly (no crop-and-unfold) and divided by their norms.
         """
-        n, num_blocks, d, kk = queries.shape
-        c = reflr_feat.shape[1]
+        n, num_blocks, kk, d = queries.shape
         ry, rx = region
-        dx = rx - _PATCH + 1  # candidate patches per region row
+        dy, dx = ry - _PATCH + 1, rx - _PATCH + 1  # candidate patches per region column / row
+        offsets_y, offsets_x = torch.meshgrid(torch.arange(dy, device=top.device), torch.arange(dx, device=top.device),
+                                              indexing="ij")
         patch_top, patch_left = [], []
         for start in range(0, num_blocks, self.chunk_size):
             stop = min(start + self.chunk_size, num_blocks)
-            t, lft = top[:, start:stop], left[:, start:stop]
-            rows = t[..., None] + torch.arange(ry, device=t.device)
-            cols = lft[..., None] + torch.arange(rx, device=t.device)
-            batch = torch.arange(n, device=t.device).view(n, 1, 1, 1)
-            crops = reflr_feat.permute(0, 2, 3, 1)[batch, rows[..., :, None], cols[..., None, :]]  # (N, c, ry, rx, C)
-            crops = crops.permute(0, 1, 4, 2, 3).reshape(-1, c, ry, rx)
-            keys = F.normalize(F.unfold(crops, _PATCH), dim=1, eps=_NORM_EPS)  # (N*c, 9C, dy*dx)
-            q = queries[:, start:stop].reshape(-1, d, kk)
-            index = torch.bmm(q.transpose(1, 2), keys).argmax(dim=2).view(n, stop - start, kk)
-            patch_top.append(t[..., None] + index // dx)
-            patch_left.append(lft[..., None] + index % dx)
+            cand_top = (top[:, start:stop, None] + offsets_y.flatten()).flatten(1)  # (N, c*dy*dx)
+            cand_left = (left[:, start:stop, None] + offsets_x.flatten()).flatten(1)
+            keys = gather_patches(reflr_feat, cand_top, cand_left, _PATCH).view(-1, dy * dx, d)
+            keys = keys / keys.norm(dim=2, keepdim=True).clamp_min(_NORM_EPS)
+            q = queries[:, start:stop].reshape(-1, kk, d)
+            index = torch.bmm(q, keys.transpose(1, 2)).argmax(dim=2).view(n, stop - start, kk)
+            patch_top.append(top[:, start:stop, None] + index // dx)
+            patch_left.append(left[:, start:stop, None] + index % dx)
         return torch.cat(patch_top, dim=1), torch.cat(patch_left, dim=1)
+
+    def search(self, lr_feat: torch.Tensor, reflr_feat: torch.Tensor) -> tuple:
+        """The matching's indices, without gradient: ``(centre, top, left, region, patch_top, patch_left)``."""
+        k = self.lr_block_size
+        n, _, h, w = lr_feat.shape
+        hr, wr = reflr_feat.shape[-2:]
+        # in float32 whatever the autocast: bf16 cosines tie too often for an argmax
+        with torch.no_grad(), torch.autocast(lr_feat.device.type, enabled=False):
+            lr32, ref32 = lr_feat.float(), reflr_feat.float()
+            centre = self.coarse_match(lr32, ref32)
+            ry, rx = self.region_size((hr, wr), (h // k, w // k))
+            top = (centre // wr - ry // 2).clamp(0, hr - ry)
+            left = (centre % wr - rx // 2).clamp(0, wr - rx)
+            queries = F.normalize(self.lr_patches(lr32), dim=3, eps=_NORM_EPS)
+            patch_top, patch_left = self.fine_match(queries, ref32, top, left, (ry, rx))
+        return centre, top, left, (ry, rx), patch_top, patch_left
+
+    def lr_patches(self, lr_feat: torch.Tensor) -> torch.Tensor:
+        """Every 3x3 LR patch (replicate-padded), by block: (N, C, h, w) -> (N, P, k*k, 9C).
+
+        Patch vectors are in (row, column, channel) order on both sides of the matching, which
+        leaves every dot product and norm as with F.unfold's order and saves a reordering copy.
+        """
+        n, _, h, w = lr_feat.shape
+        rows, cols = _block_positions(h, w, self.lr_block_size, lr_feat.device)
+        padded = F.pad(lr_feat, (1, 1, 1, 1), mode="replicate")
+        patches = gather_patches(padded, rows.expand(n, -1, -1), cols.expand(n, -1, -1), _PATCH)
+        return patches.view(n, rows.shape[0], rows.shape[1], -1)
 
     def match(self, lr_feat: torch.Tensor, reflr_feat: torch.Tensor) -> Match:
         """Coarse then fine matching of LR features (h, w multiples of k) in Ref-down features."""
-        k = self.lr_block_size
-        n, c, h, w = lr_feat.shape
-        hr, wr = reflr_feat.shape[-2:]
-        blocks_y, blocks_x = h // k, w // k
-        # the search in float32 whatever the autocast: bf16 cosines tie too often for an argmax
-        with torch.autocast(lr_feat.device.type, enabled=False):
-            lr32, ref32 = lr_feat.float(), reflr_feat.float()
-            centre = self.coarse_match(lr32, ref32)
-            ry, rx = self.region_size((hr, wr), (blocks_y, blocks_x))
-            top = (centre // wr - ry // 2).clamp(0, hr - ry)
-            left = (centre % wr - rx // 2).clamp(0, wr - rx)
-            queries = F.unfold(F.pad(lr32, (1, 1, 1, 1), mode="replicate"), _PATCH).view(n, -1, h, w)
-            queries = F.normalize(_to_blocks(queries, k), dim=2, eps=_NORM_EPS)
-            patch_top, patch_left = self.fine_match(queries, ref32, top, left, (ry, rx))
-        # differentiable relevance of the chosen patches (LR side and reference side)
-        lr_patches = _to_blocks(F.unfold(F.pad(lr_feat, (1, 1, 1, 1), mode="replicate"), _PATCH).view(n, -1, h, w), k)
-        ref_patches = gather_patches(reflr_feat, patch_top, patch_left, _PATCH).flatten(2)  # (N, P*kk, 9C)
-        ref_patches = ref_patches.view(n, blocks_y * blocks_x, k * k, -1).transpose(2, 3)
-        soft = (F.normalize(lr_patches, dim=2, eps=_NORM_EPS) * F.normalize(ref_patches, dim=2, eps=_NORM_EPS)).sum(2)
-        return Match(centre, top, left, (ry, rx), patch_top, patch_left, soft)
+        centre, top, left, region, patch_top, patch_left = self.search(lr_feat, reflr_feat)
+        # the relevance of the chosen patches, differentiable on both sides (the soft attention)
+        lr_patches = F.normalize(self.lr_patches(lr_feat), dim=3, eps=_NORM_EPS)
+        ref_patches = gather_patches(reflr_feat, patch_top, patch_left, _PATCH).view(lr_patches.shape)
+        ref_patches = F.normalize(ref_patches, dim=3, eps=_NORM_EPS)
+        soft = (lr_patches * ref_patches).sum(dim=3)
+        return Match(centre, top, left, region, patch_top, patch_left, soft)
 
     # ------------------------------------------------------------------ transfer
     def transfer(self, ref_feat: torch.Tensor, match: Match, scale: int, lr_hw: tuple[int, int]) -> torch.Tensor:
@@ -390,8 +406,10 @@ class MatchExtract(nn.Module):
         n, c = ref_feat.shape[:2]
         blocks_y, blocks_x = lr_hw[0] // k, lr_hw[1] // k
         size = _PATCH * s
-        patches = gather_patches(ref_feat, match.patch_top * s, match.patch_left * s, size)  # (N, P*kk, C, S, S)
-        patches = patches.reshape(n * blocks_y * blocks_x, k * k, c * size * size).transpose(1, 2)
+        patches = gather_patches(ref_feat, match.patch_top * s, match.patch_left * s, size)  # (N, P*kk, S, S, C)
+        # one reordering copy into F.fold's (block, channel * row * column, position) layout
+        patches = patches.view(n * blocks_y * blocks_x, k * k, size, size, c).permute(0, 4, 2, 3, 1)
+        patches = patches.reshape(n * blocks_y * blocks_x, c * size * size, k * k)
         fold = dict(output_size=(k * s, k * s), kernel_size=size, padding=s * (_PATCH // 2), stride=s)
         out = F.fold(patches, **fold)
         divisor = F.fold(patches.new_ones(1, size * size, k * k), **fold)

@@ -1,0 +1,144 @@
+"""MASA-SR against TTSR: training-step throughput, and MASA's coarse-to-fine matching against a full search.
+
+Two tables, measured in one process on the same random inputs:
+
+1. forward + backward (gradients of the parameters and of the reference, as in training and in
+   RefSR-Adv) of ``masa`` and ``ttsr`` at the same ``n_feats`` and block counts cut to one per
+   stage (TTSR's texture extractor keeps VGG19's 64/128/256 widths whatever ``n_feats``), in
+   images/s, and the masa/ttsr ratio;
+2. the matching alone on the same MASA features: MASA's coarse block search plus the fine search in
+   each block's region (:meth:`MatchExtract.match`, without its differentiable relevance) against
+   the naive baseline, every 3x3 LR patch compared with every 3x3 Ref-down patch (TTSR's search,
+   chunked the same way), in ms, their ratio, and how often the two pick the same patch.
+
+Random weights and images: these are timings, not quality (on random features the restricted
+search often disagrees with the global one; on real content the paper reports little loss).
+
+    python benchmarks/refsr_throughput.py --device cpu --threads 2
+    python benchmarks/refsr_throughput.py --device cuda --n-feats 64 --batch 9
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from datetime import datetime, timezone
+
+import torch
+from common import machine_name, synchronise
+from torch.nn import functional as F
+
+from lit_sr.archs import build_arch, count_parameters
+from lit_sr.io import atomic_write
+from lit_sr.ops import imresize
+
+
+def build(arch: str, n_feats: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if arch == "masa":
+        return build_arch("masa", n_feats=n_feats, n_blks=[1, 1, 1], n_blks_dec=[1, 1, 1, 1, 1, 1])
+    return build_arch("ttsr", n_feats=n_feats, num_res_blocks=[1, 1, 1, 1])
+
+
+def time_call(fn, device: torch.device, repeats: int) -> float:
+    """Best wall-clock seconds of ``repeats`` calls after one warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        synchronise(device)
+        start = time.perf_counter()
+        fn()
+        synchronise(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def train_step_seconds(net, lr, ref, device, repeats: int) -> float:
+    def step():
+        ref_leaf = ref.clone().requires_grad_(True)
+        net.zero_grad(set_to_none=True)
+        net(lr, ref_leaf).abs().mean().backward()
+
+    return time_call(step, device, repeats)
+
+
+@torch.no_grad()
+def full_search(lr_feat: torch.Tensor, reflr_feat: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """Naive baseline: the best of all (Hr-2)(Wr-2) Ref-down 3x3 patches for every LR 3x3 patch, (N, h*w)."""
+    queries = F.normalize(F.unfold(F.pad(lr_feat, (1, 1, 1, 1), mode="replicate"), 3), dim=1)
+    keys = F.normalize(F.unfold(reflr_feat, 3), dim=1)
+    best_value = torch.full(queries.shape[::2], -float("inf"), device=queries.device)
+    best_index = torch.zeros(queries.shape[::2], dtype=torch.long, device=queries.device)
+    for start in range(0, keys.shape[2], chunk):
+        value, index = torch.bmm(keys[:, :, start : start + chunk].transpose(1, 2), queries).max(dim=1)
+        better = value > best_value
+        best_value, best_index = torch.where(better, value, best_value), torch.where(better, index + start, best_index)
+    return best_index
+
+
+def matching_rows(net, lr, ref, device, repeats: int) -> dict:
+    """MASA's coarse-to-fine search vs the full search, on the same encoder features."""
+    me = net.match_extract
+    with torch.no_grad():
+        lr_p, ref_p = net.pad_inputs(lr, ref)
+        lr_feat, reflr_feat = net.enc(lr_p)[0], net.enc(imresize(ref_p, 1 / 4))[0]
+
+        def masa_search():
+            return me.match(lr_feat, reflr_feat)
+
+        masa_s = time_call(masa_search, device, repeats)
+        full_s = time_call(lambda: full_search(lr_feat, reflr_feat), device, repeats)
+        match = masa_search()
+        wr = reflr_feat.shape[-1] - 2  # the full search's key grid width
+        k = me.lr_block_size
+        h, w = lr_feat.shape[-2:]
+        # MASA's matches back in the image layout, as flat indices of the full search's key grid
+        flat = (match.patch_top * wr + match.patch_left).view(lr.shape[0], h // k, w // k, k, k)
+        flat = flat.permute(0, 1, 3, 2, 4).reshape(lr.shape[0], -1)
+        agree = (flat == full_search(lr_feat, reflr_feat)).float().mean().item()
+    return {"masa_ms": 1e3 * masa_s, "full_ms": 1e3 * full_s, "full_over_masa": full_s / masa_s, "agree": agree}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--n-feats", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--lr-size", type=int, default=40, help="LR side (CUFED training: 40)")
+    parser.add_argument("--ref-sizes", type=int, nargs="+", default=[160, 320], help="reference sides")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default=None, help="JSON file for the results")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    nets = {arch: build(arch, args.n_feats).to(device).train() for arch in ("masa", "ttsr")}
+    generator = torch.Generator().manual_seed(0)
+    lr = torch.rand(args.batch, 3, args.lr_size, args.lr_size, generator=generator).to(device)
+    rows = []
+    for ref_size in args.ref_sizes:
+        ref = torch.rand(args.batch, 3, ref_size, ref_size, generator=generator).to(device)
+        row = {"ref_size": ref_size}
+        for arch, net in nets.items():
+            row[f"{arch}_img_s"] = args.batch / train_step_seconds(net, lr, ref, device, args.repeats)
+        row["masa_over_ttsr"] = row["masa_img_s"] / row["ttsr_img_s"]
+        row.update(matching_rows(nets["masa"], lr, ref, device, args.repeats))
+        rows.append(row)
+    params = {arch: count_parameters(net) for arch, net in nets.items()}
+    print(f"machine: {machine_name(device)}; n_feats {args.n_feats}, one block per stage, batch {args.batch}, "
+          f"LR {args.lr_size}px; parameters masa {params['masa']:,}, ttsr {params['ttsr']:,}; best of {args.repeats}")
+    print("| ref px | masa img/s | ttsr img/s | masa/ttsr | MASA search ms | full search ms | full/MASA | same patch |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['ref_size']} | {r['masa_img_s']:.2f} | {r['ttsr_img_s']:.2f} | {r['masa_over_ttsr']:.2f} | "
+              f"{r['masa_ms']:.1f} | {r['full_ms']:.1f} | {r['full_over_masa']:.2f} | {r['agree']:.1%} |")
+    if args.out:
+        result = {"date": datetime.now(timezone.utc).isoformat(), "machine": machine_name(device), "args": vars(args),
+                  "params": params, "rows": rows}
+        with atomic_write(args.out) as tmp:
+            tmp.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
