@@ -7,12 +7,14 @@ Two tables, measured in one process on the same random inputs:
    stage (TTSR's texture extractor keeps VGG19's 64/128/256 widths whatever ``n_feats``), in
    images/s, and the masa/ttsr ratio;
 2. the matching alone on the same MASA features: MASA's coarse block search plus the fine search in
-   each block's region (:meth:`MatchExtract.match`, without its differentiable relevance) against
+   each block's region (:meth:`MatchExtract.search`, without the differentiable relevance) against
    the naive baseline, every 3x3 LR patch compared with every 3x3 Ref-down patch (TTSR's search,
    chunked the same way), in ms, their ratio, and how often the two pick the same patch.
 
-Random weights and images: these are timings, not quality (on random features the restricted
-search often disagrees with the global one; on real content the paper reports little loss).
+Random weights (the authors' init), real content: the LR images are bicubic x1/4 crops of
+scikit-image photographs and each reference is a larger or equal crop of the same photograph,
+shifted, so "same patch" (how often the restricted search picks the full search's patch) says
+something; the timings do not depend on the content.
 
     python benchmarks/refsr_throughput.py --device cpu --threads 2
     python benchmarks/refsr_throughput.py --device cuda --n-feats 64 --batch 9
@@ -25,8 +27,10 @@ import json
 import time
 from datetime import datetime, timezone
 
+import numpy as np
 import torch
 from common import machine_name, synchronise
+from skimage import data as skdata
 from torch.nn import functional as F
 
 from lit_sr.archs import build_arch, count_parameters
@@ -84,20 +88,43 @@ def matching_rows(net, lr, ref, device, repeats: int) -> dict:
         lr_p, ref_p = net.pad_inputs(lr, ref)
         lr_feat, reflr_feat = net.enc(lr_p)[0], net.enc(imresize(ref_p, 1 / 4))[0]
 
-        def masa_search():
-            return me.match(lr_feat, reflr_feat)
-
-        masa_s = time_call(masa_search, device, repeats)
+        masa_s = time_call(lambda: me.search(lr_feat, reflr_feat), device, repeats)
         full_s = time_call(lambda: full_search(lr_feat, reflr_feat), device, repeats)
-        match = masa_search()
+        *_, patch_top, patch_left = me.search(lr_feat, reflr_feat)
         wr = reflr_feat.shape[-1] - 2  # the full search's key grid width
         k = me.lr_block_size
         h, w = lr_feat.shape[-2:]
         # MASA's matches back in the image layout, as flat indices of the full search's key grid
-        flat = (match.patch_top * wr + match.patch_left).view(lr.shape[0], h // k, w // k, k, k)
+        flat = (patch_top * wr + patch_left).view(lr.shape[0], h // k, w // k, k, k)
         flat = flat.permute(0, 1, 3, 2, 4).reshape(lr.shape[0], -1)
         agree = (flat == full_search(lr_feat, reflr_feat)).float().mean().item()
     return {"masa_ms": 1e3 * masa_s, "full_ms": 1e3 * full_s, "full_over_masa": full_s / masa_s, "agree": agree}
+
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+
+
+def photo_pairs(batch: int, lr_size: int, ref_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """LR crops (MATLAB bicubic x1/4 of an HR crop) and references of ``ref_size`` px around them.
+
+    The reference is centred on the HR crop, shifted by (12, -20) px and moved inside the photo; a
+    photo smaller than the reference is enlarged first.
+    """
+    hr_size = 4 * lr_size
+    lrs, refs = [], []
+    for i in range(batch):
+        image = getattr(skdata, PHOTOS[i % len(PHOTOS)])()[..., :3]
+        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255
+        short = min(image.shape[-2:])
+        if short < max(ref_size, hr_size) + 32:
+            image = imresize(image, (max(ref_size, hr_size) + 32) / short).clamp(0, 1)
+        h, w = image.shape[-2:]
+        top, left = (h - hr_size) // 2, (w - hr_size) // 2
+        lrs.append(imresize(image[:, top : top + hr_size, left : left + hr_size], 1 / 4).clamp(0, 1))
+        ref_top = min(max(top + hr_size // 2 - ref_size // 2 + 12, 0), h - ref_size)
+        ref_left = min(max(left + hr_size // 2 - ref_size // 2 - 20, 0), w - ref_size)
+        refs.append(image[:, ref_top : ref_top + ref_size, ref_left : ref_left + ref_size])
+    return torch.stack(lrs), torch.stack(refs)
 
 
 def main() -> None:
@@ -114,11 +141,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     nets = {arch: build(arch, args.n_feats).to(device).train() for arch in ("masa", "ttsr")}
-    generator = torch.Generator().manual_seed(0)
-    lr = torch.rand(args.batch, 3, args.lr_size, args.lr_size, generator=generator).to(device)
     rows = []
     for ref_size in args.ref_sizes:
-        ref = torch.rand(args.batch, 3, ref_size, ref_size, generator=generator).to(device)
+        lr, ref = (x.to(device) for x in photo_pairs(args.batch, args.lr_size, ref_size))
         row = {"ref_size": ref_size}
         for arch, net in nets.items():
             row[f"{arch}_img_s"] = args.batch / train_step_seconds(net, lr, ref, device, args.repeats)

@@ -211,18 +211,25 @@ class Match(NamedTuple):
     soft: torch.Tensor
 
 
-def gather_patches(feat: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int) -> torch.Tensor:
+def channels_last_flat(feat: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (N, H*W, C), the layout :func:`gather_patches` indexes (one copy, differentiable)."""
+    return feat.permute(0, 2, 3, 1).reshape(feat.shape[0], -1, feat.shape[1])
+
+
+def gather_patches(feat: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int,
+                   flat: torch.Tensor | None = None) -> torch.Tensor:
     """``feat[n, :, top:top+size, left:left+size]`` for every corner: (N, C, H, W), (N, Q) -> (N, Q, size, size, C).
 
-    One flat index into the channels-last features, so only the gathered patches are allocated (no
-    unfolding of ``feat``) and the gradient flows back to ``feat`` (summed where patches overlap).
+    One flat index into the channels-last features (``flat``, :func:`channels_last_flat` of
+    ``feat``, made here when not given), so only the gathered patches are allocated (no unfolding
+    of ``feat``) and the gradient flows back to ``feat`` (summed where patches overlap).
     """
-    n, c, _, width = feat.shape
+    n, _, _, width = feat.shape
     steps = torch.arange(size, device=feat.device)
     rows = top.reshape(n, -1, 1) + steps
     cols = left.reshape(n, -1, 1) + steps
     index = rows[:, :, :, None] * width + cols[:, :, None, :]  # (N, Q, S, S)
-    flat = feat.permute(0, 2, 3, 1).reshape(n, -1, c)
+    flat = channels_last_flat(feat) if flat is None else flat
     return flat[torch.arange(n, device=feat.device).view(n, 1, 1, 1), index]
 
 
@@ -245,13 +252,16 @@ class MatchExtract(nn.Module):
     """MASA's Match & Extraction Module: coarse block search, fine patch search in the region, transfer.
 
     Memory (floats; N images, C channels, LR features h x w, Ref-down Hr x Wr, k = lr_block_size,
-    P = h*w/k^2 blocks, region (Dy+2) x (Dx+2), ``c`` = ``min(chunk_size, P)``): the coarse search
-    computes its correlations as convolutions of the Ref-down features with the blocks' patches,
-    ``N x c x Hr*Wr`` per chunk, with no unfolded reference; the fine search ``N x c x
-    (k^2*Dy*Dx + 9C*(Dy*Dx + k^2))`` per chunk. Both run without gradient and keep nothing. What
-    the backward pass keeps: the relevance of the chosen patches, ``N x h*w x 9C x 2``, and the
-    gathered reference patches at x1, x2, x4, ``N x h*w x 9C x (1 + 4 + 16)`` (as TTSR's textures).
-    TTSR's full search instead costs ``N x Hr*Wr x h*w`` (chunked).
+    P = h*w/k^2 blocks, region (Dy+2) x (Dx+2), ``c`` = ``min(chunk_size, P)``). The coarse search
+    computes its correlations as convolutions of the Ref-down features with the blocks' patches:
+    ``N x c x Hr*Wr`` per chunk, no unfolded reference. The fine search gathers the region's
+    patches and correlates them: ``N x c x Dy*Dx x (k^2 + 9C)`` per chunk, plus the LR patches,
+    ``N x h*w x 9C``, once. Both run without gradient and keep nothing. The transfer gathers the
+    matched patches at x1, x2, x4 (9, 36 and 144 C per position) in chunks of blocks, ``2 x N x
+    c*k^2 x 144C`` at most at once at x4 (the gathered patches and their reordered copy), and
+    keeps for the backward pass the transferred maps, ``N x C x 21 h*w``, the relevance's patches,
+    ``N x h*w x 9C x 2``, and the integer indices. TTSR's search instead compares all ``Hr*Wr x
+    h*w`` patch pairs (chunked) and unfolds the whole reference at its three levels.
 
     Args:
         lr_block_size: side of the LR blocks, in LR pixels (8).
@@ -343,12 +353,13 @@ class MatchExtract(nn.Module):
         dy, dx = ry - _PATCH + 1, rx - _PATCH + 1  # candidate patches per region column / row
         offsets_y, offsets_x = torch.meshgrid(torch.arange(dy, device=top.device), torch.arange(dx, device=top.device),
                                               indexing="ij")
+        flat = channels_last_flat(reflr_feat)
         patch_top, patch_left = [], []
         for start in range(0, num_blocks, self.chunk_size):
             stop = min(start + self.chunk_size, num_blocks)
             cand_top = (top[:, start:stop, None] + offsets_y.flatten()).flatten(1)  # (N, c*dy*dx)
             cand_left = (left[:, start:stop, None] + offsets_x.flatten()).flatten(1)
-            keys = gather_patches(reflr_feat, cand_top, cand_left, _PATCH).view(-1, dy * dx, d)
+            keys = gather_patches(reflr_feat, cand_top, cand_left, _PATCH, flat).view(-1, dy * dx, d)
             keys = keys / keys.norm(dim=2, keepdim=True).clamp_min(_NORM_EPS)
             q = queries[:, start:stop].reshape(-1, kk, d)
             index = torch.bmm(q, keys.transpose(1, 2)).argmax(dim=2).view(n, stop - start, kk)
@@ -406,13 +417,19 @@ class MatchExtract(nn.Module):
         n, c = ref_feat.shape[:2]
         blocks_y, blocks_x = lr_hw[0] // k, lr_hw[1] // k
         size = _PATCH * s
-        patches = gather_patches(ref_feat, match.patch_top * s, match.patch_left * s, size)  # (N, P*kk, S, S, C)
-        # one reordering copy into F.fold's (block, channel * row * column, position) layout
-        patches = patches.view(n * blocks_y * blocks_x, k * k, size, size, c).permute(0, 4, 2, 3, 1)
-        patches = patches.reshape(n * blocks_y * blocks_x, c * size * size, k * k)
         fold = dict(output_size=(k * s, k * s), kernel_size=size, padding=s * (_PATCH // 2), stride=s)
-        out = F.fold(patches, **fold)
-        divisor = F.fold(patches.new_ones(1, size * size, k * k), **fold)
+        flat = channels_last_flat(ref_feat)
+        folded = []
+        for start in range(0, blocks_y * blocks_x, self.chunk_size):  # chunks of blocks bound the gathered patches
+            stop = min(start + self.chunk_size, blocks_y * blocks_x)
+            patch_top, patch_left = match.patch_top[:, start:stop] * s, match.patch_left[:, start:stop] * s
+            patches = gather_patches(ref_feat, patch_top, patch_left, size, flat)  # (N, c*kk, S, S, C)
+            # one reordering copy into F.fold's (block, channel * row * column, position) layout
+            patches = patches.view(n * (stop - start), k * k, size, size, c).permute(0, 4, 2, 3, 1)
+            patches = patches.reshape(n * (stop - start), c * size * size, k * k)
+            folded.append(F.fold(patches, **fold).view(n, stop - start, c, k * s, k * s))
+        out = torch.cat(folded, dim=1).flatten(0, 1)
+        divisor = F.fold(out.new_ones(1, size * size, k * k), **fold)
         soft = match.soft.reshape(-1, 1, k, k).to(out.dtype)
         if s != 1:
             soft = F.interpolate(soft, size=(k * s, k * s), mode="bilinear", align_corners=False)
@@ -428,8 +445,10 @@ class MASA(nn.Module):
     Hr, Wr) in [0, 1], any size: replicate-padded to a multiple of 4 and at least 12 px (a 3x3
     Ref-down patch). Ref-down is ``imresize(ref, 1/4)`` (MATLAB bicubic), the LR upsampling of the
     global residual PyTorch's bicubic (the authors' ``F.interpolate``). Memory of the matching:
-    see :class:`MatchExtract`; with a 40x40 LR and a 160x160 reference (CUFED training) the
-    searches hold about 3.6 M floats per image, bounded by ``chunk_size`` for larger references.
+    see :class:`MatchExtract`; with a 40x40 LR and a 160x160 reference (CUFED training), 64
+    features and the default ``chunk_size`` (all 25 blocks in one chunk), the searches hold
+    about 3.7 M floats (15 MB) per image and the x4 transfer about 30 M (118 MB) at its peak;
+    ``chunk_size`` bounds both for larger images and references.
 
     Args:
         n_feats: feature channels (64, the authors' ``nf``).
