@@ -90,15 +90,22 @@ def matching_rows(net, lr, ref, device, repeats: int) -> dict:
 
         masa_s = time_call(lambda: me.search(lr_feat, reflr_feat), device, repeats)
         full_s = time_call(lambda: full_search(lr_feat, reflr_feat), device, repeats)
-        *_, patch_top, patch_left = me.search(lr_feat, reflr_feat)
+        _, _, _, (ry, rx), patch_top, patch_left = me.search(lr_feat, reflr_feat)
         wr = reflr_feat.shape[-1] - 2  # the full search's key grid width
         k = me.lr_block_size
-        h, w = lr_feat.shape[-2:]
+        n, c, h, w = lr_feat.shape
+        hr_, wr_ = reflr_feat.shape[-2:]
+        # multiply-adds of the correlations: coarse (blocks x Ref-down positions x dilations) plus
+        # fine (positions x region patches), against positions x all Ref-down patches
+        blocks = (h // k) * (w // k)
+        masa_macs = n * 9 * c * (blocks * hr_ * wr_ * len(me.dilations) + h * w * (ry - 2) * (rx - 2))
+        full_macs = n * 9 * c * h * w * (hr_ - 2) * (wr_ - 2)
         # MASA's matches back in the image layout, as flat indices of the full search's key grid
         flat = (patch_top * wr + patch_left).view(lr.shape[0], h // k, w // k, k, k)
         flat = flat.permute(0, 1, 3, 2, 4).reshape(lr.shape[0], -1)
         agree = (flat == full_search(lr_feat, reflr_feat)).float().mean().item()
-    return {"masa_ms": 1e3 * masa_s, "full_ms": 1e3 * full_s, "full_over_masa": full_s / masa_s, "agree": agree}
+    return {"masa_ms": 1e3 * masa_s, "full_ms": 1e3 * full_s, "full_over_masa": full_s / masa_s, "agree": agree,
+            "masa_gmac": masa_macs / 1e9, "full_gmac": full_macs / 1e9}
 
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
@@ -137,6 +144,7 @@ def main() -> None:
     parser.add_argument("--ref-sizes", type=int, nargs="+", default=[160, 320], help="reference sides")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=None, help="JSON file for the results")
+    parser.add_argument("--search-only", action="store_true", help="skip the training-step table")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -145,19 +153,26 @@ def main() -> None:
     for ref_size in args.ref_sizes:
         lr, ref = (x.to(device) for x in photo_pairs(args.batch, args.lr_size, ref_size))
         row = {"ref_size": ref_size}
-        for arch, net in nets.items():
-            row[f"{arch}_img_s"] = args.batch / train_step_seconds(net, lr, ref, device, args.repeats)
-        row["masa_over_ttsr"] = row["masa_img_s"] / row["ttsr_img_s"]
+        if not args.search_only:
+            for arch, net in nets.items():
+                row[f"{arch}_img_s"] = args.batch / train_step_seconds(net, lr, ref, device, args.repeats)
+            row["masa_over_ttsr"] = row["masa_img_s"] / row["ttsr_img_s"]
         row.update(matching_rows(nets["masa"], lr, ref, device, args.repeats))
         rows.append(row)
     params = {arch: count_parameters(net) for arch, net in nets.items()}
     print(f"machine: {machine_name(device)}; n_feats {args.n_feats}, one block per stage, batch {args.batch}, "
           f"LR {args.lr_size}px; parameters masa {params['masa']:,}, ttsr {params['ttsr']:,}; best of {args.repeats}")
-    print("| ref px | masa img/s | ttsr img/s | masa/ttsr | MASA search ms | full search ms | full/MASA | same patch |")
+    if not args.search_only:
+        print("| ref px | masa img/s | ttsr img/s | masa/ttsr |")
+        print("|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['ref_size']} | {r['masa_img_s']:.2f} | {r['ttsr_img_s']:.2f} | {r['masa_over_ttsr']:.2f} |")
+    print("| ref px | MASA search ms | full search ms | full/MASA time | MASA GMAC | full GMAC | full/MASA MACs "
+          "| same patch |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['ref_size']} | {r['masa_img_s']:.2f} | {r['ttsr_img_s']:.2f} | {r['masa_over_ttsr']:.2f} | "
-              f"{r['masa_ms']:.1f} | {r['full_ms']:.1f} | {r['full_over_masa']:.2f} | {r['agree']:.1%} |")
+        print(f"| {r['ref_size']} | {r['masa_ms']:.1f} | {r['full_ms']:.1f} | {r['full_over_masa']:.2f} | "
+              f"{r['masa_gmac']:.3f} | {r['full_gmac']:.3f} | {r['full_gmac'] / r['masa_gmac']:.2f} | {r['agree']:.1%} |")
     if args.out:
         result = {"date": datetime.now(timezone.utc).isoformat(), "machine": machine_name(device), "args": vars(args),
                   "params": params, "rows": rows}
