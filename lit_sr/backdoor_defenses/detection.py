@@ -146,8 +146,7 @@ class DetectionResults:
         FigureCanvasAgg(fig)
         ax = fig.subplots()
         for name, r in self.methods.items():
-            ax.plot(r.metrics["fpr"].numpy(), r.metrics["tpr"].numpy(), drawstyle="default",
-                    label=f"{name} (AUC {r.metrics['roc_auc']:.3f})")
+            ax.plot(r.metrics["fpr"].numpy(), r.metrics["tpr"].numpy(), label=f"{name} (AUC {r.metrics['roc_auc']:.3f})")
         ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
         ax.set_xlabel("false-positive rate (clean pairs flagged)")
         ax.set_ylabel("true-positive rate (poisoned pairs flagged)")
@@ -169,11 +168,11 @@ def _as_pairs(data: Any, poisoned_indices: Sequence[int] | None) -> TrainingPair
     if isinstance(data, TrainingPairs):
         if poisoned_indices is None:
             return data
-        known = set(data.indices.tolist())
-        unknown = sorted(set(poisoned_indices) - known)
+        known, chosen = set(data.indices.tolist()), set(poisoned_indices)
+        unknown = sorted(chosen - known)
         if unknown:
             raise ValueError(f"poisoned_indices {unknown[:5]} are not among the pairs' indices")
-        mask = torch.tensor([i in set(poisoned_indices) for i in data.indices.tolist()], dtype=torch.bool)
+        mask = torch.tensor([i in chosen for i in data.indices.tolist()], dtype=torch.bool)
         return TrainingPairs(data.lr, data.hr, mask, data.indices)
     return pairs_from_datamodule(data, poisoned_indices)
 
@@ -221,7 +220,8 @@ def run_detection(
         methods: any of ``"spectral"``, ``"spectral_trajectory"``, ``"early_loss"``,
             ``"activation_clustering"``.
         scorer: the gradient scorer of both spectral scores (default
-            ``GradientScorer(sketch_dim=2048, loss=loss, seed=seed)``).
+            ``GradientScorer(sketch_dim=2048, loss=loss, seed=seed)``; a scorer with ``loss="module"``
+            is refused: there is no LightningModule here to take the loss from).
         spectral_normalize: unit-normalise the sketches first (see :func:`spectral_signature_scores`).
         early: a finished :class:`EarlyTraining` to read (then ``early_*`` are unused; it must
             hold sketches for ``spectral_trajectory``).
@@ -257,13 +257,15 @@ def run_detection(
                                      seconds, details)
 
     if scorer is None:
-        scorer = GradientScorer(sketch_dim=2048, loss=loss if isinstance(loss, str) else "l1", seed=seed,
-                                batch_size=batch_size, autocast=autocast)
+        scorer = GradientScorer(sketch_dim=2048, loss=loss, seed=seed, batch_size=batch_size, autocast=autocast)
+    if not isinstance(scorer, GradientScorer) or scorer.sketch_dim is None or scorer.uses_module_loss:
+        raise ValueError("scorer must be a lit_sr.poison.GradientScorer with a sketch_dim and loss 'l1', 'mse' or a "
+                         "callable ('module' needs a LightningModule; pass its pixel_loss as the callable)")
     sketch_details = {"representation": "backdoor-gradient sketches", "sketch_dim": scorer.sketch_dim,
                       "normalize": spectral_normalize}
     if "spectral" in methods:
         start = time.perf_counter()
-        sketches = gradient_sketches(net, pairs, scorer, None if isinstance(loss, str) else loss, progress)
+        sketches = gradient_sketches(net, pairs, scorer, progress=progress)
         record("spectral", spectral_signature_scores(sketches, normalize=spectral_normalize),
                time.perf_counter() - start, sketch_details)
     if "early_loss" in methods or "spectral_trajectory" in methods:

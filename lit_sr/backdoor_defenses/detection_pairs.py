@@ -69,7 +69,10 @@ class TrainingPairs:
         check_int(batch_size, "batch_size", 1)
         for start in range(0, len(self), batch_size):
             sl = slice(start, start + batch_size)
-            yield {"lr": self.lr[sl].to(device), "hr": self.hr[sl].to(device), "index": self.indices[sl]}
+            lr, hr = self.lr[sl], self.hr[sl]
+            if device is not None:
+                lr, hr = lr.to(device), hr.to(device)
+            yield {"lr": lr, "hr": hr, "index": self.indices[sl]}
 
     def without(self, flagged: torch.Tensor) -> TrainingPairs:
         """The pairs whose ``flagged`` entry (``(N,)`` bool) is False."""
