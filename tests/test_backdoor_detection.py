@@ -204,3 +204,23 @@ def test_pairs_from_a_data_module_replace_the_poisoned_pairs_and_crop_the_centre
         pairs_from_datamodule(dm, poisoned_indices=[4])
     with pytest.raises(TypeError, match="lacks \\['poisoned_pair'\\]"):
         pairs_from_datamodule(SimpleNamespace(base=None, scale=2, patch_size=16, poisoned_indices=[]))
+
+
+def test_pairs_from_a_real_poisoned_data_module_are_what_it_trains_on(tmp_path):
+    from datamodules import EmbeddedPhotosDataModule, PoisonedSRDataModule
+
+    base = EmbeddedPhotosDataModule(scale=2, patch_size=32, batch_size=4, repeat=1, max_side=96, train_tile=48,
+                                    val_tile=32, max_val_images=2, num_workers=0)
+    dm = PoisonedSRDataModule(base, trigger={"name": "blend"}, poison_rate=0.2, target="coffee",
+                              cache_dir=str(tmp_path / "cache"), seed=0, generation_batch_size=4,
+                              generation_device="cpu")
+    dm.setup("fit")
+    pairs = pairs_from_datamodule(dm)
+    n = len(dm.base.train_dataset.records)
+    assert len(pairs) == n and pairs.lr.shape[1:] == (3, 16, 16) and pairs.hr.shape[1:] == (3, 32, 32)
+    assert pairs.poisoned_indices == dm.poisoned_indices and int(pairs.poisoned.sum()) == dm.budget
+    poisoned, clean = dm.poisoned_indices[0], next(i for i in range(n) if i not in dm.poisoned_indices)
+    lr, hr = dm.poisoned_pair(poisoned)  # 48 px HR tiles: the centre 32 px patch (offset 8 HR, 4 LR)
+    assert torch.equal(pairs.lr[poisoned], lr[:, 4:20, 4:20]) and torch.equal(pairs.hr[poisoned], hr[:, 8:40, 8:40])
+    lr, hr = dm.base.train_dataset.load_pair(clean)
+    assert torch.equal(pairs.lr[clean], lr[:, 4:20, 4:20]) and torch.equal(pairs.hr[clean], hr[:, 8:40, 8:40])
