@@ -224,3 +224,22 @@ def test_pairs_from_a_real_poisoned_data_module_are_what_it_trains_on(tmp_path):
     assert torch.equal(pairs.lr[poisoned], lr[:, 4:20, 4:20]) and torch.equal(pairs.hr[poisoned], hr[:, 8:40, 8:40])
     lr, hr = dm.base.train_dataset.load_pair(clean)
     assert torch.equal(pairs.lr[clean], lr[:, 4:20, 4:20]) and torch.equal(pairs.hr[clean], hr[:, 8:40, 8:40])
+
+
+def test_scores_run_under_bf16_autocast_and_inside_inference_mode(poisoned_pairs):
+    from lit_sr.backdoor_defenses.detection_scores import layer_features, per_sample_losses
+
+    pairs, _ = poisoned_pairs
+    small = TrainingPairs(pairs.lr[:8], pairs.hr[:8], pairs.poisoned[:8])
+    torch.manual_seed(0)
+    net = build_arch("edsr", num_feat=8, num_block=1, upscale=2, img_range=1.0)
+    fp32, bf16 = per_sample_losses(net, small), per_sample_losses(net, small, autocast="bf16")
+    assert bf16.dtype == torch.float32 and torch.allclose(bf16, fp32, rtol=0.05)  # bf16 keeps ~3 digits
+    features = layer_features(net, small, "conv_first", pool="mean_std", autocast="bf16")
+    assert features.shape == (8, 16) and torch.isfinite(features).all()
+    with pytest.raises(ValueError, match="autocast"):
+        per_sample_losses(net, small, autocast="fp16")
+    with torch.inference_mode():  # as inside a Lightning validation hook
+        run = early_training(net, small, steps=2, evaluations=1, progress=False,
+                             scorer=GradientScorer(sketch_dim=64, loss="l1"))
+    assert run.losses.shape == (1, 8) and run.sketches.shape == (1, 8, 64)

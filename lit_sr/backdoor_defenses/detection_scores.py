@@ -36,7 +36,14 @@ from torch import nn
 
 from lit_sr.backdoor_defenses.detection_pairs import TrainingPairs
 from lit_sr.poison.scoring import GradientScorer
-from lit_sr.runtime import Autocast, autocast_context, autocast_dtype, frozen_eval, model_device
+from lit_sr.runtime import (
+    Autocast,
+    autocast_context,
+    autocast_dtype,
+    frozen_eval,
+    grad_enabled_outside_inference,
+    model_device,
+)
 from lit_sr.validation import check_choice, check_int, check_positive
 
 PairLoss = Literal["l1", "mse"]
@@ -245,37 +252,39 @@ def early_training(
     _check_loss(loss)
     autocast_dtype(autocast)
     start = time.perf_counter()
-    fresh = reinitialise(net, seed) if reinit else copy.deepcopy(net)
-    device = model_device(fresh, torch.device("cpu"))
-    for p in fresh.parameters():
-        p.requires_grad_(True)
-    optimiser = torch.optim.Adam(fresh.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
-    checkpoints = sorted({round(steps * j / evaluations) for j in range(1, evaluations + 1)})
     if scorer is not None and (not isinstance(scorer, GradientScorer) or scorer.sketch_dim is None
                                or scorer.uses_module_loss):
         raise ValueError("early_training's scorer must be a GradientScorer with a sketch_dim and loss 'l1', 'mse' "
                          "or a callable (there is no LightningModule to take a 'module' loss from)")
-    order, losses, sketches = torch.empty(0, dtype=torch.int64), [], []
-    fresh.train()
-    for step in _progress(range(1, steps + 1), steps, "early training", progress):
-        if order.numel() < batch_size:  # a new epoch's permutation when the current one runs out
-            order = torch.cat([order, torch.randperm(len(pairs), generator=generator)])
-        chosen, order = order[:batch_size], order[batch_size:]
-        lr_b, hr_b = pairs.lr[chosen].to(device), pairs.hr[chosen].to(device)
-        with autocast_context(autocast, device):
-            sr = fresh(lr_b)
-        value = _per_sample_loss(sr, hr_b, loss).mean()
-        optimiser.zero_grad(set_to_none=True)
-        value.backward()
-        optimiser.step()
-        if step in checkpoints:
-            losses.append(per_sample_losses(fresh, pairs, loss, batch_size, autocast))
-            if scorer is not None:
-                sketches.append(gradient_sketches(fresh, pairs, scorer, progress=False))
-    fresh.eval()
-    return EarlyTraining(fresh, torch.stack(losses), checkpoints, time.perf_counter() - start,
-                         torch.stack(sketches) if sketches else None)
+    # Lightning hooks run under inference mode; a copy made there could not be trained
+    with grad_enabled_outside_inference():
+        fresh = reinitialise(net, seed) if reinit else copy.deepcopy(net)
+        device = model_device(fresh, torch.device("cpu"))
+        for p in fresh.parameters():
+            p.requires_grad_(True)
+        optimiser = torch.optim.Adam(fresh.parameters(), lr=lr)
+        generator = torch.Generator().manual_seed(seed)
+        checkpoints = sorted({round(steps * j / evaluations) for j in range(1, evaluations + 1)})
+        order, losses, sketches = torch.empty(0, dtype=torch.int64), [], []
+        fresh.train()
+        for step in _progress(range(1, steps + 1), steps, "early training", progress):
+            if order.numel() < batch_size:  # a new epoch's permutation when the current one runs out
+                order = torch.cat([order, torch.randperm(len(pairs), generator=generator)])
+            chosen, order = order[:batch_size], order[batch_size:]
+            lr_b, hr_b = pairs.lr[chosen].to(device), pairs.hr[chosen].to(device)
+            with autocast_context(autocast, device):
+                sr = fresh(lr_b)
+            value = _per_sample_loss(sr, hr_b, loss).mean()
+            optimiser.zero_grad(set_to_none=True)
+            value.backward()
+            optimiser.step()
+            if step in checkpoints:
+                losses.append(per_sample_losses(fresh, pairs, loss, batch_size, autocast))
+                if scorer is not None:
+                    sketches.append(gradient_sketches(fresh, pairs, scorer, progress=False))
+        fresh.eval()
+        return EarlyTraining(fresh, torch.stack(losses), checkpoints, time.perf_counter() - start,
+                             torch.stack(sketches) if sketches else None)
 
 
 # --------------------------------------------------------------------------- (c) activation clustering
