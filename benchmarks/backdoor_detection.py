@@ -137,8 +137,8 @@ def retrain_table(rows) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['arm']} | {r['training set']} | {r['removed']} | {r['poisoned left']} | "
-                     f"{r['clean_psnr_y']:.2f} | {r['pixel_asr']:.1%} ({r['pixel_asr_success']}/"
-                     f"{r['pixel_asr_included']}) | {r['attainment_asr']:.1%} | {r['seconds']:.0f} |")
+                     f"{r['clean_psnr_y']:.2f} | {r['pixel_asr']:.1%} ({int(r['pixel_asr_success'])}/"
+                     f"{int(r['pixel_asr_included'])}) | {r['attainment_asr']:.1%} | {r['seconds']:.0f} |")
     return "\n".join(lines)
 
 
