@@ -273,6 +273,9 @@ def run_detection(
             early = early_training(net, pairs, steps=early_steps, evaluations=early_evaluations, lr=early_lr,
                                    batch_size=batch_size, loss=loss, seed=seed, autocast=autocast, progress=progress,
                                    scorer=scorer if "spectral_trajectory" in methods else None)
+        if early.losses.shape[-1] != len(pairs):
+            raise ValueError(f"the early training given has losses of {early.losses.shape[-1]} pairs, but {len(pairs)} "
+                             "pairs are scored: pass the EarlyTraining run on these pairs")
         when = {"early_steps": early.at_steps[-1], "evaluated_at": ",".join(map(str, early.at_steps))}
     if "spectral_trajectory" in methods:
         if early.sketches is None:
