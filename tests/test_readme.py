@@ -82,6 +82,9 @@ EXCLUDED = {
         "the robustness report's commands and overrides are run by tests/test_evaluate.py (the report's own tests)",
     r"^make robustness$": "trains the quickstart (tens of minutes on two CPU cores) before the report; "
                           "tests/test_evaluate.py checks that its data, weights and report paths agree (dry run)",
+    # detect (issue 12, detection of poisoned pairs)
+    r"^python benchmarks/backdoor_detection\.py --study-dir runs/demo": "needs the trained arms of make demo "
+        "(minutes); every detector, the metrics and the data-module path are run by tests/test_backdoor_detection.py",
 }
 # The first code line of each python / yaml block, and the handler that runs it.
 SNIPPETS = {
