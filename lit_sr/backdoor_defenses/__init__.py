@@ -13,7 +13,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from lit_sr.backdoor_defenses.base import DefenseOutcome, FinetuneSettings, RepairDefense, finetune, run_defense
+from lit_sr.backdoor_defenses.base import (
+    DefenseOutcome,
+    FinetuneSettings,
+    RepairDefense,
+    finetune,
+    run_defense,
+)
 from lit_sr.backdoor_defenses.data import (
     DEFAULT_CLEAN_FRACTION,
     BackdoorEvalSet,

@@ -23,7 +23,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from lit_sr.backdoor_defenses.base import FinetuneSettings, RepairDefense, finetune, pixel_loss, trainable_copy
+from lit_sr.backdoor_defenses.base import (
+    FinetuneSettings,
+    RepairDefense,
+    finetune,
+    pixel_loss,
+    trainable_copy,
+)
 from lit_sr.backdoor_defenses.data import CleanSubset
 from lit_sr.runtime import frozen_eval
 from lit_sr.validation import check_int, check_number, check_positive
