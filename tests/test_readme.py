@@ -67,6 +67,8 @@ HANDLERS = {
     r"^python -m lit_sr\.data (prepare|verify) /?": "data_prepare",
     r"^torchrun .* train\.py fit --config configs/badsr_\w+\.yaml": "torchrun_parse",
     r"^python benchmarks/(?!imresize\.py)\w+\.py --device cuda": "benchmark_flags",
+    # --- backdoor defenses (defend) ---
+    r"^python -m lit_sr\.defend --config configs/defend_\w+\.yaml$": "defend_config_loads",
 }
 # ... or is deliberately not run here, for this reason.
 EXCLUDED = {
@@ -82,6 +84,9 @@ EXCLUDED = {
         "the robustness report's commands and overrides are run by tests/test_evaluate.py (the report's own tests)",
     r"^make robustness$": "trains the quickstart (tens of minutes on two CPU cores) before the report; "
                           "tests/test_evaluate.py checks that its data, weights and report paths agree (dry run)",
+    # --- backdoor defenses (defend) ---
+    r"^make defend$": "needs make demo's four trained arms and runs minutes of repairs; the same command runs end "
+                      "to end on tiny run folders in tests/test_defend_report.py, and its config loads below",
 }
 # The first code line of each python / yaml block, and the handler that runs it.
 SNIPPETS = {
@@ -92,6 +97,8 @@ SNIPPETS = {
     r"^trainer:\n  reload_dataloaders_every_n_epochs: 1\n  callbacks:\n    - class_path: callbacks\.PoisonSelectionCallback":
         "yaml_backdoor",
     r"^data:\n  class_path: datamodules\.PoisonedSRDataModule": "yaml_poisoned_data",
+    # --- backdoor defenses (defend) ---
+    r"^from lit_sr\.backdoor_defenses import FinePruning, run_defense": "snippet_backdoor_defenses",
 }
 
 
@@ -522,3 +529,31 @@ def test_snippet_refsr_adv():
     rows = scope["rows"]
     names = set(rows) if isinstance(rows, dict) else {r["name"] if isinstance(r, dict) else r for r in rows}
     assert documented[0] in names and documented[1] in names, names
+
+
+# --------------------------------------------------------------------------- backdoor defenses (defend)
+@pytest.mark.parametrize("cmd", command("defend_config_loads"))
+def test_documented_defense_report_configs_load(cmd):
+    # Running them needs make demo's arms (or the DIV2K runs); the configs and every defense in them must validate.
+    from lit_sr.backdoor_defenses.report_config import load_config
+
+    cfg = load_config(ROOT / shlex.split(cmd)[4])
+    assert cfg.attacks and {e["defense"] for e in cfg.defenses.values()} == {"ft", "fp", "nad", "ibau"}
+
+
+def test_snippet_backdoor_defenses(trained, batch):
+    # The session's tiny trained EDSR stands in for a backdoored one; 2 steps instead of 200.
+    from lit_sr.backdoor_defenses import BackdoorEvalSet, CleanSubset
+    from lit_sr.poison import Blend
+
+    block = snippet("snippet_backdoor_defenses")
+    body = block.body.replace("steps=200", "steps=2")
+    assert body != block.body
+    lr, hr = batch
+    grey = torch.full_like(hr, 0.5)
+    trigger = Blend(alpha=0.2, pattern="checkerboard", pattern_size=16, resize_mode="nearest")
+    scope = {"net": trained, "clean": CleanSubset(lr, hr), "evaluation": BackdoorEvalSet(lr, hr, trigger(lr), grey, grey)}
+    before = {k: v.clone() for k, v in trained.state_dict().items()}
+    exec(compile(body, f"README.md:{block.line}", "exec"), scope)
+    assert len(scope["fp"].info["pruned"]) == 8 and scope["out"].model is not trained
+    assert all(torch.equal(before[k], v) for k, v in trained.state_dict().items())
