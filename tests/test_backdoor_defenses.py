@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from lit_sr.backdoor_defenses import (
+    AdversarialNeuronPruning,
     AdversarialUnlearning,
+    ANPConfig,
     BackdoorEvalSet,
     CleanSubset,
     FinePruning,
@@ -136,6 +138,8 @@ DEFENSE_FACTORIES = {
     "nad": lambda seed: NeuralAttentionDistillation(layers=["body.0.conv2", "body.1.conv2"], teacher_steps=3, steps=3,
                                                     lr=1e-3, seed=seed),
     "ibau": lambda seed: AdversarialUnlearning(steps=4, rounds=2, attack_steps=2, lr=1e-3, seed=seed),
+    "anp": lambda seed: AdversarialNeuronPruning(layers=["body.0.conv1", "body.1.conv1"], steps=4, lr=20.0,
+                                                 prune="fraction", prune_ratio=0.25, seed=seed),
 }
 
 
@@ -170,12 +174,34 @@ def test_every_defense_returns_a_new_model_leaves_the_input_untouched_and_is_see
     (lambda: UnlearningConfig(steps=10, rounds=3), "rounds"),
     (lambda: UnlearningConfig(eps=2.0), "eps"),
     (lambda: UnlearningConfig(adv_weight=1.5), "adv_weight"),
-    (lambda: build_defense("anp"), "anp"),
+    (lambda: ANPConfig(layers=[]), "layers"),
+    (lambda: ANPConfig(layers=["body.0.conv1"], alpha=1.5), "alpha"),
+    (lambda: ANPConfig(layers=["body.0.conv1"], prune="all"), "prune"),
+    (lambda: build_defense("strip"), "strip"),
     (lambda: build_defense("ft", {"step": 3}), "step"),
 ])
 def test_bad_parameters_are_rejected_with_the_parameter_named(make, key):
     with pytest.raises((TypeError, ValueError), match=key):
         make()
+
+
+def test_anp_prunes_the_lowest_masks_and_keeps_the_shapes(backdoor):
+    net, clean, _ = backdoor
+    anp = AdversarialNeuronPruning(layers=["body.0.conv1", "body.1.conv1"], steps=6, lr=20.0, prune="fraction",
+                                   prune_ratio=0.25)
+    repaired = anp.repair(net, clean)
+    assert anp.info["num_pruned"] == 8 and anp.info["num_channels"] == 32  # round(0.25 * 32)
+    masks = {(n, c): v for n, m in anp.info["masks"].items() for c, v in enumerate(m)}
+    pruned = {(n, c) for n, cs in anp.info["pruned"].items() for c in cs}
+    assert max(masks[k] for k in pruned) <= min(v for k, v in masks.items() if k not in pruned)
+    assert min(masks.values()) < 1.0  # the masks did learn
+    for name, channels in anp.info["pruned"].items():
+        conv = repaired.get_submodule(name)
+        zero = (conv.weight.flatten(1).abs().sum(1) == 0).nonzero().flatten().tolist()
+        assert zero == channels and conv.out_channels == 16
+    assert not any(h for m in repaired.modules() for h in m._forward_hooks.values())  # the masks are gone
+    x = clean.lr[:2]
+    assert repaired(x).shape == net(x).shape
 
 
 def test_a_layer_that_is_not_a_convolution_is_named(backdoor):

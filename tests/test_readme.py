@@ -538,7 +538,7 @@ def test_documented_defense_report_configs_load(cmd):
     from lit_sr.backdoor_defenses.report_config import load_config
 
     cfg = load_config(ROOT / shlex.split(cmd)[4])
-    assert cfg.attacks and {e["defense"] for e in cfg.defenses.values()} == {"ft", "fp", "nad", "ibau"}
+    assert cfg.attacks and {e["defense"] for e in cfg.defenses.values()} == {"ft", "fp", "nad", "ibau", "anp"}
 
 
 def test_snippet_backdoor_defenses(trained, batch):

@@ -1,5 +1,5 @@
 """Backdoor defenses for SR models: repair (FT, fine-pruning, attention distillation, adversarial
-unlearning) and, in ``detection``, label-free detection of poisoned training pairs.
+unlearning, adversarial neuron pruning) and, in ``detection``, label-free detection of poisoned training pairs.
 
 Every repair is a :class:`RepairDefense` with a validated config object: ``defense.repair(model,
 clean) -> new model``, given the backdoored network and a :class:`CleanSubset` only.
@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from lit_sr.backdoor_defenses.anp import AdversarialNeuronPruning, ANPConfig
 from lit_sr.backdoor_defenses.base import (
     DefenseOutcome,
     FinetuneSettings,
@@ -34,12 +35,13 @@ from lit_sr.backdoor_defenses.score import defense_score
 from lit_sr.backdoor_defenses.unlearning import AdversarialUnlearning, UnlearningConfig
 
 DEFENSES: dict[str, type[RepairDefense]] = {
-    cls.kind: cls for cls in (FineTuning, FinePruning, NeuralAttentionDistillation, AdversarialUnlearning)
+    cls.kind: cls for cls in (FineTuning, FinePruning, NeuralAttentionDistillation, AdversarialUnlearning,
+                               AdversarialNeuronPruning)
 }
 
 
 def build_defense(kind: str, params: Mapping[str, Any] | None = None) -> RepairDefense:
-    """The repair defense ``kind`` (``ft``, ``fp``, ``nad``, ``ibau``) with its config built from ``params``.
+    """The repair defense ``kind`` (``ft``, ``fp``, ``nad``, ``ibau``, ``anp``) with its config built from ``params``.
 
     Unknown kinds and unknown parameter names raise ``ValueError`` naming them and what is accepted;
     bad values raise the config's own named ``TypeError`` / ``ValueError``.
@@ -56,7 +58,7 @@ def build_defense(kind: str, params: Mapping[str, Any] | None = None) -> RepairD
 
 
 __all__ = [
-    "DEFAULT_CLEAN_FRACTION", "DEFENSES", "AdversarialUnlearning", "BackdoorEvalSet", "CleanSubset",
+    "ANPConfig", "DEFAULT_CLEAN_FRACTION", "DEFENSES", "AdversarialNeuronPruning", "AdversarialUnlearning", "BackdoorEvalSet", "CleanSubset",
     "DefenseOutcome", "FPConfig", "FTConfig", "FinePruning", "FineTuning", "FinetuneSettings",
     "NADConfig", "NeuralAttentionDistillation", "RepairDefense", "UnlearningConfig", "attention_map",
     "build_defense", "clean_subset_indices", "defense_score", "evaluate_backdoor", "finetune", "run_defense",

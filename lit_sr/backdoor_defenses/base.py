@@ -77,6 +77,16 @@ def pixel_loss(name: PixelLossName) -> Callable[[torch.Tensor, torch.Tensor], to
     return nn.functional.l1_loss if name == "l1" else nn.functional.mse_loss
 
 
+def draw_batch(clean: CleanSubset, settings: FinetuneSettings, gen: torch.Generator,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch_size`` clean pairs drawn with replacement by ``gen``, flipped/transposed when ``augment``."""
+    idx = torch.randint(len(clean), (settings.batch_size,), generator=gen)
+    lr, hr = clean.lr[idx], clean.hr[idx]
+    if settings.augment:
+        lr, hr = augment_batch(lr, hr, rot=lr.shape[-1] == lr.shape[-2], generator=gen)
+    return lr.to(device), hr.to(device)
+
+
 BatchLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
@@ -113,11 +123,7 @@ def finetune(
         if before_step is not None:
             before_step(model, step)
             model.train()
-        idx = torch.randint(len(clean), (settings.batch_size,), generator=gen)
-        lr, hr = clean.lr[idx], clean.hr[idx]
-        if settings.augment:
-            lr, hr = augment_batch(lr, hr, rot=lr.shape[-1] == lr.shape[-2], generator=gen)
-        lr, hr = lr.to(device), hr.to(device)
+        lr, hr = draw_batch(clean, settings, gen, device)
         with autocast_context(settings.autocast, device):
             loss = batch_loss(model, lr, hr, step)
         opt.zero_grad(set_to_none=True)
