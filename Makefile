@@ -30,7 +30,7 @@ demo-quick: $(STAMP)
 	$(PY) -m lit_sr.study --config configs/study_demo_quick.yaml
 
 # The defense report on the demo's arms (configs/defend_quickstart.yaml): A, B and C x FT, fine-pruning,
-# NAD and adversarial unlearning, each given 5% of the training tiles, clean; D is the clean reference.
+# NAD, adversarial unlearning and ANP, each given 5% of the training tiles, clean; D is the clean reference.
 # Needs runs/demo (make demo); writes runs/defend_quickstart/results.{md,csv,json} and tradeoff.png.
 defend: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m lit_sr.defend --config configs/defend_quickstart.yaml

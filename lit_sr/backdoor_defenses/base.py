@@ -6,7 +6,9 @@ poison code ("no Lightning inside"); a repair is a few hundred optimiser steps o
 patches held in memory, with per-step hooks (a pruning mask re-applied, an attention-distillation
 term, an unlearning perturbation refreshed) that a Trainer would only hide. It runs on the model's
 device with the one ``autocast`` argument, and is deterministic with its ``seed``: the batches,
-their flips and rotations and every random start come from generators seeded by it.
+their flips and rotations and every random start come from generators seeded by it. A repair runs
+in one process: it holds a few clean patches and communicates with no other rank (under DDP, run it
+on rank 0 and broadcast the weights, or give each rank the same seed and data).
 
 **The contract** (tested for every defense): ``defense.repair(model, clean)`` gets the
 backdoored network and a :class:`~lit_sr.backdoor_defenses.data.CleanSubset`, and nothing about
