@@ -124,3 +124,12 @@ def test_the_command_line_reports_a_bad_config_with_exit_code_2(runs, tmp_path, 
     assert main(["--config", str(path), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "attacks.B" in err and "config.yaml does not exist" in err
+
+
+def test_a_detection_block_without_a_detection_runner_is_refused_before_any_work(runs, tmp_path):
+    from lit_sr.backdoor_defenses.report import run_report
+
+    cfg = parse_config({**_config(runs, tmp_path / "out"), "detection": {"methods": ["spectral"]}}, "defend.yaml")
+    with pytest.raises(ConfigError, match="detection"):
+        run_report(cfg, progress=False)
+    assert not (tmp_path / "out").exists()

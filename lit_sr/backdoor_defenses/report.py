@@ -73,6 +73,8 @@ def _row(cfg: DefenseReportConfig, attack: str, label: str, kind: str, outcome: 
 def run_report(cfg: DefenseReportConfig, progress: bool = True,
                detection_runner: DetectionRunner | None = None) -> dict[str, Any]:
     """Run the report described by ``cfg`` and write its files; return ``{"rows", "outcomes", "files", ...}``."""
+    if cfg.detection is not None and detection_runner is None:
+        raise ConfigError("detection: this report was given no detection runner (lit_sr.backdoor_defenses.detection)")
     device = resolve_device(cfg.device)
     out = cfg.out_dir
     start = time.perf_counter()
@@ -105,8 +107,6 @@ def run_report(cfg: DefenseReportConfig, progress: bool = True,
     bar.close()
     detection = None
     if cfg.detection is not None:
-        if detection_runner is None:
-            raise ConfigError("detection: this report has no detection runner (lit_sr.backdoor_defenses.detection)")
         detection = detection_runner(cfg, out, progress)
     seconds = time.perf_counter() - start
     meta = {"config": cfg.source, "device": str(device), "torch": torch.__version__, "python": platform.python_version(),

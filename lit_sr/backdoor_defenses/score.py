@@ -12,9 +12,9 @@ PSNR-Y in the place of clean accuracy):
   ``tol`` dB of clean quality costs as much as removing the whole backdoor gains) and capped at 1,
   so both terms live on the same [0, 1] scale; a repair that *improves* the clean PSNR gets no
   bonus.
-* The **ASR drop is added and the PSNR cost subtracted**, in this formula and in the code (the
-  classifier benchmark whose score this follows states it with a minus and computes it with a
-  plus; tests/test_backdoor_defenses.py checks ours on hand-made numbers).
+* The **ASR drop is added and the PSNR cost subtracted**, in this formula and in the code alike
+  (a known classifier benchmark's docstring and code disagree on such a sign;
+  tests/test_backdoor_defenses.py checks ours on hand-made numbers).
 * Range [0, 1]: 0.5 for a repair that changes nothing (or whose gain equals its cost), 1 for a
   backdoor fully removed at no clean cost, 0 for nothing removed at ``tol`` dB or more of cost.
 
