@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo demo-quick quickstart test lint clean
+.PHONY: venv demo demo-quick quickstart defend test lint clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ demo: $(STAMP)
 # The same five runs, shorter (380 steps instead of 950): a first look (runs/demo_quick/results.md).
 demo-quick: $(STAMP)
 	$(PY) -m lit_sr.study --config configs/study_demo_quick.yaml
+
+# The defense report on the demo's arms (configs/defend_quickstart.yaml): A, B and C x FT, fine-pruning,
+# NAD, adversarial unlearning and ANP, each given 5% of the training tiles, clean; D is the clean reference.
+# Needs runs/demo (make demo); writes runs/defend_quickstart/results.{md,csv,json} and tradeoff.png.
+defend: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m lit_sr.defend --config configs/defend_quickstart.yaml
 
 # The clean quickstart alone (beats bicubic in a few minutes on two CPU cores).
 quickstart: $(STAMP)

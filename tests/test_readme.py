@@ -67,6 +67,8 @@ HANDLERS = {
     r"^python -m lit_sr\.data (prepare|verify) /?": "data_prepare",
     r"^torchrun .* train\.py fit --config configs/badsr_\w+\.yaml": "torchrun_parse",
     r"^python benchmarks/(?!imresize\.py)\w+\.py --device cuda": "benchmark_flags",
+    # --- backdoor defenses (defend) ---
+    r"^python -m lit_sr\.defend --config configs/defend_\w+\.yaml$": "defend_config_loads",
 }
 # ... or is deliberately not run here, for this reason.
 EXCLUDED = {
@@ -85,6 +87,10 @@ EXCLUDED = {
     # detect (issue 12, detection of poisoned pairs)
     r"^python benchmarks/backdoor_detection\.py --study-dir runs/demo": "needs the trained arms of make demo "
         "(minutes); every detector, the metrics and the data-module path are run by tests/test_backdoor_detection.py",
+
+    # --- backdoor defenses (defend) ---
+    r"^make defend$": "needs make demo's four trained arms and runs minutes of repairs; the same command runs end "
+                      "to end on tiny run folders in tests/test_defend_report.py, and its config loads below",
 }
 # The first code line of each python / yaml block, and the handler that runs it.
 SNIPPETS = {
@@ -96,6 +102,9 @@ SNIPPETS = {
         "yaml_backdoor",
     r"^data:\n  class_path: datamodules\.PoisonedSRDataModule": "yaml_poisoned_data",
     r"^from lit_sr\.archs\.masa_arch import MASA\n": "snippet_masa",
+
+    # --- backdoor defenses (defend) ---
+    r"^from lit_sr\.backdoor_defenses import FinePruning, run_defense": "snippet_backdoor_defenses",
 }
 
 
@@ -544,3 +553,30 @@ def test_snippet_masa():
     assert isinstance(match, Match) and match.soft.shape == (1, 4, 64)  # 2x2 blocks of 8x8 (LR padded to 16x16)
     for name in ("patch_top", "patch_left", "soft"):  # the fields the comment names
         assert name in block.body
+
+# --------------------------------------------------------------------------- backdoor defenses (defend)
+@pytest.mark.parametrize("cmd", command("defend_config_loads"))
+def test_documented_defense_report_configs_load(cmd):
+    # Running them needs make demo's arms (or the DIV2K runs); the configs and every defense in them must validate.
+    from lit_sr.backdoor_defenses.report_config import load_config
+
+    cfg = load_config(ROOT / shlex.split(cmd)[4])
+    assert cfg.attacks and {e["defense"] for e in cfg.defenses.values()} == {"ft", "fp", "nad", "ibau", "anp"}
+
+
+def test_snippet_backdoor_defenses(trained, batch):
+    # The session's tiny trained EDSR stands in for a backdoored one; 2 steps instead of 200.
+    from lit_sr.backdoor_defenses import BackdoorEvalSet, CleanSubset
+    from lit_sr.poison import Blend
+
+    block = snippet("snippet_backdoor_defenses")
+    body = block.body.replace("steps=200", "steps=2")
+    assert body != block.body
+    lr, hr = batch
+    grey = torch.full_like(hr, 0.5)
+    trigger = Blend(alpha=0.2, pattern="checkerboard", pattern_size=16, resize_mode="nearest")
+    scope = {"net": trained, "clean": CleanSubset(lr, hr), "evaluation": BackdoorEvalSet(lr, hr, trigger(lr), grey, grey)}
+    before = {k: v.clone() for k, v in trained.state_dict().items()}
+    exec(compile(body, f"README.md:{block.line}", "exec"), scope)
+    assert len(scope["fp"].info["pruned"]) == 8 and scope["out"].model is not trained
+    assert all(torch.equal(before[k], v) for k, v in trained.state_dict().items())
