@@ -59,7 +59,7 @@ from callbacks.backdoor_pictures import backdoor_grid, grid_row, plot_history
 from callbacks.poison_selection import ReportsSelection, SelectionResults
 from callbacks.protocols import PoisonedData, SRModel, require
 from callbacks.summary import format_table
-from lit_sr.io import atomic_write, write_image
+from lit_sr.io import atomic_write, read_image, write_image
 from lit_sr.metrics import psnr
 from lit_sr.ops import imresize
 from lit_sr.poison.asr import Rate, SuccessTally, feature_asr
@@ -214,7 +214,8 @@ class BackdoorEvalCallback(L.Callback):
     a header strip; ``k = diff_gain``, also in the TensorBoard caption), goes to TensorBoard
     (``backdoor/grid``) and, with ``save_png``, to ``<log_dir>/backdoor/epoch<E>.png``. The success
     metrics of every evaluation so far are drawn against the training step in
-    ``<log_dir>/backdoor/success.png`` (and kept in ``success.json`` beside it), on rank 0.
+    ``<log_dir>/backdoor/success.png`` (and kept in ``success.json`` beside it), on rank 0; the
+    same plot goes to TensorBoard as ``backdoor/success``.
 
     Args:
         every_n_epochs: evaluate at every this-many-th validation epoch.
@@ -313,18 +314,23 @@ class BackdoorEvalCallback(L.Callback):
         if trainer.is_global_zero:
             self.history.append({"step": trainer.global_step, "epoch": trainer.current_epoch,
                                  **{k: metrics.get(k) for k in HISTORY_KEYS}})
-            self._save_history()
+            self._save_history(trainer)
             if self._rows:
                 self._log_grid(trainer, backdoor_grid(self._rows, self.diff_gain))
 
-    def _save_history(self) -> None:
+    def _save_history(self, trainer: L.Trainer) -> None:
         log_dir = getattr(self, "_log_dir", None)
         if not (self.save_png and log_dir):
             return
         folder = Path(log_dir) / "backdoor"
         with atomic_write(folder / "success.json") as tmp:
             tmp.write_text(json.dumps(self.history, indent=2))
-        plot_history(self.history, HISTORY_KEYS, folder / "success.png")
+        png = plot_history(self.history, HISTORY_KEYS, folder / "success.png")
+        # the same plot in TensorBoard, beside the grid (the scalars are there too, one chart each)
+        for logger in trainer.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_image"):
+                experiment.add_image("backdoor/success", read_image(png), global_step=trainer.global_step)
 
     def _log_grid(self, trainer: L.Trainer, grid: torch.Tensor) -> None:
         caption = ("columns: clean LR | triggered LR | clean SR | triggered SR | target image | "

@@ -60,7 +60,7 @@ from lit_sr.poison.cache import (
     to_stored,
 )
 from lit_sr.poison.generation import CacheFiller, CachePart, sample_key
-from lit_sr.poison.poisoned_hr import NORMS, FeatureExtractor
+from lit_sr.poison.poisoned_hr import NORMS, STEP_RULES, FeatureExtractor, step_rule_setting
 from lit_sr.poison.poisoner import CleanLabel, FeatureAlignedLabel, Poisoner, TargetLabel, stealth_figures
 from lit_sr.poison.selection import random_select
 from lit_sr.poison.specs import AdversarialTriggerSpec, as_trigger, needs_substitute, trigger_settings
@@ -227,6 +227,8 @@ class PoisonedSRDataModule(L.LightningDataModule):
             ``poisoned_hr_norm`` (see :func:`lit_sr.poison.make_poisoned_hr`). Default 0.05.
         poisoned_hr_steps: PGD iterations of the poisoned HR.
         poisoned_hr_norm: how ``eps`` is normalised: ``"pixel"`` (default), ``"rms"`` or ``"l2"``.
+        poisoned_hr_step_rule: the PGD step of the poisoned HR: ``"l2"`` (normalised gradient,
+            default) or ``"sign"`` (sign of the gradient: more texture, lower SSIM at the same PSNR).
         substitute: the substitute SR network (:class:`lit_sr.poison.substitute.SubstituteSpec`;
             from Python also its dict): used by the BadSR trigger and label and for the feature ASR.
         quantize: store triggered LR and poisoned HR as 8-bit images (what a published poisoned
@@ -256,6 +258,7 @@ class PoisonedSRDataModule(L.LightningDataModule):
         eps: float = 0.05,
         poisoned_hr_steps: int = 100,
         poisoned_hr_norm: Literal["pixel", "rms", "l2"] = "pixel",
+        poisoned_hr_step_rule: Literal["l2", "sign"] = "l2",
         substitute: SubstituteSpec | None = None,
         quantize: bool = True,
         cache_dir: str = "runs/poison_cache",
@@ -279,6 +282,7 @@ class PoisonedSRDataModule(L.LightningDataModule):
         self.eps = check_positive(eps, "eps")
         self.poisoned_hr_steps = check_int(poisoned_hr_steps, "poisoned_hr_steps", 0)
         self.poisoned_hr_norm = check_choice(poisoned_hr_norm, "poisoned_hr_norm", NORMS)
+        self.poisoned_hr_step_rule = check_choice(poisoned_hr_step_rule, "poisoned_hr_step_rule", STEP_RULES)
         self.quantize = check_bool(quantize, "quantize")
         self.rebuild_cache = check_bool(rebuild_cache, "rebuild_cache")
         self.verify_cache = check_bool(verify_cache, "verify_cache")
@@ -388,7 +392,8 @@ class PoisonedSRDataModule(L.LightningDataModule):
     def _label_settings(self) -> dict[str, Any]:
         if self.label != "badsr":
             return {"name": self.label}
-        return {"name": self.label, "eps": self.eps, "steps": self.poisoned_hr_steps, "norm": self.poisoned_hr_norm}
+        settings = {"name": self.label, "eps": self.eps, "steps": self.poisoned_hr_steps, "norm": self.poisoned_hr_norm}
+        return settings | step_rule_setting(self.poisoned_hr_step_rule)
 
     def _config(self, train: SRPairDataset) -> dict[str, Any]:
         return {
@@ -476,6 +481,7 @@ class PoisonedSRDataModule(L.LightningDataModule):
             return CleanLabel()
         return FeatureAlignedLabel(self._feature_extractor, self.target_image, eps=self.eps,
                                    steps=self.poisoned_hr_steps, norm=self.poisoned_hr_norm,
+                                   step_rule=self.poisoned_hr_step_rule,
                                    autocast=self.generation_autocast)
 
     # ------------------------------------------------------------------ reading the cache
@@ -623,7 +629,7 @@ class PoisonedSRDataModule(L.LightningDataModule):
         """What was poisoned and how, as plain JSON values (for summaries and logs).
 
         Keys: ``label`` (``"target"``/``"badsr"``/``"clean"``), ``label_settings`` (BadSR's
-        ``eps``/``steps``/``norm``), ``trigger`` (every trigger setting, ``name`` included),
+        ``eps``/``steps``/``norm``/``step_rule``), ``trigger`` (every trigger setting, ``name`` included),
         ``trigger_name``, ``perceptual`` (the perceptual term BadSR's trigger used, e.g.
         ``"ssim"`` or ``"lpips:alex"``; ``None`` for other triggers), ``poison_rate``,
         ``candidate_rate``, ``budget``, ``pool_size``, ``target``, ``substitute`` (its settings and
@@ -634,7 +640,9 @@ class PoisonedSRDataModule(L.LightningDataModule):
         perceptual = self.trigger.perceptual_used if isinstance(self.trigger, AdversarialTrigger) else None
         return {
             "label": self.label,
-            "label_settings": self._label_settings(),
+            # the step rule in full here (the cache key leaves out the default, see step_rule_setting)
+            "label_settings": self._label_settings() | (
+                {"step_rule": self.poisoned_hr_step_rule} if self.label == "badsr" else {}),
             "trigger": trigger,
             "trigger_name": trigger.get("name"),
             "perceptual": perceptual,

@@ -73,6 +73,15 @@ def test_demo_positive_control_is_implanted_without_hurting_clean_quality(tmp_pa
     assert [h["epoch"] for h in history] == [9, 19, 29, 39, 49] and history[-1]["asr_pixel"] >= 0.8
     for png in ("success.png", "epoch0049.png"):
         assert (runs / "A_control" / "backdoor" / png).stat().st_size > 1000
+    # the labelled grid, its caption (naming k) and the success plot are in TensorBoard too
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(runs / "A_control"), size_guidance={"images": 0, "tensors": 0})
+    events.Reload()
+    assert {"backdoor/grid", "backdoor/success"} <= set(events.Tags()["images"])
+    assert len(events.Images("backdoor/success")) == len(history)
+    caption = events.Tensors("backdoor/grid_caption/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert "clean LR | triggered LR | clean SR | triggered SR | target" in caption and "x 8" in caption
     assert "implanted" in (tmp_path / "e2e" / "results.md").read_text()
 
 

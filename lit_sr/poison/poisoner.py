@@ -24,7 +24,7 @@ from torch import nn
 
 from lit_sr.poison.asr import stealth
 from lit_sr.poison.cache import to_float, to_stored
-from lit_sr.poison.poisoned_hr import NORMS, make_poisoned_hr, resize_target
+from lit_sr.poison.poisoned_hr import NORMS, STEP_RULES, make_poisoned_hr, resize_target, step_rule_setting
 from lit_sr.poison.triggers import Trigger
 from lit_sr.runtime import Autocast
 from lit_sr.validation import check_bool, check_choice, check_images, check_int, check_positive
@@ -99,25 +99,28 @@ class FeatureAlignedLabel:
         steps: PGD iterations.
         norm: ``"pixel"``, ``"rms"`` or ``"l2"``.
         autocast: ``"none"`` or ``"bf16"`` for the feature network.
+        step_rule: the PGD step, ``"l2"`` (default) or ``"sign"``.
     """
 
     name = "badsr"
 
     def __init__(self, feature_net: nn.Module, target: torch.Tensor, eps: float = 0.05, steps: int = 100,
-                 norm: str = "pixel", autocast: Autocast = "none"):
+                 norm: str = "pixel", autocast: Autocast = "none", step_rule: str = "l2"):
         self.feature_net, self.target = feature_net, target
         self.eps = check_positive(eps, "eps")
         self.steps = check_int(steps, "poisoned_hr_steps", 0)
         self.norm = check_choice(norm, "poisoned_hr_norm", NORMS)
+        self.step_rule = check_choice(step_rule, "poisoned_hr_step_rule", STEP_RULES)
         self.autocast = autocast
 
     def __call__(self, hr: torch.Tensor) -> torch.Tensor:
         y_p, _ = make_poisoned_hr(self.feature_net, hr, self.target, eps=self.eps, steps=self.steps,
-                                  norm=self.norm, autocast=self.autocast)
+                                  norm=self.norm, autocast=self.autocast, step_rule=self.step_rule)
         return y_p
 
     def config(self) -> dict[str, Any]:
-        return {"name": self.name, "eps": self.eps, "steps": self.steps, "norm": self.norm}
+        settings = {"name": self.name, "eps": self.eps, "steps": self.steps, "norm": self.norm}
+        return settings | step_rule_setting(self.step_rule)
 
 
 class Poisoner:
