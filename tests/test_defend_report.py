@@ -4,7 +4,8 @@ The run folders are what ``train.py fit`` leaves (``config.yaml`` + ``weights.pt
 arm whose data module is a ``PoisonedSRDataModule`` over three embedded photographs at 64 px (its
 poison cache is generated in the test's folder), and a clean reference. The weights are the
 session's tiny trained EDSR (tests/conftest.py): the test checks the pipeline and its files, the
-repairs themselves are tested in tests/test_backdoor_defenses.py.
+repairs themselves are tested in tests/test_backdoor_defenses.py, the detectors in
+tests/test_backdoor_detection.py; here, that the report runs them and writes what they give.
 """
 
 from __future__ import annotations
@@ -69,7 +70,9 @@ def _config(runs: dict, out: Path) -> dict:
 
 def test_the_report_runs_end_to_end_and_writes_its_files(runs, tmp_path, capsys):
     path = tmp_path / "defend.yaml"
-    path.write_text(yaml.safe_dump(_config(runs, tmp_path / "out"), sort_keys=False))
+    detection = {"methods": ["spectral", "early_loss", "activation_clustering"], "early_steps": 4,
+                 "early_evaluations": 2, "batch_size": 4}
+    path.write_text(yaml.safe_dump({**_config(runs, tmp_path / "out"), "detection": detection}, sort_keys=False))
     assert main(["--config", str(path), "--no-progress"]) == 0
     out = tmp_path / "out" / "tiny"
     assert "## Defense report `tiny`" in capsys.readouterr().out
@@ -95,6 +98,15 @@ def test_the_report_runs_end_to_end_and_writes_its_files(runs, tmp_path, capsys)
     md = (out / "results.md").read_text()
     assert "| A | FT (ft) |" in md and "| A | FP (fp) |" in md and "Clean reference `D`" in md
     assert (out / "tradeoff.png").stat().st_size > 5000
+    # the detection section: detect's run_detection on the attack's 4 training pairs, 2 of them poisoned
+    det = list(csv.DictReader((out / "detection.csv").open()))
+    assert [r["method"] for r in det] == ["spectral", "early_loss_low", "early_loss_high", "activation_clustering"]
+    assert all(r["attack"] == "A" and r["n_pairs"] == "4" and r["n_poisoned"] == "2" for r in det)
+    low, high = (float(next(r["roc_auc"] for r in det if r["method"] == m)) for m in ("early_loss_low", "early_loss_high"))
+    assert low + high == pytest.approx(1.0)  # one direction's AUC is one minus the other's
+    assert payload["detection"]["results"]["A"]["poisoned_indices"] == sorted(payload["detection"]["results"]["A"]
+                                                                             ["poisoned_indices"])
+    assert "Detection of poisoned training pairs" in md and (out / "roc_A.png").stat().st_size > 5000
     assert not list(out.glob(".*"))  # atomic writes left no temporary files
 
 
@@ -126,10 +138,9 @@ def test_the_command_line_reports_a_bad_config_with_exit_code_2(runs, tmp_path, 
     assert "attacks.B" in err and "config.yaml does not exist" in err
 
 
-def test_a_detection_block_without_a_detection_runner_is_refused_before_any_work(runs, tmp_path):
-    from lit_sr.backdoor_defenses.report import run_report
-
-    cfg = parse_config({**_config(runs, tmp_path / "out"), "detection": {"methods": ["spectral"]}}, "defend.yaml")
-    with pytest.raises(ConfigError, match="detection"):
-        run_report(cfg, progress=False)
-    assert not (tmp_path / "out").exists()
+def test_a_bad_detection_block_is_refused_when_the_config_is_read(runs, tmp_path):
+    for block, key in (({"method": ["spectral"]}, "detection: unknown key.*method"),
+                       ({"methods": ["strip"]}, "detection.methods"),
+                       ({"attacks": ["B"]}, "detection.attacks")):
+        with pytest.raises(ConfigError, match=key):
+            parse_config({**_config(runs, tmp_path / "out"), "detection": block}, "defend.yaml")

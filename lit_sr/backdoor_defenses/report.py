@@ -11,7 +11,9 @@ hope to reach (the blend trigger alone moves a clean model's output ~20% of the 
 Written to ``<output_dir>/<name>/`` (every file atomically): ``results.csv`` (one row per attack x
 defense), ``results.json`` (rows, what each repair decided, the config, timings), ``results.md``
 (the table and how to read it) and ``tradeoff.png`` (per attack, the backdoor success before ->
-after against the clean PSNR-Y cost of each defense). The score is
+after against the clean PSNR-Y cost of each defense); with a ``detection`` block also
+``detection.csv`` and ``roc_<attack>.png`` (:mod:`lit_sr.backdoor_defenses.report_detection`).
+The score is
 :func:`lit_sr.backdoor_defenses.score.defense_score` on the configured metric.
 """
 
@@ -40,8 +42,8 @@ CSV_FIELDS = ("attack", "defense", "kind", "seconds", "clean_pairs", "clean_frac
               *(f"{f}_{w}" for f in FIGURES for w in ("before", "after")),
               "psnr_drop", "asr_drop", "score_metric", "score", "reference_attainment_asr", "reference_clean_psnr_y")
 
-# A hook the detection section plugs into: (config, progress) -> {"rows": [...], "files": {...}}
-DetectionRunner = Callable[[DefenseReportConfig, Path, bool], dict[str, Any]]
+# The detection section: (config, the attack runs, output folder, progress) -> {"rows", "markdown", "files", ...}
+DetectionRunner = Callable[[DefenseReportConfig, Mapping[str, Any], Path, bool], dict[str, Any]]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -72,9 +74,14 @@ def _row(cfg: DefenseReportConfig, attack: str, label: str, kind: str, outcome: 
 
 def run_report(cfg: DefenseReportConfig, progress: bool = True,
                detection_runner: DetectionRunner | None = None) -> dict[str, Any]:
-    """Run the report described by ``cfg`` and write its files; return ``{"rows", "outcomes", "files", ...}``."""
+    """Run the report described by ``cfg`` and write its files; return ``{"rows", "outcomes", "files", ...}``.
+
+    With a ``detection`` block, ``detection_runner`` (default
+    :func:`lit_sr.backdoor_defenses.report_detection.run_detection_section`) scores each attack's
+    training pairs after the repairs.
+    """
     if cfg.detection is not None and detection_runner is None:
-        raise ConfigError("detection: this report was given no detection runner (lit_sr.backdoor_defenses.detection)")
+        from lit_sr.backdoor_defenses.report_detection import run_detection_section as detection_runner
     device = resolve_device(cfg.device)
     out = cfg.out_dir
     start = time.perf_counter()
@@ -107,7 +114,7 @@ def run_report(cfg: DefenseReportConfig, progress: bool = True,
     bar.close()
     detection = None
     if cfg.detection is not None:
-        detection = detection_runner(cfg, out, progress)
+        detection = detection_runner(cfg, runs, out, progress)
     seconds = time.perf_counter() - start
     meta = {"config": cfg.source, "device": str(device), "torch": torch.__version__, "python": platform.python_version(),
             "threads": torch.get_num_threads(), "seconds": seconds,
@@ -207,8 +214,9 @@ def write_report(out: Path, cfg: DefenseReportConfig, rows: list[dict], outcomes
 
     out.mkdir(parents=True, exist_ok=True)
     files = {"csv": str(write_csv(out / "results.csv", rows, CSV_FIELDS))}
+    det_json = None if detection is None else {"rows": detection["rows"], "results": detection["results"]}
     files["json"] = str(write_json(out / "results.json", {"rows": rows, "outcomes": outcomes, "measured": measured,
-                                                          "detection": detection, "meta": meta,
+                                                          "detection": det_json, "meta": meta,
                                                           "config": cfg.raw}))
     figure = tradeoff_figure(cfg, rows)
     files["tradeoff_png"] = str(save_figure(figure, out / "tradeoff.png"))

@@ -18,7 +18,9 @@
       B_stealthy_label: {run_dir: runs/demo/runs/B_stealthy_label, weights: weights.pth}
     defenses:                          # label -> {defense: ft | fp | nad | ibau, its parameters}
       FT: {defense: ft, steps: 200, lr: 1.0e-3}
-    detection: null                    # optional: the detection section (see the README)
+    detection:                         # optional: label-free detection of each attack's poisoned pairs
+      methods: [spectral, early_loss, activation_clustering]   # run_detection's keyword arguments
+      attacks: [A_control]             # default: every attack
 
 A defense entry's parameters are its config object's fields (:mod:`lit_sr.backdoor_defenses`);
 ``seed`` and ``progress`` default to the report's. Unknown keys, wrong types and out-of-range
@@ -162,7 +164,10 @@ def parse_config(raw: Any, source: str = "<dict>") -> DefenseReportConfig:
         reference = (name, _run_ref(ref, "reference"))
     detection = raw.get("detection")
     if detection is not None:
+        from lit_sr.backdoor_defenses.report_detection import detection_kwargs
+
         detection = dict(_mapping(detection, "detection"))
+        detection_kwargs(detection, list(attacks))  # named errors now, before any work
     name = raw.get("name", "defend")
     if not isinstance(name, str) or not name or "/" in name:
         raise ConfigError(f"name must be a folder name (no '/'); got {name!r}")
