@@ -82,6 +82,10 @@ EXCLUDED = {
         "the robustness report's commands and overrides are run by tests/test_evaluate.py (the report's own tests)",
     r"^make robustness$": "trains the quickstart (tens of minutes on two CPU cores) before the report; "
                           "tests/test_evaluate.py checks that its data, weights and report paths agree (dry run)",
+    # refsr3: the RefSR report
+    r"^python -m lit_sr\.evaluate_refsr --config configs/refsr_report_quick\.yaml$":
+        "needs the quickstart's trained weights (minutes of training); tests/test_refsr_report.py runs this "
+        "config file through the same command line on a tiny network, and the report end to end",
 }
 # The first code line of each python / yaml block, and the handler that runs it.
 SNIPPETS = {
