@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -390,7 +391,7 @@ def _parse_blocks(attacks) -> tuple[list[AttackSpec] | None, list[RefSRAttackSpe
     where = "AdversarialEvalCallback.attacks"
     if attacks is None:
         return parse_attacks(DEFAULT_ATTACKS, where), parse_refsr_attacks(DEFAULT_REFSR_ATTACKS, where)
-    kinds = {ref_attack_kind(label, params) for label, params in attacks.items()} if isinstance(attacks, dict) else set()
+    kinds = {ref_attack_kind(label, params) for label, params in attacks.items()} if isinstance(attacks, Mapping) else set()
     if kinds & set(REF_ATTACKS):
         return None, parse_refsr_attacks(attacks, where)
     specs = parse_attacks(attacks, where)

@@ -187,7 +187,7 @@ def run_refsr_report(cfg: RefSRReportConfig, out_dir: str | Path | None = None, 
             raise ConfigError(f"defenses.{label}: {exc}") from None
     means = _Means()
     kw = {"crop_border": crop_border, "y_channel": cfg.y_channel}
-    for index, batch in enumerate(tqdm(list(_batches(cfg)), desc="refsr report", disable=not progress)):
+    for index, batch in enumerate(tqdm(_batches(cfg), desc="refsr report", unit="batch", disable=not progress)):
         lr, ref, hr = (batch[k].to(device).float() for k in ("lr", "ref", "hr"))
         levels = torch.as_tensor(batch["level"]).view(-1)
         seed = cfg.seed + index
