@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,16 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchvision.utils import make_grid
 
+from callbacks.protocols import RefSRModel, require
 from lit_sr.attacks import infer_scale
+from lit_sr.attacks.refsr_spec import (
+    REF_ATTACKS,
+    RefSRAttackRunner,
+    RefSRAttackSpec,
+    parse_refsr_attacks,
+    ref_attack_kind,
+    refsr_predict,
+)
 from lit_sr.attacks.spec import (
     AttackRunner,
     AttackSpec,
@@ -28,6 +38,7 @@ from lit_sr.runtime import Autocast, autocast_dtype, model_device
 from lit_sr.validation import check_int
 
 DEFAULT_ATTACKS = {"ifgsm": {"steps": 10}}
+DEFAULT_REFSR_ATTACKS = {"refsr_adv": {"steps": 10}}
 DEFAULT_EPS = (2 / 255, 8 / 255)
 
 
@@ -78,10 +89,19 @@ class AdversarialEvalCallback(L.Callback):
     ``<log_dir>/attacks/``. Each grid row is clean LR | attacked LR | perturbation (all nearest,
     enlarged by the scale) | clean SR | attacked SR.
 
+    **Reference-based SR.** When the validation batches carry ``"ref"``, the module must be a
+    :class:`callbacks.protocols.RefSRModel` (``RefSRModule`` is) and the attacks run on its ``net``
+    as ``net(lr, ref)``: ``refsr_adv`` (RefSR-Adv, PGD on the reference) and ``ref_square`` (the
+    query-only Square Attack on the reference) perturb the reference and log ``ref_psnr`` as their
+    stealth; the plain kinds (``ifgsm``, ``pgd``, ``square``) perturb the LR input with the
+    reference held fixed (:mod:`lit_sr.attacks.refsr_spec`). The default is
+    ``{"refsr_adv": {"steps": 10}}``. Grid rows of reference attacks show the reference, the
+    attacked reference and the perturbation at their own size.
+
     Args:
         attacks: name -> parameters, as the ``attacks`` block of the robustness report (kinds
-            ``ifgsm``, ``pgd``, ``partial``, ``universal``, ``targeted``, ``square``; ``attack:``
-            picks the kind when the name is not one). Default ``{"ifgsm": {"steps": 10}}``: 10
+            ``ifgsm``, ``pgd``, ``partial``, ``universal``, ``targeted``, ``square``, and for RefSR
+            models ``refsr_adv`` and ``ref_square``; ``attack:`` picks the kind when the name is not one). Default ``{"ifgsm": {"steps": 10}}``: 10
             steps instead of the paper's 50 keep the check cheap inside training. ``reference``
             defaults to ``"hr"`` (the official code). The universal attack is fitted on each
             rank's subset (images narrower than its ``crop_size`` are left out).
@@ -114,9 +134,7 @@ class AdversarialEvalCallback(L.Callback):
         save_png: bool = True,
     ):
         super().__init__()
-        self.specs: list[AttackSpec] = parse_attacks(
-            DEFAULT_ATTACKS if attacks is None else attacks, "AdversarialEvalCallback.attacks"
-        )
+        self.specs, self.ref_specs = _parse_blocks(attacks)
         self.eps = parse_eps_list(list(DEFAULT_EPS) if eps is None else eps, "AdversarialEvalCallback.eps")
         self.num_images = _check_int(num_images, "num_images", 1)
         self.every_n_epochs = _check_int(every_n_epochs, "every_n_epochs", 1)
@@ -129,7 +147,7 @@ class AdversarialEvalCallback(L.Callback):
         self.log_images, self.y_channel, self.save_png = bool(log_images), bool(y_channel), bool(save_png)
         self._val_runs = 0
         self._active = False
-        self._subset: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._subset: list[tuple[torch.Tensor, ...]] = []  # (lr, hr) or, for RefSR batches, (lr, hr, ref)
         # This rank's (sum, count) per metric key at the last run, before the reduction (for checks).
         self.local_results: dict[str, tuple[float, float]] = {}
 
@@ -163,17 +181,26 @@ class AdversarialEvalCallback(L.Callback):
             )
         # Validation tensors are inference tensors; copies made outside inference mode are ordinary
         # tensors that autograd can use later. They wait on the CPU so the subset costs no GPU memory.
+        keys = ("lr", "hr", "ref") if "ref" in batch else ("lr", "hr")
         with torch.inference_mode(False):
-            for lr, hr in zip(batch["lr"], batch["hr"]):
+            for images in zip(*(batch[k] for k in keys)):
                 if len(self._subset) >= self.num_images:
                     break
-                self._subset.append((lr.detach().cpu().clone(), hr.detach().cpu().clone()))
+                self._subset.append(tuple(x.detach().cpu().clone() for x in images))
 
     # ------------------------------------------------------------------ attacking
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._active:
             return
         self._active = False
+        if self._refsr():
+            self._attack_refsr(trainer, pl_module)
+            return
+        if self.specs is None:
+            raise TypeError(
+                "AdversarialEvalCallback.attacks names reference attacks "
+                f"({sorted(s.label for s in self.ref_specs if s.side == 'ref')}) but the validation batches have no 'ref'"
+            )
         model = self._eval_model(pl_module)
         device = model_device(model) or pl_module.device
         scale = self._scale(pl_module, model, device)
@@ -181,6 +208,10 @@ class AdversarialEvalCallback(L.Callback):
         want_grids = self.log_images and trainer.is_global_zero and self.num_grid_images > 0
         with torch.inference_mode(False), torch.enable_grad():
             keys, sums, counts, grids = self._attack_subset(model, device, crop_border, scale, want_grids)
+        self._reduce_and_log(trainer, pl_module, keys, sums, counts, grids)
+
+    def _reduce_and_log(self, trainer, pl_module, keys, sums, counts, grids) -> None:
+        """Sum this rank's (sum, count) per key over the ranks, log the means, send the visuals (rank 0)."""
         self.local_results = {k: (s, c) for k, s, c in zip(keys, sums.tolist(), counts.tolist())}
         totals = trainer.strategy.reduce(torch.stack([sums, counts]).to(pl_module.device), reduce_op="sum")
         means = {}
@@ -213,14 +244,72 @@ class AdversarialEvalCallback(L.Callback):
         lr = self._subset[0][0][None].to(device)
         return infer_scale(lr.shape, predict(model, lr).shape)
 
-    def metric_keys(self) -> list[str]:
-        """Every key this callback can log, in a fixed order (the same on every rank)."""
+    def _refsr(self) -> bool:
+        """Whether the gathered subset comes from reference-based SR batches (every rank sees the same kind)."""
+        return bool(self._subset) and len(self._subset[0]) == 3
+
+    def _active_specs(self) -> list:
+        return (self.ref_specs if self._refsr() else self.specs) or []
+
+    def metric_keys(self, refsr: bool | None = None) -> list[str]:
+        """Every key this callback can log, in a fixed order (the same on every rank).
+
+        ``refsr``: the keys of the RefSR attacks (``True``), of the SR ones (``False``) or of the
+        kind of the subset gathered last (``None``).
+        """
+        specs = (self.ref_specs if refsr else self.specs) if refsr is not None else self._active_specs()
         return [
             f"attack/{spec.label}/{eps_label(eps)}/{metric}"
-            for spec in self.specs
+            for spec in specs or []
             for eps in self.eps
             for metric in spec.metric_keys()
         ]
+
+    # ------------------------------------------------------------------ reference-based SR
+    def _attack_refsr(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        require(pl_module, RefSRModel, "AdversarialEvalCallback (validation batches with 'ref')", "the LightningModule")
+        if self.ref_specs is None:
+            raise TypeError(
+                "AdversarialEvalCallback.attacks holds kinds that cannot run on a RefSR model "
+                f"({sorted(s.kind for s in self.specs)}); use refsr_adv, ref_square, ifgsm, pgd or square"
+            )
+        model = pl_module.net
+        device = model_device(model) or pl_module.device
+        crop_border = pl_module.scale if self.crop_border is None else self.crop_border
+        want_grids = self.log_images and trainer.is_global_zero and self.num_grid_images > 0
+        with torch.inference_mode(False), torch.enable_grad():
+            keys, sums, counts, grids = self._attack_refsr_subset(model, device, crop_border, pl_module.scale,
+                                                                  want_grids)
+        self._reduce_and_log(trainer, pl_module, keys, sums, counts, grids)
+
+    def _attack_refsr_subset(self, model: nn.Module, device: torch.device, crop_border: int, scale: int,
+                             want_grids: bool):
+        keys = self.metric_keys(refsr=True)
+        index = {k: i for i, k in enumerate(keys)}
+        sums = torch.zeros(len(keys), dtype=torch.float64)
+        counts = torch.zeros(len(keys), dtype=torch.float64)
+        grids: dict[tuple[str, str], torch.Tensor] = {}
+        shapes = [(lr.shape, ref.shape) for lr, _, ref in self._subset]
+        everything = list(range(len(self._subset)))
+        for spec in self.ref_specs:
+            for eps in self.eps:
+                runner = RefSRAttackRunner(spec, model, eps, seed=self.seed, autocast=self.autocast,
+                                           crop_border=crop_border, y_channel=self.y_channel)
+                shown = set(everything[: self.num_grid_images]) if want_grids else set()
+                rows: dict[int, list[torch.Tensor]] = {}
+                for idx in shape_batches(shapes, everything, self.batch_size):
+                    lr, hr, ref = (torch.stack([self._subset[i][k] for i in idx]).to(device) for k in range(3))
+                    adv, metrics = runner.run(lr, ref, hr)
+                    for name, values in metrics.items():
+                        key = index[f"attack/{spec.label}/{eps_label(eps)}/{name}"]
+                        sums[key] += values.sum()
+                        counts[key] += values.numel()
+                    for j, i in enumerate(idx):
+                        if i in shown:
+                            rows[i] = _refsr_row(model, spec, lr[j : j + 1], ref[j : j + 1], adv[j : j + 1], scale, eps)
+                if rows:
+                    grids[spec.label, eps_label(eps)] = stack_rows([rows[i] for i in sorted(rows)])
+        return keys, sums, counts, grids
 
     def _attack_subset(self, model: nn.Module, device: torch.device, crop_border: int, scale: int, want_grids: bool):
         keys = self.metric_keys()
@@ -285,9 +374,35 @@ class AdversarialEvalCallback(L.Callback):
 
     def _series(self, means: dict[str, float], metric: str) -> dict[str, list[tuple[float, float]]]:
         series = {}
-        for spec in self.specs:
+        for spec in self._active_specs():
             points = [(eps * 255, means[k]) for eps in self.eps
                       if (k := f"attack/{spec.label}/{eps_label(eps)}/{metric}") in means]
             if points:
                 series[spec.label] = points
         return series
+
+
+def _parse_blocks(attacks) -> tuple[list[AttackSpec] | None, list[RefSRAttackSpec] | None]:
+    """The SR and the RefSR reading of the ``attacks`` block (``None`` where it cannot apply).
+
+    A block naming a reference attack is RefSR only; a block of plain kinds serves both (on a
+    RefSR model those perturb the LR input); one with partial/universal/targeted attacks is SR only.
+    """
+    where = "AdversarialEvalCallback.attacks"
+    if attacks is None:
+        return parse_attacks(DEFAULT_ATTACKS, where), parse_refsr_attacks(DEFAULT_REFSR_ATTACKS, where)
+    kinds = {ref_attack_kind(label, params) for label, params in attacks.items()} if isinstance(attacks, Mapping) else set()
+    if kinds & set(REF_ATTACKS):
+        return None, parse_refsr_attacks(attacks, where)
+    specs = parse_attacks(attacks, where)
+    plain = all(spec.kind in ("ifgsm", "pgd", "square") for spec in specs)
+    return specs, parse_refsr_attacks(attacks, where) if plain else None
+
+
+def _refsr_row(model: nn.Module, spec: RefSRAttackSpec, lr: torch.Tensor, ref: torch.Tensor, adv: torch.Tensor,
+               scale: int, eps: float) -> list[torch.Tensor]:
+    """A grid row of one image: the perturbed input (the reference at its size, or the LR enlarged), clean and attacked SR."""
+    sr = refsr_predict(model, lr, ref)[0]
+    if spec.side == "ref":
+        return attack_row(ref[0], adv[0], sr, refsr_predict(model, lr, adv)[0], 1, eps)
+    return attack_row(lr[0], adv[0], sr, refsr_predict(model, adv, ref)[0], scale, eps)

@@ -34,6 +34,21 @@ class SRModel(Protocol):
 
 
 @runtime_checkable
+class RefSRModel(Protocol):
+    """A reference-based SR LightningModule as the callbacks see it (``lit_sr.modules.RefSRModule`` is one).
+
+    Its batches carry ``"ref"``; the attacks run on ``net``, called as ``net(lr, ref)``.
+    """
+
+    scale: int
+    net: nn.Module
+
+    def super_resolve(self, lr: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        """Evaluation forward: LR ``(N, 3, h, w)`` and reference ``(N, 3, Hr, Wr)`` in [0, 1] to SR in [0, 1]."""
+        ...
+
+
+@runtime_checkable
 class PoisonedData(Protocol):
     """A poisoned SR data module as the poison-selection and backdoor callbacks see it.
 

@@ -297,6 +297,11 @@ def embedded_records(
             records.append(RefRecord(name=f"{name}_stereo", hr_tensor=photo(name), ref_tensor=photo(partner), level=1))
             continue
         candidates = [p for p in pool if p != name and not p.startswith("motorcycle_")]
+        if len(candidates) < 2:
+            raise ValueError(
+                f"embedded reference pairs: {name!r} needs two other photographs (not the stereo pair) for its "
+                f"level 4-5 references, but the pool {list(pool)} has {candidates}; add photographs"
+            )
         start = pool.index(name) + 1 if name in pool else 0
         others = [candidates[(start + k) % len(candidates)] for k in range(2)]
         hr, refs = graded_references(photo(name), [photo(o) for o in others])

@@ -91,6 +91,11 @@ EXCLUDED = {
     # --- backdoor defenses (defend) ---
     r"^make defend$": "needs make demo's four trained arms and runs minutes of repairs; the same command runs end "
                       "to end on tiny run folders in tests/test_defend_report.py, and its config loads below",
+
+    # refsr3: the RefSR report
+    r"^python -m lit_sr\.evaluate_refsr --config configs/refsr_report_quick\.yaml$":
+        "needs the quickstart's trained weights (minutes of training); tests/test_refsr_report.py runs this "
+        "config file through the same command line on a tiny network, and the report end to end",
 }
 # The first code line of each python / yaml block, and the handler that runs it.
 SNIPPETS = {

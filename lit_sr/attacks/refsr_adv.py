@@ -100,6 +100,10 @@ class RefSRAdv(Attack):
         autocast: ``"none"`` or ``"bf16"`` for the model's forward passes (the perturbation and
             the loss stay float32).
         seed: seed of the random start; ``None`` uses the global generator.
+        keep_best: return each image's best iterate (largest loss, the start included) instead
+            of the last; costs one more forward pass. With ``atk(lr, ref, start=...)`` this makes an
+            attack that is never weaker than its start (the adaptive evaluation of
+            :mod:`lit_sr.refsr_defenses` starts from the naive attack's reference).
     """
 
     name = "refsr_adv"
@@ -115,6 +119,7 @@ class RefSRAdv(Attack):
         loss: str = "l2",
         autocast: Autocast = "none",
         seed: int | None = None,
+        keep_best: bool = False,
     ):
         # Autocast is applied in :meth:`sr` (the two-input call), so the base runs in float32.
         super().__init__(model, check_eps(eps), loss=check_choice(loss, "loss", LOSS_NAMES), seed=seed)
@@ -123,6 +128,7 @@ class RefSRAdv(Attack):
         self.steps = check_int(steps, "steps", 1)
         self.step_size = check_positive(2.5 * self.eps / self.steps if step_size is None else step_size, "step_size")
         self.random_start = check_bool(random_start, "random_start")
+        self.keep_best = check_bool(keep_best, "keep_best")
         if not self.random_start:
             raise ValueError(
                 "RefSRAdv(random_start=False) cannot move: the gradient of ||f(lr, ref) - f(lr, ref0)|| is "
@@ -142,20 +148,51 @@ class RefSRAdv(Attack):
             out = self.model(self._lr, ref)
         return out.float()
 
-    def forward(self, lr: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        """The adversarial reference batch for ``(lr, ref)``."""
+    def forward(self, lr: torch.Tensor, ref: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
+        """The adversarial reference batch for ``(lr, ref)``.
+
+        ``start``: an adversarial reference to continue from (projected into the ball) instead of
+        the random start, e.g. an attack computed on another model.
+        """
         check_pair(lr, ref)
         device = self.device_for(lr)
         self._lr = self.prepare(lr, "lr", device)
         try:
             ref0 = self.prepare(ref, "ref", device)
             target = self.clean_output(ref0)
-            x = self.project(ref0 + uniform_like(ref0, -self.eps, self.eps, self.generator(device)), ref0)
+            if start is not None:
+                if start.shape != ref.shape:
+                    raise ValueError(f"start must have the reference's shape {tuple(ref.shape)}, got {tuple(start.shape)}")
+                x = self.project(start.detach().to(device, torch.float32), ref0)
+            else:
+                x = self.project(ref0 + uniform_like(ref0, -self.eps, self.eps, self.generator(device)), ref0)
+            best, best_loss = x, None
             for _ in range(self.steps):
-                x = self.project(x + self.step_size * self.input_gradient(x, target).sign(), ref0)
-            return x.detach()
+                loss, grad = self._loss_and_gradient(x, target)
+                best, best_loss = self._better(best, best_loss, x, loss)
+                x = self.project(x + self.step_size * grad.sign(), ref0)
+            if not self.keep_best:
+                return x.detach()
+            with torch.no_grad():
+                best, _ = self._better(best, best_loss, x, self.per_sample_loss(x, target))
+            return best.detach()
         finally:
             self._lr = None
+
+    def _loss_and_gradient(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image loss at ``x`` and the gradient of their sum w.r.t. ``x``, from one forward pass."""
+        x = x.detach().requires_grad_(True)
+        loss = self.per_sample_loss(x, target)
+        return loss.detach(), torch.autograd.grad(loss.sum(), x)[0]
+
+    def _better(self, best, best_loss, x, loss):
+        """Per image, the iterate with the larger loss (only tracked with ``keep_best``)."""
+        if not self.keep_best:
+            return best, best_loss
+        if best_loss is None:
+            return x.detach(), loss
+        improved = loss > best_loss
+        return torch.where(improved.view(-1, 1, 1, 1), x.detach(), best), torch.where(improved, loss, best_loss)
 
 
 def uniform_noise(x: torch.Tensor, eps: float, generator: torch.Generator | None = None) -> torch.Tensor:
