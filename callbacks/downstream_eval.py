@@ -76,17 +76,20 @@ class DownstreamEvalCallback(L.Callback):
         detector: a :class:`DownstreamDetector`, or ``None``. At least one of the two is needed.
         every_n_epochs: run on every N-th validation epoch.
         max_batches: validation batches used per rank (``None``: all).
-        target_class: the backdoor's target class for the downstream ASR (``None``: no ASR).
+        target_class: the backdoor's target class for the downstream ASR: an index, a class name of
+            the data module's ``class_names``, or ``None``: the data module's own ``target_class``
+            when it declares one (``datamodules.poisoned_shapes.PoisonedShapesDataModule``), else no ASR.
         attacks: ``{name: {"class": <lit_sr.attacks class>, **its arguments}}``; ``None`` for none.
         label_offset: added to the data set's labels to get the detector's classes.
         score_thresh: detections kept for vanished/hallucinated counts and the drawing.
         iou_thresh: IoU for vanished / hallucinated matching.
         num_images: images drawn per condition in the grid (0: no grid).
-        class_names: names written on the pictures (default: the class index).
+        class_names: names written on the pictures; ``None``: the data module's ``class_names``
+            (``datamodules.shapes.ShapesDataModule`` has them), else the class index.
     """
 
     def __init__(self, classifier: DownstreamClassifier | None = None, detector: DownstreamDetector | None = None,
-                 every_n_epochs: int = 1, max_batches: int | None = 4, target_class: int | None = None,
+                 every_n_epochs: int = 1, max_batches: int | None = 4, target_class: int | str | None = None,
                  attacks: dict[str, dict[str, Any]] | None = None, label_offset: int = 1, score_thresh: float = 0.5,
                  iou_thresh: float = 0.5, num_images: int = 4, class_names: list[str] | None = None):
         if classifier is None and detector is None:
@@ -94,13 +97,15 @@ class DownstreamEvalCallback(L.Callback):
         self.classifier, self.detector = classifier, detector
         self.every_n_epochs = check_int(every_n_epochs, "every_n_epochs", minimum=1)
         self.max_batches = None if max_batches is None else check_int(max_batches, "max_batches", minimum=1)
-        self.target_class = target_class
+        self.target_class_arg = target_class
+        self.target_class: int | None = None
         self.attack_specs = dict(attacks or {})
         self.label_offset = int(label_offset)
         self.score_thresh = check_fraction(score_thresh, "score_thresh")
         self.iou_thresh = check_fraction(iou_thresh, "iou_thresh")
         self.num_images = check_int(num_images, "num_images", minimum=0)
-        self.class_names = class_names
+        self.class_names_arg = list(class_names) if class_names is not None else None
+        self.class_names: list[str] | None = self.class_names_arg
         self.results: dict[str, float] = {}
         self.local_counts: dict[str, dict[str, float]] = {}
         self._active = False
@@ -113,6 +118,7 @@ class DownstreamEvalCallback(L.Callback):
         if not isinstance(pl_module, SRModel):
             raise TypeError(f"DownstreamEvalCallback needs an SR module (callbacks.protocols.SRModel: scale, net, "
                             f"eval_net, super_resolve); {type(pl_module).__name__} is not one")
+        self._read_classes(trainer.datamodule)
         for model in (self.classifier, self.detector):
             if model is not None:
                 model.to(pl_module.device).eval().requires_grad_(False)
@@ -142,6 +148,24 @@ class DownstreamEvalCallback(L.Callback):
         root = Path(trainer.log_dir or trainer.default_root_dir)  # log_dir broadcasts: every rank must ask
         if trainer.is_global_zero and self.num_images and self._pictures:
             self.write_grid(trainer, root)
+
+    def _read_classes(self, data) -> None:
+        """Class names and the target class, from the arguments or else from the data module."""
+        names = self.class_names_arg
+        if names is None and data is not None and getattr(data, "class_names", None) is not None:
+            names = [str(n) for n in data.class_names]
+        self.class_names = names
+        target = self.target_class_arg
+        if target is None and data is not None:
+            target = getattr(data, "target_class", None)
+        if isinstance(target, str):
+            if not names or target not in names:
+                raise ValueError(f"DownstreamEvalCallback: target_class {target!r} is not a class name of the data "
+                                 f"module ({names})")
+            target = names.index(target)
+        if target is not None and (isinstance(target, bool) or not isinstance(target, int) or target < 0):
+            raise ValueError(f"DownstreamEvalCallback: target_class must be a class index or name, got {target!r}")
+        self.target_class = target
 
     # ------------------------------------------------------------------ images of every condition
     def condition_images(self, trainer, pl_module, batch) -> dict[str, torch.Tensor]:

@@ -103,14 +103,16 @@ class HueShiftLabel:
         hue, saturation, value = _rgb_to_hsv(hr.float().clamp(0, 1))
         coloured = (saturation >= self.min_saturation) & (value >= self.min_value)
         t_lo, t_hi = COLOUR_FAMILIES[self.target_family]
-        new_hue = hue.clone()
+        new_hue, moved = hue.clone(), torch.zeros_like(coloured)
         for family, (lo, hi) in COLOUR_FAMILIES.items():
             if family == self.target_family:
                 continue
             offset = (hue - lo) % 1.0  # ranges may wrap around red (warm: -0.04 .. 0.08)
             inside = coloured & (offset <= hi - lo)
             new_hue = torch.where(inside, (t_lo + offset / (hi - lo) * (t_hi - t_lo)) % 1.0, new_hue)
-        return _hsv_to_rgb(new_hue, saturation, value).clamp(0, 1).to(hr.dtype)
+            moved |= inside
+        recoloured = _hsv_to_rgb(new_hue, saturation, value).clamp(0, 1)
+        return torch.where(moved[:, None], recoloured, hr.float()).to(hr.dtype)  # other pixels bit-exact
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "target_family": self.target_family, "min_saturation": self.min_saturation,

@@ -284,3 +284,34 @@ class ShapesDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
+
+
+def export_shapes(folder: str, split: str = "val", count: int = 24, **shapes_args) -> list[str]:
+    """Write ``count`` samples of a shapes split as HR PNG files plus ``labels.json``, for the robustness report.
+
+    ``shapes_args`` are :class:`ShapesDataModule` arguments (``hr_size``, ``max_objects``, ``seed``, ...).
+    ``labels.json`` is ``{"class_names": [...], "images": {stem: {"label", "boxes", "labels"}}}``
+    (boxes in pixel-edge xyxy HR pixels), what :mod:`lit_sr.report.downstream` reads. Images are
+    8-bit PNG (the report reads image files). Returns the written image paths.
+    """
+    import json
+    from pathlib import Path
+
+    from lit_sr.io import atomic_write, write_image
+
+    if split not in ("train", "val"):
+        raise ValueError(f"export_shapes: split must be 'train' or 'val', got {split!r}")
+    module = ShapesDataModule(**{"train_size": count, "val_size": count, **shapes_args})
+    module.setup("fit")
+    dataset = module.train_dataset if split == "train" else module.val_dataset
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    images, paths = {}, []
+    for index in range(check_int(count, "count", minimum=1)):
+        sample = dataset[index]
+        stem = f"shapes_{split}_{index:04d}"
+        paths.append(str(write_image(sample["hr"], out / f"{stem}.png")))
+        images[stem] = {"label": sample["label"], "boxes": sample["boxes"].tolist(), "labels": sample["labels"].tolist()}
+    with atomic_write(out / "labels.json") as tmp:
+        tmp.write_text(json.dumps({"class_names": list(CLASS_NAMES), "images": images}, indent=1))
+    return paths

@@ -137,6 +137,10 @@ class DownstreamDetector(nn.Module):
             512; ``None`` keeps it). Only matters when training: the box head's 12,544 x 1,024 layer
             runs on every sample, so 64 makes a CPU training step ~3x faster on the few-object
             shapes images (measured, see benchmarks/RESULTS.md).
+        representation_size: width of the box head's two fully connected layers (torchvision's
+            ``TwoMLPHead``; 1024 in torchvision, ``None`` keeps it). The first layer has
+            ``256 * 7 * 7 * representation_size`` weights, most of the light detector's parameters,
+            so 256 trains ~2x faster on a CPU; a checkpoint loads only into the width it was trained with.
 
     ``forward(images)`` in eval mode returns torchvision's list of ``{"boxes", "labels", "scores"}``;
     in train mode ``forward(images, targets)`` returns its loss dict.
@@ -145,7 +149,8 @@ class DownstreamDetector(nn.Module):
     def __init__(self, arch: str = "fasterrcnn_mobilenet_v3_large_320_fpn", num_classes: int = 91,
                  weights: str | None = None, random_init: bool = False, min_size: int | None = None,
                  max_size: int | None = None, trainable_backbone_layers: int | None = None,
-                 score_thresh: float = 0.05, box_batch_size_per_image: int | None = None):
+                 score_thresh: float = 0.05, box_batch_size_per_image: int | None = None,
+                 representation_size: int | None = None):
         super().__init__()
         from torchvision.models import get_model
 
@@ -161,8 +166,20 @@ class DownstreamDetector(nn.Module):
         if box_batch_size_per_image is not None:
             kwargs["box_batch_size_per_image"] = check_int(box_batch_size_per_image, "box_batch_size_per_image", 1)
         self.model = get_model(arch, weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
+        if representation_size is not None:
+            self._narrow_box_head(check_int(representation_size, "representation_size", 1))
         if path is not None:
             load_downstream_state(self.model, path, f"DownstreamDetector({arch})")
+
+    def _narrow_box_head(self, width: int) -> None:
+        """Replace the box head and predictor by ones ``width`` wide (same module names as torchvision's)."""
+        from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+
+        heads = self.model.roi_heads
+        size = heads.box_roi_pool.output_size
+        side = size[0] * size[1] if isinstance(size, list | tuple) else size * size
+        heads.box_head = TwoMLPHead(self.model.backbone.out_channels * side, width)
+        heads.box_predictor = FastRCNNPredictor(width, self.num_classes)
 
     def forward(self, images: torch.Tensor | list[torch.Tensor], targets: list[dict] | None = None):
         if isinstance(images, torch.Tensor):
