@@ -45,7 +45,7 @@ from lit_sr.downstream.metrics import (
     reduce_counts,
 )
 from lit_sr.downstream.wrappers import DownstreamClassifier, DownstreamDetector
-from lit_sr.io import write_image
+from lit_sr.io import atomic_write, write_image
 from lit_sr.ops import imresize
 from lit_sr.validation import check_fraction, check_int
 
@@ -86,12 +86,16 @@ class DownstreamEvalCallback(L.Callback):
         num_images: images drawn per condition in the grid (0: no grid).
         class_names: names written on the pictures; ``None``: the data module's ``class_names``
             (``datamodules.shapes.ShapesDataModule`` has them), else the class index.
+        summary: after each evaluation, rank 0 writes ``<log_dir>/downstream/summary.md`` (and
+            prints it): a table of the downstream figures per condition, followed by the SR-level
+            backdoor figures (``backdoor/*``, logged by ``BackdoorEvalCallback``) when the run has them.
     """
 
     def __init__(self, classifier: DownstreamClassifier | None = None, detector: DownstreamDetector | None = None,
                  every_n_epochs: int = 1, max_batches: int | None = 4, target_class: int | str | None = None,
                  attacks: dict[str, dict[str, Any]] | None = None, label_offset: int = 1, score_thresh: float = 0.5,
-                 iou_thresh: float = 0.5, num_images: int = 4, class_names: list[str] | None = None):
+                 iou_thresh: float = 0.5, num_images: int = 4, class_names: list[str] | None = None,
+                 summary: bool = True):
         if classifier is None and detector is None:
             raise ValueError("DownstreamEvalCallback needs a classifier, a detector, or both")
         self.classifier, self.detector = classifier, detector
@@ -106,7 +110,9 @@ class DownstreamEvalCallback(L.Callback):
         self.num_images = check_int(num_images, "num_images", minimum=0)
         self.class_names_arg = list(class_names) if class_names is not None else None
         self.class_names: list[str] | None = self.class_names_arg
+        self.summary = bool(summary)
         self.results: dict[str, float] = {}
+        self._fresh = False
         self.local_counts: dict[str, dict[str, float]] = {}
         self._active = False
 
@@ -146,8 +152,28 @@ class DownstreamEvalCallback(L.Callback):
         for name, value in self.results.items():
             pl_module.log(name, value, sync_dist=False, rank_zero_only=False)
         root = Path(trainer.log_dir or trainer.default_root_dir)  # log_dir broadcasts: every rank must ask
+        self._root, self._fresh = root, True
         if trainer.is_global_zero and self.num_images and self._pictures:
             self.write_grid(trainer, root)
+
+    def on_validation_end(self, trainer, pl_module):
+        # here every callback's epoch-end metrics (backdoor/* included) are in trainer.callback_metrics
+        if not (self._fresh and self.summary and trainer.is_global_zero):
+            return
+        self._fresh = False
+        from lightning.pytorch.utilities import rank_zero_info
+
+        from callbacks.downstream_summary import summary_markdown
+
+        backdoor = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("backdoor/")}
+        target = None if self.target_class is None else self._name(self.target_class)
+        text = summary_markdown(self.results, backdoor, target, trainer.current_epoch, trainer.global_step)
+        path = self._root / "downstream" / "summary.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path) as tmp:
+            tmp.write_text(text)
+        self.summary_path = path
+        rank_zero_info(text)
 
     def _read_classes(self, data) -> None:
         """Class names and the target class, from the arguments or else from the data module."""
