@@ -134,13 +134,13 @@ class DownstreamDetector(nn.Module):
         trainable_backbone_layers: as in torchvision (only matters when training).
         score_thresh: detections below this score are dropped (torchvision's ``box_score_thresh``).
         box_batch_size_per_image: RoI samples per image for the box head's loss (torchvision's default
-            512; ``None`` keeps it). Only matters when training: the box head's 12,544 x 1,024 layer
-            runs on every sample, so 64 makes a CPU training step ~3x faster on the few-object
-            shapes images (measured, see benchmarks/RESULTS.md).
+            512; ``None`` keeps it). Only matters when training: the box head runs on every sample,
+            and the shapes images hold one or two objects (``benchmarks/detector_step.py`` times it).
         representation_size: width of the box head's two fully connected layers (torchvision's
             ``TwoMLPHead``; 1024 in torchvision, ``None`` keeps it). The first layer has
             ``256 * 7 * 7 * representation_size`` weights, most of the light detector's parameters,
-            so 256 trains ~2x faster on a CPU; a checkpoint loads only into the width it was trained with.
+            so 256 trains faster on a CPU (``benchmarks/detector_step.py``); a checkpoint loads only
+            into the width it was trained with.
 
     ``forward(images)`` in eval mode returns torchvision's list of ``{"boxes", "labels", "scores"}``;
     in train mode ``forward(images, targets)`` returns its loss dict.
