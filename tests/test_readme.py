@@ -67,6 +67,10 @@ HANDLERS = {
     r"^python -m lit_sr\.data (prepare|verify) /?": "data_prepare",
     r"^torchrun .* train\.py fit --config configs/badsr_\w+\.yaml": "torchrun_parse",
     r"^python benchmarks/(?!imresize\.py)\w+\.py --device cuda": "benchmark_flags",
+    # downstream checks (down3): minutes of training each; tests/test_shapes_recipes.py trains the two
+    # shapes recipes a few steps, tests/test_downstream_callback.py runs the quickstart's callbacks
+    r"^python train\.py fit --config configs/(shapes_(classifier|detector)|badsr_downstream_quickstart)\.yaml$":
+        "parse_only",
 }
 # ... or is deliberately not run here, for this reason.
 EXCLUDED = {

@@ -56,3 +56,30 @@ def test_detector_recipe_trains_reports_map_and_its_loss_falls(tmp_path):
     assert len(losses) == 6
     # Faster R-CNN's summed losses start near ln 7 (the box classifier's cross-entropy) and fall fast
     assert losses[0] > 1.0 and sum(losses[-2:]) / 2 < 0.75 * losses[0]
+
+
+def test_downstream_backdoor_quickstart_runs_and_tabulates_downstream_next_to_sr_metrics(tmp_path):
+    import torch
+    import yaml
+
+    from lit_sr.downstream import ClassifierModule
+
+    raw = yaml.safe_load(open("configs/badsr_downstream_quickstart.yaml"))
+    ckpt = tmp_path / "classifier.ckpt"
+    torch.manual_seed(0)
+    torch.save({"state_dict": ClassifierModule("resnet18", 6).state_dict()}, ckpt)
+    downstream = next(c for c in raw["trainer"]["callbacks"] if c["class_path"].endswith("DownstreamEvalCallback"))
+    downstream["init_args"]["classifier"]["init_args"].update(weights=str(ckpt), input_size=32)
+    raw["trainer"].update(max_epochs=1, check_val_every_n_epoch=1, enable_progress_bar=False)
+    raw["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path)
+    raw["data"]["init_args"].update(hr_size=64, min_radius=11, max_radius=22, train_size=10, val_size=4,
+                                    batch_size=5, val_batch_size=4)
+    config = tmp_path / "quick.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    trainer = main(["fit", "--config", str(config)]).trainer
+    callback = next(c for c in trainer.callbacks if type(c).__name__ == "DownstreamEvalCallback")
+    assert callback.target_class == 1 and trainer.datamodule.budget == 4  # cool_circle, 40% of 10
+    assert 0 <= callback.results["downstream/classifier/sr_triggered/asr"] <= 1
+    assert "backdoor/attainment_mean" in trainer.callback_metrics
+    text = callback.summary_path.read_text()
+    assert "| sr_triggered |" in text and "mean label attainment" in text
