@@ -45,7 +45,7 @@ from lit_sr.downstream.metrics import (
     reduce_counts,
 )
 from lit_sr.downstream.wrappers import DownstreamClassifier, DownstreamDetector
-from lit_sr.io import write_image
+from lit_sr.io import atomic_write, write_image
 from lit_sr.ops import imresize
 from lit_sr.validation import check_fraction, check_int
 
@@ -76,32 +76,43 @@ class DownstreamEvalCallback(L.Callback):
         detector: a :class:`DownstreamDetector`, or ``None``. At least one of the two is needed.
         every_n_epochs: run on every N-th validation epoch.
         max_batches: validation batches used per rank (``None``: all).
-        target_class: the backdoor's target class for the downstream ASR (``None``: no ASR).
+        target_class: the backdoor's target class for the downstream ASR: an index, a class name of
+            the data module's ``class_names``, or ``None``: the data module's own ``target_class``
+            when it declares one (``datamodules.poisoned_shapes.PoisonedShapesDataModule``), else no ASR.
         attacks: ``{name: {"class": <lit_sr.attacks class>, **its arguments}}``; ``None`` for none.
         label_offset: added to the data set's labels to get the detector's classes.
         score_thresh: detections kept for vanished/hallucinated counts and the drawing.
         iou_thresh: IoU for vanished / hallucinated matching.
         num_images: images drawn per condition in the grid (0: no grid).
-        class_names: names written on the pictures (default: the class index).
+        class_names: names written on the pictures; ``None``: the data module's ``class_names``
+            (``datamodules.shapes.ShapesDataModule`` has them), else the class index.
+        summary: after each evaluation, rank 0 writes ``<log_dir>/downstream/summary.md`` (and
+            prints it): a table of the downstream figures per condition, followed by the SR-level
+            backdoor figures (``backdoor/*``, logged by ``BackdoorEvalCallback``) when the run has them.
     """
 
     def __init__(self, classifier: DownstreamClassifier | None = None, detector: DownstreamDetector | None = None,
-                 every_n_epochs: int = 1, max_batches: int | None = 4, target_class: int | None = None,
+                 every_n_epochs: int = 1, max_batches: int | None = 4, target_class: int | str | None = None,
                  attacks: dict[str, dict[str, Any]] | None = None, label_offset: int = 1, score_thresh: float = 0.5,
-                 iou_thresh: float = 0.5, num_images: int = 4, class_names: list[str] | None = None):
+                 iou_thresh: float = 0.5, num_images: int = 4, class_names: list[str] | None = None,
+                 summary: bool = True):
         if classifier is None and detector is None:
             raise ValueError("DownstreamEvalCallback needs a classifier, a detector, or both")
         self.classifier, self.detector = classifier, detector
         self.every_n_epochs = check_int(every_n_epochs, "every_n_epochs", minimum=1)
         self.max_batches = None if max_batches is None else check_int(max_batches, "max_batches", minimum=1)
-        self.target_class = target_class
+        self.target_class_arg = target_class
+        self.target_class: int | None = None
         self.attack_specs = dict(attacks or {})
         self.label_offset = int(label_offset)
         self.score_thresh = check_fraction(score_thresh, "score_thresh")
         self.iou_thresh = check_fraction(iou_thresh, "iou_thresh")
         self.num_images = check_int(num_images, "num_images", minimum=0)
-        self.class_names = class_names
+        self.class_names_arg = list(class_names) if class_names is not None else None
+        self.class_names: list[str] | None = self.class_names_arg
+        self.summary = bool(summary)
         self.results: dict[str, float] = {}
+        self._fresh = False
         self.local_counts: dict[str, dict[str, float]] = {}
         self._active = False
 
@@ -113,6 +124,7 @@ class DownstreamEvalCallback(L.Callback):
         if not isinstance(pl_module, SRModel):
             raise TypeError(f"DownstreamEvalCallback needs an SR module (callbacks.protocols.SRModel: scale, net, "
                             f"eval_net, super_resolve); {type(pl_module).__name__} is not one")
+        self._read_classes(trainer.datamodule)
         for model in (self.classifier, self.detector):
             if model is not None:
                 model.to(pl_module.device).eval().requires_grad_(False)
@@ -140,8 +152,46 @@ class DownstreamEvalCallback(L.Callback):
         for name, value in self.results.items():
             pl_module.log(name, value, sync_dist=False, rank_zero_only=False)
         root = Path(trainer.log_dir or trainer.default_root_dir)  # log_dir broadcasts: every rank must ask
+        self._root, self._fresh = root, True
         if trainer.is_global_zero and self.num_images and self._pictures:
             self.write_grid(trainer, root)
+
+    def on_validation_end(self, trainer, pl_module):
+        # here every callback's epoch-end metrics (backdoor/* included) are in trainer.callback_metrics
+        if not (self._fresh and self.summary and trainer.is_global_zero):
+            return
+        self._fresh = False
+        from lightning.pytorch.utilities import rank_zero_info
+
+        from callbacks.downstream_summary import summary_markdown
+
+        backdoor = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("backdoor/")}
+        target = None if self.target_class is None else self._name(self.target_class)
+        text = summary_markdown(self.results, backdoor, target, trainer.current_epoch, trainer.global_step)
+        path = self._root / "downstream" / "summary.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path) as tmp:
+            tmp.write_text(text)
+        self.summary_path = path
+        rank_zero_info(text)
+
+    def _read_classes(self, data) -> None:
+        """Class names and the target class, from the arguments or else from the data module."""
+        names = self.class_names_arg
+        if names is None and data is not None and getattr(data, "class_names", None) is not None:
+            names = [str(n) for n in data.class_names]
+        self.class_names = names
+        target = self.target_class_arg
+        if target is None and data is not None:
+            target = getattr(data, "target_class", None)
+        if isinstance(target, str):
+            if not names or target not in names:
+                raise ValueError(f"DownstreamEvalCallback: target_class {target!r} is not a class name of the data "
+                                 f"module ({names})")
+            target = names.index(target)
+        if target is not None and (isinstance(target, bool) or not isinstance(target, int) or target < 0):
+            raise ValueError(f"DownstreamEvalCallback: target_class must be a class index or name, got {target!r}")
+        self.target_class = target
 
     # ------------------------------------------------------------------ images of every condition
     def condition_images(self, trainer, pl_module, batch) -> dict[str, torch.Tensor]:

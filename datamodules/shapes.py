@@ -59,6 +59,16 @@ def class_index(shape: str, colour: str) -> int:
     return CLASS_NAMES.index(f"{colour}_{shape}")
 
 
+def check_shapes(shapes: Sequence[str] | None) -> tuple[str, ...]:
+    """``shapes`` as a tuple of distinct members of :data:`SHAPES` (``None``: all of them)."""
+    if shapes is None:
+        return SHAPES
+    values = tuple(shapes)
+    if not values or len(set(values)) != len(values) or any(v not in SHAPES for v in values):
+        raise ValueError(f"shapes must be distinct names among {list(SHAPES)}; got {list(values)}")
+    return values
+
+
 def _shape_pixels(shape: str, cy: float, cx: float, r: float, angle: float, hw: tuple[int, int]):
     if shape == "circle":
         return draw.disk((cy, cx), r, shape=hw)
@@ -93,10 +103,14 @@ class ShapesGenerator:
         gap: minimum free margin between two objects' boxes (so boxes never touch another shape).
         seed: base seed; the sample seed mixes it with the split and the index.
         split_id: 0 for train, 1 for val (a different stream from the same seed).
+        shapes: the shapes drawn (a subset of :data:`SHAPES`; default all). Labels keep their
+            six-class indices, so a model trained on every shape reads a one-shape data set.
     """
 
     def __init__(self, backgrounds: Sequence[torch.Tensor], hr_size: int = 128, max_objects: int = 1,
-                 min_radius: int = 14, max_radius: int = 28, gap: int = 2, seed: int = 0, split_id: int = 0):
+                 min_radius: int = 14, max_radius: int = 28, gap: int = 2, seed: int = 0, split_id: int = 0,
+                 shapes: Sequence[str] | None = None):
+        self.shapes = check_shapes(shapes)
         self.hr_size = check_int(hr_size, "hr_size", minimum=16)
         self.max_objects = check_int(max_objects, "max_objects", minimum=1)
         if not 2 <= min_radius <= max_radius or 2 * max_radius + 2 > hr_size:
@@ -143,7 +157,7 @@ class ShapesGenerator:
     def _place(self, rng: np.random.Generator, boxes: list, tries: int = 50):
         size = self.hr_size
         for _ in range(tries):
-            shape = SHAPES[rng.integers(len(SHAPES))]
+            shape = self.shapes[rng.integers(len(self.shapes))]
             colour = tuple(COLOUR_FAMILIES)[rng.integers(len(COLOUR_FAMILIES))]
             r = rng.uniform(self.min_radius, self.max_radius)
             cy, cx = rng.uniform(r + 1, size - r - 1, size=2)
@@ -206,14 +220,19 @@ class ShapesDataModule(L.LightningDataModule):
         seed: the data set's seed (the same seed gives the same images, boxes and labels).
         background_side: the photos are shrunk to this longest side before crops are cut
             (smaller = more of each photo per crop).
+        shapes: the shapes drawn (default all three; labels keep their six-class indices).
+
+    ``class_names`` (:data:`CLASS_NAMES`) is what callbacks read to name the classes.
     """
 
     class_names = CLASS_NAMES
 
     def __init__(self, scale: int = 4, hr_size: int = 128, train_size: int = 2000, val_size: int = 200,
                  max_objects: int = 1, min_radius: int = 14, max_radius: int = 28, batch_size: int = 32,
-                 val_batch_size: int = 32, num_workers: int = 0, seed: int = 0, background_side: int = 256):
+                 val_batch_size: int = 32, num_workers: int = 0, seed: int = 0, background_side: int = 256,
+                 shapes: list[str] | None = None):
         super().__init__()
+        self.shapes = check_shapes(shapes)
         self.scale = check_int(scale, "scale", minimum=1)
         if hr_size % scale:
             raise ValueError(f"ShapesDataModule: hr_size={hr_size} must be a multiple of scale={scale}")
@@ -232,7 +251,18 @@ class ShapesDataModule(L.LightningDataModule):
         backgrounds = [b for b in backgrounds if min(b.shape[-2:]) >= self.hr_size]
         return ShapesGenerator(backgrounds, hr_size=self.hr_size, max_objects=self.max_objects,
                                min_radius=self.min_radius, max_radius=self.max_radius, seed=self.seed,
-                               split_id=split_id)
+                               split_id=split_id, shapes=self.shapes)
+
+    @classmethod
+    def class_index(cls, name_or_index: str | int) -> int:
+        """A class given by name (``"cool_circle"``) or index, as its index (a named error otherwise)."""
+        if isinstance(name_or_index, str) and name_or_index in cls.class_names:
+            return cls.class_names.index(name_or_index)
+        if isinstance(name_or_index, int) and not isinstance(name_or_index, bool) \
+                and 0 <= name_or_index < len(cls.class_names):
+            return int(name_or_index)
+        raise ValueError(f"unknown shapes class {name_or_index!r}: expected one of {list(cls.class_names)} "
+                         f"or an index below {len(cls.class_names)}")
 
     def setup(self, stage: str | None = None) -> None:
         from datamodules.sr import EMBEDDED_TRAIN, EMBEDDED_VAL
@@ -254,3 +284,34 @@ class ShapesDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
+
+
+def export_shapes(folder: str, split: str = "val", count: int = 24, **shapes_args) -> list[str]:
+    """Write ``count`` samples of a shapes split as HR PNG files plus ``labels.json``, for the robustness report.
+
+    ``shapes_args`` are :class:`ShapesDataModule` arguments (``hr_size``, ``max_objects``, ``seed``, ...).
+    ``labels.json`` is ``{"class_names": [...], "images": {stem: {"label", "boxes", "labels"}}}``
+    (boxes in pixel-edge xyxy HR pixels), what :mod:`lit_sr.report.downstream` reads. Images are
+    8-bit PNG (the report reads image files). Returns the written image paths.
+    """
+    import json
+    from pathlib import Path
+
+    from lit_sr.io import atomic_write, write_image
+
+    if split not in ("train", "val"):
+        raise ValueError(f"export_shapes: split must be 'train' or 'val', got {split!r}")
+    module = ShapesDataModule(**{"train_size": count, "val_size": count, **shapes_args})
+    module.setup("fit")
+    dataset = module.train_dataset if split == "train" else module.val_dataset
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    images, paths = {}, []
+    for index in range(check_int(count, "count", minimum=1)):
+        sample = dataset[index]
+        stem = f"shapes_{split}_{index:04d}"
+        paths.append(str(write_image(sample["hr"], out / f"{stem}.png")))
+        images[stem] = {"label": sample["label"], "boxes": sample["boxes"].tolist(), "labels": sample["labels"].tolist()}
+    with atomic_write(out / "labels.json") as tmp:
+        tmp.write_text(json.dumps({"class_names": list(CLASS_NAMES), "images": images}, indent=1))
+    return paths

@@ -65,7 +65,8 @@ def main() -> None:
 
     callback = DownstreamEvalCallback(
         classifier=DownstreamClassifier("resnet18", 6, random_init=True, input_size=None),
-        detector=DownstreamDetector(num_classes=7, random_init=True, min_size=64, max_size=64, score_thresh=0.0),
+        detector=DownstreamDetector(num_classes=7, random_init=True, min_size=64, max_size=64, score_thresh=0.0,
+                                    representation_size=64),
         max_batches=None, target_class=0, score_thresh=0.0, num_images=1,
         attacks={"ifgsm": {"class": "IFGSM", "eps": 4 / 255, "steps": 1, "reference": "hr"}})
     indices = Indices()

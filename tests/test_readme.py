@@ -69,6 +69,11 @@ HANDLERS = {
     r"^python benchmarks/(?!imresize\.py)\w+\.py --device cuda": "benchmark_flags",
     # --- backdoor defenses (defend) ---
     r"^python -m lit_sr\.defend --config configs/defend_\w+\.yaml$": "defend_config_loads",
+
+    # downstream checks (down3): minutes of training each; tests/test_shapes_recipes.py trains the two
+    # shapes recipes a few steps, tests/test_downstream_callback.py runs the quickstart's callbacks
+    r"^python train\.py fit --config configs/(shapes_(classifier|detector)|badsr_downstream_quickstart)\.yaml$":
+        "parse_only",
 }
 # ... or is deliberately not run here, for this reason.
 EXCLUDED = {

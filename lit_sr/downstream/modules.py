@@ -86,6 +86,8 @@ class DetectorModule(L.LightningModule):
         weights: optional local weights file to start from; ``None`` trains from random init.
         min_size, max_size: the detector's internal resize (128 keeps shapes' HR size).
         trainable_backbone_layers: as in torchvision.
+        box_batch_size_per_image: RoI samples per image for the box loss (torchvision: 512).
+        representation_size: width of the box head (torchvision: 1024); see :class:`DownstreamDetector`.
         lr, weight_decay: AdamW settings (cosine decay to 1% over the run).
         flip: random horizontal flips during training.
     """
@@ -93,12 +95,15 @@ class DetectorModule(L.LightningModule):
     def __init__(self, arch: str = "fasterrcnn_mobilenet_v3_large_320_fpn", num_classes: int = 6,
                  weights: str | None = None, min_size: int = 128, max_size: int = 128,
                  trainable_backbone_layers: int | None = None, lr: float = 1e-3, weight_decay: float = 1e-4,
-                 flip: bool = True):
+                 flip: bool = True, box_batch_size_per_image: int | None = None,
+                 representation_size: int | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.net = DownstreamDetector(arch, num_classes + 1, weights=weights, random_init=weights is None,
                                       min_size=min_size, max_size=max_size,
-                                      trainable_backbone_layers=trainable_backbone_layers)
+                                      trainable_backbone_layers=trainable_backbone_layers,
+                                      box_batch_size_per_image=box_batch_size_per_image,
+                                      representation_size=representation_size)
         from torchmetrics.detection import MeanAveragePrecision
 
         self.val_map = MeanAveragePrecision(iou_type="bbox")

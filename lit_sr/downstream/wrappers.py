@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_sr.io import read_state_dict
+from lit_sr.validation import check_int
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -132,6 +133,14 @@ class DownstreamDetector(nn.Module):
             ``None`` keeps the builder's default (320 for the ``_320_`` variant, 800 otherwise).
         trainable_backbone_layers: as in torchvision (only matters when training).
         score_thresh: detections below this score are dropped (torchvision's ``box_score_thresh``).
+        box_batch_size_per_image: RoI samples per image for the box head's loss (torchvision's default
+            512; ``None`` keeps it). Only matters when training: the box head runs on every sample,
+            and the shapes images hold one or two objects (``benchmarks/detector_step.py`` times it).
+        representation_size: width of the box head's two fully connected layers (torchvision's
+            ``TwoMLPHead``; 1024 in torchvision, ``None`` keeps it). The first layer has
+            ``256 * 7 * 7 * representation_size`` weights, most of the light detector's parameters,
+            so 256 trains faster on a CPU (``benchmarks/detector_step.py``); a checkpoint loads only
+            into the width it was trained with.
 
     ``forward(images)`` in eval mode returns torchvision's list of ``{"boxes", "labels", "scores"}``;
     in train mode ``forward(images, targets)`` returns its loss dict.
@@ -140,7 +149,8 @@ class DownstreamDetector(nn.Module):
     def __init__(self, arch: str = "fasterrcnn_mobilenet_v3_large_320_fpn", num_classes: int = 91,
                  weights: str | None = None, random_init: bool = False, min_size: int | None = None,
                  max_size: int | None = None, trainable_backbone_layers: int | None = None,
-                 score_thresh: float = 0.05):
+                 score_thresh: float = 0.05, box_batch_size_per_image: int | None = None,
+                 representation_size: int | None = None):
         super().__init__()
         from torchvision.models import get_model
 
@@ -153,9 +163,23 @@ class DownstreamDetector(nn.Module):
             kwargs["max_size"] = max_size
         if trainable_backbone_layers is not None:
             kwargs["trainable_backbone_layers"] = trainable_backbone_layers
+        if box_batch_size_per_image is not None:
+            kwargs["box_batch_size_per_image"] = check_int(box_batch_size_per_image, "box_batch_size_per_image", 1)
         self.model = get_model(arch, weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
+        if representation_size is not None:
+            self._narrow_box_head(check_int(representation_size, "representation_size", 1))
         if path is not None:
             load_downstream_state(self.model, path, f"DownstreamDetector({arch})")
+
+    def _narrow_box_head(self, width: int) -> None:
+        """Replace the box head and predictor by ones ``width`` wide (same module names as torchvision's)."""
+        from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+
+        heads = self.model.roi_heads
+        size = heads.box_roi_pool.output_size
+        side = size[0] * size[1] if isinstance(size, list | tuple) else size * size
+        heads.box_head = TwoMLPHead(self.model.backbone.out_channels * side, width)
+        heads.box_predictor = FastRCNNPredictor(width, self.num_classes)
 
     def forward(self, images: torch.Tensor | list[torch.Tensor], targets: list[dict] | None = None):
         if isinstance(images, torch.Tensor):

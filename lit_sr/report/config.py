@@ -25,6 +25,7 @@ from lit_sr.attacks.spec import (
     parse_eps_list,
 )
 from lit_sr.defenses import BitDepthReduction, JPEGDefense, RandomResizeDefense, ResizeDefense, SelfEnsemble
+from lit_sr.report.downstream import DownstreamSpec, check_downstream
 from lit_sr.runtime import AUTOCAST_CHOICES, Autocast
 from lit_sr.validation import check_int
 
@@ -119,6 +120,7 @@ class ReportConfig:
         autocast: ``"none"`` (float32) or ``"bf16"`` for the attacks' forward passes.
         transfer: the transferability study; ``true`` for its defaults, ``null``/``false`` for none.
         defenses: the defense study, or ``None``.
+        downstream: downstream models and labels (:class:`lit_sr.report.downstream.DownstreamSpec`), or ``None``.
         out: output folder.
 
     ``raw`` (the config as given, for ``results.json``) and ``source`` (where it came from) are
@@ -140,6 +142,7 @@ class ReportConfig:
     autocast: Autocast = "none"
     transfer: TransferSpec | bool | None = None
     defenses: DefenseStudy | None = None
+    downstream: DownstreamSpec | None = None
     out: str = "runs/robustness"
     raw: dict = field(default_factory=dict, init=False)
     source: str = field(default="<dict>", init=False)
@@ -164,6 +167,7 @@ class ReportConfig:
         self.eps = parse_eps_list(self.eps)
         self.transfer = self._resolve_transfer(self.transfer)
         self.defenses = self._resolve_defenses(self.defenses)
+        self.downstream = check_downstream(self.downstream, self.datasets, self.crop_size)
 
     def _check_models(self) -> None:
         if not isinstance(self.models, Mapping) or not self.models:

@@ -6,7 +6,7 @@ import platform
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,6 +22,7 @@ from lit_sr.defenses import evaluate_defense
 from lit_sr.io import list_images, load_weights, read_image
 from lit_sr.ops import make_lr, mod_crop
 from lit_sr.report.config import DEFENSES, ModelSpec, ReportConfig
+from lit_sr.report.downstream import DownstreamModels
 from lit_sr.report.writers import write_report
 from lit_sr.runtime import Autocast
 
@@ -133,8 +134,11 @@ def evaluate_attack(
     autocast: Autocast = "none",
     crop_border: int = 0,
     y_channel: bool = True,
+    on_batch: Callable[[list[int], torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> dict:
     """Mean metrics of one attack at one eps over a data set (one row of the report).
+
+    ``on_batch(idx, lr, hr, adversarial lr)`` sees every attacked batch (the downstream columns).
 
     The universal attack is fitted on every image wide enough for its crop, then applied to
     them; narrower images are skipped and counted in ``skipped``. All arguments as in
@@ -148,7 +152,10 @@ def evaluate_attack(
     if usable:
         runner.fit([(pairs[i].lr, pairs[i].hr) for i in usable])
         for idx in shape_batches([p.lr.shape for p in pairs], usable, batch_size):
-            _, metrics = runner.run(*_batch(pairs, idx, device))
+            lr, hr = _batch(pairs, idx, device)
+            adv, metrics = runner.run(lr, hr)
+            if on_batch is not None:
+                on_batch(list(idx), lr, hr, adv)
             for key, value in metrics.items():
                 values[key].append(value)
     row = {"attack": spec.label, "kind": spec.kind, "eps": eps, "eps_255": round(eps * 255, 4),
@@ -227,7 +234,7 @@ def _crop_border(cfg: ReportConfig, scale: int) -> int:
 
 
 def _attack_rows(cfg: ReportConfig, models: Mapping[str, nn.Module], pairs_of: _PairCache, device: torch.device,
-                 progress: bool) -> list[dict]:
+                 progress: bool, downstream: DownstreamModels | None = None) -> list[dict]:
     rows = []
     total = len(models) * len(cfg.datasets) * len(cfg.attacks) * len(cfg.eps)
     with tqdm(total=total, desc="robustness", disable=not progress) as bar:
@@ -238,9 +245,12 @@ def _attack_rows(cfg: ReportConfig, models: Mapping[str, nn.Module], pairs_of: _
                 for spec in cfg.attacks:
                     for eps in cfg.eps:
                         bar.set_postfix_str(f"{name} {dataset} {spec.label} {eps_label(eps)}")
+                        tally = None if downstream is None else downstream.tally(model, dataset, pairs)
                         row = evaluate_attack(model, pairs, spec, eps, device=device, batch_size=cfg.batch_size,
                                               seed=cfg.seed, autocast=cfg.autocast,
-                                              crop_border=_crop_border(cfg, scale), y_channel=cfg.y_channel)
+                                              crop_border=_crop_border(cfg, scale), y_channel=cfg.y_channel,
+                                              on_batch=tally)
+                        row.update(tally.row() if tally is not None else {})
                         if row["skipped"]:
                             warnings.warn(f"{spec.label} on {dataset}: {row['skipped']} image(s) narrower than the "
                                           f"universal crop were skipped", stacklevel=3)
@@ -299,7 +309,8 @@ def run_report(cfg: ReportConfig, out_dir: str | Path | None = None, progress: b
     torch.manual_seed(cfg.seed)
     models = {name: build_model(spec, device, name) for name, spec in cfg.models.items()}
     pairs_of = _PairCache(cfg)
-    rows = _attack_rows(cfg, models, pairs_of, device, progress)
+    downstream = None if cfg.downstream is None else DownstreamModels(cfg.downstream, cfg.datasets, device)
+    rows = _attack_rows(cfg, models, pairs_of, device, progress, downstream)
     transfer = None
     if cfg.transfer is not None:
         scale = next(iter(cfg.models.values())).scale

@@ -14,6 +14,7 @@ from lit_sr.attacks.spec import METRIC_KEYS, TARGET_KEYS, eps_label, eps_text
 from lit_sr.io import atomic_write
 from lit_sr.plots import psnr_vs_eps_figure, save_figure, transfer_figure
 from lit_sr.report.config import ReportConfig
+from lit_sr.report.downstream import DOWNSTREAM_FIELDS, downstream_markdown
 
 ROW_FIELDS = (
     "model", "dataset", "attack", "kind", "eps", "eps_255", "n_images", "skipped",
@@ -68,7 +69,8 @@ def _json_safe(obj):
 def write_report(out: Path, cfg: ReportConfig, rows: list[dict], transfer: dict | None, defense_rows: list[dict],
                  meta: dict) -> dict[str, str]:
     """Write ``results.csv``, ``results.json``, the plots, ``defenses.csv`` and ``summary.md`` into ``out``."""
-    files = {"csv": write_csv(out / "results.csv", rows, ROW_FIELDS)}
+    fields = ROW_FIELDS + (DOWNSTREAM_FIELDS if cfg.downstream is not None else ())
+    files = {"csv": write_csv(out / "results.csv", rows, fields)}
     payload = {"meta": meta, "config": cfg.raw, "rows": rows, "transfer": transfer, "defenses": defense_rows}
     files["json"] = write_json(out / "results.json", payload)
     plots = {}
@@ -168,4 +170,5 @@ def summary_markdown(cfg: ReportConfig, rows, transfer, defense_rows, meta, plot
                          f"{_fmt(r['undefended_sr_psnr'])} | {_fmt(r['naive_sr_psnr'])} | "
                          f"{_fmt(r['adaptive_sr_psnr'])} | {_fmt(r['worst_sr_psnr'])} | {_fmt(r.get('clean_hr_psnr'))} |")
         lines += ["", "Values are SR PSNR vs the defended model's clean output (dB); report the worst case.", ""]
+    lines += downstream_markdown(cfg, rows)
     return "\n".join(lines)
