@@ -25,6 +25,8 @@ from lit_sr.attacks.spec import (
     parse_eps_list,
 )
 from lit_sr.defenses import BitDepthReduction, JPEGDefense, RandomResizeDefense, ResizeDefense, SelfEnsemble
+from lit_sr.report.robust import RobustStudy, resolve_robust_study
+from lit_sr.report.robustness_index import IndexStudy, resolve_index_study
 from lit_sr.runtime import AUTOCAST_CHOICES, Autocast
 from lit_sr.validation import check_int
 
@@ -119,6 +121,10 @@ class ReportConfig:
         autocast: ``"none"`` (float32) or ``"bf16"`` for the attacks' forward passes.
         transfer: the transferability study; ``true`` for its defaults, ``null``/``false`` for none.
         defenses: the defense study, or ``None``.
+        robust: base vs fine-tuned vs defended models at their worst case, with the trade-off plot
+            (:class:`lit_sr.report.robust.RobustStudy`), or ``None``.
+        robustness_index: Choi's robustness index per image with its PSNR scatter
+            (:class:`lit_sr.report.robustness_index.IndexStudy`), or ``None``.
         out: output folder.
 
     ``raw`` (the config as given, for ``results.json``) and ``source`` (where it came from) are
@@ -140,6 +146,8 @@ class ReportConfig:
     autocast: Autocast = "none"
     transfer: TransferSpec | bool | None = None
     defenses: DefenseStudy | None = None
+    robust: RobustStudy | None = None
+    robustness_index: IndexStudy | None = None
     out: str = "runs/robustness"
     raw: dict = field(default_factory=dict, init=False)
     source: str = field(default="<dict>", init=False)
@@ -164,6 +172,8 @@ class ReportConfig:
         self.eps = parse_eps_list(self.eps)
         self.transfer = self._resolve_transfer(self.transfer)
         self.defenses = self._resolve_defenses(self.defenses)
+        self.robust = resolve_robust_study(self, self.robust)
+        self.robustness_index = resolve_index_study(self, self.robustness_index)
 
     def _check_models(self) -> None:
         if not isinstance(self.models, Mapping) or not self.models:
