@@ -82,6 +82,9 @@ EXCLUDED = {
         "the robustness report's commands and overrides are run by tests/test_evaluate.py (the report's own tests)",
     r"^make robustness$": "trains the quickstart (tens of minutes on two CPU cores) before the report; "
                           "tests/test_evaluate.py checks that its data, weights and report paths agree (dry run)",
+    r"^make robust$": "trains the quickstart and three robust fine-tunings (tens of minutes each on two CPU "
+                      "cores) before the report; its report config loads in test_documented_report_configs_load, "
+                      "the report's robust and index studies run in tests/test_robust_report.py",
 }
 # The first code line of each python / yaml block, and the handler that runs it.
 SNIPPETS = {
