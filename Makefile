@@ -47,10 +47,10 @@ robustness: $(STAMP)
 	  --models.EDSR-quickstart.weights $(QUICKSTART_WEIGHTS)
 
 # The robust fine-tuning report (configs/robust_report_quick.yaml): the quickstart EDSR fine-tuned
-# on its own attacks at three training eps (configs/robust_quickstart.yaml; a run whose weights exist
+# on its own attacks at four training eps (configs/robust_quickstart.yaml; a run whose weights exist
 # is not repeated), then base vs fine-tuned vs bicubic vs input defenses at the worst case, with the
 # clean-vs-robust trade-off plot and Choi's robustness index (runs/robust_report_quick/summary.md).
-ROBUST_EPS ?= 4:0.0156862745 8:0.0313725490 12:0.0470588235
+ROBUST_EPS ?= 4:0.0156862745 7:0.0274509804 8:0.0313725490 12:0.0470588235
 .PHONY: robust
 robust: $(STAMP)
 	$(PY) -c "from datamodules import export_embedded_photos; export_embedded_photos('data/embedded_val', 'val', max_side=256)"

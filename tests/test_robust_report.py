@@ -114,10 +114,15 @@ def test_spearman_and_the_study_keys_are_checked(tmp_path):
     assert spearman([1, 2, 3, 4], [10, 8, 7, 1]) == pytest.approx(-1.0)
     assert spearman([1, 2, 3], [1, 3, 2]) == pytest.approx(0.5)
     raw = _study_config(tmp_path)
+    bare = {k: v for k, v in raw.items() if k != "defenses"}
+    own = parse_config({**bare, "robust": {"base": "base", "defenses": {"jpeg": {"quality": 50}}}})
+    assert own.robust.defenses == {"jpeg": {"defense": "jpeg", "quality": 50}}  # the study's own defenses
+    assert parse_config({**bare, "robust": {"base": "base"}}).robust.defenses == {}
     for key, value, message in [
         ("robust", {"base": "nope"}, r"robust\.base: 'nope'"),
         ("robust", {"base": "base", "attacks": ["ifgsm"]}, r"robust\.attacks: 'ifgsm'"),
         ("robust", {"base": "base", "train_eps": {"x": 0.1}}, r"robust\.train_eps\.x"),
+        ("robust", {"base": "base", "defenses": {"blur": {}}}, r"robust\.defenses\.blur: unknown defense 'blur'"),
         ("robustness_index", {"attack": "nope"}, r"robustness_index\.attack: 'nope'"),
         ("robustness_index", {"n_samples": 0}, r"robustness_index\.n_samples"),
     ]:

@@ -8,7 +8,7 @@ Choi et al.'s measure) over
 * every configured per-image attack, white-box (adaptive), each random-start attack repeated with
   ``restarts`` seeds;
 * the same attacks crafted on the ``base`` model and applied to the model (naive: transfer);
-* for the input-side defenses of the config's ``defenses`` block (applied to the base model): the
+* for the input-side defenses (``robust.defenses``, or the ``defenses`` block's; applied to the base model): the
   attacks computed through the defense (adaptive; BPDA / differentiable JPEG inside the defense)
   and on the bare base model (naive).
 
@@ -78,7 +78,10 @@ class RobustStudy:
         bicubic: the model whose worst case is the bar to reach; ``None``: the first model with
             ``arch: bicubic`` (no bar when there is none).
         max_clean_drop: the clean PSNR-Y a fine-tuned model may lose against ``base`` (dB).
-        defenses: evaluate the ``defenses`` block's methods on ``base`` in this table too.
+        defenses: input-side defenses evaluated on ``base`` in this table too: a mapping label ->
+            parameters as in the ``defenses`` block's ``methods`` (``resize``, ``self_ensemble``,
+            ``jpeg``, ``bit_depth``, ``random_resize``), ``true`` for the ``defenses`` block's
+            methods (none without one), ``false`` for none.
     """
 
     base: str
@@ -89,7 +92,7 @@ class RobustStudy:
     dataset: str | None = None
     bicubic: str | None = None
     max_clean_drop: float = 0.6
-    defenses: bool = True
+    defenses: dict[str, dict[str, Any] | None] | bool = True
 
 
 def resolve_robust_study(cfg: ReportConfig, study: RobustStudy | None) -> RobustStudy | None:
@@ -130,7 +133,23 @@ def resolve_robust_study(cfg: ReportConfig, study: RobustStudy | None) -> Robust
         raise ConfigError(str(exc)) from None
     return RobustStudy(base=study.base, train_eps=train_eps, attacks=labels, eps=eps, restarts=restarts,
                        dataset=dataset, bicubic=bicubic, max_clean_drop=drop,
-                       defenses=bool(study.defenses) and cfg.defenses is not None)
+                       defenses=_resolve_defenses(cfg, study.defenses))
+
+
+def _resolve_defenses(cfg: ReportConfig, defenses) -> dict[str, dict[str, Any]]:
+    """label -> parameters with their ``defense`` kind, validated as the ``defenses`` block's methods."""
+    from lit_sr.report.config import _parse_defense
+
+    if defenses is True:
+        return dict(cfg.defenses.methods) if cfg.defenses is not None else {}
+    if defenses is False or defenses is None:
+        return {}
+    if not isinstance(defenses, Mapping):
+        raise ConfigError(f"robust.defenses: expected true, false or a mapping label -> parameters, got {defenses!r}")
+    try:
+        return {label: _parse_defense(label, params) for label, params in defenses.items()}
+    except ConfigError as exc:
+        raise ConfigError("robust.defenses." + str(exc).removeprefix("defenses.methods.")) from None
 
 
 # --------------------------------------------------------------------------- running
@@ -165,7 +184,7 @@ def _targets(cfg: ReportConfig, study: RobustStudy, models: Mapping[str, nn.Modu
         kind = "bicubic" if name == study.bicubic else kind
         entries.append(_entries(name, kind, model, naive))
     if study.defenses:
-        for label, params in cfg.defenses.methods.items():
+        for label, params in study.defenses.items():
             params = dict(params)
             defense = DEFENSES[params.pop("defense")](base, **params).to(device)
             entries.append(_entries(f"{study.base} + {label}", "defense", defense, base))
