@@ -1,4 +1,5 @@
-"""Figures of the robustness report and the attack callback: PSNR against eps, transfer heat maps.
+"""Figures of the robustness report and the attack callback: PSNR against eps, transfer heat maps,
+the clean-vs-robust trade-off and the PSNR-vs-robustness-index scatter.
 
 Every figure is a plain ``matplotlib.figure.Figure`` on the Agg canvas, built without pyplot, so
 it is safe in headless and multi-threaded runs; matplotlib is imported only when a figure is made.
@@ -74,6 +75,69 @@ def transfer_figure(names: Sequence[str], matrix: Sequence[Sequence[float]], tit
             colour = "black" if values[i, j] > middle else "white"
             ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center", color=colour, fontsize=8)
     fig.colorbar(image, ax=ax, label="SR PSNR vs clean output (dB)")
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+def tradeoff_figure(
+    sweep: Sequence[tuple[float, float, str]],
+    points: Mapping[str, tuple[float, float, str]],
+    min_clean: float | None,
+    min_robust: float | None,
+    title: str,
+):
+    """Clean vs robust PSNR: the training-eps sweep as a labelled line, every model / defense as a point.
+
+    Args:
+        sweep: ``(clean, robust, label)`` of the fine-tuned models in order of training eps (joined).
+        points: name -> ``(clean, robust, kind)``; the kind (``base``, ``fine-tuned``, ``defense``,
+            ``bicubic``, ...) picks the marker.
+        min_clean, min_robust: the goal's bounds (dashed lines; ``None``: not drawn); the region
+            right of and above both is shaded.
+        title: the figure's title.
+    """
+    fig = _agg_figure((6.4, 4.6))
+    ax = fig.subplots()
+    if sweep:
+        ax.plot([p[0] for p in sweep], [p[1] for p in sweep], "-", color="tab:blue", alpha=0.5, zorder=1,
+                label="training-eps sweep")
+        for clean, robust, label in sweep:
+            ax.annotate(f"train {label}", (clean, robust), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    markers = {"base": "s", "fine-tuned": "o", "defense": "^", "bicubic": "D"}
+    for name, (clean, robust, kind) in points.items():
+        if math.isfinite(clean) and math.isfinite(robust):
+            ax.scatter([clean], [robust], marker=markers.get(kind, "P"), s=40, zorder=2, label=name)
+    if min_clean is not None:
+        ax.axvline(min_clean, linestyle="--", color="grey", linewidth=1)
+    if min_robust is not None:
+        ax.axhline(min_robust, linestyle="--", color="grey", linewidth=1)
+    if min_clean is not None and min_robust is not None:
+        x_hi, y_hi = ax.get_xlim()[1], ax.get_ylim()[1]
+        ax.fill_between([min_clean, x_hi], min_robust, y_hi, color="tab:green", alpha=0.08, label="goal")
+        ax.set_xlim(right=x_hi)
+        ax.set_ylim(top=y_hi)
+    ax.set_xlabel("clean PSNR-Y vs HR (dB)")
+    ax.set_ylabel("worst-case SR PSNR-Y under attack (dB)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+def index_scatter_figure(points: Mapping[str, Sequence[tuple[float, float]]], title: str):
+    """Choi et al.'s Fig. 10: SR PSNR under attack against the robustness index, one point per image,
+    one colour per model (``points``: model -> ``[(index, psnr), ...]``)."""
+    fig = _agg_figure((5.6, 4.2))
+    ax = fig.subplots()
+    for name, values in points.items():
+        values = [v for v in values if math.isfinite(v[0]) and math.isfinite(v[1])]
+        if values:
+            ax.scatter([v[0] for v in values], [v[1] for v in values], s=18, alpha=0.8, label=name)
+    ax.set_xlabel("robustness index (max L1 norm of the input gradient; lower = more robust)")
+    ax.set_ylabel("SR PSNR under attack (dB)")
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
     return fig
 

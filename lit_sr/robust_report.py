@@ -12,6 +12,10 @@ evaluation attack and every random restart (and over transfer attacks crafted on
 
 writes ``robust_report.json`` and ``robust_report.md`` (a table per model: clean PSNR-Y, bicubic,
 SR PSNR-Y under each attack, the worst case last).
+
+The same worst case runs inside the YAML report (``python -m lit_sr.evaluate``, the ``robust``
+block, :mod:`lit_sr.report.robust`): there with the input-side defenses in the same table and the
+clean-vs-robust trade-off plot over a sweep of training eps (``configs/robust_report_quick.yaml``).
 """
 
 from __future__ import annotations

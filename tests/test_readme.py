@@ -101,6 +101,9 @@ EXCLUDED = {
     r"^python -m lit_sr\.evaluate_refsr --config configs/refsr_report_quick\.yaml$":
         "needs the quickstart's trained weights (minutes of training); tests/test_refsr_report.py runs this "
         "config file through the same command line on a tiny network, and the report end to end",
+    r"^make robust$": "trains the quickstart and three robust fine-tunings (tens of minutes each on two CPU "
+                      "cores) before the report; its report config loads in test_documented_report_configs_load, "
+                      "the report's robust and index studies run in tests/test_robust_report.py",
 }
 # The first code line of each python / yaml block, and the handler that runs it.
 SNIPPETS = {

@@ -56,3 +56,25 @@ def test_universal_step_follows_the_gradient_summed_over_the_whole_data_set():
     # averaging per batch (3, 3, 1 images) weights the last image 3x and moves some signs: the test sees it
     per_batch = sum(gradient(crops[s : s + 3], hr_crops[s : s + 3]) / len(crops[s : s + 3]) for s in (0, 3, 6))
     assert (per_batch.sign() != whole.sign()).any()
+
+
+def test_report_measures_the_universal_attack_on_the_attacked_window_and_labels_the_whole_image():
+    from lit_sr.attacks.spec import AttackRunner, parse_attacks
+    from lit_sr.metrics import psnr
+
+    torch.manual_seed(0)
+    net = build_arch("edsr", num_feat=8, num_block=1, upscale=2).eval()
+    lr, hr = torch.rand(2, 3, 24, 24), torch.rand(2, 3, 48, 48)
+    (spec,) = parse_attacks({"universal": {"steps": 3, "crop_size": 8}})
+    assert spec.metric_keys()[-2:] == ("full_sr_psnr", "full_hr_psnr")
+    runner = AttackRunner(spec, net, 8 / 255, y_channel=True)
+    runner.fit(list(zip(lr, hr)))
+    adv, metrics = runner.run(lr, hr)
+    assert torch.equal(adv[..., :8, :], lr[..., :8, :])  # only the centre 8 x 8 window (rows 8..15) moves
+    with torch.no_grad():
+        clean, attacked = net(lr).clamp(0, 1), net(adv).clamp(0, 1)
+    window = (slice(None), slice(None), slice(16, 32), slice(16, 32))  # the LR window x scale 2
+    torch.testing.assert_close(metrics["sr_psnr"], psnr(attacked[window], clean[window], y_channel=True).double())
+    torch.testing.assert_close(metrics["full_sr_psnr"], psnr(attacked, clean, y_channel=True).double())
+    # the untouched border dilutes the whole-image PSNR: the attacked window's is lower
+    assert (metrics["sr_psnr"] < metrics["full_sr_psnr"] - 1.0).all()

@@ -180,3 +180,26 @@ def test_ddp_robust_fit_syncs_weights_and_metrics(tmp_path):
     assert r0["metrics"]["train/attack_seconds_epoch"] > 0
     assert r0["weights_sum"] == r1["weights_sum"] and r0["weights_sum"] != r0["base_sum"]  # gradients all-reduced
     assert r0["train_indices"] != r1["train_indices"]  # each rank attacked its own shard
+
+
+def test_bf16_mixed_fit_attacks_under_bf16_autocast_within_eps(tmp_path):
+    """Under ``precision="bf16-mixed"`` the training attack follows the trainer (bf16 autocast), its
+    inputs stay within eps and [0, 1] (float32 tensors), and the losses stay finite."""
+    torch.manual_seed(0)
+    module = RobustFinetuneModule(attack="pgd", eps=4 / 255, steps=1, attack_fraction=0.5, consistency_weight=1.0,
+                                  scheduler="none", export_weights=False, **TINY)
+    rec = Recorder()
+    seen = []
+
+    class Autocasts(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(pl_module._autocast())
+
+    before = [p.detach().clone() for p in module.net.parameters()]
+    trainer(tmp_path, [rec, Autocasts()], max_steps=2, precision="bf16-mixed").fit(module, datamodule=data())
+    assert seen == ["bf16", "bf16"]
+    for clean, adv, eps in rec.batches:
+        assert adv.dtype == torch.float32 and adv.min() >= 0 and adv.max() <= 1
+        assert (adv - clean).abs().amax() <= eps + 1e-6
+    assert any(not torch.equal(a, b) for a, b in zip(before, module.net.parameters()))  # it trained
+    assert module.attack_autocast is None and RobustFinetuneModule(attack_autocast="none", **TINY)._autocast() == "none"

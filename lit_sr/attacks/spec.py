@@ -26,7 +26,7 @@ from torch import nn
 from lit_sr.attacks.base import Attack
 from lit_sr.attacks.evaluation import attack_metrics
 from lit_sr.attacks.ifgsm import IFGSM, PGD, TargetedAttack
-from lit_sr.attacks.partial import PartialAttack
+from lit_sr.attacks.partial import PartialAttack, infer_scale
 from lit_sr.attacks.square import SquareAttack
 from lit_sr.attacks.universal import UniversalAttack
 from lit_sr.metrics import psnr
@@ -119,6 +119,9 @@ ATTACK_DEFAULTS: dict[str, dict] = {
 TARGETS: tuple[str, ...] = get_args(TargetKind)
 METRIC_KEYS = ("lr_psnr", "sr_psnr", "sr_ssim", "hr_psnr", "hr_ssim", "clean_hr_psnr")
 TARGET_KEYS = ("target_psnr", "clean_target_psnr")
+# The universal attack's SR-side metrics are taken on the attacked centre window (Choi et al.'s
+# measure); these two are the same PSNRs over the whole image, labelled, for comparison.
+UNIVERSAL_KEYS = ("full_sr_psnr", "full_hr_psnr")
 # Attacks whose call is ``atk(lr, hr=hr)`` on full images: what transfer_matrix and evaluate_defense need.
 PLAIN_KINDS = ("ifgsm", "pgd", "square")
 _LABEL = re.compile(r"^[A-Za-z0-9_.+-]+$")
@@ -142,7 +145,8 @@ class AttackSpec:
 
     def metric_keys(self) -> tuple[str, ...]:
         """The per-image metrics this attack produces (all with an HR image available)."""
-        return METRIC_KEYS + (TARGET_KEYS if self.kind == "targeted" else ())
+        extra = {"targeted": TARGET_KEYS, "universal": UNIVERSAL_KEYS}.get(self.kind, ())
+        return METRIC_KEYS + extra
 
 
 def init_params(cls: type) -> list[str]:
@@ -273,9 +277,11 @@ class AttackRunner:
         """Attack an ``(N, C, H, W)`` batch; return the adversarial LR and per-image float64 metrics.
 
         The metrics are those of :func:`lit_sr.attacks.attack_metrics`; the partial attack's SR-side
-        metrics are taken on the region outside the attacked one (the paper's measure), and the
-        targeted attack adds ``target_psnr`` and ``clean_target_psnr`` (output vs target, attacked
-        and clean: the attack succeeds when the first exceeds the second).
+        metrics are taken on the region outside the attacked one (the paper's measure), the
+        universal attack's on the attacked centre window (:meth:`UniversalAttack.region_hr_mask`,
+        the paper's measure too) with the whole-image PSNRs added as ``full_sr_psnr`` and
+        ``full_hr_psnr``, and the targeted attack adds ``target_psnr`` and ``clean_target_psnr``
+        (output vs target, attacked and clean: the attack succeeds when the first exceeds the second).
         """
         mask_hr = None
         if self.spec.kind == "targeted":
@@ -285,11 +291,15 @@ class AttackRunner:
             adv = self.attack(lr, hr=hr)
             if self.spec.kind == "partial":
                 mask_hr = self.attack.last_outer_hr_mask
-        metrics = attack_metrics(
-            self.model, lr, adv, hr=hr, crop_border=self.crop_border, y_channel=self.y_channel, mask_hr=mask_hr
-        )
+            elif self.spec.kind == "universal":
+                mask_hr = self.attack.region_hr_mask(lr, infer_scale(lr.shape, hr.shape))
+        kw = {"hr": hr, "crop_border": self.crop_border, "y_channel": self.y_channel}
+        metrics = attack_metrics(self.model, lr, adv, mask_hr=mask_hr, **kw)
         if self.spec.kind == "targeted":
             metrics.update(self._target_metrics(lr, adv, target))
+        if self.spec.kind == "universal":
+            whole = attack_metrics(self.model, lr, adv, **kw)
+            metrics.update(full_sr_psnr=whole["sr_psnr"], full_hr_psnr=whole["hr_psnr"])
         return adv, metrics
 
     def _target_metrics(self, lr: torch.Tensor, adv: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:

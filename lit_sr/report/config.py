@@ -26,6 +26,8 @@ from lit_sr.attacks.spec import (
 )
 from lit_sr.defenses import BitDepthReduction, JPEGDefense, RandomResizeDefense, ResizeDefense, SelfEnsemble
 from lit_sr.report.downstream import DownstreamSpec, check_downstream
+from lit_sr.report.robust import RobustStudy, resolve_robust_study
+from lit_sr.report.robustness_index import IndexStudy, resolve_index_study
 from lit_sr.runtime import AUTOCAST_CHOICES, Autocast
 from lit_sr.validation import check_int
 
@@ -121,6 +123,10 @@ class ReportConfig:
         transfer: the transferability study; ``true`` for its defaults, ``null``/``false`` for none.
         defenses: the defense study, or ``None``.
         downstream: downstream models and labels (:class:`lit_sr.report.downstream.DownstreamSpec`), or ``None``.
+        robust: base vs fine-tuned vs defended models at their worst case, with the trade-off plot
+            (:class:`lit_sr.report.robust.RobustStudy`), or ``None``.
+        robustness_index: Choi's robustness index per image with its PSNR scatter
+            (:class:`lit_sr.report.robustness_index.IndexStudy`), or ``None``.
         out: output folder.
 
     ``raw`` (the config as given, for ``results.json``) and ``source`` (where it came from) are
@@ -143,6 +149,8 @@ class ReportConfig:
     transfer: TransferSpec | bool | None = None
     defenses: DefenseStudy | None = None
     downstream: DownstreamSpec | None = None
+    robust: RobustStudy | None = None
+    robustness_index: IndexStudy | None = None
     out: str = "runs/robustness"
     raw: dict = field(default_factory=dict, init=False)
     source: str = field(default="<dict>", init=False)
@@ -168,6 +176,8 @@ class ReportConfig:
         self.transfer = self._resolve_transfer(self.transfer)
         self.defenses = self._resolve_defenses(self.defenses)
         self.downstream = check_downstream(self.downstream, self.datasets, self.crop_size)
+        self.robust = resolve_robust_study(self, self.robust)
+        self.robustness_index = resolve_index_study(self, self.robustness_index)
 
     def _check_models(self) -> None:
         if not isinstance(self.models, Mapping) or not self.models:

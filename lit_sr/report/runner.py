@@ -23,6 +23,7 @@ from lit_sr.io import list_images, load_weights, read_image
 from lit_sr.ops import make_lr, mod_crop
 from lit_sr.report.config import DEFENSES, ModelSpec, ReportConfig
 from lit_sr.report.downstream import DownstreamModels
+from lit_sr.report.studies import run_robust_studies, write_robust_studies
 from lit_sr.report.writers import write_report
 from lit_sr.runtime import Autocast
 
@@ -316,6 +317,8 @@ def run_report(cfg: ReportConfig, out_dir: str | Path | None = None, progress: b
         scale = next(iter(cfg.models.values())).scale
         transfer = run_transfer(cfg, models, pairs_of(cfg.transfer.dataset, scale), device)
     defense_rows = _defense_rows(cfg, models, pairs_of, device, progress) if cfg.defenses is not None else []
+    studies = run_robust_studies(cfg, models, pairs_of, device, progress)
     meta = _meta(cfg, device, time.perf_counter() - started)
     files = write_report(out, cfg, rows, transfer, defense_rows, meta)
-    return {"rows": rows, "transfer": transfer, "defenses": defense_rows, "meta": meta, "files": files}
+    files.update(write_robust_studies(out, studies, files["summary"], files["json"]))
+    return {"rows": rows, "transfer": transfer, "defenses": defense_rows, "meta": meta, "files": files, **studies}

@@ -10,7 +10,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from lit_sr.attacks.spec import METRIC_KEYS, TARGET_KEYS, eps_label, eps_text
+from lit_sr.attacks.spec import METRIC_KEYS, TARGET_KEYS, UNIVERSAL_KEYS, eps_label, eps_text
 from lit_sr.io import atomic_write
 from lit_sr.plots import psnr_vs_eps_figure, save_figure, transfer_figure
 from lit_sr.report.config import ReportConfig
@@ -18,7 +18,7 @@ from lit_sr.report.downstream import DOWNSTREAM_FIELDS, downstream_markdown
 
 ROW_FIELDS = (
     "model", "dataset", "attack", "kind", "eps", "eps_255", "n_images", "skipped",
-    *METRIC_KEYS, *TARGET_KEYS, "seconds",
+    *METRIC_KEYS, *TARGET_KEYS, *UNIVERSAL_KEYS, "seconds",
 )  # fmt: skip
 DEFENSE_FIELDS = (
     "model", "dataset", "defense", "kind", "attack", "eps", "eps_255", "n_images", "undefended_sr_psnr",
@@ -120,7 +120,9 @@ def summary_markdown(cfg: ReportConfig, rows, transfer, defense_rows, meta, plot
         f"Metrics on {meta['metric_convention']}. Each cell is **SR PSNR** (attacked output vs clean "
         "output: higher = more robust) / **HR PSNR** (attacked output vs ground truth), in dB, averaged "
         "over the images; LR PSNR (attacked vs clean input) is in `results.csv`. For the partial "
-        "attack the SR side is measured outside the attacked region.",
+        "attack the SR side is measured outside the attacked region; for the universal attack on the "
+        "attacked centre window (the whole-image values, diluted by the untouched border, are "
+        "`full_sr_psnr` / `full_hr_psnr` in `results.csv`).",
         "",
     ]
     for dataset in cfg.datasets:
