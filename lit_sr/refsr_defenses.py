@@ -41,10 +41,10 @@ import torch
 from torch import nn
 
 from lit_sr.archs.ttsr_arch import TTSR
-from lit_sr.attacks.refsr_adv import RefSRAdv, check_pair
+from lit_sr.attacks.refsr_adv import RefSRAdv, check_pair, refsr_output
 from lit_sr.metrics import psnr
 from lit_sr.ops import imresize
-from lit_sr.runtime import Autocast, autocast_context, frozen_eval, model_device
+from lit_sr.runtime import Autocast, frozen_eval, model_device
 from lit_sr.validation import check_bool, check_choice, check_int, check_number, check_positive
 
 Purify = Literal["none", "resize", "bit_depth"]
@@ -158,12 +158,6 @@ class SimilarityGatedTTSR(nn.Module):
         return (self.model.MainNet(lr * 2 - 1, gated, t_lv3, t_lv2, t_lv1) + 1) / 2
 
 
-@torch.no_grad()
-def _sr(model: nn.Module, lr: torch.Tensor, ref: torch.Tensor, autocast: Autocast) -> torch.Tensor:
-    with autocast_context(autocast, lr.device):
-        return model(lr, ref).float().clamp(0, 1)
-
-
 def evaluate_refsr_defense(
     model: nn.Module,
     defense: nn.Module,
@@ -217,9 +211,9 @@ def evaluate_refsr_defense(
         naive_ref = RefSRAdv(model, eps, steps, step_size, autocast=autocast, seed=seed)(lr, ref)
         adaptive_ref = RefSRAdv(defense, eps, steps, step_size, autocast=autocast, seed=seed, keep_best=True)(
             lr, ref, start=naive_ref)
-        bare_clean, defended_clean = _sr(model, lr, ref, autocast), _sr(defense, lr, ref, autocast)
-        bare_adv = _sr(model, lr, naive_ref, autocast)
-        naive_out, adaptive_out = _sr(defense, lr, naive_ref, autocast), _sr(defense, lr, adaptive_ref, autocast)
+        bare_clean, defended_clean = refsr_output(model, lr, ref, autocast), refsr_output(defense, lr, ref, autocast)
+        bare_adv = refsr_output(model, lr, naive_ref, autocast)
+        naive_out, adaptive_out = refsr_output(defense, lr, naive_ref, autocast), refsr_output(defense, lr, adaptive_ref, autocast)
         naive, adaptive = psnr(naive_out, defended_clean, **kw), psnr(adaptive_out, defended_clean, **kw)
         out = {
             "undefended_sr_psnr": psnr(bare_adv, bare_clean, **kw),

@@ -216,7 +216,8 @@ def _damage(sr_adv, sr_clean, hr, crop_border, y_channel) -> dict[str, torch.Ten
 
 
 @torch.no_grad()
-def _sr(model: nn.Module, lr: torch.Tensor, ref: torch.Tensor, autocast: Autocast) -> torch.Tensor:
+def refsr_output(model: nn.Module, lr: torch.Tensor, ref: torch.Tensor, autocast: Autocast = "none") -> torch.Tensor:
+    """``model(lr, ref)`` without gradient, in float32 and clamped to [0, 1] (what every report row measures)."""
     with autocast_context(autocast, lr.device):
         return model(lr, ref).float().clamp(0, 1)
 
@@ -270,7 +271,7 @@ def refsr_attack_report(
     hr = None if hr is None else hr.to(device).float()
     rows: dict[str, dict[str, torch.Tensor]] = {}
     with frozen_eval(model):
-        sr_clean = _sr(model, lr, ref, autocast)
+        sr_clean = refsr_output(model, lr, ref, autocast)
         if hr is not None:
             rows["clean"] = {"hr_psnr": psnr(sr_clean, hr, crop_border=crop_border, y_channel=y_channel),
                              "hr_ssim": ssim(sr_clean, hr, crop_border=crop_border, y_channel=y_channel)}
@@ -282,12 +283,12 @@ def refsr_attack_report(
             square = SquareAttack(FixedLR(model, lr, autocast), eps, n_queries=square_queries, seed=seed)
             candidates["ref_square"] = square(ref)
         for name, ref_adv in candidates.items():
-            rows[name] = _damage(_sr(model, lr, ref_adv, autocast), sr_clean, hr, crop_border, y_channel)
+            rows[name] = _damage(refsr_output(model, lr, ref_adv, autocast), sr_clean, hr, crop_border, y_channel)
             rows[name]["ref_psnr"] = psnr(ref_adv, ref)
         if square_queries:
             rows["ref_square"]["queries"] = torch.full((lr.shape[0],), float(square_queries + 1), dtype=torch.float64)
         pgd_step = 2.5 * eps / steps if step_size is None else step_size
         lr_adv = PGD(FixedReference(model, ref, autocast), eps, steps, pgd_step, loss="l2", seed=seed)(lr)
-        rows["lr_pgd"] = _damage(_sr(model, lr_adv, ref, autocast), sr_clean, hr, crop_border, y_channel)
+        rows["lr_pgd"] = _damage(refsr_output(model, lr_adv, ref, autocast), sr_clean, hr, crop_border, y_channel)
         rows["lr_pgd"]["lr_psnr"] = psnr(lr_adv, lr)
     return {row: {k: v.detach().double().cpu() for k, v in cols.items()} for row, cols in rows.items()}
