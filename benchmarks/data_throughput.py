@@ -44,7 +44,8 @@ from common import machine_name, synchronise
 from PIL import Image
 
 from datamodules import DIV2KDataModule
-from datamodules.poisoned import CachedPairs, PoisonCache
+from datamodules.poisoned import PoisonCache
+from datamodules.poisoned_train import CachedPairs
 from lit_sr.data import bicubic_lr, prepare_subimages
 from lit_sr.io import atomic_write
 from lit_sr.poison.cache import PartialManifest

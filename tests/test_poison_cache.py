@@ -148,7 +148,7 @@ def test_a_misspelt_yaml_trigger_key_fails_at_parse_time_leaving_no_cache(tmp_pa
 
 
 def test_candidate_batches_read_only_the_centre_patch_and_equal_whole_reads(tmp_path, monkeypatch):
-    from datamodules.poisoned import centre_crop_pair
+    from datamodules.poisoned_train import centre_crop_pair
     from lit_sr.poison.cache import to_float
 
     dm = make_dm(tmp_path, candidate_rate=0.5)
