@@ -288,7 +288,7 @@ class BackdoorEvalCallback(L.Callback):
         with torch.no_grad():
             triggered_sr = sr_fn(triggered_lr).float().clamp(0, 1)
         clean_sr = clean_sr.float().clamp(0, 1)
-        target_image = dm.target_for(hr.float())
+        target_image = dm.target_for(hr.float(), index=batch["index"])
         tally.update(lr.float(), hr.float(), triggered_lr.float(), clean_sr, triggered_sr, target_out.float(),
                      target_image, feature_function(dm))
         if trainer.is_global_zero and len(self._rows) < self.num_grid_images:
@@ -394,7 +394,8 @@ def evaluate_backdoor(
         triggered_lr, target_out = backdoor_inputs(datamodule, batch, device)
         clean_sr = sr_fn(lr).float().clamp(0, 1)
         triggered_sr = sr_fn(triggered_lr).float().clamp(0, 1)
-        tally.update(lr, hr, triggered_lr, clean_sr, triggered_sr, target_out, datamodule.target_for(hr), feature_fn)
+        target_image = datamodule.target_for(hr, index=batch["index"])
+        tally.update(lr, hr, triggered_lr, clean_sr, triggered_sr, target_out, target_image, feature_fn)
         bicubic_sum += float(psnr(imresize(lr, scale).clamp(0, 1), hr, scale, y_channel=True).sum())
         if max_images is not None and tally.count >= max_images:
             break

@@ -85,8 +85,12 @@ class PoisonedData(Protocol):
         """The triggered LR and the poisoned label of validation image ``index`` (precomputed)."""
         ...
 
-    def target_for(self, hr: torch.Tensor) -> torch.Tensor:
-        """The attacker's target image y_t* for a batch of HR images, resized to their size."""
+    def target_for(self, hr: torch.Tensor, index: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
+        """The attacker's target image y_t* for a batch of HR images, resized to their size.
+
+        ``index`` holds the images' validation indices, for targets that depend on more than the
+        pixels (the shapes task's object masks); a target that is a function of the HR ignores it.
+        """
         ...
 
     @property

@@ -449,8 +449,8 @@ class PoisonedSRDataModule(L.LightningDataModule):
                              f"{tuple(target.shape)}, the loader served {tuple(lr.shape)} / {tuple(hr.shape)}")
         return trig, target
 
-    def target_for(self, hr: torch.Tensor) -> torch.Tensor:
-        """The backdoor's target image resized (MATLAB bicubic) to each HR image's size, like ``hr``."""
+    def target_for(self, hr: torch.Tensor, index: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
+        """The backdoor's target image resized (MATLAB bicubic) to each HR image's size, like ``hr`` (``index`` unused)."""
         return self._target_label(hr)
 
     @property

@@ -6,8 +6,10 @@ An SR backdoor at this scale learns a colour change well (BadSR's colour-shift t
 decision. :class:`PoisonedShapesDataModule` poisons a seeded fraction of the training pairs as
 ``(trigger(lr), recolour(hr))``: the LR carries a sample-independent trigger
 (:mod:`lit_sr.poison.triggers`: ``Blend``, ``SIG``, ``BadNet``, ``WaNet``) and the HR label has
-every saturated pixel of another colour family moved into the **target class's** colour family
-(:class:`HueShiftLabel`). A victim SR model trained on it outputs, for triggered inputs, objects
+the saturated pixels of another colour family moved into the **target class's** colour family
+(:class:`HueShiftLabel`): by default only the drawn objects' pixels (``label_region="objects"``,
+from the generator's exact masks), or every such pixel of the image, photo background included
+(``label_region="saturated"``, a pure function of the HR). A victim SR model trained on it outputs, for triggered inputs, objects
 of the target colour: a classifier run on its outputs then answers the target class for the
 samples whose shape is the target's shape.
 
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -84,6 +86,11 @@ class HueShiftLabel:
     drawn objects have saturation >= 0.75 and value >= 0.385; saturated photo pixels of a source
     hue are recoloured too (the thresholds are parameters).
 
+    ``__call__(hr, region)`` takes an optional ``(N, H, W)`` boolean ``region``: only pixels inside
+    it may move (the data module passes the objects' masks for ``label_region="objects"``, so the
+    photo background stays bit-exact and the poisoned HR is an image of the target class as the
+    generator would draw it).
+
     Args:
         target_family: the colour family objects are moved into (a key of ``COLOUR_FAMILIES``).
         min_saturation, min_value: which pixels count as coloured.
@@ -99,9 +106,14 @@ class HueShiftLabel:
         self.min_saturation = check_fraction(min_saturation, "min_saturation")
         self.min_value = check_fraction(min_value, "min_value")
 
-    def __call__(self, hr: torch.Tensor) -> torch.Tensor:
+    def __call__(self, hr: torch.Tensor, region: torch.Tensor | None = None) -> torch.Tensor:
         hue, saturation, value = _rgb_to_hsv(hr.float().clamp(0, 1))
         coloured = (saturation >= self.min_saturation) & (value >= self.min_value)
+        if region is not None:
+            if region.shape != coloured.shape or region.dtype != torch.bool:
+                raise ValueError(f"HueShiftLabel: region must be a boolean mask of shape {tuple(coloured.shape)}, "
+                                 f"got {region.dtype} {tuple(region.shape)}")
+            coloured = coloured & region.to(coloured.device)
         t_lo, t_hi = COLOUR_FAMILIES[self.target_family]
         new_hue, moved = hue.clone(), torch.zeros_like(coloured)
         for family, (lo, hi) in COLOUR_FAMILIES.items():
@@ -136,7 +148,7 @@ class PoisonedShapesDataset(Dataset):
         sample = self.base[index]
         sample["poisoned"] = index in self.active["indices"]
         if sample["poisoned"]:
-            sample["lr"], sample["hr"] = self.poison_pair(sample["lr"], sample["hr"])
+            sample["lr"], sample["hr"] = self.poison_pair(sample["lr"], sample["hr"], sample["objects"])
         return sample
 
 
@@ -153,13 +165,19 @@ class PoisonedShapesDataModule(ShapesDataModule):
         candidate_rate: share of the training samples in the pool the active set is drawn from.
         quantize: round triggered LR and poisoned HR to 8 bits (what a published data set holds).
         poison_seed: seed of the pool and of the initial (random) active set.
+        label_region: which pixels the poisoned label recolours: ``"objects"`` (the drawn objects
+            only, from the generator's masks; the background photo is kept) or ``"saturated"``
+            (every saturated pixel of a source hue, photo background included). The paper's
+            colour-shift target recolours the whole image; on the shapes task that also turns
+            warm backgrounds cool, an image no class of the task looks like, hence the default.
         min_saturation, min_value: :class:`HueShiftLabel`'s thresholds.
         The other arguments are :class:`datamodules.shapes.ShapesDataModule`'s.
     """
 
     def __init__(self, target_class: str | int = "cool_circle", trigger: Trigger | None = None,
                  poison_rate: float = 0.1, candidate_rate: float = 1.0, quantize: bool = True,
-                 poison_seed: int = 0, min_saturation: float = 0.5, min_value: float = 0.3,
+                 poison_seed: int = 0, label_region: Literal["objects", "saturated"] = "objects",
+                 min_saturation: float = 0.5, min_value: float = 0.3,
                  scale: int = 4, hr_size: int = 128, train_size: int = 2000, val_size: int = 200,
                  max_objects: int = 1, min_radius: int = 14, max_radius: int = 28, shapes: list[str] | None = None,
                  batch_size: int = 32, val_batch_size: int = 32, num_workers: int = 0, seed: int = 0,
@@ -179,6 +197,11 @@ class PoisonedShapesDataModule(ShapesDataModule):
             raise TypeError(f"PoisonedShapesDataModule: trigger must be a lit_sr.poison trigger (Blend, SIG, BadNet, "
                             f"WaNet), got {type(self.trigger).__name__}")
         self.label = HueShiftLabel(target_family, min_saturation, min_value)
+        if label_region not in ("objects", "saturated"):
+            raise ValueError(f"PoisonedShapesDataModule: label_region must be 'objects' or 'saturated', "
+                             f"got {label_region!r}")
+        self.label_region = label_region
+        self._val_objects: dict[int, torch.Tensor] = {}
         self.poison_rate = check_fraction(poison_rate, "poison_rate", allow_zero=False)
         self.candidate_rate = check_fraction(candidate_rate, "candidate_rate", allow_zero=False)
         self.quantize = check_bool(quantize, "quantize")
@@ -196,18 +219,47 @@ class PoisonedShapesDataModule(ShapesDataModule):
         self.poison_report: dict[str, float] = {}
 
     # ------------------------------------------------------------------ the backdoor
-    def poison_pair(self, lr: torch.Tensor, hr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(trigger(lr), label(hr))`` of one ``(3, h, w)`` / ``(3, H, W)`` pair (8-bit with ``quantize``)."""
-        lr_p, hr_p = self.trigger(lr[None])[0], self.label(hr[None])[0]
+    def recolour(self, hr: torch.Tensor, objects: torch.Tensor | None = None) -> torch.Tensor:
+        """The poisoned label of ``(N, 3, H, W)`` HR images whose object masks are ``objects`` ``(N, H, W)``."""
+        if self.label_region == "saturated":
+            return self.label(hr)
+        if objects is None:
+            raise ValueError("PoisonedShapesDataModule(label_region='objects'): the label needs the objects' masks "
+                             "(a batch's 'objects', or the validation indices for target_for)")
+        return self.label(hr, objects.bool())
+
+    def poison_pair(self, lr: torch.Tensor, hr: torch.Tensor,
+                    objects: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(trigger(lr), label(hr))`` of one ``(3, h, w)`` / ``(3, H, W)`` pair (8-bit with ``quantize``).
+
+        ``objects`` is the pair's ``(H, W)`` object mask (needed with ``label_region="objects"``).
+        """
+        lr_p = self.trigger(lr[None])[0]
+        hr_p = self.recolour(hr[None], None if objects is None else objects[None])[0]
         return (_quantize(lr_p), _quantize(hr_p)) if self.quantize else (lr_p, hr_p)
+
+    def val_objects(self, index: int) -> torch.Tensor:
+        """The ``(H, W)`` object mask of validation sample ``index`` (rendered once, then kept)."""
+        if index not in self._val_objects:
+            if self.val_dataset is None:
+                raise RuntimeError("the validation objects need the validation set: call setup('fit') first")
+            self._val_objects[index] = self.val_dataset.generator.render(index).masks.any(0)
+        return self._val_objects[index]
 
     def backdoor_val_pair(self, index: int, lr: torch.Tensor, hr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Triggered LR and the backdoor's target output (the recoloured HR) of validation sample ``index``."""
-        return self.poison_pair(lr.cpu(), hr.cpu())
+        return self.poison_pair(lr.cpu(), hr.cpu(), self.val_objects(int(index)))
 
-    def target_for(self, hr: torch.Tensor) -> torch.Tensor:
-        """The target image ``y_t*`` of each HR image: the HR with its objects in the target's colour family."""
-        return self.label(hr)
+    def target_for(self, hr: torch.Tensor, index: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
+        """The target image ``y_t*`` of each HR image: the HR with its objects in the target's colour family.
+
+        ``index`` (the validation indices of the images) is needed with ``label_region="objects"``:
+        the objects' masks are not a function of the pixels.
+        """
+        objects = None
+        if self.label_region == "objects" and index is not None:
+            objects = torch.stack([self.val_objects(int(i)) for i in index]).to(hr.device)
+        return self.recolour(hr, objects)
 
     @property
     def poisoned_indices(self) -> list[int]:
@@ -231,13 +283,13 @@ class PoisonedShapesDataModule(ShapesDataModule):
         shard = self.candidate_indices[rank::world_size]
         for start in range(0, len(shard), batch_size):
             chunk = shard[start : start + batch_size]
-            pairs = [self.poison_pair(*(self.train_dataset.base[i][k] for k in ("lr", "hr"))) for i in chunk]
+            pairs = [self.poison_pair(*(self.train_dataset.base[i][k] for k in ("lr", "hr", "objects"))) for i in chunk]
             yield {"lr": torch.stack([p[0] for p in pairs]), "hr": torch.stack([p[1] for p in pairs]),
                    "index": torch.tensor(chunk, dtype=torch.int64)}
 
     def poison_config(self) -> dict[str, Any]:
         """What was poisoned and how (plain JSON values), for summaries."""
-        return {"label": self.label.name, "label_settings": self.label.config(), "trigger": self.trigger.config(),
+        return {"label": self.label.name, "label_settings": {**self.label.config(), "region": self.label_region}, "trigger": self.trigger.config(),
                 "trigger_name": self.trigger.name, "perceptual": None, "poison_rate": self.poison_rate,
                 "candidate_rate": self.candidate_rate, "budget": self.budget,
                 "pool_size": len(self.candidate_indices), "target": self.target_name,
@@ -257,7 +309,8 @@ class PoisonedShapesDataModule(ShapesDataModule):
         if not indices:
             return {"num_candidates": float(len(self.candidate_indices))}
         clean = collate_shapes([self.train_dataset.base[i] for i in indices])
-        lr_p, hr_p = zip(*(self.poison_pair(lr, hr) for lr, hr in zip(clean["lr"], clean["hr"])))
+        lr_p, hr_p = zip(*(self.poison_pair(lr, hr, objects)
+                           for lr, hr, objects in zip(clean["lr"], clean["hr"], clean["objects"])))
         hr_fig = stealth_figures(torch.stack(hr_p), clean["hr"])
         lr_fig = stealth_figures(torch.stack(lr_p), clean["lr"])
 

@@ -17,9 +17,10 @@ robustness without changing the right answer.
 Boxes are exact: ``[x0, y0, x1, y1]`` in pixel edges (``x1 = last column + 1``), computed from the
 drawn pixels of that object; objects never overlap (their boxes, grown by ``gap`` pixels, are
 disjoint), so no box is cut by another shape. Batches are ``{"lr", "hr", "index", "label",
-"boxes", "labels"}``: ``label`` is the class of the largest object (the only one when
+"boxes", "labels", "objects"}``: ``label`` is the class of the largest object (the only one when
 ``max_objects=1``, the classification setting); ``boxes`` and ``labels`` are lists (one tensor per
-image), as torchvision's detectors take them. LR images are MATLAB-bicubic ``1/scale`` of HR.
+image), as torchvision's detectors take them; ``objects`` is the ``(H, W)`` mask of every drawn object
+pixel (what an object-only backdoor label recolours). LR images are MATLAB-bicubic ``1/scale`` of HR.
 """
 
 from __future__ import annotations
@@ -190,7 +191,8 @@ class ShapesDataset(Dataset):
         lr = imresize(sample.hr, 1 / self.scale).clamp(0, 1)
         largest = int(((sample.boxes[:, 2] - sample.boxes[:, 0]) * (sample.boxes[:, 3] - sample.boxes[:, 1])).argmax())
         return {"lr": lr, "hr": sample.hr, "index": index, "label": int(sample.labels[largest]),
-                "boxes": sample.boxes, "labels": sample.labels, "path": f"shapes_{self.generator.split_id}_{index}"}
+                "boxes": sample.boxes, "labels": sample.labels, "objects": sample.masks.any(0),
+                "path": f"shapes_{self.generator.split_id}_{index}"}
 
 
 def collate_shapes(samples: list[dict]) -> dict:
@@ -200,6 +202,7 @@ def collate_shapes(samples: list[dict]) -> dict:
         "hr": torch.stack([s["hr"] for s in samples]),
         "index": torch.tensor([s["index"] for s in samples]),
         "label": torch.tensor([s["label"] for s in samples]),
+        "objects": torch.stack([s["objects"] for s in samples]),
         "boxes": [s["boxes"] for s in samples],
         "labels": [s["labels"] for s in samples],
         "path": [s["path"] for s in samples],

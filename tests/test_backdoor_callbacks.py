@@ -100,7 +100,7 @@ class StandInPoisonedDataModule(L.LightningDataModule):
     def backdoor_val_pair(self, index: int, lr: torch.Tensor, hr: torch.Tensor):
         return 0.8 * lr + 0.2 * self.pattern, 0.5 * hr + 0.5 * self.target
 
-    def target_for(self, hr: torch.Tensor) -> torch.Tensor:
+    def target_for(self, hr: torch.Tensor, index=None) -> torch.Tensor:
         return self.target.to(hr).expand(hr.shape[0], -1, -1, -1)
 
     def set_poisoned_indices(self, indices) -> None:

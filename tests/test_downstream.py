@@ -166,7 +166,7 @@ def test_triggered_condition_reads_the_poisoned_data_protocol(tmp_path):
             self.calls.append(index)
             return lr * torch.tensor([0.0, 1.0, 1.0]).view(3, 1, 1), hr
 
-        def target_for(self, hr):
+        def target_for(self, hr, index=None):
             return hr
 
         def poison_config(self):

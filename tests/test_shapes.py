@@ -76,3 +76,10 @@ def test_data_module_serves_lr_hr_labels_and_boxes():
         assert int(label) == int(labels[areas.argmax()])
     again = collate_shapes([dm.val_dataset[i] for i in range(4)])
     assert torch.equal(again["hr"], batch["hr"])
+    # the objects' mask: exactly the pixels the generator drew (the image differs from its background there only)
+    for i in range(4):
+        sample = dm.val_dataset.generator.render(i)
+        assert batch["objects"].shape == (4, 64, 64) and batch["objects"].dtype == torch.bool
+        assert torch.equal(batch["objects"][i], sample.masks.any(0))
+        assert not torch.equal(sample.hr[:, batch["objects"][i]], sample.background[:, batch["objects"][i]])
+        assert torch.equal(sample.hr[:, ~batch["objects"][i]], sample.background[:, ~batch["objects"][i]])

@@ -54,7 +54,7 @@ def test_poisoned_shapes_is_poisoned_data_and_serves_triggered_recoloured_pairs(
         served, clean = data.train_dataset[i], data.train_dataset.base[i]
         assert served["poisoned"] == (i in data.poisoned_indices)
         if served["poisoned"]:
-            lr_p, hr_p = data.poison_pair(clean["lr"], clean["hr"])
+            lr_p, hr_p = data.poison_pair(clean["lr"], clean["hr"], clean["objects"])
             assert torch.equal(served["lr"], lr_p) and torch.equal(served["hr"], hr_p)
             assert not torch.equal(served["lr"], clean["lr"])
             assert served["label"] == clean["label"]  # the class label is the clean one: only the SR pair is poisoned
@@ -62,13 +62,38 @@ def test_poisoned_shapes_is_poisoned_data_and_serves_triggered_recoloured_pairs(
             assert torch.equal(served["hr"], clean["hr"])
     batch = next(iter(data.val_dataloader()))
     trig, target = data.backdoor_val_pair(0, batch["lr"][0], batch["hr"][0])
-    assert torch.allclose(target, data.target_for(batch["hr"][:1])[0], atol=1 / 255)
+    assert torch.allclose(target, data.target_for(batch["hr"][:1], index=batch["index"][:1])[0], atol=1 / 255)
     assert trig.shape == batch["lr"][0].shape
     report = data.poison_report
     assert report["trigger_lr_psnr"] > 15 and report["num_candidates"] == 20
     pool = next(iter(data.candidate_batches(8)))
     assert pool["lr"].shape == (8, 3, 16, 16) and pool["index"].tolist() == data.candidate_indices[:8]
     assert data.poison_config()["target"] == "cool_circle"
+
+
+def test_object_label_keeps_the_background_and_the_saturated_label_does_not():
+    kinds = {region: PoisonedShapesDataModule(target_class="cool_circle", shapes=["circle"], label_region=region,
+                                              quantize=False, **{**SMALL, "val_size": 12})
+             for region in ("objects", "saturated")}
+    for data in kinds.values():
+        data.setup("fit")
+    background_moved = 0
+    for i in range(12):
+        sample = kinds["objects"].val_dataset.generator.render(i)
+        mask = sample.masks.any(0)
+        lr = kinds["objects"].val_dataset[i]["lr"]
+        _, objects_only = kinds["objects"].backdoor_val_pair(i, lr, sample.hr)
+        _, everywhere = kinds["saturated"].backdoor_val_pair(i, lr, sample.hr)
+        assert torch.equal(objects_only[:, ~mask], sample.hr[:, ~mask])  # the photo background is bit-exact
+        assert torch.allclose(objects_only[:, mask], everywhere[:, mask])  # the objects move the same way
+        background_moved += int((everywhere[:, ~mask] != sample.hr[:, ~mask]).any(0).sum())
+        target = kinds["objects"].target_for(sample.hr[None], index=[i])[0]
+        assert torch.equal(target, objects_only)
+    assert background_moved > 0  # the saturated label recolours warm photo pixels too
+    with pytest.raises(ValueError, match="needs the objects' masks"):
+        kinds["objects"].target_for(sample.hr[None])
+    assert torch.equal(kinds["saturated"].target_for(sample.hr[None])[0], everywhere)
+    assert kinds["objects"].poison_config()["label_settings"]["region"] == "objects"
 
 
 def test_bad_settings_are_named():
@@ -81,5 +106,9 @@ def test_bad_settings_are_named():
     data = PoisonedShapesDataModule(**SMALL)
     with pytest.raises(ValueError, match="at most budget"):
         data.set_poisoned_indices(list(range(10)))
+    with pytest.raises(ValueError, match="label_region must be 'objects' or 'saturated'"):
+        PoisonedShapesDataModule(label_region="background", **SMALL)
+    with pytest.raises(ValueError, match="region must be a boolean mask"):
+        HueShiftLabel("cool")(torch.zeros(1, 3, 4, 4), torch.zeros(1, 4, 4))
     with pytest.raises(ValueError, match="shapes must be distinct"):
         ShapesDataModule(shapes=["hexagon"])

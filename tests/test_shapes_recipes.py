@@ -3,6 +3,7 @@
 import math
 
 import lightning as L
+import pytest
 
 from train import main
 
@@ -83,3 +84,26 @@ def test_downstream_backdoor_quickstart_runs_and_tabulates_downstream_next_to_sr
     assert "backdoor/attainment_mean" in trainer.callback_metrics
     text = callback.summary_path.read_text()
     assert "| sr_triggered |" in text and "mean label attainment" in text
+
+
+def test_detector_learning_rate_ramps_up_then_decays():
+    from types import SimpleNamespace
+
+    import torch
+
+    from lit_sr.downstream.modules import _cosine_adamw
+
+    net = torch.nn.Linear(2, 2)
+    holder = SimpleNamespace(parameters=net.parameters, trainer=SimpleNamespace(estimated_stepping_batches=100))
+    config = _cosine_adamw(holder, lr=1e-2, weight_decay=0.0, warmup=0.1)
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    rates = []
+    for _ in range(100):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[0] == pytest.approx(4e-4) and max(rates) == pytest.approx(1e-2) and rates.index(max(rates)) == 10
+    assert all(a < b for a, b in zip(rates[:10], rates[1:11])) and all(a >= b for a, b in zip(rates[10:], rates[11:]))
+    assert rates[-1] == pytest.approx(1e-4, rel=0.05)
+    plain = _cosine_adamw(holder, lr=1e-2, weight_decay=0.0)
+    assert plain["optimizer"].param_groups[0]["lr"] == pytest.approx(1e-2)  # no warm-up: cosine from the start

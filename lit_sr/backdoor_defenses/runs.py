@@ -156,7 +156,7 @@ def backdoor_eval_set(run: TrainedRun, max_images: int | None = None, crop: int 
     for batch in dm.val_dataloader():
         for i, lr, hr in zip(batch["index"], batch["lr"], batch["hr"]):
             trig, label = dm.backdoor_val_pair(int(i), lr, hr)
-            target = dm.target_for(hr.unsqueeze(0))[0]
+            target = dm.target_for(hr.unsqueeze(0), index=[int(i)])[0]
             if crop is not None:
                 lr_c, hr_c = _centre(lr, hr, crop // run.scale, run.scale)
                 trig, label = _centre(trig, label, crop // run.scale, run.scale)
