@@ -8,6 +8,9 @@ images of every condition:
 * ``sr_clean``: ``pl_module.super_resolve(lr)`` (the :class:`callbacks.protocols.SRModel` protocol);
 * ``sr_triggered``: SR of the triggered LR, when the data module is poisoned
   (:class:`callbacks.protocols.PoisonedData`, ``backdoor_val_pair(index, lr, hr)``);
+* ``backdoor_target``: the backdoor's target image itself (``target_for(hr, index)``, no SR), with
+  ``sr_triggered``: what the downstream models say on the output the attacker aims at, so the
+  ``sr_triggered`` figures read against their ceiling;
 * ``sr_<name>``: SR of the LR attacked by each configured attack (``lit_sr.attacks`` objects,
   built on ``pl_module.eval_net`` from ``{"class": "IFGSM", "eps": 0.0314, ...}``).
 
@@ -203,6 +206,7 @@ class DownstreamEvalCallback(L.Callback):
             triggered = torch.stack([data.backdoor_val_pair(int(i), lr_i, hr_i)[0].to(lr)
                                      for i, lr_i, hr_i in zip(batch["index"], lr, hr)])
             images["sr_triggered"] = pl_module.super_resolve(triggered)
+            images["backdoor_target"] = data.target_for(hr, index=batch["index"]).to(hr)
         for name, attack in self._attacks.items():
             images[f"sr_{name}"] = pl_module.super_resolve(attack(lr, hr=hr))
         size = hr.shape[-2:]

@@ -1,6 +1,6 @@
 """The Markdown table :class:`callbacks.downstream_eval.DownstreamEvalCallback` writes after an evaluation.
 
-One row per condition (``hr``, ``bicubic``, ``sr_clean``, ``sr_triggered``, ``sr_<attack>``) with
+One row per condition (``hr``, ``bicubic``, ``sr_clean``, ``sr_triggered``, ``backdoor_target``, ``sr_<attack>``) with
 the downstream figures, then, for a backdoored run, the SR-level success metrics of
 :mod:`lit_sr.poison.asr` as ``BackdoorEvalCallback`` logged them, so the downstream ASR stands
 next to them.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-CONDITION_ORDER = ("hr", "bicubic", "sr_clean", "sr_triggered")
+CONDITION_ORDER = ("hr", "bicubic", "sr_clean", "sr_triggered", "backdoor_target")
 CLASSIFIER_COLUMNS = (("top1", "top-1"), ("agreement", "agreement with HR"), ("asr", "downstream ASR"), ("n", "images"))
 DETECTOR_COLUMNS = (("map_50", "mAP@0.5"), ("map", "mAP@[.5:.95]"), ("vanished", "vanished"),
                     ("hallucinated", "hallucinated"))

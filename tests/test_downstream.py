@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+from datamodules.shapes import collate_shapes
 from lit_sr.downstream import (
     ClassifierModule,
     DownstreamClassifier,
@@ -155,6 +156,7 @@ def test_triggered_condition_reads_the_poisoned_data_protocol(tmp_path):
 
         budget, candidate_indices, poisoned_indices, poison_report, feature_extractor = 0, [], [], {}, None
         calls: list[int] = []
+        target_indices: list[int] = []
 
         def set_poisoned_indices(self, indices):
             raise AssertionError("the downstream callback must not change the poisoned set")
@@ -167,7 +169,8 @@ def test_triggered_condition_reads_the_poisoned_data_protocol(tmp_path):
             return lr * torch.tensor([0.0, 1.0, 1.0]).view(3, 1, 1), hr
 
         def target_for(self, hr, index=None):
-            return hr
+            PoisonedShapes.target_indices.extend(int(i) for i in index)
+            return 1 - hr
 
         def poison_config(self):
             return {}
@@ -179,6 +182,12 @@ def test_triggered_condition_reads_the_poisoned_data_protocol(tmp_path):
     sr = SRModule(arch="edsr", arch_kwargs={"num_feat": 8, "num_block": 1}, scale=4)
     L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
               default_root_dir=tmp_path, callbacks=[callback]).validate(sr, datamodule=data, verbose=False)
-    assert sorted(PoisonedShapes.calls) == list(range(6))
+    assert sorted(PoisonedShapes.calls) == list(range(6)) and sorted(PoisonedShapes.target_indices) == list(range(6))
     res = callback.results
     assert res["downstream/classifier/sr_triggered/n"] == 6 and "downstream/classifier/sr_triggered/agreement" in res
+    # backdoor_target: the classifier on target_for(hr) (here 1 - hr), not on an SR output
+    batch = collate_shapes([data.val_dataset[i] for i in range(6)])
+    with torch.no_grad():
+        on_target, on_hr = classifier(1 - batch["hr"]).argmax(1), classifier(batch["hr"]).argmax(1)
+    assert res["downstream/classifier/backdoor_target/agreement"] == pytest.approx(float((on_target == on_hr).float().mean()))
+    assert res["downstream/classifier/backdoor_target/top1"] == pytest.approx(float((on_target == batch["label"]).float().mean()))

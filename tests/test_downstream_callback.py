@@ -87,10 +87,11 @@ def test_downstream_asr_leaves_out_target_class_samples_and_reads_the_target_fro
     assert callback.target_class == 1
     res = callback.results
     # a classifier that always answers the target: ASR 1 over the non-target samples only, top-1 = target share
-    for cond in ("hr", "sr_clean", "sr_triggered"):
+    for cond in ("hr", "sr_clean", "sr_triggered", "backdoor_target"):
         assert res[f"downstream/classifier/{cond}/asr"] == 1.0
         assert res[f"downstream/classifier/{cond}/top1"] == pytest.approx(1 - non_target / 6)
     text = callback.summary_path.read_text()
+    assert text.index("| sr_triggered |") < text.index("| backdoor_target |")
     assert "downstream ASR (target cool_circle)" in text and "pixel ASR" not in text  # no backdoor callback ran
     with pytest.raises(ValueError, match="not a class name"):
         validate(tmp_path, DownstreamEvalCallback(classifier=ConstantClassifier(1), target_class="blue_blob",
