@@ -51,6 +51,32 @@ def test_detector_without_weights_names_the_file_and_never_builds(no_network):
         DownstreamDetector()
 
 
+def test_detector_backbone_starts_from_a_local_classifier_file(tmp_path):
+    torch.manual_seed(0)
+    classifier = ClassifierModule("mobilenet_v3_large", 6)
+    ckpt = tmp_path / "backbone.ckpt"
+    torch.save({"state_dict": classifier.state_dict()}, ckpt)
+    pth = tmp_path / "mobilenet_v3_large-local.pth"  # a torchvision-style bare state_dict (ImageNet head)
+    torch.save(torchvision.models.mobilenet_v3_large(weights=None).state_dict(), pth)
+    for path, source in ((ckpt, classifier.net.model), (pth, None)):
+        det = DownstreamDetector(num_classes=7, random_init=True, min_size=64, max_size=64, backbone_weights=str(path))
+        body = det.model.backbone.body.state_dict()
+        features = (source.features.state_dict() if source is not None
+                    else {k[len("features."):]: v for k, v in torch.load(pth, weights_only=True).items()
+                          if k.startswith("features.")})
+        assert set(body) == set(features) and all(torch.equal(body[k], features[k]) for k in body)
+    plain = DownstreamDetector(num_classes=7, random_init=True, min_size=64, max_size=64).model.backbone.body.state_dict()
+    assert not torch.equal(plain["0.0.weight"], body["0.0.weight"])
+    wrong = tmp_path / "resnet.ckpt"
+    torch.save({"state_dict": ClassifierModule("resnet18", 6).state_dict()}, wrong)
+    with pytest.raises(ValueError, match="do not fit the detector's backbone: missing"):
+        DownstreamDetector(num_classes=7, random_init=True, backbone_weights=str(wrong))
+    with pytest.raises(ValueError, match="give it with random_init=True"):
+        DownstreamDetector(num_classes=7, backbone_weights=str(ckpt))
+    with pytest.raises(MissingWeightsError, match="backbone weights file not found: .*absent.pth"):
+        DownstreamDetector(num_classes=7, random_init=True, backbone_weights=str(tmp_path / "absent.pth"))
+
+
 def test_random_init_builds_nothing_downloaded_and_excludes_weights():
     with pytest.raises(ValueError, match="not both"):
         DownstreamClassifier("resnet18", 6, weights="x.pth", random_init=True)

@@ -91,6 +91,9 @@ class DetectorModule(L.LightningModule):
         arch: torchvision detection builder (``fasterrcnn_mobilenet_v3_large_320_fpn`` for CPU).
         num_classes: object classes *without* background (6 for shapes); the detector gets one more.
         weights: optional local weights file to start from; ``None`` trains from random init.
+        backbone_weights: with ``weights=None``, a local classifier file whose weights start the
+            backbone (torchvision's ``mobilenet_v3_large-*.pth`` or our ``ClassifierModule`` checkpoint
+            of ``mobilenet_v3_large``); see :class:`DownstreamDetector`.
         min_size, max_size: the detector's internal resize (128 keeps shapes' HR size).
         trainable_backbone_layers: as in torchvision.
         box_batch_size_per_image: RoI samples per image for the box loss (torchvision: 512).
@@ -105,7 +108,7 @@ class DetectorModule(L.LightningModule):
                  weights: str | None = None, min_size: int = 128, max_size: int = 128,
                  trainable_backbone_layers: int | None = None, lr: float = 1e-3, weight_decay: float = 1e-4,
                  warmup: float = 0.0, flip: bool = True, box_batch_size_per_image: int | None = None,
-                 representation_size: int | None = None):
+                 representation_size: int | None = None, backbone_weights: str | None = None):
         super().__init__()
         check_fraction(warmup, "warmup")
         self.save_hyperparameters()
@@ -113,7 +116,7 @@ class DetectorModule(L.LightningModule):
                                       min_size=min_size, max_size=max_size,
                                       trainable_backbone_layers=trainable_backbone_layers,
                                       box_batch_size_per_image=box_batch_size_per_image,
-                                      representation_size=representation_size)
+                                      representation_size=representation_size, backbone_weights=backbone_weights)
         from torchmetrics.detection import MeanAveragePrecision
 
         self.val_map = MeanAveragePrecision(iou_type="bbox")

@@ -80,6 +80,30 @@ def load_downstream_state(model: nn.Module, path: Path, owner: str) -> None:
                          f"unexpected {result.unexpected_keys[:8]} (wrong arch or num_classes?)")
 
 
+def load_backbone_state(body: nn.Module, path: Path, owner: str) -> None:
+    """Load a classification network's weights into a detector's backbone body.
+
+    ``path`` is a torchvision ``.pth`` of the backbone's classifier (``mobilenet_v3_large-*.pth``,
+    ``resnet50-*.pth``) or a lit-sr ``ClassifierModule`` checkpoint of that arch. torchvision's
+    detection backbones keep the classifier's module names (MobileNet's ``features.<i>`` become
+    ``<i>``; ResNet's ``conv1``, ``bn1``, ``layer<k>`` stay), and drop its head (``classifier``, ``fc``),
+    which is ignored here. Every body weight must be in the file, with its shape.
+    """
+    state = read_state_dict(path)
+    if state and all(k.startswith("model.") for k in state):
+        state = {k[len("model."):]: v for k, v in state.items()}
+    state = {k[len("features."):] if k.startswith("features.") else k: v for k, v in state.items()}
+    own = body.state_dict()
+    missing = [k for k in own if k not in state]
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs backbone {tuple(v.shape)}"
+             for k, v in own.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or wrong:
+        raise ValueError(f"{owner}: backbone weights in {path} do not fit the detector's backbone: missing "
+                         f"{missing[:6]} ({len(missing)} of {len(own)}), wrong shapes {wrong[:4]} "
+                         "(a classifier of the detector's backbone arch is expected, e.g. mobilenet_v3_large)")
+    body.load_state_dict({k: state[k] for k in own})
+
+
 class DownstreamClassifier(nn.Module):
     """Any torchvision classification model on [0, 1] images.
 
@@ -129,6 +153,10 @@ class DownstreamDetector(nn.Module):
         num_classes: classes including background (91 for torchvision's COCO weights).
         weights: local weights file; ``None`` looks for torchvision's default file in the hub cache.
         random_init: build an untrained network (``weights_backbone`` stays ``None``: nothing is downloaded).
+        backbone_weights: with ``random_init``, a local classifier weights file for the backbone
+            (what torchvision's ``weights_backbone`` would download: ``mobilenet_v3_large-*.pth`` /
+            ``resnet50-*.pth``, or a lit-sr ``ClassifierModule`` checkpoint of that arch); the
+            FPN, RPN and box heads stay random. :func:`load_backbone_state` says what must fit.
         min_size, max_size: the detector's internal resize (its transform also normalises);
             ``None`` keeps the builder's default (320 for the ``_320_`` variant, 800 otherwise).
         trainable_backbone_layers: as in torchvision (only matters when training).
@@ -150,11 +178,18 @@ class DownstreamDetector(nn.Module):
                  weights: str | None = None, random_init: bool = False, min_size: int | None = None,
                  max_size: int | None = None, trainable_backbone_layers: int | None = None,
                  score_thresh: float = 0.05, box_batch_size_per_image: int | None = None,
-                 representation_size: int | None = None):
+                 representation_size: int | None = None, backbone_weights: str | os.PathLike | None = None):
         super().__init__()
         from torchvision.models import get_model
 
-        path = resolve_weights(arch, weights, random_init, f"DownstreamDetector({arch})")
+        owner = f"DownstreamDetector({arch})"
+        if backbone_weights is not None and not random_init:
+            raise ValueError(f"{owner}: backbone_weights={str(backbone_weights)!r} initialises a detector trained from "
+                             "scratch; give it with random_init=True (a full weights file already holds the backbone)")
+        if backbone_weights is not None and not Path(backbone_weights).is_file():
+            raise MissingWeightsError(f"{owner}: backbone weights file not found: {backbone_weights}. lit-sr never "
+                                      "downloads; pass the path of a local classifier .pth / .ckpt of the backbone")
+        path = resolve_weights(arch, weights, random_init, owner)
         self.arch, self.num_classes = arch, num_classes
         kwargs = {"box_score_thresh": score_thresh}
         if min_size is not None:
@@ -168,8 +203,10 @@ class DownstreamDetector(nn.Module):
         self.model = get_model(arch, weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
         if representation_size is not None:
             self._narrow_box_head(check_int(representation_size, "representation_size", 1))
+        if backbone_weights is not None:
+            load_backbone_state(self.model.backbone.body, Path(backbone_weights), owner)
         if path is not None:
-            load_downstream_state(self.model, path, f"DownstreamDetector({arch})")
+            load_downstream_state(self.model, path, owner)
 
     def _narrow_box_head(self, width: int) -> None:
         """Replace the box head and predictor by ones ``width`` wide (same module names as torchvision's)."""
