@@ -63,7 +63,7 @@ def test_downstream_backdoor_quickstart_runs_and_tabulates_downstream_next_to_sr
     import torch
     import yaml
 
-    from lit_sr.downstream import ClassifierModule
+    from lit_sr.downstream import ClassifierModule, DetectorModule
 
     raw = yaml.safe_load(open("configs/badsr_downstream_quickstart.yaml"))
     ckpt = tmp_path / "classifier.ckpt"
@@ -71,6 +71,9 @@ def test_downstream_backdoor_quickstart_runs_and_tabulates_downstream_next_to_sr
     torch.save({"state_dict": ClassifierModule("resnet18", 6).state_dict()}, ckpt)
     downstream = next(c for c in raw["trainer"]["callbacks"] if c["class_path"].endswith("DownstreamEvalCallback"))
     downstream["init_args"]["classifier"]["init_args"].update(weights=str(ckpt), input_size=32)
+    detector_ckpt = tmp_path / "detector.ckpt"
+    torch.save({"state_dict": DetectorModule(representation_size=256).state_dict()}, detector_ckpt)
+    downstream["init_args"]["detector"]["init_args"].update(weights=str(detector_ckpt), min_size=64, max_size=64)
     raw["trainer"].update(max_epochs=1, check_val_every_n_epoch=1, enable_progress_bar=False)
     raw["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path)
     raw["data"]["init_args"].update(hr_size=64, min_radius=11, max_radius=22, train_size=10, val_size=4,
@@ -84,6 +87,7 @@ def test_downstream_backdoor_quickstart_runs_and_tabulates_downstream_next_to_sr
     assert "backdoor/attainment_mean" in trainer.callback_metrics
     text = callback.summary_path.read_text()
     assert "| sr_triggered |" in text and "mean label attainment" in text
+    assert 0 <= callback.results["downstream/detector/sr_triggered/map_50"] <= 1 and "mAP@0.5" in text
 
 
 def test_detector_learning_rate_ramps_up_then_decays():
