@@ -79,6 +79,13 @@ def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
     return value
 
 
+def check_names(values: Any, name: str, what: str, example: str) -> list[str]:
+    """A non-empty list of non-empty strings (module names, ...), as a new list; ``what`` and ``example`` word the error."""
+    if isinstance(values, str) or not values or not all(isinstance(v, str) and v for v in values):
+        raise ValueError(f"{name} must be a non-empty list of {what} (e.g. {example}); got {values!r}")
+    return list(values)
+
+
 def check_bool(value: Any, name: str) -> bool:
     """A real ``bool`` (guards against ``random_start="no"`` being truthy)."""
     if not isinstance(value, bool):

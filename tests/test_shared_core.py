@@ -240,3 +240,13 @@ def test_poison_modules_import_first_without_a_cycle_and_without_lightning():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_check_names_takes_a_list_of_names_and_names_the_argument_otherwise():
+    from lit_sr.validation import check_names
+
+    names = ("body.0", "body.1")
+    assert check_names(names, "layers", "module names", "['body.0']") == ["body.0", "body.1"]
+    for bad in ("body.0", [], ["body.0", ""], ["body.0", 3], None):
+        with pytest.raises(ValueError, match=r"layers must be a non-empty list of module names \(e.g. \['body.0'\]\)"):
+            check_names(bad, "layers", "module names", "['body.0']")

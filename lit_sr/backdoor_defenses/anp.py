@@ -35,7 +35,7 @@ from lit_sr.backdoor_defenses.base import FinetuneSettings, RepairDefense, draw_
 from lit_sr.backdoor_defenses.data import CleanSubset
 from lit_sr.backdoor_defenses.pruning import get_conv
 from lit_sr.runtime import autocast_context, model_device
-from lit_sr.validation import check_choice, check_fraction, check_int, check_number
+from lit_sr.validation import check_choice, check_fraction, check_int, check_names, check_number
 
 PruneBy = Literal["threshold", "fraction"]
 PRUNE_BY: tuple[str, ...] = get_args(PruneBy)
@@ -68,10 +68,7 @@ class ANPConfig(FinetuneSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.layers, str) or not self.layers or not all(isinstance(n, str) and n for n in self.layers):
-            raise ValueError(f"layers must be a non-empty list of nn.Conv2d names (e.g. ['body.0.conv1']); "
-                             f"got {self.layers!r}")
-        self.layers = list(self.layers)
+        self.layers = check_names(self.layers, "layers", "nn.Conv2d names", "['body.0.conv1']")
         self.eps = check_number(self.eps, "eps", 0)
         self.pgd_steps = check_int(self.pgd_steps, "pgd_steps", 1)
         self.alpha = check_fraction(self.alpha, "alpha")

@@ -32,7 +32,7 @@ from lit_sr.backdoor_defenses.base import (
 )
 from lit_sr.backdoor_defenses.data import CleanSubset
 from lit_sr.runtime import frozen_eval
-from lit_sr.validation import check_int, check_number, check_positive
+from lit_sr.validation import check_int, check_names, check_number, check_positive
 
 
 @dataclass
@@ -53,10 +53,7 @@ class NADConfig(FinetuneSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.layers, str) or not self.layers or not all(isinstance(n, str) and n for n in self.layers):
-            raise ValueError(f"layers must be a non-empty list of module names (e.g. ['body.0', 'body.1']); "
-                             f"got {self.layers!r}")
-        self.layers = list(self.layers)
+        self.layers = check_names(self.layers, "layers", "module names", "['body.0', 'body.1']")
         self.teacher_steps = check_int(self.teacher_steps, "teacher_steps", 1)
         self.beta = check_number(self.beta, "beta", 0)
         self.p = check_positive(self.p, "p")
