@@ -289,8 +289,8 @@ class PoisonedShapesDataModule(ShapesDataModule):
 
     def poison_config(self) -> dict[str, Any]:
         """What was poisoned and how (plain JSON values), for summaries."""
-        return {"label": self.label.name, "label_settings": {**self.label.config(), "region": self.label_region}, "trigger": self.trigger.config(),
-                "trigger_name": self.trigger.name, "perceptual": None, "poison_rate": self.poison_rate,
+        return {"label": self.label.name, "label_settings": {**self.label.config(), "region": self.label_region},
+                "trigger": self.trigger.config(), "trigger_name": self.trigger.name, "perceptual": None, "poison_rate": self.poison_rate,
                 "candidate_rate": self.candidate_rate, "budget": self.budget,
                 "pool_size": len(self.candidate_indices), "target": self.target_name,
                 "target_class": self.target_class, "substitute": None, "quantize": self.quantize,

@@ -63,11 +63,17 @@ def resolve_weights(arch: str, weights: str | os.PathLike | None, random_init: b
     return expected
 
 
-def load_downstream_state(model: nn.Module, path: Path, owner: str) -> None:
-    """Load a torchvision ``.pth`` (bare state_dict) or a lit-sr checkpoint (``net.model.*``) into ``model``."""
+def torchvision_state(path: Path) -> dict[str, torch.Tensor]:
+    """The torchvision network's state_dict in a ``.pth`` (as is) or in one of our checkpoints (``model.`` dropped)."""
     state = read_state_dict(path)
     if state and all(k.startswith("model.") for k in state):  # our module: net = wrapper, wrapper.model = torchvision
         state = {k[len("model."):]: v for k, v in state.items()}
+    return state
+
+
+def load_downstream_state(model: nn.Module, path: Path, owner: str) -> None:
+    """Load a torchvision ``.pth`` (bare state_dict) or a lit-sr checkpoint (``net.model.*``) into ``model``."""
+    state = torchvision_state(path)
     own = model.state_dict()
     wrong = [f"{k}: file {tuple(v.shape)} vs network {tuple(own[k].shape)}"
              for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
@@ -89,10 +95,7 @@ def load_backbone_state(body: nn.Module, path: Path, owner: str) -> None:
     ``<i>``; ResNet's ``conv1``, ``bn1``, ``layer<k>`` stay), and drop its head (``classifier``, ``fc``),
     which is ignored here. Every body weight must be in the file, with its shape.
     """
-    state = read_state_dict(path)
-    if state and all(k.startswith("model.") for k in state):
-        state = {k[len("model."):]: v for k, v in state.items()}
-    state = {k[len("features."):] if k.startswith("features.") else k: v for k, v in state.items()}
+    state = {k[len("features."):] if k.startswith("features.") else k: v for k, v in torchvision_state(path).items()}
     own = body.state_dict()
     missing = [k for k in own if k not in state]
     wrong = [f"{k}: file {tuple(state[k].shape)} vs backbone {tuple(v.shape)}"
