@@ -19,6 +19,8 @@ from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 
+from lit_sr.runtime import trainer_precision
+
 
 def explicit_model_keys(argv: Iterable[str]) -> list[str]:
     """The ``model.…`` keys set by ``--model.<key> value`` or ``--model.<key>=value`` tokens, in order."""
@@ -76,6 +78,14 @@ class SRLightningCLI(LightningCLI):
                 merged[stored] = value
                 rank_zero_warn(f"--{key} {value!r} given on the command line overrides the value "
                                f"{from_ckpt!r} saved in {given.get('ckpt_path')}", category=UserWarning)
+
+    def before_instantiate_classes(self) -> None:
+        """bf16 precision on a CPU without native bf16 runs float32 instead (:func:`lit_sr.runtime.trainer_precision`)."""
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        trainer = config.get("trainer")
+        if trainer is not None and "precision" in trainer:
+            trainer["precision"] = trainer_precision(trainer["precision"], trainer.get("accelerator", "auto"))
 
     def instantiate_classes(self) -> None:
         try:

@@ -19,6 +19,17 @@ def _private_image_store(tmp_path_factory):
     mp.undo()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _emulated_bf16():
+    """bf16 autocast really runs in the tests, also on a CPU without native bf16 (where users get float32,
+    lit_sr.runtime.bf16_fallback): the tests check bf16 numerics on tiny tensors, where emulation costs
+    little. tests/test_runtime_bf16.py removes the setting to test the fallback itself."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LIT_SR_CPU_BF16", "emulate")
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def photos() -> dict[str, torch.Tensor]:
     """A few real photographs shipped with scikit-image, as (3, H, W) tensors in [0, 1]."""
