@@ -3,7 +3,7 @@
 Any LightningModule (``lit_sr.modules.*``) and LightningDataModule (``datamodules.*``) can be
 chosen by ``class_path`` in the YAML file or on the command line. Model arguments typed on the
 command line win over the hyper-parameters saved in a ``--ckpt_path`` checkpoint
-(:class:`lit_sr.cli.SRLightningCLI`), and ``predict`` writes PNG files through
+(:class:`lit_sr.jobs.train.cli.SRLightningCLI`), and ``predict`` writes PNG files through
 ``callbacks.prediction_writer.PredictionWriter``, set with ``--prediction.output_dir``, ``--prediction.tile`` and
 ``--prediction.tile_overlap``.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import lightning as L
 
 from callbacks.prediction_writer import PredictionWriter
-from lit_sr.cli import SRLightningCLI
+from lit_sr.jobs.train.cli import SRLightningCLI
 from lit_sr.runtime import close_process_group
 
 

@@ -294,7 +294,7 @@ def export_shapes(folder: str, split: str = "val", count: int = 24, **shapes_arg
 
     ``shapes_args`` are :class:`ShapesDataModule` arguments (``hr_size``, ``max_objects``, ``seed``, ...).
     ``labels.json`` is ``{"class_names": [...], "images": {stem: {"label", "boxes", "labels"}}}``
-    (boxes in pixel-edge xyxy HR pixels), what :mod:`lit_sr.report.downstream` reads. Images are
+    (boxes in pixel-edge xyxy HR pixels), what :mod:`lit_sr.jobs.evaluate.downstream` reads. Images are
     8-bit PNG (the report reads image files). Returns the written image paths.
     """
     import json

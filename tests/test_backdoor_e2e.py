@@ -1,9 +1,9 @@
 """The positive control of ``make demo`` is implanted, run exactly as the demo runs it.
 
-Arm D (``configs/demo_clean.yaml``) and arm A (``configs/demo_poisoned.yaml``: 20% of the 76
+Arm D (``configs/train/demo_clean.yaml``) and arm A (``configs/train/demo_poisoned.yaml``: 20% of the 76
 training tiles carry a checkerboard Blend trigger and the classic target label, a flat grey image)
 are two ``train.py`` runs of the study command with the demo's columns and verdict rule
-(``configs/study_demo.yaml``), here without the substitute network (A needs none) and in a temporary
+(``configs/study/demo.yaml``), here without the substitute network (A needs none) and in a temporary
 folder. Both are tiny x2 EDSRs trained from random initialisation with the same seed, tiles and 950
 steps. Why this trigger and target (documented in the README and the configs): an SR network sees
 a local window of its input, so the trigger must be recognisable locally -- BackdoorBench's blended
@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from callbacks.backdoor_pictures import backdoor_grid, grid_row
-from lit_sr.study import main
+from lit_sr.jobs.study.runner import main
 
 ROOT = Path(__file__).resolve().parents[1]
 

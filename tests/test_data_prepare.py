@@ -19,7 +19,7 @@ from lit_sr.data import (
     read_prepared,
     subimage_starts,
 )
-from lit_sr.data.__main__ import main as cli_main
+from lit_sr.jobs.data.cli import main as cli_main
 from lit_sr.io import ImageReadError, write_image
 from lit_sr.ops import imresize
 

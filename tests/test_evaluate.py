@@ -1,4 +1,4 @@
-"""The robustness report (``python -m lit_sr.evaluate``) on a tiny config, CPU.
+"""The robustness report (``lit-sr evaluate``) on a tiny config, CPU.
 
 The learnt model is a tiny EDSR x2 (16 features, 2 blocks) trained for 300 Adam steps on crops
 of the embedded training photographs: a randomly initialised EDSR barely reacts to its input and
@@ -22,10 +22,10 @@ from datamodules import export_embedded_photos
 from datamodules.sr import EMBEDDED_TRAIN, load_embedded_photo
 from lit_sr.archs import build_arch
 from lit_sr.attacks.spec import eps_label, parse_eps
-from lit_sr.evaluate import main
+from lit_sr.jobs.evaluate.cli import main
 from lit_sr.io import read_image, save_weights
 from lit_sr.ops import imresize
-from lit_sr.report import ConfigError, load_config, parse_config, run_report
+from lit_sr.jobs.evaluate import ConfigError, load_config, parse_config, run_report
 
 ROOT = Path(__file__).resolve().parents[1]
 EDSR_KWARGS = {"num_feat": 16, "num_block": 2, "img_range": 1.0}
@@ -65,7 +65,7 @@ def assets(tmp_path_factory):
 
 
 def _quick_raw(assets: Path) -> dict:
-    """configs/robustness_quick.yaml pointed at the test assets, at x2 with 3-step attacks."""
+    """configs/evaluate/robustness_quick.yaml pointed at the test assets, at x2 with 3-step attacks."""
     raw = yaml.safe_load((ROOT / "configs" / "robustness_quick.yaml").read_text())
     raw["scale"] = 2
     raw["device"] = "cpu"
@@ -277,7 +277,7 @@ def test_make_robustness_trains_where_the_report_reads():
     dry = subprocess.run(["make", "-n", "-C", str(ROOT), "robustness"], capture_output=True, text=True, check=True)
     commands = dry.stdout.replace("\\\n", " ")
     train = next(line for line in commands.splitlines() if "train.py fit" in line)
-    report = next(line for line in commands.splitlines() if "lit_sr.evaluate" in line)
+    report = next(line for line in commands.splitlines() if "lit_sr.jobs.evaluate.cli" in line)
     export = next(line for line in commands.splitlines() if "export_embedded_photos" in line)
     version = train.split("--trainer.logger.init_args.version")[1].split()[0]
     logger = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())["trainer"]["logger"]["init_args"]
@@ -294,7 +294,7 @@ def test_one_make_lr_for_the_datasets_and_the_report(tmp_path):
     from datamodules import ImageRecord, SRPairDataset
     from lit_sr.io import write_image
     from lit_sr.ops import make_lr, mod_crop
-    from lit_sr.report import load_pairs
+    from lit_sr.jobs.evaluate import load_pairs
 
     photo = load_embedded_photo(EMBEDDED_TRAIN[0], 64)[:, :41, :54]  # sizes that are not multiples of 4
     path = write_image(photo, tmp_path / "photos" / "odd.png")

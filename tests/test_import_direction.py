@@ -1,5 +1,5 @@
 """Dependencies point one way (DESIGN.md): ``lit_sr`` never imports ``callbacks`` or ``datamodules``,
-and nothing imports the command-line module ``lit_sr.evaluate``.
+and nothing imports the command-line module ``lit_sr.jobs.evaluate.cli``.
 
 Checked twice: statically on every ``import`` statement of the source (also the lazy ones inside
 functions), and at run time in a fresh interpreter, where importing every library module must not
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI = "lit_sr.evaluate"
+CLI = "lit_sr.jobs.evaluate.cli"
 
 
 def _imported_modules(path: Path) -> set[str]:
@@ -63,13 +63,13 @@ def test_importing_the_library_loads_neither_callbacks_nor_the_cli():
     )
     script = (
         "import importlib, json, sys\n"
-        "import lit_sr.attacks, lit_sr.plots, lit_sr.report\n"
+        "import lit_sr.attacks, lit_sr.plots, lit_sr.jobs.evaluate\n"
         "seen = {'plots': sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib')}\n"
         f"for name in {modules!r}:\n"
         "    importlib.import_module(name)\n"
         "seen['library'] = sorted(m for m in sys.modules if m.split('.')[0] in ('callbacks', 'datamodules'))\n"
         "import callbacks, datamodules\n"
-        "seen['cli'] = sorted(m for m in sys.modules if m == 'lit_sr.evaluate')\n"
+        "seen['cli'] = sorted(m for m in sys.modules if m == 'lit_sr.jobs.evaluate.cli')\n"
         "print(json.dumps(seen))\n"
     )
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=600)

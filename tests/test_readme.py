@@ -77,7 +77,7 @@ HANDLERS = {
 }
 # ... or is deliberately not run here, for this reason.
 EXCLUDED = {
-    r"^make demo$": "five train.py runs of minutes (configs/study_demo.yaml); its positive control is run "
+    r"^make demo$": "five train.py runs of minutes (configs/study/demo.yaml); its positive control is run "
                     "exactly as the demo runs it by test_backdoor_e2e.py, the study command end to end by "
                     "test_study.py, the pipeline piecewise by test_poisoned_datamodule.py and "
                     "test_backdoor_callbacks.py",
@@ -190,7 +190,7 @@ def command(pattern_name: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def quickstart_run(tmp_path_factory, monkeypatch_module):
-    """The README's ``python train.py fit --config configs/quickstart.yaml``, 2 epochs of 2 steps."""
+    """The README's ``python train.py fit --config configs/train/quickstart.yaml``, 2 epochs of 2 steps."""
     monkeypatch_module.chdir(ROOT)
     save_dir = tmp_path_factory.mktemp("runs")
     cmds = set(command("fit_quickstart"))  # documented in more than one section, always the same command
@@ -291,7 +291,7 @@ def test_predict_writes_the_given_folder_with_the_given_tiling(quickstart_run, t
     write_image(torch.rand(3, 24, 28), lr_dir / "b.png")
     args = tokens_of(cmd)
     args = [{"runs/.../last.ckpt": str(log_dir / "checkpoints" / "last.ckpt"), "my_lr_images/": str(lr_dir),
-             "out/": str(out_dir), "configs/quickstart.yaml": str(ROOT / "configs" / "quickstart.yaml")}.get(a, a)
+             "out/": str(out_dir), "configs/train/quickstart.yaml": str(ROOT / "configs" / "quickstart.yaml")}.get(a, a)
             for a in args]
     assert args[args.index("--prediction.tile") + 1] == "128"
     # 32 px tiles with a 26 px overlap: half of it covers the 4-block EDSR's 13 px radius at x4.
@@ -310,7 +310,7 @@ def test_predict_writes_the_given_folder_with_the_given_tiling(quickstart_run, t
 
 
 def test_command_line_model_arguments_win_over_the_checkpoint(quickstart_run, tmp_path, monkeypatch):
-    from lit_sr.cli import SRLightningCLI
+    from lit_sr.jobs.train.cli import SRLightningCLI
 
     # LightningCLI applies --ckpt_path's hyper-parameters only with a subcommand: build `fit`, skip fitting.
     monkeypatch.setattr(SRLightningCLI, "_run_subcommand", lambda self, subcommand: None)
@@ -500,7 +500,7 @@ def test_data_prepare_commands_run_on_small_folders(tmp_path, monkeypatch):
     import numpy as np
     from PIL import Image
 
-    from lit_sr.data.__main__ import main as data_main
+    from lit_sr.jobs.data.cli import main as data_main
 
     monkeypatch.chdir(tmp_path)
     rng = np.random.default_rng(0)
@@ -526,7 +526,7 @@ def test_data_prepare_commands_run_on_small_folders(tmp_path, monkeypatch):
 @pytest.mark.parametrize("cmd", command("report_config_loads"))
 def test_documented_report_configs_load(cmd):
     # Running them needs the trained base and fine-tuned weights (minutes each); their configs must load.
-    from lit_sr.report import load_config
+    from lit_sr.jobs.evaluate import load_config
 
     cfg = load_config(ROOT / shlex.split(cmd)[4])
     assert cfg.models and cfg.attacks
@@ -571,7 +571,7 @@ def test_snippet_masa():
 @pytest.mark.parametrize("cmd", command("defend_config_loads"))
 def test_documented_defense_report_configs_load(cmd):
     # Running them needs make demo's arms (or the DIV2K runs); the configs and every defense in them must validate.
-    from lit_sr.backdoor_defenses.report_config import load_config
+    from lit_sr.jobs.defend.config import load_config
 
     cfg = load_config(ROOT / shlex.split(cmd)[4])
     assert cfg.attacks and {e["defense"] for e in cfg.defenses.values()} == {"ft", "fp", "nad", "ibau", "anp"}

@@ -118,7 +118,7 @@ def test_a_missing_vgg_file_is_reported_first_with_its_name(tmp_path):
 
 
 def test_explicit_model_keys_reads_both_argument_forms():
-    from lit_sr.cli import explicit_model_keys
+    from lit_sr.jobs.train.cli import explicit_model_keys
 
     argv = ["fit", "--config", "a.yaml", "--model.init_args.lr=0.1", "--model.tile", "8", "--trainer.max_epochs", "3",
             "--model.init_args.lr", "0.2"]

@@ -1,4 +1,4 @@
-"""The robustness report's RefSR mode (lit_sr.report.refsr, python -m lit_sr.evaluate_refsr).
+"""The robustness report's RefSR mode (lit_sr.jobs.evaluate_refsr.report, lit-sr evaluate-refsr).
 
 A randomly initialised tiny TTSR (``random_init``: the plumbing is tested, not the model) on 48 px
 embedded pairs at two similarity levels; the attacks' strength is tested in test_refsr.py.
@@ -15,9 +15,9 @@ import yaml
 
 from datamodules.refsr import EmbeddedRefPairsDataModule
 from lit_sr.attacks.spec import ConfigError
-from lit_sr.evaluate_refsr import main
-from lit_sr.report.config import ModelSpec
-from lit_sr.report.refsr import RefSRReportConfig, run_refsr_report
+from lit_sr.jobs.evaluate_refsr.cli import main
+from lit_sr.jobs.evaluate.config import ModelSpec
+from lit_sr.jobs.evaluate_refsr.report import RefSRReportConfig, run_refsr_report
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"n_feats": 8, "num_res_blocks": [1, 1, 1, 1]}

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lit_sr.study import StudyConfigError, load_study, main, run_study
-from lit_sr.study_table import DeltaCell, paired_delta, table
+from lit_sr.jobs.study.runner import StudyConfigError, load_study, main, run_study
+from lit_sr.jobs.study.table import DeltaCell, paired_delta, table
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -215,7 +215,7 @@ def make_poisoned_hr(
     On the demo's 32 px tiles even the paper's pair is out of reach with the flat-grey target:
     white noise of 28.3 dB already scores SSIM 0.72. What brings SSIM near it is a target with
     structure (a photograph), whose edges the label then carries: towards ``astronaut``, 28.1 dB
-    with SSIM 0.73, and 0.68 at 26.7 dB, whichever the step rule (``configs/study_paper_point.yaml``,
+    with SSIM 0.73, and 0.68 at 26.7 dB, whichever the step rule (``configs/study/paper_point.yaml``,
     ``benchmarks/poisoned_hr_stealth.py``; the README's study section has the figures).
 
     **How eps is normalised.** The paper gives ``eps = 0.05`` with stealth figures PSNR > 28 dB and
