@@ -35,6 +35,7 @@ from lit_sr.data import (
     prepared_config,
     read_prepared,
 )
+from lit_sr.io import write_image
 from lit_sr.ops import imresize
 from lit_sr.validation import check_choice
 
@@ -374,7 +375,5 @@ class EmbeddedPhotosDataModule(SRDataModule):
 
 def export_embedded_photos(folder: str | Path, split: str = "val", max_side: int | None = 384) -> list[Path]:
     """Write the embedded photographs of a split as PNG files (e.g. to use them as a ``test_sets`` folder)."""
-    from lit_sr.io import write_image
-
     names = {"train": EMBEDDED_TRAIN, "val": EMBEDDED_VAL}[split]
     return [write_image(load_embedded_photo(n, max_side), Path(folder) / f"{n}.png") for n in names]

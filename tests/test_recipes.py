@@ -15,7 +15,7 @@ import yaml
 from lit_sr.archs import count_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
+CONFIGS = ROOT / "configs" / "train"
 # Recipe -> the parameter count of the network it must build (published configurations, x4).
 RECIPES = {
     "edsr_x4_div2k": 1_517_571,

@@ -15,8 +15,8 @@ import yaml
 
 from datamodules.refsr import EmbeddedRefPairsDataModule
 from lit_sr.attacks.spec import ConfigError
-from lit_sr.jobs.evaluate_refsr.cli import main
 from lit_sr.jobs.evaluate.config import ModelSpec
+from lit_sr.jobs.evaluate_refsr.cli import main
 from lit_sr.jobs.evaluate_refsr.report import RefSRReportConfig, run_refsr_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def test_bad_report_settings_are_named():
 
 
 def test_command_line_runs_a_yaml_config_and_names_bad_keys(tmp_path, capsys):
-    config = yaml.safe_load((ROOT / "configs" / "refsr_report_quick.yaml").read_text())
+    config = yaml.safe_load((ROOT / "configs" / "evaluate_refsr" / "quick.yaml").read_text())
     assert config["model"]["weights"] == "runs/refsr_quickstart/version_0/weights.pth"  # the quickstart's export
     config.update(model={"arch": "ttsr", "arch_kwargs": TINY, "random_init": True}, attacks={"refsr_adv": {"steps": 1}},
                   defenses=None, out=str(tmp_path / "out"))

@@ -1,4 +1,4 @@
-"""lit_sr.jobs.robust.cli: the worst case is the minimum over attacks, restarts and transferred attacks."""
+"""lit_sr.attacks.worst_case (lit-sr robust, the report's robust block): the worst case is the minimum over attacks, restarts and transferred attacks."""
 
 import json
 import math
@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from lit_sr.archs import build_arch
-from lit_sr.jobs.robust.cli import default_eval_attacks, markdown_table, worst_case_psnr
+from lit_sr.attacks.worst_case import default_eval_attacks, worst_case_psnr
+from lit_sr.jobs.robust.cli import markdown_table
 
 
 def test_worst_case_is_the_minimum_over_attacks_restarts_and_transfer():

@@ -15,7 +15,13 @@ from lit_sr.defenses.image import (
     SelfEnsemble,
     evaluate_defense,
 )
-from lit_sr.defenses.refsr import PURIFY_CHOICES, Purify, SimilarityGatedTTSR, evaluate_refsr_defense, purify_reference
+from lit_sr.defenses.refsr import (
+    PURIFY_CHOICES,
+    Purify,
+    SimilarityGatedTTSR,
+    evaluate_refsr_defense,
+    purify_reference,
+)
 
 __all__ = [
     "PURIFY_CHOICES",

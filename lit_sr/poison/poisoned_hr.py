@@ -19,6 +19,8 @@ from typing import Any, Literal, get_args
 import torch
 from torch import nn
 
+from lit_sr.metrics import psnr, ssim
+from lit_sr.ops import imresize
 from lit_sr.runtime import Autocast, autocast_context, autocast_dtype, frozen_eval, model_device
 from lit_sr.validation import check_choice, check_images, check_module, check_number
 
@@ -131,8 +133,6 @@ def resize_target(
     if t.shape[1] != channels:
         raise ValueError(f"{name} has {t.shape[1]} channels but the images have {channels}")
     if tuple(t.shape[-2:]) != (height, width):
-        from lit_sr.ops import imresize
-
         t = imresize(t.float(), size=(height, width)).clamp(0, 1)
     return t.expand(batch, -1, -1, -1)
 
@@ -296,8 +296,6 @@ def make_poisoned_hr(
 
 
 def _report(y_p, clean, dist_before, dist_after, radius, eps, norm) -> dict[str, Any]:
-    from lit_sr.metrics import psnr, ssim
-
     n, c, h, w = clean.shape
     deviation = (y_p - clean).flatten(1).norm(dim=1) * (eps / radius)
     ssim_values = ssim(y_p, clean).cpu() if min(h, w) >= 11 else torch.full((n,), float("nan"))

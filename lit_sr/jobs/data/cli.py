@@ -65,7 +65,3 @@ def _run(args: argparse.Namespace) -> int:
         pairs = read_prepared(args.directory, scale=args.scale, verify=True)
         print(f"{args.directory}: {len(pairs)} sub-image pairs, every SHA-256 matches")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lit_sr.attacks.spec import ConfigError
-from lit_sr.jobs.defend.report import run_report
 from lit_sr.jobs.defend.config import load_config
+from lit_sr.jobs.defend.report import run_report
 from lit_sr.jobs.defend.runs import RunError
 
 
@@ -42,7 +42,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(Path(result["files"]["markdown"]).read_text())
     print(f"written to {cfg.out_dir}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

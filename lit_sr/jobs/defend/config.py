@@ -38,6 +38,7 @@ import yaml
 
 from lit_sr.attacks.spec import ConfigError
 from lit_sr.backdoor_defenses import DEFAULT_CLEAN_FRACTION, DEFENSES, build_defense
+from lit_sr.jobs.defend.detection import detection_kwargs
 from lit_sr.validation import check_choice, check_fraction, check_int, check_positive
 
 ScoreMetric = Literal["attainment_asr", "asr_pixel"]
@@ -164,8 +165,6 @@ def parse_config(raw: Any, source: str = "<dict>") -> DefenseReportConfig:
         reference = (name, _run_ref(ref, "reference"))
     detection = raw.get("detection")
     if detection is not None:
-        from lit_sr.jobs.defend.detection import detection_kwargs
-
         detection = dict(_mapping(detection, "detection"))
         detection_kwargs(detection, list(attacks))  # named errors now, before any work
     name = raw.get("name", "defend")

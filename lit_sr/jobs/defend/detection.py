@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lit_sr.attacks.spec import ConfigError
+from lit_sr.backdoor_defenses.detection import METHODS, run_detection
 from lit_sr.jobs.defend.runs import TrainedRun, build_datamodule
 from lit_sr.jobs.evaluate.writers import write_csv
 
@@ -36,8 +37,6 @@ FIXED = ("model", "data", "poisoned_indices", "progress")
 def detection_kwargs(block: Mapping[str, Any], attacks: Sequence[str]) -> dict[str, Any]:
     """The ``detection:`` block's arguments of ``run_detection`` (checked when the config is read):
     unknown keys, unknown ``methods`` and ``attacks`` that are not the report's raise naming them."""
-    from lit_sr.backdoor_defenses.detection import METHODS, run_detection
-
     accepted = [p for p in inspect.signature(run_detection).parameters if p not in FIXED]
     extra = sorted(set(block) - set(accepted) - set(OWN_KEYS))
     if extra:
@@ -67,8 +66,6 @@ def _fmt(v: Any) -> str:
 def run_detection_section(cfg: DefenseReportConfig, runs: Mapping[str, TrainedRun], out: Path,
                           progress: bool) -> dict[str, Any]:
     """Score every chosen attack's training pairs; write the CSV and ROC plots; return rows, JSON, Markdown."""
-    from lit_sr.backdoor_defenses.detection import run_detection
-
     block = dict(cfg.detection or {})
     names = block.get("attacks") or list(cfg.attacks)
     kwargs = detection_kwargs(block, list(cfg.attacks))

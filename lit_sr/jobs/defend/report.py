@@ -32,10 +32,12 @@ from tqdm.auto import tqdm
 
 from lit_sr.attacks.spec import ConfigError
 from lit_sr.backdoor_defenses import build_defense, defense_score, evaluate_backdoor, run_defense
-from lit_sr.jobs.defend.config import DefenseReportConfig
-from lit_sr.jobs.defend.runs import backdoor_eval_set, clean_subset, load_run
 from lit_sr.io import atomic_write
+from lit_sr.jobs.defend.config import DefenseReportConfig
+from lit_sr.jobs.defend.detection import run_detection_section
+from lit_sr.jobs.defend.runs import backdoor_eval_set, clean_subset, load_run
 from lit_sr.jobs.evaluate.writers import write_csv, write_json
+from lit_sr.plots import _agg_figure, save_figure
 
 FIGURES = ("clean_psnr_y", "asr_pixel", "attainment_mean", "attainment_asr")
 CSV_FIELDS = ("attack", "defense", "kind", "seconds", "clean_pairs", "clean_fraction",
@@ -81,7 +83,7 @@ def run_report(cfg: DefenseReportConfig, progress: bool = True,
     training pairs after the repairs.
     """
     if cfg.detection is not None and detection_runner is None:
-        from lit_sr.jobs.defend.detection import run_detection_section as detection_runner
+        detection_runner = run_detection_section
     device = resolve_device(cfg.device)
     out = cfg.out_dir
     start = time.perf_counter()
@@ -177,8 +179,6 @@ def markdown_table(cfg: DefenseReportConfig, rows: Sequence[Mapping[str, Any]], 
 
 def tradeoff_figure(cfg: DefenseReportConfig, rows: Sequence[Mapping[str, Any]]):
     """Per attack: the backdoor success before (x = 0) -> after (x = the clean PSNR-Y cost) of each defense."""
-    from lit_sr.plots import _agg_figure
-
     attacks = list(dict.fromkeys(r["attack"] for r in rows))
     fig = _agg_figure((4.6 * len(attacks), 3.8))
     axes = fig.subplots(1, len(attacks), squeeze=False)[0]
@@ -210,8 +210,6 @@ def tradeoff_figure(cfg: DefenseReportConfig, rows: Sequence[Mapping[str, Any]])
 def write_report(out: Path, cfg: DefenseReportConfig, rows: list[dict], outcomes: list[dict],
                  measured: dict, meta: dict, detection: dict | None) -> dict[str, str]:
     """Write ``results.csv``, ``results.json``, ``results.md`` and ``tradeoff.png`` into ``out`` (atomically)."""
-    from lit_sr.plots import save_figure
-
     out.mkdir(parents=True, exist_ok=True)
     files = {"csv": str(write_csv(out / "results.csv", rows, CSV_FIELDS))}
     det_json = None if detection is None else {"rows": detection["rows"], "results": detection["results"]}

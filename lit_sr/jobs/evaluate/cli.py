@@ -37,7 +37,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(Path(result["files"]["summary"]).read_text())
     print(f"written to {Path(result['files']['summary']).parent}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

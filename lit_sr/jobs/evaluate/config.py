@@ -12,20 +12,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import nn
-
 from lit_sr.archs import get_arch_class
 from lit_sr.attacks.spec import (
     PLAIN_KINDS,
     AttackSpec,
     ConfigError,
-    init_params,
     parse_attacks,
     parse_eps,
     parse_eps_list,
 )
-from lit_sr.defenses import BitDepthReduction, JPEGDefense, RandomResizeDefense, ResizeDefense, SelfEnsemble
 from lit_sr.jobs.evaluate.downstream import DownstreamSpec, check_downstream
+from lit_sr.jobs.evaluate.input_defenses import DEFENSES, parse_defense
 from lit_sr.jobs.evaluate.robust import RobustStudy, resolve_robust_study
 from lit_sr.jobs.evaluate.robustness_index import IndexStudy, resolve_index_study
 from lit_sr.runtime import AUTOCAST_CHOICES, Autocast
@@ -90,15 +87,6 @@ class DefenseStudy:
     attack: str | None = None
     eps: list[float | str] | None = None
     datasets: list[str] | None = None
-
-
-DEFENSES: dict[str, type[nn.Module]] = {
-    "resize": ResizeDefense,
-    "random_resize": RandomResizeDefense,
-    "self_ensemble": SelfEnsemble,
-    "jpeg": JPEGDefense,
-    "bit_depth": BitDepthReduction,
-}
 
 
 @dataclass
@@ -235,7 +223,7 @@ class ReportConfig:
             raise ConfigError(f"defenses: expected a mapping with methods, attack, eps, datasets, got {study!r}")
         if not isinstance(study.methods, Mapping) or not study.methods:
             raise ConfigError(f"defenses.methods: expected a mapping label -> parameters with kinds {sorted(DEFENSES)}")
-        methods = {label: _parse_defense(label, params) for label, params in study.methods.items()}
+        methods = {label: parse_defense(label, params) for label, params in study.methods.items()}
         attack = self._check_plain_attack(self._default_attack() if study.attack is None else study.attack,
                                           "defenses.attack")
         eps = [_middle_eps(self.eps)] if study.eps is None else parse_eps_list(study.eps, "defenses.eps")
@@ -261,25 +249,6 @@ def _attack_block(attacks) -> Mapping:
         return {a.label: {"attack": a.kind, **a.kwargs, **({"target": a.target} if a.kind == "targeted" else {})}
                 for a in attacks}
     return attacks
-
-
-def _parse_defense(label: str, params: Mapping | None) -> dict[str, Any]:
-    where = f"defenses.methods.{label}"
-    if params is not None and not isinstance(params, Mapping):
-        raise ConfigError(f"{where}: expected a mapping of parameters, got {params!r}")
-    params = dict(params or {})
-    kind = params.pop("defense", label)
-    if kind not in DEFENSES:
-        raise ConfigError(f"{where}: unknown defense {kind!r}; expected one of {sorted(DEFENSES)}")
-    allowed = init_params(DEFENSES[kind])
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise ConfigError(f"{where}: unknown parameter(s) {unknown}; expected some of {allowed}")
-    try:
-        DEFENSES[kind](nn.Identity(), **params)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    return {"defense": kind, **params}
 
 
 def _middle_eps(eps: Sequence[float]) -> float:

@@ -45,9 +45,11 @@ from lit_sr.attacks.spec import (
     parse_eps,
     shape_batches,
 )
+from lit_sr.attacks.worst_case import AttackFactory, output_psnr, worst_case_psnr
 from lit_sr.io import atomic_write
+from lit_sr.jobs.evaluate.input_defenses import DEFENSES, parse_defense
+from lit_sr.jobs.evaluate.writers import write_csv
 from lit_sr.plots import save_figure, tradeoff_figure
-from lit_sr.jobs.robust.cli import AttackFactory, output_psnr, worst_case_psnr
 from lit_sr.validation import check_int, check_number
 
 if TYPE_CHECKING:
@@ -138,8 +140,6 @@ def resolve_robust_study(cfg: ReportConfig, study: RobustStudy | None) -> Robust
 
 def _resolve_defenses(cfg: ReportConfig, defenses) -> dict[str, dict[str, Any]]:
     """label -> parameters with their ``defense`` kind, validated as the ``defenses`` block's methods."""
-    from lit_sr.jobs.evaluate.config import _parse_defense
-
     if defenses is True:
         return dict(cfg.defenses.methods) if cfg.defenses is not None else {}
     if defenses is False or defenses is None:
@@ -147,7 +147,7 @@ def _resolve_defenses(cfg: ReportConfig, defenses) -> dict[str, dict[str, Any]]:
     if not isinstance(defenses, Mapping):
         raise ConfigError(f"robust.defenses: expected true, false or a mapping label -> parameters, got {defenses!r}")
     try:
-        return {label: _parse_defense(label, params) for label, params in defenses.items()}
+        return {label: parse_defense(label, params) for label, params in defenses.items()}
     except ConfigError as exc:
         raise ConfigError("robust.defenses." + str(exc).removeprefix("defenses.methods.")) from None
 
@@ -173,8 +173,6 @@ def _entries(name: str, kind: str, target: nn.Module, naive_source: nn.Module | 
 
 
 def _targets(cfg: ReportConfig, study: RobustStudy, models: Mapping[str, nn.Module], device: torch.device) -> list[dict]:
-    from lit_sr.jobs.evaluate.config import DEFENSES
-
     base = models[study.base]
     has_params = {n: any(p.numel() for p in m.parameters()) for n, m in models.items()}
     entries = []
@@ -289,8 +287,6 @@ def robust_markdown(result: dict, plots: Mapping[float, str]) -> str:
 
 def write_robust_study(out: Path, result: dict) -> tuple[dict[str, str], str]:
     """``robust.csv`` and one trade-off plot per eps under ``out``; the written files and the summary section."""
-    from lit_sr.jobs.evaluate.writers import write_csv
-
     files = {"robust_csv": str(write_csv(out / "robust.csv", result["rows"], ROBUST_FIELDS))}
     plots = {}
     for eps in sorted({r["eps"] for r in result["rows"]}):

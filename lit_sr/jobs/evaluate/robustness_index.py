@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from lit_sr.attacks import robustness_index
 from lit_sr.attacks.spec import PLAIN_KINDS, AttackRunner, ConfigError, eps_text, parse_eps, shape_batches
+from lit_sr.jobs.evaluate.writers import write_csv
 from lit_sr.plots import index_scatter_figure, save_figure
 from lit_sr.validation import check_int
 
@@ -145,8 +146,6 @@ def _fmt(value, digits: int = 2) -> str:
 
 def write_index_study(out: Path, result: dict) -> tuple[dict[str, str], str]:
     """``robustness_index.csv`` and the scatter plot under ``out``; the written files and the summary section."""
-    from lit_sr.jobs.evaluate.writers import write_csv
-
     files = {"index_csv": str(write_csv(out / "robustness_index.csv", result["rows"], INDEX_FIELDS))}
     models = list(dict.fromkeys(r["model"] for r in result["rows"]))
     points = {m: [(r["index"], r["sr_psnr"]) for r in result["rows"] if r["model"] == m] for m in models}

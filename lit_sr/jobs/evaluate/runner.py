@@ -15,16 +15,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lit_sr.archs import build_arch, count_parameters
+from lit_sr.archs import arch_kwargs_with_scale, build_arch, count_parameters
 from lit_sr.attacks import Attack, transfer_matrix
 from lit_sr.attacks.spec import AttackRunner, AttackSpec, ConfigError, eps_label, shape_batches
 from lit_sr.defenses import evaluate_defense
 from lit_sr.io import list_images, load_weights, read_image
-from lit_sr.ops import make_lr, mod_crop
 from lit_sr.jobs.evaluate.config import DEFENSES, ModelSpec, ReportConfig
 from lit_sr.jobs.evaluate.downstream import DownstreamModels
 from lit_sr.jobs.evaluate.studies import run_robust_studies, write_robust_studies
 from lit_sr.jobs.evaluate.writers import write_report
+from lit_sr.ops import make_lr, mod_crop
 from lit_sr.runtime import Autocast
 
 
@@ -63,8 +63,6 @@ def build_model(spec: ModelSpec, device: torch.device, name: str = "model") -> n
 
     ``name`` is its key in ``models``, for the error messages.
     """
-    from lit_sr.modules.sr_module import arch_kwargs_with_scale
-
     scale = 4 if spec.scale is None else spec.scale
     try:
         net = build_arch(spec.arch, **arch_kwargs_with_scale(spec.arch, spec.arch_kwargs, scale))

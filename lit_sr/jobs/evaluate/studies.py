@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from lit_sr.attacks.spec import ConfigError
 from lit_sr.jobs.evaluate.robust import append_to_summary, run_robust_study, write_robust_study
 from lit_sr.jobs.evaluate.robustness_index import run_index_study, write_index_study
+from lit_sr.jobs.evaluate.writers import write_json
 
 if TYPE_CHECKING:
     from lit_sr.jobs.evaluate.config import ReportConfig
@@ -33,8 +35,6 @@ def run_robust_studies(cfg: ReportConfig, models: Mapping[str, nn.Module], pairs
         study = cfg.robustness_index
         scales = {cfg.models[m].scale for m in study.models}
         if len(scales) > 1:  # one image set for all: the same LR inputs for every model
-            from lit_sr.attacks.spec import ConfigError
-
             raise ConfigError(f"robustness_index.models: all must share one scale, got {sorted(scales)}")
         out["robustness_index"] = run_index_study(cfg, models, pairs_of(study.dataset, scales.pop()), device, progress)
     return out
@@ -42,8 +42,6 @@ def run_robust_studies(cfg: ReportConfig, models: Mapping[str, nn.Module], pairs
 
 def write_robust_studies(out: Path, studies: Mapping, summary: str | Path, results_json: str | Path) -> dict[str, str]:
     """Their CSV files and plots, their sections appended to ``summary.md``, their results added to ``results.json``."""
-    from lit_sr.jobs.evaluate.writers import write_json
-
     files: dict[str, str] = {}
     sections = []
     if studies.get("robust") is not None:

@@ -9,12 +9,15 @@ import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lit_sr.attacks.spec import METRIC_KEYS, TARGET_KEYS, UNIVERSAL_KEYS, eps_label, eps_text
 from lit_sr.io import atomic_write
-from lit_sr.plots import psnr_vs_eps_figure, save_figure, transfer_figure
-from lit_sr.jobs.evaluate.config import ReportConfig
 from lit_sr.jobs.evaluate.downstream import DOWNSTREAM_FIELDS, downstream_markdown
+from lit_sr.plots import psnr_vs_eps_figure, save_figure, transfer_figure
+
+if TYPE_CHECKING:  # annotations only: config imports the studies, which import these writers
+    from lit_sr.jobs.evaluate.config import ReportConfig
 
 ROW_FIELDS = (
     "model", "dataset", "attack", "kind", "eps", "eps_255", "n_images", "skipped",

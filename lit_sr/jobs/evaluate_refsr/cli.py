@@ -20,17 +20,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import lightning as L
+from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
+
 from lit_sr.attacks.spec import ConfigError
+from lit_sr.jobs.evaluate.config import ModelSpec
+from lit_sr.jobs.evaluate_refsr.report import DEFAULT_REFSR_ATTACKS, RefSRReportConfig, run_refsr_report
+from lit_sr.runtime import Autocast
 
 
 def build_parser():
     """The jsonargparse parser of the RefSR report (every key of :class:`RefSRReportConfig`)."""
-    import lightning as L
-    from jsonargparse import ActionConfigFile, ArgumentParser
 
-    from lit_sr.jobs.evaluate.config import ModelSpec
-    from lit_sr.jobs.evaluate_refsr.report import DEFAULT_REFSR_ATTACKS
-    from lit_sr.runtime import Autocast
 
     parser = ArgumentParser(prog="lit-sr evaluate-refsr", description=__doc__.splitlines()[0],
                             exit_on_error=False)
@@ -55,9 +56,7 @@ def build_parser():
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line, run the RefSR report, print its summary; return the exit code (2: bad config)."""
-    from jsonargparse import ArgumentError
 
-    from lit_sr.jobs.evaluate_refsr.report import RefSRReportConfig, run_refsr_report
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -75,7 +74,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(Path(result["files"]["summary"]).read_text())
     print(f"written to {Path(result['files']['summary']).parent}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

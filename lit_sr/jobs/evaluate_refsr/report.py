@@ -34,11 +34,13 @@ from tqdm.auto import tqdm
 from lit_sr.attacks.refsr_adv import uniform_noise
 from lit_sr.attacks.refsr_spec import RefSRAttackRunner, parse_refsr_attacks, refsr_predict
 from lit_sr.attacks.spec import ConfigError, eps_text, parse_eps_list
-from lit_sr.io import atomic_write
-from lit_sr.metrics import psnr, ssim
 from lit_sr.defenses.refsr import SimilarityGatedTTSR, evaluate_refsr_defense
+from lit_sr.io import atomic_write
 from lit_sr.jobs.evaluate.config import ModelSpec
+from lit_sr.jobs.evaluate.runner import build_model, resolve_device
 from lit_sr.jobs.evaluate.writers import write_csv, write_json
+from lit_sr.metrics import psnr, ssim
+from lit_sr.plots import save_figure
 from lit_sr.runtime import AUTOCAST_CHOICES, Autocast
 from lit_sr.validation import check_int
 
@@ -168,8 +170,6 @@ def _batches(cfg: RefSRReportConfig) -> Iterable[dict]:
 
 def run_refsr_report(cfg: RefSRReportConfig, out_dir: str | Path | None = None, progress: bool = True) -> dict:
     """Run the RefSR report of ``cfg`` and write its files; return the rows, meta and written paths."""
-    from lit_sr.jobs.evaluate.runner import build_model, resolve_device
-
     started = time.perf_counter()
     out = Path(out_dir if out_dir is not None else cfg.out)
     if cfg.model.weights is not None and not Path(cfg.model.weights).is_file():
@@ -311,8 +311,6 @@ def refsr_figure(rows: list[dict], eps: float):
 
 def write_refsr_report(out: Path, rows: list[dict], meta: Mapping, eps_list: list[float]) -> dict[str, str]:
     """Write ``refsr_results.csv``/``.json``, ``refsr_summary.md`` and ``plots/refsr_by_level.png`` into ``out``."""
-    from lit_sr.plots import save_figure
-
     files = {"csv": write_csv(out / "refsr_results.csv", rows, RESULT_FIELDS),
              "json": write_json(out / "refsr_results.json", {"meta": meta, "rows": rows}),
              "plot": save_figure(refsr_figure(rows, eps_list[0]), out / "plots" / "refsr_by_level.png")}

@@ -22,73 +22,16 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from lit_sr.attacks import IFGSM, PGD, Attack
-from lit_sr.io import atomic_write
-from lit_sr.metrics import psnr
-
-AttackFactory = Callable[[nn.Module, int], Attack]  # (model, restart index) -> attack
-
-
-def default_eval_attacks(eps: float, train_steps: int = 3, restarts: int = 2) -> dict[str, tuple[AttackFactory, int]]:
-    """The evaluation attacks: the target metric (10-step I-FGSM against the HR image, as
-    configs/evaluate/robustness_quick.yaml) and PGD with ``max(30, 10 * train_steps)`` steps and
-    ``restarts`` random restarts against the clean output (Choi's Eq. 1) and against the HR image.
-    Name -> (factory, number of restarts)."""
-    strong = max(30, 10 * train_steps)
-    return {
-        "ifgsm10_hr": (lambda m, r: IFGSM(m, eps=eps, steps=10, reference="hr"), 1),
-        f"pgd{strong}_hr": (lambda m, r: PGD(m, eps=eps, steps=strong, reference="hr", seed=r), restarts),
-        f"pgd{strong}_clean": (lambda m, r: PGD(m, eps=eps, steps=strong, reference="clean", seed=r), restarts),
-    }
-
-
-def output_psnr(model: nn.Module, lr: torch.Tensor, ref: torch.Tensor, crop_border: int, y_channel: bool) -> torch.Tensor:
-    """Per-image PSNR of ``model(lr)`` (clamped to [0, 1]) against ``ref``."""
-    with torch.no_grad():
-        sr = model(lr).float().clamp(0, 1)
-    return psnr(sr, ref, crop_border=crop_border, y_channel=y_channel)
-
-
-def worst_case_psnr(
-    model: nn.Module,
-    lr: torch.Tensor,
-    hr: torch.Tensor,
-    attacks: Mapping[str, tuple[AttackFactory, int]],
-    crop_border: int,
-    y_channel: bool = True,
-    transfer_from: Mapping[str, nn.Module] | None = None,
-) -> dict[str, torch.Tensor]:
-    """Per-image PSNR of ``model`` under each attack, the minimum over restarts, and the worst of all.
-
-    Two metrics per attack: ``<attack>/sr_psnr`` (attacked SR vs clean SR, Choi et al.'s SR PSNR:
-    how far the attack moves the output) and ``<attack>/hr_psnr`` (attacked SR vs the HR image).
-    ``transfer_from`` adds, per source model, the same attacks crafted on the source and applied
-    to ``model`` (named ``<attack>@<source>``): the naive side of naive-vs-adaptive; the
-    ``worst/...`` entries take the minimum over white-box and transferred attacks alike.
-    """
-    with torch.no_grad():
-        clean_sr = model(lr).float().clamp(0, 1)
-    results: dict[str, torch.Tensor] = {}
-    sources = {"": model, **{f"@{k}": v for k, v in (transfer_from or {}).items()}}
-    for suffix, source in sources.items():
-        for name, (factory, restarts) in attacks.items():
-            sr_runs, hr_runs = [], []
-            for r in range(restarts):
-                adv = factory(source, r)(lr, hr=hr)
-                sr_runs.append(output_psnr(model, adv, clean_sr, crop_border, y_channel))
-                hr_runs.append(output_psnr(model, adv, hr, crop_border, y_channel))
-            results[f"{name}{suffix}/sr_psnr"] = torch.stack(sr_runs).min(dim=0).values
-            results[f"{name}{suffix}/hr_psnr"] = torch.stack(hr_runs).min(dim=0).values
-    for metric in ("sr_psnr", "hr_psnr"):
-        values = [v for k, v in results.items() if k.endswith("/" + metric)]
-        results[f"worst/{metric}"] = torch.stack(values).min(dim=0).values
-    return results
+from lit_sr.archs import arch_kwargs_with_scale, build_arch
+from lit_sr.attacks.worst_case import default_eval_attacks, output_psnr, worst_case_psnr
+from lit_sr.io import atomic_write, load_weights
+from lit_sr.jobs.evaluate.runner import load_pairs
 
 
 def evaluate_models(
@@ -139,9 +82,6 @@ def write_text(path: Path, text: str) -> Path:
 
 
 def _load_model(spec: str, arch_kwargs: dict, scale: int) -> tuple[str, nn.Module]:
-    from lit_sr.archs import arch_kwargs_with_scale, build_arch
-    from lit_sr.io import load_weights
-
     if "=" not in spec or ":" not in spec.split("=", 1)[1]:
         raise ValueError(f"--model must be NAME=ARCH:WEIGHTS, got {spec!r}")
     name, rest = spec.split("=", 1)
@@ -155,9 +95,7 @@ def _load_model(spec: str, arch_kwargs: dict, scale: int) -> tuple[str, nn.Modul
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from lit_sr.jobs.evaluate import load_pairs
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="lit-sr robust", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="folder of HR images (LR made by bicubic)")
     parser.add_argument("--scale", type=int, default=4)
     parser.add_argument("--model", action="append", required=True, help="NAME=ARCH:WEIGHTS (repeatable)")
@@ -181,6 +119,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table)
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

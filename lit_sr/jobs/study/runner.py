@@ -1,11 +1,11 @@
 """Studies: one YAML file, many ``train.py`` runs, one table.
 
-``lit-sr study --config configs/study_<name>.yaml [--dry-run] [--force] [--only RUN ...]``
+``lit-sr study --config configs/study/<name>.yaml [--dry-run] [--force] [--only RUN ...]``
 
 A study is a base ``train.py`` config plus a set of runs, each a nested dict of overrides:
 explicit ``runs`` (name -> overrides), a ``grid`` (dotted key -> list of values, every
 combination a run), or both (every explicit run crossed with every grid point). Each run is a
-``python train.py fit --config <base> --config <run dir>/overrides.yaml`` subprocess (so this
+``python -m lit_sr fit --config <base> --config <run dir>/overrides.yaml`` subprocess (so this
 module imports neither ``callbacks`` nor ``datamodules``: the dependency rule holds), with the
 TensorBoard logger pointed at ``<output_dir>/<name>/runs/<run>/``, its output in ``train.log``
 there. A tqdm bar counts the runs.
@@ -39,7 +39,6 @@ folder and its ``runs`` folder (so a run can name another run's ``weights.pth``)
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import itertools
 import json
@@ -125,7 +124,7 @@ class Study:
     source: Path
     output_dir: Path
     base_configs: list[str]
-    train_script: str
+    train_script: str | None  # None: ``python -m lit_sr``; a script path (a test's stand-in) replaces it
     subcommand: str
     runs: list[Run]
     columns: list[Column]
@@ -334,7 +333,7 @@ def load_study(path: str | os.PathLike) -> Study:
     if any(c.format == "paired_delta" for c in columns) and reference is None:
         raise _fail(source, "reference", "a paired_delta column needs a reference run")
     return Study(name, source, Path(raw.get("output_dir", "runs/study")), base_configs,
-                 raw.get("train_script", "train.py"), raw.get("subcommand", "fit"), runs, columns,
+                 raw.get("train_script"), raw.get("subcommand", "fit"), runs, columns,
                  raw.get("block", "backdoored"), reference, _plots(raw.get("plots"), source, headers),
                  _verdict(raw.get("verdict"), source, headers), raw.get("python") or sys.executable,
                  {str(k): str(v) for k, v in (raw.get("env") or {}).items()})
@@ -363,14 +362,15 @@ def run_overrides(study: Study, run: Run) -> dict[str, Any]:
 
 def run_hash(study: Study, run: Run) -> str:
     """What decides a run's result: its configs, overrides and command (12 hex digits)."""
-    blob = json.dumps({"configs": run.configs, "overrides": run_overrides(study, run), "script": study.train_script,
+    blob = json.dumps({"configs": run.configs, "overrides": run_overrides(study, run), "script": study.train_script or "-m lit_sr",
                        "subcommand": study.subcommand}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def run_command(study: Study, run: Run) -> list[str]:
     configs = [a for c in run.configs for a in ("--config", c)]
-    return [study.python, study.train_script, study.subcommand, *configs,
+    entry = [study.train_script] if study.train_script else ["-m", "lit_sr"]
+    return [study.python, *entry, study.subcommand, *configs,
             "--config", str(study.runs_dir / run.name / "overrides.yaml")]
 
 
@@ -449,28 +449,3 @@ def run_study(study: Study, force: bool = False, only: Sequence[str] = (), dry_r
             bar.write(log_tail(study, run))
         metas.append(meta)
     return metas
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """The ``lit-sr study`` command; returns the exit code (1 when a run failed)."""
-    from lit_sr.jobs.study.table import write_outputs
-
-    parser = argparse.ArgumentParser(prog="lit-sr study", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="the study YAML file (configs/study_*.yaml)")
-    parser.add_argument("--force", action="store_true", help="rerun finished runs too")
-    parser.add_argument("--only", nargs="+", default=(), metavar="RUN", help="run only these runs")
-    parser.add_argument("--dry-run", action="store_true", help="print the train.py commands, run nothing")
-    parser.add_argument("--table-only", action="store_true", help="rebuild the table from finished runs, run nothing")
-    args = parser.parse_args(argv)
-    study = load_study(args.config)
-    metas = [] if args.table_only else run_study(study, args.force, args.only, args.dry_run)
-    if args.dry_run:
-        return 0
-    written = write_outputs(study)
-    print((study.study_dir / "results.md").read_text())
-    print("written: " + ", ".join(str(p) for p in written))
-    return int(any(m.get("status") != "ok" for m in metas))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

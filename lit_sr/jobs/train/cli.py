@@ -6,7 +6,12 @@ command line) is silently replaced by the checkpoint's value. :class:`SRLightnin
 model arguments given explicitly on the command line after that step and warns that it did; values
 that come from ``--config`` files still yield to the checkpoint (it describes the network whose
 weights it holds). Inference-time settings are not model hyper-parameters at all: they belong to
-``callbacks.prediction_writer.PredictionWriter`` (``train.py`` adds it).
+``callbacks.prediction_writer.PredictionWriter`` (:class:`TrainCLI` adds it).
+
+``lit-sr {fit,validate,test,predict} --config configs/train/<recipe>.yaml`` (``python train.py ...`` is an
+alias): any LightningModule (``lit_sr.modules.*``) and LightningDataModule (``datamodules.*``) can be
+chosen by ``class_path`` in the YAML file or on the command line; ``predict`` writes PNG files through
+the writer, set with ``--prediction.output_dir``, ``--prediction.tile`` and ``--prediction.tile_overlap``.
 """
 
 from __future__ import annotations
@@ -15,9 +20,13 @@ import copy
 import sys
 from collections.abc import Iterable
 
+import lightning as L
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
+
+from callbacks.prediction_writer import PredictionWriter
+from lit_sr.runtime import close_process_group
 
 
 def explicit_model_keys(argv: Iterable[str]) -> list[str]:
@@ -114,3 +123,38 @@ def model_construction_error(error: BaseException) -> BaseException | None:
             found = current
         current = current.__cause__ or current.__context__
     return found
+
+
+class TrainCLI(SRLightningCLI):
+    """:class:`SRLightningCLI` with the prediction writer as a forced callback (``--prediction.*``)."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_lightning_class_args(PredictionWriter, "prediction")
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs):
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":
+            # The writer has the images on disk; keeping every SR tensor in memory too would only grow.
+            parser.set_defaults(return_predictions=False)
+        return parser
+
+
+def train_cli(args: list[str] | None = None, run: bool = True, prog: str | None = None) -> TrainCLI:
+    """Build (and by default run) the CLI; ``args`` replaces ``sys.argv[1:]`` (tests use it)."""
+    return TrainCLI(
+        L.LightningModule,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"prog": prog} if prog else None,
+        args=args,
+        run=run,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``lit-sr fit|validate|test|predict ...``: run the subcommand, then leave the process group (DDP)."""
+    train_cli(argv, prog="lit-sr")
+    close_process_group()
+    return 0
