@@ -21,9 +21,9 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import cache
 from pathlib import Path
-from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Literal, get_args
 
 import torch
@@ -184,3 +184,52 @@ def close_process_group() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+#: the environment variable every OpenMP program (and torch, at start-up) reads for its thread count
+THREADS_ENV = "OMP_NUM_THREADS"
+
+
+def default_threads() -> int:
+    """Intra-op threads for one process when nothing is set: its cores shared among the node's processes.
+
+    The cores are those this process may run on (``os.sched_getaffinity``: a container's or
+    ``taskset``'s limit, which torch's own default ignores), divided among the processes a launcher
+    started on this node (``LOCAL_WORLD_SIZE``, set by torchrun and Lightning's DDP launcher), at
+    least one. On a machine shared with other jobs one thread per process is usually faster still
+    (2-8x under load, ``benchmarks/RESULTS.md``): the Make targets choose it (``THREADS ?= 1``).
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    local = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    processes = int(local) if local.isdigit() and int(local) > 0 else 1
+    return max(1, cores // processes)
+
+
+def configure_threads(threads: int | None = None) -> int:
+    """Set this process's torch intra-op threads and return the count.
+
+    Precedence: ``threads`` (``--threads`` of ``lit-sr fit``), else ``OMP_NUM_THREADS`` when set in the
+    environment (torch read it at start-up; left as it is), else :func:`default_threads`. The chosen
+    count is also written to ``OMP_NUM_THREADS``, so processes started from this one (DDP ranks,
+    study runs) inherit it and Lightning does not replace it with its own default.
+
+    Raises:
+        ValueError: ``threads`` is not a positive integer, or ``OMP_NUM_THREADS`` is set to one that is not.
+    """
+    if threads is None:
+        given = os.environ.get(THREADS_ENV)
+        if given is not None:
+            if not given.strip().isdigit() or int(given) < 1:
+                raise ValueError(f"{THREADS_ENV}={given!r} in the environment: expected a positive integer")
+            threads = int(given)
+        else:
+            threads = default_threads()
+    elif isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive integer (torch intra-op threads per process), got {threads!r}")
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    os.environ[THREADS_ENV] = str(threads)
+    return threads

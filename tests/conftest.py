@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
 
-# Tiny test tensors run fastest on one thread (measured 9x faster than two on the CI box).
+# Tiny test tensors run fastest on one thread (measured 9x faster than two on the CI box); the
+# environment says so too, for the CLIs built in-process (lit_sr.runtime.configure_threads) and the
+# interpreters the tests start.
+os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 
 

@@ -22,11 +22,12 @@ from collections.abc import Iterable
 
 import lightning as L
 from jsonargparse import Namespace
+from jsonargparse.typing import PositiveInt
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 
 from callbacks.prediction_writer import PredictionWriter
-from lit_sr.runtime import close_process_group, trainer_precision
+from lit_sr.runtime import close_process_group, configure_threads, trainer_precision
 
 
 def explicit_model_keys(argv: Iterable[str]) -> list[str]:
@@ -87,9 +88,12 @@ class SRLightningCLI(LightningCLI):
                                f"{from_ckpt!r} saved in {given.get('ckpt_path')}", category=UserWarning)
 
     def before_instantiate_classes(self) -> None:
-        """bf16 precision on a CPU without native bf16 runs float32 instead (:func:`lit_sr.runtime.trainer_precision`)."""
+        """Threads first (:func:`lit_sr.runtime.configure_threads`: ``--threads``, else ``OMP_NUM_THREADS``,
+        else the cores divided among the node's processes); bf16 precision on a CPU without native bf16
+        runs float32 instead (:func:`lit_sr.runtime.trainer_precision`)."""
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
+        configure_threads(config.get("threads"))
         trainer = config.get("trainer")
         if trainer is not None and "precision" in trainer:
             trainer["precision"] = trainer_precision(trainer["precision"], trainer.get("accelerator", "auto"))
@@ -138,6 +142,10 @@ class TrainCLI(SRLightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(PredictionWriter, "prediction")
+        parser.add_argument("--threads", type=PositiveInt | None, default=None,
+                            help="torch intra-op threads of this process (default: OMP_NUM_THREADS when set, else "
+                                 "the cores this process may use divided among the node's processes; 1 is "
+                                 "usually fastest on a machine shared with other jobs, see docs/performance.md)")
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs):
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
