@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 THREADS ?= 1
 RUN := OMP_NUM_THREADS=$(THREADS) $(PY)
 
-.PHONY: venv demo demo-quick quickstart defend test lint clean
+.PHONY: help venv demo demo-quick quickstart defend test test-fast lint clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -75,8 +75,19 @@ robust: $(STAMP)
 	$(RUN) -m lit_sr evaluate --config configs/evaluate/robust_report_quick.yaml \
 	  --models.EDSR-quickstart.weights $(QUICKSTART_WEIGHTS)
 
+# The whole suite (CI runs it; goal: under 8 minutes on two cores).
 test: $(STAMP)
 	$(PY) -m pytest tests -x --durations=15
+
+# The edit loop: the suite without the tests marked slow (those that start interpreters -- DDP
+# ranks, CLI subprocesses -- or train a fixture for long; pyproject.toml [tool.pytest] markers).
+test-fast: $(STAMP)
+	$(PY) -m pytest tests -x -m "not slow" --durations=10
+
+# The targets and what they do (the comment block above each target, first line).
+help:
+	@awk '/^# /{if(!c)c=substr($$0,3)} /^[a-z-]+:/{if(c){split($$1,t,":");printf "  make %-12s %s\n",t[1],c};c=""} /^$$/{c=""}' Makefile
+	@echo "  THREADS=N: torch threads per process of every run (default 1; see docs/performance.md)"
 
 lint: $(STAMP)
 	$(PY) -m ruff check lit_sr datamodules callbacks tests benchmarks train.py
