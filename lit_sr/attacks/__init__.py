@@ -31,7 +31,6 @@ from lit_sr.attacks.robustness import robustness_index, transfer_matrix
 from lit_sr.attacks.spec import (
     AttackRunner,
     AttackSpec,
-    ConfigError,
     eps_label,
     eps_text,
     make_target,
@@ -47,7 +46,6 @@ from lit_sr.attacks.universal import UniversalAttack, center_crop
 __all__ = [
     "AttackRunner",
     "AttackSpec",
-    "ConfigError",
     "eps_label",
     "eps_text",
     "make_target",

@@ -27,8 +27,9 @@ import torch
 from torch import nn
 
 from lit_sr.attacks.refsr_adv import FixedLR, FixedReference, RefSRAdv, check_pair
-from lit_sr.attacks.spec import PLAIN_KINDS, AttackRunner, AttackSpec, ConfigError, init_params, parse_attacks
+from lit_sr.attacks.spec import PLAIN_KINDS, AttackRunner, AttackSpec, init_params, parse_attacks
 from lit_sr.attacks.square import SquareAttack
+from lit_sr.errors import ConfigError
 from lit_sr.metrics import psnr, ssim
 from lit_sr.runtime import Autocast, autocast_context, autocast_dtype, frozen_eval
 

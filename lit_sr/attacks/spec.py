@@ -29,14 +29,10 @@ from lit_sr.attacks.ifgsm import IFGSM, PGD, TargetedAttack
 from lit_sr.attacks.partial import PartialAttack, infer_scale
 from lit_sr.attacks.square import SquareAttack
 from lit_sr.attacks.universal import UniversalAttack
+from lit_sr.errors import ConfigError
 from lit_sr.metrics import psnr
 from lit_sr.runtime import Autocast, autocast_dtype, frozen_eval, model_device
 from lit_sr.validation import check_eps
-
-
-class ConfigError(ValueError):
-    """A robustness config (or a callback's attack settings) is invalid; the message names the key."""
-
 
 # --------------------------------------------------------------------------- eps
 

@@ -36,8 +36,8 @@ from typing import Any, Literal, get_args
 
 import yaml
 
-from lit_sr.attacks.spec import ConfigError
 from lit_sr.backdoor_defenses import DEFAULT_CLEAN_FRACTION, DEFENSES, build_defense
+from lit_sr.errors import ConfigError
 from lit_sr.jobs.defend.detection import detection_kwargs
 from lit_sr.validation import check_choice, check_fraction, check_int, check_positive
 

@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lit_sr.attacks.spec import ConfigError
 from lit_sr.backdoor_defenses.detection import METHODS, run_detection
+from lit_sr.errors import ConfigError
 from lit_sr.jobs.defend.runs import TrainedRun, build_datamodule
 from lit_sr.jobs.evaluate.writers import write_csv
 

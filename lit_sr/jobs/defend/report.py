@@ -30,7 +30,6 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lit_sr.attacks.spec import ConfigError
 from lit_sr.backdoor_defenses import build_defense, defense_score, evaluate_backdoor, run_defense
 from lit_sr.io import atomic_write
 from lit_sr.jobs.defend.config import DefenseReportConfig
@@ -38,6 +37,7 @@ from lit_sr.jobs.defend.detection import run_detection_section
 from lit_sr.jobs.defend.runs import backdoor_eval_set, clean_subset, load_run
 from lit_sr.jobs.evaluate.writers import write_csv, write_json
 from lit_sr.plots import _agg_figure, save_figure
+from lit_sr.runtime import resolve_device
 
 FIGURES = ("clean_psnr_y", "asr_pixel", "attainment_mean", "attainment_asr")
 CSV_FIELDS = ("attack", "defense", "kind", "seconds", "clean_pairs", "clean_fraction",
@@ -46,14 +46,6 @@ CSV_FIELDS = ("attack", "defense", "kind", "seconds", "clean_pairs", "clean_frac
 
 # The detection section: (config, the attack runs, output folder, progress) -> {"rows", "markdown", "files", ...}
 DetectionRunner = Callable[[DefenseReportConfig, Mapping[str, Any], Path, bool], dict[str, Any]]
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: 'cuda' was requested but CUDA is not available")
-    return torch.device(device)
 
 
 def _row(cfg: DefenseReportConfig, attack: str, label: str, kind: str, outcome: Mapping[str, Any],

@@ -3,7 +3,7 @@
 jsonargparse reads YAML and command-line flags into these dataclasses (:mod:`lit_sr.jobs.evaluate.parsing`);
 :class:`ReportConfig` then checks what types cannot say (ranges, the attack and defense blocks,
 cross-field references such as the transfer study's attack) and fills the defaults that depend
-on other keys. A bad value raises :class:`~lit_sr.attacks.spec.ConfigError` naming its dotted key.
+on other keys. A bad value raises :class:`~lit_sr.errors.ConfigError` naming its dotted key.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from lit_sr.archs import get_arch_class
 from lit_sr.attacks.spec import (
     PLAIN_KINDS,
     AttackSpec,
-    ConfigError,
     parse_attacks,
     parse_eps,
     parse_eps_list,
 )
+from lit_sr.errors import ConfigError
 from lit_sr.jobs.evaluate.downstream import DownstreamSpec, check_downstream
 from lit_sr.jobs.evaluate.input_defenses import DEFENSES, parse_defense
 from lit_sr.jobs.evaluate.robust import RobustStudy, resolve_robust_study

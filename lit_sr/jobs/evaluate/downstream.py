@@ -38,7 +38,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lit_sr.attacks.spec import ConfigError, eps_text, init_params
+from lit_sr.attacks.spec import eps_text, init_params
+from lit_sr.errors import ConfigError
 
 DOWNSTREAM_FIELDS = (
     "down_hr_top1", "down_clean_top1", "down_top1", "down_agreement",

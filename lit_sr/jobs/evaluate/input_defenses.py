@@ -9,8 +9,9 @@ from typing import Any
 
 from torch import nn
 
-from lit_sr.attacks.spec import ConfigError, init_params
+from lit_sr.attacks.spec import init_params
 from lit_sr.defenses import BitDepthReduction, JPEGDefense, RandomResizeDefense, ResizeDefense, SelfEnsemble
+from lit_sr.errors import ConfigError
 
 DEFENSES: dict[str, type[nn.Module]] = {
     "resize": ResizeDefense,

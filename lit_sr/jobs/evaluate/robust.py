@@ -40,12 +40,12 @@ from lit_sr.attacks.spec import (
     PLAIN_KINDS,
     AttackRunner,
     AttackSpec,
-    ConfigError,
     eps_text,
     parse_eps,
     shape_batches,
 )
 from lit_sr.attacks.worst_case import AttackFactory, output_psnr, worst_case_psnr
+from lit_sr.errors import ConfigError
 from lit_sr.io import atomic_write
 from lit_sr.jobs.evaluate.input_defenses import DEFENSES, parse_defense
 from lit_sr.jobs.evaluate.writers import write_csv

@@ -24,7 +24,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lit_sr.attacks import robustness_index
-from lit_sr.attacks.spec import PLAIN_KINDS, AttackRunner, ConfigError, eps_text, parse_eps, shape_batches
+from lit_sr.attacks.spec import PLAIN_KINDS, AttackRunner, eps_text, parse_eps, shape_batches
+from lit_sr.errors import ConfigError
 from lit_sr.jobs.evaluate.writers import write_csv
 from lit_sr.plots import index_scatter_figure, save_figure
 from lit_sr.validation import check_int

@@ -33,15 +33,16 @@ from tqdm.auto import tqdm
 
 from lit_sr.attacks.refsr_adv import uniform_noise
 from lit_sr.attacks.refsr_spec import RefSRAttackRunner, parse_refsr_attacks, refsr_predict
-from lit_sr.attacks.spec import ConfigError, eps_text, parse_eps_list
+from lit_sr.attacks.spec import eps_text, parse_eps_list
 from lit_sr.defenses.refsr import SimilarityGatedTTSR, evaluate_refsr_defense
+from lit_sr.errors import ConfigError
 from lit_sr.io import atomic_write
 from lit_sr.jobs.evaluate.config import ModelSpec
-from lit_sr.jobs.evaluate.runner import build_model, resolve_device
+from lit_sr.jobs.evaluate.runner import build_model
 from lit_sr.jobs.evaluate.writers import write_csv, write_json
 from lit_sr.metrics import psnr, ssim
 from lit_sr.plots import save_figure
-from lit_sr.runtime import AUTOCAST_CHOICES, Autocast
+from lit_sr.runtime import AUTOCAST_CHOICES, Autocast, resolve_device
 from lit_sr.validation import check_int
 
 DEFAULT_REFSR_ATTACKS = {
