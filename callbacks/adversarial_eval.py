@@ -23,6 +23,7 @@ from lit_sr.attacks.refsr_spec import (
     ref_attack_kind,
     refsr_predict,
 )
+from lit_sr.attacks.registry import plain_kinds
 from lit_sr.attacks.spec import (
     AttackRunner,
     AttackSpec,
@@ -395,7 +396,7 @@ def _parse_blocks(attacks) -> tuple[list[AttackSpec] | None, list[RefSRAttackSpe
     if kinds & set(REF_ATTACKS):
         return None, parse_refsr_attacks(attacks, where)
     specs = parse_attacks(attacks, where)
-    plain = all(spec.kind in ("ifgsm", "pgd", "square") for spec in specs)
+    plain = all(spec.kind in plain_kinds() for spec in specs)
     return specs, parse_refsr_attacks(attacks, where) if plain else None
 
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lit_sr.archs import get_arch_class
+from lit_sr.attacks.registry import plain_kinds
 from lit_sr.attacks.spec import (
-    PLAIN_KINDS,
     AttackSpec,
     parse_attacks,
     parse_eps,
@@ -181,15 +181,15 @@ class ReportConfig:
             spec.scale = _int(self.scale if spec.scale is None else spec.scale, f"{where}.scale", 1)
 
     def _default_attack(self) -> str | None:
-        plain = [a.label for a in self.attacks if a.kind in PLAIN_KINDS]
+        plain = [a.label for a in self.attacks if a.kind in plain_kinds()]
         return plain[0] if plain else None
 
     def _check_plain_attack(self, label, where: str) -> str:
         kinds = {a.label: a.kind for a in self.attacks}
         if label not in kinds:
             raise ConfigError(f"{where}: {label!r} is not an attack label of the attacks block {list(kinds)}")
-        if kinds[label] not in PLAIN_KINDS:
-            raise ConfigError(f"{where}: {label!r} is a {kinds[label]} attack; expected one of the kinds {list(PLAIN_KINDS)}")
+        if kinds[label] not in plain_kinds():
+            raise ConfigError(f"{where}: {label!r} is a {kinds[label]} attack; expected one of the kinds {list(plain_kinds())}")
         return label
 
     def _check_dataset(self, name, where: str) -> str:

@@ -24,7 +24,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lit_sr.attacks import robustness_index
-from lit_sr.attacks.spec import PLAIN_KINDS, AttackRunner, eps_text, parse_eps, shape_batches
+from lit_sr.attacks.registry import plain_kinds
+from lit_sr.attacks.spec import AttackRunner, eps_text, parse_eps, shape_batches
 from lit_sr.errors import ConfigError
 from lit_sr.jobs.evaluate.writers import write_csv
 from lit_sr.plots import index_scatter_figure, save_figure
@@ -69,11 +70,11 @@ def resolve_index_study(cfg: ReportConfig, study: IndexStudy | None) -> IndexStu
     if not isinstance(study, IndexStudy):
         raise ConfigError(f"robustness_index: expected a mapping with alpha, n_samples, attack, eps, got {study!r}")
     kinds = {a.label: a.kind for a in cfg.attacks}
-    plain = [a for a, k in kinds.items() if k in PLAIN_KINDS]
+    plain = [a for a, k in kinds.items() if k in plain_kinds()]
     attack = (plain[0] if plain else None) if study.attack is None else study.attack
-    if kinds.get(attack) not in PLAIN_KINDS:
+    if kinds.get(attack) not in plain_kinds():
         raise ConfigError(f"robustness_index.attack: {attack!r} is not a per-image attack label "
-                          f"({list(PLAIN_KINDS)}) of the attacks block {list(kinds)}")
+                          f"({list(plain_kinds())}) of the attacks block {list(kinds)}")
     eps = min(cfg.eps, key=lambda e: abs(e - 8 / 255)) if study.eps is None else parse_eps(study.eps, "robustness_index.eps")
     dataset = next(iter(cfg.datasets)) if study.dataset is None else study.dataset
     if dataset not in cfg.datasets:

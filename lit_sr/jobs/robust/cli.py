@@ -42,9 +42,14 @@ def evaluate_models(
     train_steps: int = 3,
     restarts: int = 2,
     transfer_source: str | None = None,
+    attacks: Mapping[str, Mapping | None] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Mean clean PSNR-Y (vs HR) and attacked PSNR-Y of each model over ``pairs`` (one image per batch)."""
-    attacks = default_eval_attacks(eps, train_steps, restarts)
+    """Mean clean PSNR-Y (vs HR) and attacked PSNR-Y of each model over ``pairs`` (one image per batch).
+
+    ``attacks``: an ``attacks`` block of plain registered attacks (label -> parameters); ``None``
+    for :func:`~lit_sr.attacks.worst_case.default_eval_block`.
+    """
+    factories = default_eval_attacks(eps, train_steps, restarts, attacks)
     table: dict[str, dict[str, list[float]]] = {}
     for lr, hr in pairs:
         lr, hr = lr.unsqueeze(0), hr.unsqueeze(0)
@@ -54,7 +59,7 @@ def evaluate_models(
             transfer = None
             if transfer_source is not None and transfer_source != name and any(p.numel() for p in model.parameters()):
                 transfer = {transfer_source: models[transfer_source]}
-            for key, value in worst_case_psnr(model, lr, hr, attacks, scale, True, transfer).items():
+            for key, value in worst_case_psnr(model, lr, hr, factories, scale, True, transfer).items():
                 row.setdefault(key, []).append(float(value))
     return {m: {k: sum(v) / len(v) for k, v in row.items()} for m, row in table.items()}
 
