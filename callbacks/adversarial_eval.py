@@ -272,7 +272,8 @@ class AdversarialEvalCallback(L.Callback):
         if self.ref_specs is None:
             raise TypeError(
                 "AdversarialEvalCallback.attacks holds kinds that cannot run on a RefSR model "
-                f"({sorted(s.kind for s in self.specs)}); use refsr_adv, ref_square, ifgsm, pgd or square"
+                f"({sorted(s.kind for s in self.specs)}); use {sorted(REF_ATTACKS)} (on the reference) or "
+                f"{list(plain_kinds())} (on the LR input)"
             )
         model = pl_module.net
         device = model_device(model) or pl_module.device

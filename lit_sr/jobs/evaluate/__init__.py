@@ -16,7 +16,7 @@ data set x attack x eps with the mean metrics), ``plots/psnr_vs_eps_<dataset>_<a
 ``plots/transfer_<dataset>.png``, ``defenses.csv`` and ``summary.md``.
 """
 
-from lit_sr.jobs.evaluate.config import DEFENSES, DefenseStudy, ModelSpec, ReportConfig, TransferSpec
+from lit_sr.jobs.evaluate.config import DefenseStudy, ModelSpec, ReportConfig, TransferSpec
 from lit_sr.jobs.evaluate.parsing import (
     check_dotted_key,
     check_keys,
@@ -47,7 +47,6 @@ from lit_sr.jobs.evaluate.writers import (
 )
 
 __all__ = [
-    "DEFENSES",
     "DEFENSE_FIELDS",
     "ROW_FIELDS",
     "DefenseStudy",

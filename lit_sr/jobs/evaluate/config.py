@@ -20,9 +20,10 @@ from lit_sr.attacks.spec import (
     parse_eps,
     parse_eps_list,
 )
+from lit_sr.defenses import INPUT_DEFENSES
 from lit_sr.errors import ConfigError
 from lit_sr.jobs.evaluate.downstream import DownstreamSpec, check_downstream
-from lit_sr.jobs.evaluate.input_defenses import DEFENSES, parse_defense
+from lit_sr.jobs.evaluate.input_defenses import parse_defense
 from lit_sr.jobs.evaluate.robust import RobustStudy, resolve_robust_study
 from lit_sr.jobs.evaluate.robustness_index import IndexStudy, resolve_index_study
 from lit_sr.runtime import AUTOCAST_CHOICES, Autocast
@@ -222,7 +223,7 @@ class ReportConfig:
         if not isinstance(study, DefenseStudy):
             raise ConfigError(f"defenses: expected a mapping with methods, attack, eps, datasets, got {study!r}")
         if not isinstance(study.methods, Mapping) or not study.methods:
-            raise ConfigError(f"defenses.methods: expected a mapping label -> parameters with kinds {sorted(DEFENSES)}")
+            raise ConfigError(f"defenses.methods: expected a mapping label -> parameters with kinds {sorted(INPUT_DEFENSES)}")
         methods = {label: parse_defense(label, params) for label, params in study.methods.items()}
         attack = self._check_plain_attack(self._default_attack() if study.attack is None else study.attack,
                                           "defenses.attack")

@@ -43,9 +43,10 @@ from lit_sr.attacks.spec import (
     shape_batches,
 )
 from lit_sr.attacks.worst_case import output_psnr, restart_factories, worst_case_psnr
+from lit_sr.defenses import INPUT_DEFENSES
 from lit_sr.errors import ConfigError
 from lit_sr.io import atomic_write
-from lit_sr.jobs.evaluate.input_defenses import DEFENSES, parse_defense
+from lit_sr.jobs.evaluate.input_defenses import parse_defense
 from lit_sr.jobs.evaluate.writers import write_csv
 from lit_sr.plots import save_figure, tradeoff_figure
 from lit_sr.validation import check_int, check_number
@@ -169,7 +170,7 @@ def _targets(cfg: ReportConfig, study: RobustStudy, models: Mapping[str, nn.Modu
     if study.defenses:
         for label, params in study.defenses.items():
             params = dict(params)
-            defense = DEFENSES[params.pop("defense")](base, **params).to(device)
+            defense = INPUT_DEFENSES[params.pop("defense")](base, **params).to(device)
             entries.append(_entries(f"{study.base} + {label}", "defense", defense, base))
     return entries
 

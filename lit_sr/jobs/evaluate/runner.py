@@ -18,10 +18,10 @@ from tqdm.auto import tqdm
 from lit_sr.archs import arch_kwargs_with_scale, build_arch, count_parameters
 from lit_sr.attacks import Attack, transfer_matrix
 from lit_sr.attacks.spec import AttackRunner, AttackSpec, eps_label, shape_batches
-from lit_sr.defenses import evaluate_defense
+from lit_sr.defenses import INPUT_DEFENSES, evaluate_defense
 from lit_sr.errors import ConfigError
 from lit_sr.io import list_images, load_weights, read_image
-from lit_sr.jobs.evaluate.config import DEFENSES, ModelSpec, ReportConfig
+from lit_sr.jobs.evaluate.config import ModelSpec, ReportConfig
 from lit_sr.jobs.evaluate.downstream import DownstreamModels
 from lit_sr.jobs.evaluate.studies import run_robust_studies, write_robust_studies
 from lit_sr.jobs.evaluate.writers import write_report
@@ -186,7 +186,7 @@ def run_defense(model: nn.Module, pairs: Sequence[ImagePair], kind: str, params:
                 *, device: torch.device, batch_size: int, seed: int, autocast: Autocast, crop_border: int,
                 y_channel: bool) -> dict:
     """Mean naive / adaptive / worst-case metrics of one defense (:func:`lit_sr.defenses.evaluate_defense`)."""
-    defense = DEFENSES[kind](model, **params).to(device)
+    defense = INPUT_DEFENSES[kind](model, **params).to(device)
 
     def factory(target: nn.Module) -> Attack:
         return AttackRunner(spec, target, eps, seed=seed, autocast=autocast).attack
