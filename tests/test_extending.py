@@ -136,3 +136,17 @@ def test_it_reaches_the_reports(toy, report_assets, tmp_path):
     pairs = [(p.lr, p.hr) for p in load_pairs(report_assets / "photos", 2)][:1]
     table = evaluate_models(models, pairs, 2, 4 / 255, attacks={"toy_fgsm": {}})
     assert table["edsr"]["worst/sr_psnr"] == table["edsr"]["toy_fgsm/sr_psnr"]
+
+
+def test_the_guides_name_files_that_exist():
+    """docs/extending.md and docs/design.md send people to files: every concrete path they name is there."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    for page in ("extending.md", "design.md"):
+        text = (root / "docs" / page).read_text()
+        paths = {p for p in re.findall(r"`([\w./-]+\.(?:py|md|yaml))`", text) if "/" in p}
+        paths |= set(re.findall(r"\*\*`([\w./-]+\.py)`\*\*", text))
+        assert paths, page
+        missing = sorted(p for p in paths if not (root / p).exists())
+        assert not missing, f"docs/{page} names missing files: {missing}"

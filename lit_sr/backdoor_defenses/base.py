@@ -1,7 +1,7 @@
 """What every repair defense shares: its fine-tuning settings, the training loop, the defense object,
 and :func:`run_defense`, which measures a repair before and after.
 
-**Why a plain PyTorch loop, not Lightning.** DESIGN keeps Lightning out of the library's attack and
+**Why a plain PyTorch loop, not Lightning.** docs/design.md keeps Lightning out of the library's attack and
 poison code ("no Lightning inside"); a repair is a few hundred optimiser steps on a few clean
 patches held in memory, with per-step hooks (a pruning mask re-applied, an attention-distillation
 term, an unlearning perturbation refreshed) that a Trainer would only hide. It runs on the model's

@@ -10,7 +10,7 @@
 The success metrics are those of :mod:`lit_sr.poison.asr` (one definition in the project):
 pixel ASR against the target image (PSNR >= 20 dB and SSIM >= 0.7, clean-success exclusion),
 label attainment and attainment-ASR, summed by :class:`lit_sr.poison.asr.SuccessTally`; the clean
-quality is the Y-channel PSNR with ``crop_border = scale`` (DESIGN's convention).
+quality is the Y-channel PSNR with ``crop_border = scale`` (the convention of docs/design.md).
 """
 
 from __future__ import annotations
