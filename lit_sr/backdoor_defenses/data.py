@@ -162,12 +162,7 @@ def evaluate_backdoor(
         sl = slice(start, start + batch_size)
         tally.update(clean_sr[sl], triggered_sr[sl], data.hr[sl], data.poisoned_hr[sl], target[sl],
                      means={"clean_psnr_y": psnr(clean_sr[sl], data.hr[sl], data.scale, y_channel=True)})
-    flat = tally.flat()
-    return {"clean_psnr_y": flat["clean_psnr_y"], "asr_pixel": flat["pixel_asr"],
-            "asr_pixel_success": flat["pixel_asr_success"], "asr_pixel_included": flat["pixel_asr_included"],
-            "attainment_mean": flat["attainment_mean"], "attainment_asr": flat["attainment_asr"],
-            "attainment_asr_success": flat["attainment_asr_success"],
-            "attainment_asr_included": flat["attainment_asr_included"], "num_images": flat["num_images"]}
+    return tally.figures()
 
 
 def stack_pairs(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], name: str) -> tuple[torch.Tensor, torch.Tensor]:

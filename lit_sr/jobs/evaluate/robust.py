@@ -25,7 +25,6 @@ training-eps sweep joined in order of their training eps, the goal region marked
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -47,8 +46,8 @@ from lit_sr.defenses import INPUT_DEFENSES
 from lit_sr.errors import ConfigError
 from lit_sr.io import atomic_write
 from lit_sr.jobs.evaluate.input_defenses import parse_defense
-from lit_sr.jobs.evaluate.writers import write_csv
 from lit_sr.plots import save_figure, tradeoff_figure
+from lit_sr.tables import Column, markdown_table, write_csv
 from lit_sr.validation import check_int, check_number
 
 if TYPE_CHECKING:
@@ -237,10 +236,7 @@ def _mark_goal(rows: list[dict], study: RobustStudy) -> None:
 # --------------------------------------------------------------------------- writing
 
 
-def _fmt(value, digits: int = 2) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    return f"{value:.{digits}f}"
+GOAL_TEXT = {True: "**met**", False: "not met"}
 
 
 def robust_markdown(result: dict, plots: Mapping[float, str]) -> str:
@@ -255,16 +251,11 @@ def robust_markdown(result: dict, plots: Mapping[float, str]) -> str:
              "clean PSNR-Y against the base.", ""]
     for eps in sorted({r["eps"] for r in result["rows"]}):
         rows = [r for r in result["rows"] if r["eps"] == eps]
-        header = ["model", "train eps", "clean PSNR-Y", "clean drop", *[f"{a} adaptive" for a in labels],
-                  "naive", "worst", "goal"]
-        lines += [f"### eps {eps_text(eps)}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for r in rows:
-            train = "-" if r["train_eps_255"] is None else f"{r['train_eps_255']:g}/255"
-            goal = {True: "**met**", False: "not met", None: "-"}[r["goal_met"]]
-            cells = [r["name"], train, _fmt(r["clean_hr_psnr"]), _fmt(r["clean_drop"]),
-                     *[_fmt(r.get(f"{a}/sr_psnr")) for a in labels], _fmt(r["naive_sr_psnr"]),
-                     _fmt(r["worst_sr_psnr"]), goal]
-            lines.append("| " + " | ".join(cells) + " |")
+        columns = [Column("model", "name", "s"), Column("train eps", "train_eps_255", lambda v: f"{v:g}/255"),
+                   Column("clean PSNR-Y", "clean_hr_psnr"), Column("clean drop", "clean_drop"),
+                   *[Column(f"{a} adaptive", f"{a}/sr_psnr") for a in labels], Column("naive", "naive_sr_psnr"),
+                   Column("worst", "worst_sr_psnr"), Column("goal", "goal_met", GOAL_TEXT.get)]
+        lines += [f"### eps {eps_text(eps)}", "", *markdown_table(rows, columns)]
         if eps in plots:
             lines += ["", f"![clean vs robust PSNR at {eps_text(eps)}]({plots[eps]})"]
         lines.append("")

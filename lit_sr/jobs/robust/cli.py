@@ -32,6 +32,7 @@ from lit_sr.archs import arch_kwargs_with_scale, build_arch
 from lit_sr.attacks.worst_case import default_eval_attacks, output_psnr, worst_case_psnr
 from lit_sr.io import atomic_write, load_weights
 from lit_sr.jobs.evaluate.runner import load_pairs
+from lit_sr.tables import fmt, markdown_lines
 
 
 def evaluate_models(
@@ -68,14 +69,11 @@ def markdown_table(results: Mapping[str, Mapping[str, float]], eps: float) -> st
     """One row per model and metric: clean PSNR-Y vs HR, then each attack, the worst case last."""
     keys = sorted({k.split("/")[0] for row in results.values() for k in row} - {"clean", "worst"})
     header = ["model", "metric", "clean", *keys, "worst"]
+    table = [[name, metric, fmt(row["clean/hr_psnr"]) if metric == "hr_psnr" else "-",
+              *(fmt(row.get(f"{k}/{metric}")) for k in [*keys, "worst"])]
+             for name, row in results.items() for metric in ("sr_psnr", "hr_psnr")]
     lines = [f"PSNR-Y (dB) at eps = {eps * 255:g}/255, per image the minimum over restarts, then the mean. "
-             "sr_psnr: attacked SR vs clean SR (Choi et al.); hr_psnr: SR vs HR.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, row in results.items():
-        for metric in ("sr_psnr", "hr_psnr"):
-            clean = f"{row['clean/hr_psnr']:.2f}" if metric == "hr_psnr" else "-"
-            cells = [f"{row[f'{k}/{metric}']:.2f}" if f"{k}/{metric}" in row else "-" for k in [*keys, "worst"]]
-            lines.append("| " + " | ".join([name, metric, clean, *cells]) + " |")
+             "sr_psnr: attacked SR vs clean SR (Choi et al.); hr_psnr: SR vs HR.", "", *markdown_lines(header, table)]
     return "\n".join(lines) + "\n"
 
 
