@@ -222,7 +222,8 @@ def step_rows(args, work: Path, have_basicsr: bool) -> list[dict]:
             for mode in modes:
                 times[mode].append(runners[mode]())
             print(f"  threads {threads} round {round_ + 1}/{args.rounds}: " + ", ".join(
-                f"{m} {1e3 * times[m][-1][0] / args.steps:.2f} ms" for m in modes), flush=True)
+                f"{m} {1e3 * times[m][-1][0] / args.steps:.2f} ms ({1e3 * times[m][-1][1] / args.steps:.2f} CPU)" for m in modes),
+                flush=True)
         ms = {m: (1e3 * statistics.median(t[0] for t in times[m]) / args.steps,
                   1e3 * statistics.median(t[1] for t in times[m]) / args.steps) for m in modes}
         for mode in modes:
