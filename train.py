@@ -38,7 +38,6 @@ def main(args: list[str] | None = None, run: bool = True) -> TrainCLI:
         L.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
         args=args,
         run=run,
     )

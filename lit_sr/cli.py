@@ -14,10 +14,15 @@ from __future__ import annotations
 import copy
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 
 from jsonargparse import Namespace
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
+
+from lit_sr.checkpoint_io import UnsafeCheckpointSettingError, install_safe_checkpoint_io
+from lit_sr.io import is_remote_path, load_checkpoint
+from lit_sr.run_folder import RunFolderClashError, clash_message, first_clash
 
 
 def explicit_model_keys(argv: Iterable[str]) -> list[str]:
@@ -46,6 +51,26 @@ def _resolve(namespace: Namespace, key: str) -> str | None:
     return None
 
 
+class RunFolderSaveConfig(SaveConfigCallback):
+    """Lightning's config saver that first checks the run folder holds none of the run's artefacts.
+
+    A run writes only into its own folder and never over a file it did not create (docs/trust.md):
+    before ``config.yaml`` is written, every file this run would write there (for ``fit`` also the
+    weights exports, summaries and checkpoints) is looked for, and the first one found is refused
+    with :class:`lit_sr.run_folder.RunFolderClashError` naming it. Nothing has been written then.
+    """
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.already_saved or not self.save_to_log_dir:
+            return super().setup(trainer, pl_module, stage)
+        log_dir = trainer.log_dir  # a collective call under DDP: every rank makes it
+        clash = first_clash(log_dir, stage, self.config_filename) if trainer.is_global_zero else None
+        clash = trainer.strategy.broadcast(None if clash is None else str(clash))
+        if clash is not None:
+            raise RunFolderClashError(clash_message(Path(clash), log_dir))
+        return super().setup(trainer, pl_module, stage)
+
+
 class SRLightningCLI(LightningCLI):
     """:class:`LightningCLI` whose explicit ``--model.*`` arguments survive ``--ckpt_path``.
 
@@ -53,6 +78,12 @@ class SRLightningCLI(LightningCLI):
     file) as itself, message first, instead of inside the parser's "Does not validate against any
     of the Union subtypes" listing (see :func:`model_construction_error`).
     """
+
+    def __init__(self, *args, **kwargs) -> None:
+        # a run never writes over a file it did not create (RunFolderSaveConfig refuses first)
+        kwargs.setdefault("save_config_callback", RunFolderSaveConfig)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": False})
+        super().__init__(*args, **kwargs)
 
     def parse_arguments(self, parser, args) -> None:
         argv = [] if isinstance(args, (dict, Namespace)) else list(sys.argv[1:] if args is None else args)
@@ -62,10 +93,10 @@ class SRLightningCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         subcommand = self.config.get("subcommand")
         if not subcommand or not self._explicit_model_keys:
-            super()._parse_ckpt_path()
+            self._apply_checkpoint_hparams()
             return
         given = copy.deepcopy(self.config[subcommand])
-        super()._parse_ckpt_path()
+        self._apply_checkpoint_hparams()
         merged = self.config[subcommand]
         for key in self._explicit_model_keys:
             stored = _resolve(given, key)
@@ -76,6 +107,48 @@ class SRLightningCLI(LightningCLI):
                 merged[stored] = value
                 rank_zero_warn(f"--{key} {value!r} given on the command line overrides the value "
                                f"{from_ckpt!r} saved in {given.get('ckpt_path')}", category=UserWarning)
+
+    def _apply_checkpoint_hparams(self) -> None:
+        """LightningCLI's own step, reading the checkpoint through :func:`lit_sr.io.load_checkpoint`.
+
+        Lightning reads only a local file here, with a raw ``torch.load`` whose error advises
+        ``weights_only=False``; a URL or any fsspec path is skipped and later unpickled by the
+        Trainer with ``weights_only=False``. Here every path is read safely (the Trainer's read goes
+        through :class:`lit_sr.checkpoint_io.SafeCheckpointIO`), and errors name the file.
+        """
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        ckpt_path = self.config[subcommand].get("ckpt_path")
+        if self.config[subcommand].get("weights_only") is False:
+            raise UnsafeCheckpointSettingError(
+                f"refused: --weights_only false would unpickle {ckpt_path or 'the checkpoint'} with code "
+                "execution allowed; lit-sr reads checkpoints with weights_only=True only")
+        if not ckpt_path or not (is_remote_path(ckpt_path) or Path(str(ckpt_path)).is_file()):
+            return  # none, or Lightning's "last"/"best"/"hpc" (resolved, then read safely, by the Trainer)
+        hparams = load_checkpoint(ckpt_path).get("hyper_parameters", {})
+        hparams = dict(hparams) if isinstance(hparams, dict) else {}
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write(f"Parsing of the hyper-parameters saved in {ckpt_path} failed!\n")
+            raise
+
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        install_safe_checkpoint_io(trainer)
+        return trainer
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if "weights_only" in self._subcommand_method_arguments.get(subcommand, ()):
+            kwargs["weights_only"] = True  # refused above when the user set it to false
+        return kwargs
 
     def instantiate_classes(self) -> None:
         try:

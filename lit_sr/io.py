@@ -9,12 +9,15 @@ umask, as ``open()`` would give), and every error on hostile or broken input nam
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
+import re
 import tempfile
 from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -181,17 +184,80 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 # --------------------------------------------------------------------------- weights
 
 
-def _torch_load_safely(path: Path) -> object:
+def _unsafe_reason(exc: BaseException) -> str:
+    """What torch's weights-only unpickler objected to (``Unsupported global: GLOBAL io.open``), without
+    its advice to retry with ``weights_only=False`` (which would run the file's code)."""
+    text = str(exc)
+    found = re.search(r"WeightsUnpickler error:\s*(.*?)(?: was not an allowed global|\.?\s*(?:Please|\n)|$)", text)
+    if found and found.group(1).strip():
+        return found.group(1).strip()
+    return "an object other than tensors and plain containers"
+
+
+def _torch_load_safely(source: Path | IO[bytes], name: str | os.PathLike | None = None) -> object:
+    """``torch.load(source, weights_only=True)`` whose errors name the file (``name``, else ``source``)."""
+    name = source if name is None else name
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise UnsafeCheckpointError(
-            f"refusing to load {path}: it contains pickled objects other than tensors and plain "
-            f"containers (weights_only=True rejected it: {str(exc).splitlines()[0]}). lit-sr never "
-            "unpickles untrusted files; re-save the weights as a state_dict or .safetensors."
+            f"refused as unsafe: {name} holds a pickled object that is not a tensor or a plain container "
+            f"({_unsafe_reason(exc)}); loading it would run code from the file. lit-sr never unpickles "
+            "untrusted files; re-save the weights as a state_dict of tensors or as .safetensors."
         ) from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:  # torch names no file: a truncated zip, ...
-        raise WeightsReadError(f"cannot read weights file {path}: {_first_line(exc)}") from exc
+        raise WeightsReadError(
+            f"refused as corrupt: cannot read checkpoint/weights file {name}: {_first_line(exc)} "
+            "(truncated, corrupted or not a torch file)"
+        ) from exc
+
+
+def is_remote_path(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a URL or an fsspec path of another file system (``s3://``, ``memory://``, ...)."""
+    text = str(path)
+    return "://" in text and not text.startswith("file://")
+
+
+def _local_path(path: str | os.PathLike) -> Path:
+    text = str(path)
+    return Path(text[len("file://") :] if text.startswith("file://") else text)
+
+
+def _read_remote_bytes(url: str, timeout: float) -> bytes:
+    """The bytes at ``url`` (any fsspec file system), in memory: nothing is written to a cache folder."""
+    import fsspec
+
+    kwargs = {}
+    if url.startswith(("http://", "https://")):
+        import aiohttp
+
+        kwargs["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(total=timeout)}
+    try:
+        with fsspec.open(url, "rb", **kwargs) as f:
+            return f.read()
+    except Exception as exc:  # fsspec and its back ends raise many types; all of them name no file
+        raise WeightsReadError(f"cannot read checkpoint {url}: {_first_line(exc)}") from exc
+
+
+def load_checkpoint(path: str | os.PathLike, timeout: float = 60.0) -> dict:
+    """Read a whole checkpoint (a Lightning ``.ckpt``, a ``.pth``) from a local path, a URL or any fsspec path.
+
+    Always ``torch.load(weights_only=True)``: a checkpoint holding any pickled object other than
+    tensors and plain containers raises :class:`UnsafeCheckpointError` naming it, and nothing in it
+    runs. A remote file is read into memory (``timeout`` seconds at most for http(s)), not into
+    torch hub's cache. Every error names ``path``.
+    """
+    if is_remote_path(path):
+        payload = io.BytesIO(_read_remote_bytes(str(path), timeout))
+        obj = _torch_load_safely(payload, name=str(path))
+    else:
+        local = _local_path(path)
+        if not local.is_file():
+            raise FileNotFoundError(f"checkpoint file not found: {local}")
+        obj = _torch_load_safely(local)
+    if not isinstance(obj, Mapping):
+        raise WeightsReadError(f"refused as corrupt: checkpoint {path} holds a {type(obj).__name__}, expected a dict")
+    return dict(obj)
 
 
 def _safetensors_load(path: Path) -> dict:

@@ -1,0 +1,203 @@
+"""Nothing runs, leaks or is overwritten that the user did not ask for (issue 24; docs/trust.md).
+
+Each test reproduces one finding of the hostile-user review: a checkpoint URL that runs code, a run
+that overwrites the user's files, an image bomb, an orphaned study child, stale study results, wrong
+messages, a NaN run that looks finished, a cache that reads outside itself, stale DDP tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import io
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- 1. checkpoints never run code
+class _Payload:
+    """Unpickling this creates ``marker`` (``open(marker, "w")``): the proof that a file's code ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def evil_checkpoint(marker: Path) -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"state_dict": {"payload": _Payload(marker)}, "hyper_parameters": {}}, buffer)
+    return buffer.getvalue()
+
+
+@contextlib.contextmanager
+def serving(payload: bytes):
+    """An HTTP server on 127.0.0.1 (ephemeral port, one thread) answering every GET with ``payload``."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        timeout = 5
+
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def do_HEAD(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.timeout = 5
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/evil.ckpt"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def tiny_fit_args(tmp_path: Path) -> list[str]:
+    """The quickstart recipe cut to one 2-step epoch of a tiny net on small images, output in ``tmp_path``."""
+    return ["--config", str(ROOT / "configs" / "quickstart.yaml"),
+            "--model.init_args.arch_kwargs", "{num_feat: 8, num_block: 1}",
+            "--data.init_args.patch_size", "32", "--data.init_args.batch_size", "2",
+            "--data.init_args.repeat", "1", "--data.init_args.max_side", "96",
+            "--data.init_args.max_val_images", "1",
+            "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+            "--trainer.check_val_every_n_epoch", "1", "--trainer.enable_progress_bar", "false",
+            "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "validate", "predict"])
+def test_a_checkpoint_url_is_read_safely_and_its_code_never_runs(subcommand, tmp_path, monkeypatch):
+    from lit_sr.io import UnsafeCheckpointError
+    from train import main
+
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "pwned"
+    with serving(evil_checkpoint(marker)) as url:
+        with pytest.raises(UnsafeCheckpointError, match="refused as unsafe") as info:
+            main([subcommand, *tiny_fit_args(tmp_path), "--ckpt_path", url])
+    assert not marker.exists()
+    assert url in str(info.value) and "weights_only=False" not in str(info.value)
+
+
+def test_the_trainer_reads_every_checkpoint_path_through_the_safe_loader(tmp_path):
+    """Past the CLI: a Trainer given a URL (``ckpt_path`` set after parsing) still reads it safely."""
+    import lightning as L
+
+    from lit_sr.checkpoint_io import SafeCheckpointIO, install_safe_checkpoint_io
+    from lit_sr.io import UnsafeCheckpointError
+
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                        default_root_dir=tmp_path)
+    install_safe_checkpoint_io(trainer)
+    assert isinstance(trainer.strategy.checkpoint_io, SafeCheckpointIO)
+    marker = tmp_path / "pwned"
+    with serving(evil_checkpoint(marker)) as url:
+        with pytest.raises(UnsafeCheckpointError, match="refused as unsafe"):
+            trainer.strategy.load_checkpoint(url)
+        with pytest.raises(ValueError, match="weights_only=False"):
+            trainer.strategy.load_checkpoint(url, weights_only=False)
+    assert not marker.exists()
+
+
+def test_weights_only_false_on_the_command_line_is_refused(tmp_path, monkeypatch):
+    from lit_sr.checkpoint_io import UnsafeCheckpointSettingError
+    from train import main
+
+    monkeypatch.chdir(tmp_path)
+    ckpt = tmp_path / "x.ckpt"
+    torch.save({"state_dict": {}}, ckpt)
+    with pytest.raises(UnsafeCheckpointSettingError, match="weights_only false"):
+        main(["validate", *tiny_fit_args(tmp_path), "--ckpt_path", str(ckpt), "--weights_only", "false"])
+
+
+def test_local_and_truncated_checkpoints_are_refused_naming_the_file(tmp_path, monkeypatch):
+    from lit_sr.io import UnsafeCheckpointError, WeightsReadError
+    from train import main
+
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    evil.write_bytes(evil_checkpoint(marker))
+    with pytest.raises(UnsafeCheckpointError, match=r"refused as unsafe: .*evil\.ckpt") as info:
+        main(["fit", *tiny_fit_args(tmp_path), "--ckpt_path", str(evil)])
+    assert "weights_only=False" not in str(info.value) and not marker.exists()
+    good = io.BytesIO()
+    torch.save({"state_dict": {"w": torch.zeros(64, 64)}, "hyper_parameters": {}}, good)
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(good.getvalue()[: len(good.getvalue()) // 2])
+    with pytest.raises(WeightsReadError, match=r"refused as corrupt: .*cut\.ckpt"):
+        main(["fit", *tiny_fit_args(tmp_path), "--ckpt_path", str(cut)])
+
+
+def test_lpips_and_vgg_weights_are_refused_naming_the_file(tmp_path):
+    from lit_sr.archs.ttsr_arch import LTE
+    from lit_sr.io import UnsafeCheckpointError
+    from lit_sr.losses import _build_vgg_layers, _load_torchvision_vgg, vgg_layer_names
+    from lit_sr.metrics import build_lpips
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil_backbone.pth"
+    evil.write_bytes(evil_checkpoint(marker))
+    with pytest.raises(UnsafeCheckpointError, match=r"refused as unsafe: .*evil_backbone\.pth"):
+        build_lpips("alex", backbone_path=evil)
+    with pytest.raises(UnsafeCheckpointError, match=r"refused as unsafe: .*evil_backbone\.pth"):
+        _load_torchvision_vgg(_build_vgg_layers(vgg_layer_names("vgg19")), "vgg19", evil)
+    with pytest.raises(UnsafeCheckpointError, match=r"refused as unsafe: .*evil_backbone\.pth"):
+        LTE(vgg_weights=None).load_vgg19(evil)
+    assert not marker.exists()
+
+
+# --------------------------------------------------------------------------- 2. the user's files are never overwritten
+@pytest.fixture
+def argv_of_train(monkeypatch):
+    """``sys.argv`` as ``python train.py`` would have it (LightningCLI warns when pytest's arguments are there)."""
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+
+
+NO_LOGGER = ["--trainer.logger", "false", "--trainer.callbacks",  # LearningRateMonitor needs a logger
+             "[{class_path: callbacks.last_checkpoint.LastCheckpoint}, {class_path: callbacks.RunSummary}]"]
+
+
+@pytest.mark.parametrize("users_file", ["config.yaml", "weights.pth"])
+def test_a_run_without_logger_never_overwrites_the_users_files(users_file, tmp_path, monkeypatch, argv_of_train):
+    from lit_sr.run_folder import RunFolderClashError
+    from train import main
+
+    monkeypatch.chdir(tmp_path)
+    mine = {"config.yaml": b"my own config\n", "weights.pth": b"my own weights"}
+    for name, content in mine.items():
+        if name == users_file:
+            (tmp_path / name).write_bytes(content)
+    with pytest.raises(RunFolderClashError, match=f"would overwrite {tmp_path / users_file}"):
+        main(["fit", *tiny_fit_args(tmp_path), *NO_LOGGER])
+    assert (tmp_path / users_file).read_bytes() == mine[users_file]
+    # nothing was written before the refusal: no config.yaml beside the user's weights, no checkpoints
+    assert sorted(p.name for p in tmp_path.iterdir()) == [users_file]
+
+
+def test_a_run_without_logger_in_an_empty_folder_writes_its_artefacts_there(tmp_path, monkeypatch, argv_of_train):
+    from train import main
+
+    monkeypatch.chdir(tmp_path)
+    main(["fit", *tiny_fit_args(tmp_path), *NO_LOGGER])
+    for name in ("config.yaml", "weights.pth", "summary.json", "checkpoints/last.ckpt"):
+        assert (tmp_path / name).is_file(), name
