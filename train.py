@@ -13,6 +13,7 @@ from __future__ import annotations
 import lightning as L
 
 from callbacks.prediction_writer import PredictionWriter
+from callbacks.stop_on_signal import StopOnSigterm
 from lit_sr.cli import SRLightningCLI
 from lit_sr.runtime import close_process_group
 
@@ -29,6 +30,11 @@ class TrainCLI(SRLightningCLI):
             # The writer has the images on disk; keeping every SR tensor in memory too would only grow.
             parser.set_defaults(return_predictions=False)
         return parser
+
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks.append(StopOnSigterm())  # Lightning's predict loop ignores SIGTERM otherwise
+        return trainer
 
 
 def main(args: list[str] | None = None, run: bool = True) -> TrainCLI:

@@ -8,6 +8,7 @@ from callbacks.image_logger import SRImageLogger
 from callbacks.last_checkpoint import LastCheckpoint
 from callbacks.poison_selection import PoisonSelectionCallback, SelectionResults, SelectionRun
 from callbacks.prediction_writer import PredictionWriter
+from callbacks.stop_on_signal import StopOnSigterm
 from callbacks.summary import RunSummary
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "SRImageLogger",
     "SelectionResults",
     "SelectionRun",
+    "StopOnSigterm",
 ]

@@ -14,6 +14,7 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
 from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -116,28 +117,59 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
 
     Grayscale, palette and RGBA images become RGB (alpha is dropped, as SR data sets expect);
     16-bit images are scaled by 65535. A missing, truncated or undecodable file raises
-    :class:`ImageReadError` naming it.
+    :class:`ImageReadError` naming it, and so does an image above ``PIL.Image.MAX_IMAGE_PIXELS``
+    (:func:`open_image`).
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"image file not found: {path}")
     try:
         return _decode_image(path)
-    except Image.DecompressionBombError as exc:
-        raise ImageReadError(
-            f"refusing to read image {path}: {exc} PIL's limit is PIL.Image.MAX_IMAGE_PIXELS = "
-            f"{Image.MAX_IMAGE_PIXELS}; raise it only for a file you trust"
-        ) from exc
+    except ImageReadError:
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(f"cannot read image {path}: {exc}") from exc
 
 
-def _decode_image(path: Path) -> torch.Tensor:
+def _bomb_message(path: Path, size: str, limit: int | None) -> str:
+    return (f"refused: image {path} is {size}, above PIL's limit PIL.Image.MAX_IMAGE_PIXELS = {limit} pixels "
+            "(a decompression-bomb guard: a file of a few hundred bytes can claim an image that exhausts "
+            "memory when decoded). If you trust the file, raise the limit deliberately before reading it: "
+            "PIL.Image.MAX_IMAGE_PIXELS = <pixels> (None disables the check).")
+
+
+@contextmanager
+def open_image(path: str | os.PathLike):
+    """``PIL.Image.open(path)`` as a context manager that refuses a decompression bomb up front.
+
+    PIL raises an error only above twice ``PIL.Image.MAX_IMAGE_PIXELS`` and merely warns between
+    once and twice the limit, while decoding such an image takes gigabytes. Here anything above the
+    limit itself is refused, from the header alone, with :class:`ImageReadError` naming the file,
+    its size and the limit (and how to raise it deliberately).
+    """
     from PIL import Image
 
-    with Image.open(path) as im:  # the header's size is checked here (DecompressionBombError)
+    path = Path(path)
+    limit = Image.MAX_IMAGE_PIXELS
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, with a message
+        try:
+            im = Image.open(path)
+        except Image.DecompressionBombError as exc:
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            raise ImageReadError(_bomb_message(path, f"{found.group(1) if found else 'more than twice the limit'}"
+                                                     " pixels", limit)) from exc
+    with im:
+        width, height = im.size
+        if limit is not None and width * height > limit:
+            raise ImageReadError(_bomb_message(path, f"{width}x{height} = {width * height} pixels", limit))
+        yield im
+
+
+def _decode_image(path: Path) -> torch.Tensor:
+    with open_image(path) as im:  # the header's size is checked here (a decompression bomb is refused)
         im.load()  # decode now so truncation is caught here, not later
         if im.mode in ("I;16", "I;16B", "I;16L", "I"):
             arr = np.asarray(im, dtype=np.float32) / 65535.0

@@ -201,3 +201,77 @@ def test_a_run_without_logger_in_an_empty_folder_writes_its_artefacts_there(tmp_
     main(["fit", *tiny_fit_args(tmp_path), *NO_LOGGER])
     for name in ("config.yaml", "weights.pth", "summary.json", "checkpoints/last.ckpt"):
         assert (tmp_path / name).is_file(), name
+
+
+# --------------------------------------------------------------------------- 3. image bombs, long inference
+def bomb_png(path: Path, width: int = 12000, height: int = 12000) -> Path:
+    """A PNG whose header claims ``width x height`` pixels (12000^2 lies between PIL's limit and twice it)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("reader", ["read_image", "read_pixels"])
+def test_an_image_above_the_pixel_limit_is_refused_from_its_header(reader, tmp_path):
+    from PIL import Image
+
+    from lit_sr.data.images import read_pixels
+    from lit_sr.io import ImageReadError, read_image
+
+    assert Image.MAX_IMAGE_PIXELS < 12000 * 12000 < 2 * Image.MAX_IMAGE_PIXELS  # PIL itself only warns
+    bomb = bomb_png(tmp_path / "bomb.png")
+    assert bomb.stat().st_size < 1000
+    with pytest.raises(ImageReadError) as info:
+        {"read_image": read_image, "read_pixels": read_pixels}[reader](bomb)
+    message = str(info.value)
+    assert str(bomb) in message and "12000x12000" in message
+    assert f"MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS}" in message and "raise the limit deliberately" in message
+
+
+class _SignalAtBatch:
+    """Sends ``signum`` to this process at the end of predict batch ``at`` (what ``kill`` would do)."""
+
+    def __init__(self, signum: int, at: int):
+        self.signum, self.at = signum, at
+
+    def callback(self):
+        import os
+
+        import lightning as L
+
+        signum, at = self.signum, self.at
+
+        class Sender(L.Callback):
+            def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+                if batch_idx == at:
+                    os.kill(os.getpid(), signum)
+
+        return Sender()
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_predict_stops_on_sigterm_and_sigint(signame, tmp_path, monkeypatch, argv_of_train):
+    import signal
+
+    from lit_sr.io import write_image
+    from train import main
+
+    monkeypatch.chdir(tmp_path)
+    lr_dir = tmp_path / "lr"
+    for i in range(12):
+        write_image(torch.rand(3, 8, 8), lr_dir / f"im{i:02d}.png")
+    out = tmp_path / "out"
+    cli = main([*tiny_fit_args(tmp_path), "--trainer.logger", "false", "--trainer.callbacks", "[]",
+                "--data.init_args.predict_path", str(lr_dir), "--prediction.output_dir", str(out)], run=False)
+    cli.trainer.callbacks.append(_SignalAtBatch(getattr(signal, signame), at=3).callback())
+    with pytest.raises(SystemExit):
+        cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
+    written = sorted(p.name for p in out.glob("*.png"))
+    assert 1 <= len(written) < 12, written  # stopped early, after whole files
