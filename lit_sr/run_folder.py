@@ -83,6 +83,11 @@ class RunFolderLock:
         self._fd = fd
         return self
 
+    @property
+    def fds(self) -> tuple[int, ...]:
+        """The lock's descriptor, for a child that must hold the lock too (``pass_fds``)."""
+        return () if self._fd is None else (self._fd,)
+
     def __exit__(self, *exc) -> None:
         if self._fd is not None:
             os.close(self._fd)  # closing drops the flock; the file stays (unlinking it would race a waiter)

@@ -45,7 +45,6 @@ import itertools
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -53,7 +52,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lit_sr.child_process import run_child
 from lit_sr.io import atomic_write
+from lit_sr.run_folder import RunFolderLock, RunFolderLockedError
 
 FORMATS = ("rate", "pct", "db", "float", "int", "text", "paired_delta")
 STUDY_KEYS = {"name", "output_dir", "base_config", "train_script", "subcommand", "overrides", "runs", "grid",
@@ -392,10 +393,20 @@ def read_json(path: Path) -> Any:
 
 
 def execute(study: Study, run: Run) -> dict[str, Any]:
-    """Run one ``train.py`` subprocess; returns (and writes) its ``study_run.json``."""
+    """Run one ``train.py`` subprocess; returns (and writes) its ``study_run.json``.
+
+    The run folder is locked first (:class:`lit_sr.run_folder.RunFolderLock`, held by the child
+    too): a second runner on it raises :class:`lit_sr.run_folder.RunFolderLockedError` before
+    anything is deleted. The child dies with this process (:func:`lit_sr.child_process.run_child`).
+    """
+    folder = study.runs_dir / run.name
+    with RunFolderLock(folder) as lock:
+        return _execute_locked(study, run, folder, lock)
+
+
+def _execute_locked(study: Study, run: Run, folder: Path, lock: RunFolderLock) -> dict[str, Any]:
     import yaml
 
-    folder = study.runs_dir / run.name
     if folder.exists():  # an unfinished or outdated run: start clean (TensorBoard would append)
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
@@ -403,13 +414,14 @@ def execute(study: Study, run: Run) -> dict[str, Any]:
         tmp.write_text(yaml.safe_dump(run_overrides(study, run), sort_keys=False))
     command = run_command(study, run)
     env = dict(os.environ, **study.env)
+    digest = run_hash(study, run)  # before the run: what it read, not what it may have rewritten
     start = time.perf_counter()
     with open(folder / "train.log", "w") as log:
-        rc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        rc = run_child(command, stdout=log, env=env, pass_fds=lock.fds)
     wall = time.perf_counter() - start
     ok = rc == 0 and (folder / run.results_file).is_file()
     meta = {"run": run.name, "status": "ok" if ok else "failed", "returncode": rc, "wall_s": round(wall, 1),
-            "hash": run_hash(study, run), "command": command, "params": run.params,
+            "hash": digest, "command": command, "params": run.params,
             "results_file": run.results_file}
     if rc == 0 and not ok:
         meta["error"] = f"train.py exited 0 but wrote no {run.results_file}"
@@ -442,7 +454,12 @@ def run_study(study: Study, force: bool = False, only: Sequence[str] = (), dry_r
             metas.append(read_json(study.runs_dir / run.name / "study_run.json"))
             continue
         bar.set_postfix_str(run.name)
-        meta = execute(study, run)
+        try:
+            meta = execute(study, run)
+        except RunFolderLockedError as error:  # another runner owns it: touch nothing, say so
+            bar.write(f"{run.name}: {error}")
+            metas.append({"run": run.name, "status": "locked", "error": str(error)})
+            continue
         bar.write(f"{run.name}: {meta['status']} in {meta['wall_s']:.0f} s "
                   f"(log: {study.runs_dir / run.name / 'train.log'})")
         if meta["status"] != "ok":

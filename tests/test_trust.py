@@ -275,3 +275,86 @@ def test_predict_stops_on_sigterm_and_sigint(signame, tmp_path, monkeypatch, arg
         cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
     written = sorted(p.name for p in out.glob("*.png"))
     assert 1 <= len(written) < 12, written  # stopped early, after whole files
+
+
+# --------------------------------------------------------------------------- 4. a study's children die with it
+# A stand-in for train.py: says its pid, then sleeps far longer than the test waits.
+SLEEPER = "import os, sys, time, pathlib\npathlib.Path(sys.argv[-1]).parent.joinpath('child.pid').write_text(str(os.getpid()))\ntime.sleep(120)\n"
+
+
+def sleeper_study(tmp_path: Path) -> Path:
+    (tmp_path / "sleeper.py").write_text(SLEEPER)
+    (tmp_path / "base.yaml").write_text("seed_everything: 0\n")
+    path = tmp_path / "study_sleep.yaml"
+    path.write_text(f"name: sleep\noutput_dir: {tmp_path / 'out'}\nbase_config: {tmp_path / 'base.yaml'}\n"
+                    f"train_script: {tmp_path / 'sleeper.py'}\nruns: {{A: {{}}}}\n"
+                    "columns: [{header: x, path: x, format: float}]\n")
+    return path
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for init to reap it counts as dead)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _wait_for(predicate, timeout: float) -> bool:
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def _start_study(path: Path):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "lit_sr.study", "--config", str(path)], cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="parent-death signal: Linux only")
+def test_killing_a_study_kills_its_training_run(tmp_path):
+    import os
+    import signal
+
+    path = sleeper_study(tmp_path)
+    pid_file = tmp_path / "out" / "sleep" / "runs" / "A" / "child.pid"
+    study = _start_study(path)
+    child = None
+    try:
+        assert _wait_for(lambda: pid_file.is_file() and pid_file.read_text(), 60), study.communicate(timeout=5)[0]
+        child = int(pid_file.read_text())
+        assert _alive(child)
+        os.kill(study.pid, signal.SIGKILL)
+        study.wait(timeout=10)
+        assert _wait_for(lambda: not _alive(child), 5), "the training child outlived the killed study"
+    finally:
+        if study.poll() is None:
+            study.kill()
+            study.wait(timeout=10)
+        if child is not None and _alive(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_a_second_runner_on_a_locked_run_folder_is_refused(tmp_path):
+    from lit_sr.run_folder import RunFolderLock
+    from lit_sr.study import load_study, run_study
+
+    study = load_study(sleeper_study(tmp_path))
+    folder = study.runs_dir / "A"
+    folder.mkdir(parents=True)
+    (folder / "train.log").write_text("written by the run that owns this folder\n")
+    with RunFolderLock(folder):
+        metas = run_study(study)
+    assert metas[0]["status"] == "locked" and f"run folder {folder} is in use" in metas[0]["error"]
+    assert (folder / "train.log").read_text() == "written by the run that owns this folder\n"  # untouched
