@@ -358,3 +358,40 @@ def test_a_second_runner_on_a_locked_run_folder_is_refused(tmp_path):
         metas = run_study(study)
     assert metas[0]["status"] == "locked" and f"run folder {folder} is in use" in metas[0]["error"]
     assert (folder / "train.log").read_text() == "written by the run that owns this folder\n"  # untouched
+
+
+# --------------------------------------------------------------------------- 5. a study hashes what a run reads
+def test_a_study_reruns_a_run_whose_config_contents_or_weights_changed(tmp_path, capsys):
+    from test_study import COLUMNS, write_study
+
+    from lit_sr.study import main
+
+    weights = tmp_path / "substitute.pth"
+    weights.write_bytes(b"weights of the first substitute")
+    path = write_study(tmp_path, f"runs: {{A: {{overrides: {{fake.clean_weights: {weights}}}}}}}\n",
+                       COLUMNS.replace("format: paired_delta", "format: float"))
+    calls = tmp_path / "out" / "fake" / "calls.txt"
+    assert main(["--config", str(path)]) == 0 and len(calls.read_text().split()) == 1
+    assert main(["--config", str(path)]) == 0 and len(calls.read_text().split()) == 1  # unchanged: not rerun
+    base = tmp_path / "base.yaml"
+    base.write_text(base.read_text().replace("psnr: 30.0", "psnr: 25.0"))  # same file name, new contents
+    capsys.readouterr()
+    assert main(["--config", str(path)]) == 0 and len(calls.read_text().split()) == 2
+    assert f"A: rerun, changed since its last run: {base.resolve()}" in capsys.readouterr().out
+    weights.write_bytes(b"weights of a retrained substitute")  # the path it names is the same
+    assert main(["--config", str(path)]) == 0 and len(calls.read_text().split()) == 3
+    assert f"changed since its last run: {weights.resolve()}" in capsys.readouterr().out
+
+
+def test_input_digests_follow_nested_configs_and_skip_the_runs_own_folder(tmp_path):
+    from lit_sr.run_inputs import MISSING, file_digest, input_digests
+
+    (tmp_path / "w.safetensors").write_bytes(b"w")
+    (tmp_path / "own").mkdir()
+    (tmp_path / "own" / "weights.pth").write_bytes(b"output")
+    (tmp_path / "model.yaml").write_text("init_args: {weights: w.safetensors}\n")  # relative to its config
+    (tmp_path / "base.yaml").write_text(f"model: {tmp_path / 'model.yaml'}\nlr: 0.1\n")
+    digests = input_digests([tmp_path / "base.yaml", tmp_path / "gone.yaml"],
+                            {"a": [str(tmp_path / "own" / "weights.pth"), "not a file"]}, exclude=[tmp_path / "own"])
+    assert digests == {str(tmp_path / n): file_digest(tmp_path / n) for n in ("base.yaml", "model.yaml", "w.safetensors")} | {
+        str(tmp_path / "gone.yaml"): MISSING}
