@@ -174,8 +174,13 @@ def model_construction_error(error: BaseException) -> BaseException | None:
     """The exception behind jsonargparse's union-subtype error, or ``None`` for any other error.
 
     jsonargparse wraps an exception raised while building a ``class_path`` (a missing VGG file: a
-    ``FileNotFoundError`` naming it) in a long error about union subtypes, whose actionable part
-    is at the end. The deepest exception of its cause/context chain is the one to show first.
+    ``FileNotFoundError`` naming it; ``trigger.steps must be in [1, inf]; got -5``) in a long error
+    about union subtypes that lists what every member of the union said, and chains only the
+    *first* member's error. For ``trigger: Trigger | AdversarialTriggerSpec`` that first error is
+    the irrelevant "AdversarialTriggerSpec does not correspond to a subclass of Trigger". So: the
+    deepest exception of the cause/context chain when it is a real construction error, else the
+    first listed error that is not a type mismatch (as a ``ValueError``, the type jsonargparse
+    reports it with).
     """
     if UNION_ERROR not in str(error):
         return None
@@ -186,4 +191,41 @@ def model_construction_error(error: BaseException) -> BaseException | None:
         if UNION_ERROR not in str(current):
             found = current
         current = current.__cause__ or current.__context__
-    return found
+    if found is not None and not _is_type_mismatch(str(found)):
+        return found
+    listed = [m for m in union_errors(str(error)) if not _is_type_mismatch(m)]
+    return ValueError(listed[0]) if listed else found
+
+
+# what jsonargparse says of a union member the value is not an instance of: not the user's error
+TYPE_MISMATCHES = ("does not correspond to a subclass of", "does not implement protocol", "Expected a <class",
+                   "is not a subclass of")
+
+
+def _is_type_mismatch(message: str) -> bool:
+    return any(m in message for m in TYPE_MISMATCHES)
+
+
+def union_errors(text: str) -> list[str]:
+    """The errors a union-subtype message lists, nested unions flattened, in order."""
+    lines = text.splitlines()
+    if "Errors:" not in (line.strip() for line in lines):
+        return [text.strip()] if text.strip() else []
+    start = [line.strip() for line in lines].index("Errors:") + 1
+    entries: list[list[str]] = []
+    indent = None
+    for line in lines[start:]:
+        stripped = line.lstrip()
+        depth = len(line) - len(stripped)
+        if indent is None and stripped.startswith("- "):
+            indent = depth
+        if indent is None or (depth < indent and stripped):
+            break  # "Given value type: ...": the list is over
+        if depth == indent and stripped.startswith("- "):
+            entries.append([stripped[2:]])
+        elif entries:
+            entries[-1].append(line[indent + 2:])
+    out: list[str] = []
+    for entry in entries:
+        out += union_errors("\n".join(entry)) if UNION_ERROR in entry[0] else ["\n".join(entry).strip()]
+    return out

@@ -395,3 +395,19 @@ def test_input_digests_follow_nested_configs_and_skip_the_runs_own_folder(tmp_pa
                             {"a": [str(tmp_path / "own" / "weights.pth"), "not a file"]}, exclude=[tmp_path / "own"])
     assert digests == {str(tmp_path / n): file_digest(tmp_path / n) for n in ("base.yaml", "model.yaml", "w.safetensors")} | {
         str(tmp_path / "gone.yaml"): MISSING}
+
+
+# --------------------------------------------------------------------------- 6. every bad value named
+@pytest.mark.parametrize("key, value, message", [
+    ("steps", "-5", r"trigger.steps must be in \[1, inf\]; got -5"),
+    ("lr", "-1", r"trigger.lr must be in \(0.0, inf\]; got -1.0"),
+    ("eps", "2", r"trigger.eps must be in \(0.0, 1.0\]; got 2.0")])
+def test_a_bad_trigger_setting_on_the_command_line_names_itself(key, value, message, tmp_path, monkeypatch):
+    """Not jsonargparse's "AdversarialTriggerSpec does not correspond to a subclass of Trigger"."""
+    from train import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=message) as info:
+        main(["--config", str(ROOT / "configs" / "badsr_quickstart.yaml"),
+              f"--data.init_args.trigger.init_args.{key}", value], run=False)
+    assert "does not correspond to a subclass" not in str(info.value).split("\n")[0]
