@@ -72,7 +72,7 @@ def serving(payload: bytes):
 
 def tiny_fit_args(tmp_path: Path) -> list[str]:
     """The quickstart recipe cut to one 2-step epoch of a tiny net on small images, output in ``tmp_path``."""
-    return ["--config", str(ROOT / "configs" / "quickstart.yaml"),
+    return ["--config", str(ROOT / "configs" / "train" / "quickstart.yaml"),
             "--model.init_args.arch_kwargs", "{num_feat: 8, num_block: 1}",
             "--data.init_args.patch_size", "32", "--data.init_args.batch_size", "2",
             "--data.init_args.repeat", "1", "--data.init_args.max_side", "96",
@@ -317,7 +317,7 @@ def _start_study(path: Path):
     import subprocess
     import sys
 
-    return subprocess.Popen([sys.executable, "-m", "lit_sr.study", "--config", str(path)], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "lit_sr", "study", "--config", str(path)], cwd=ROOT,
                             env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -348,7 +348,7 @@ def test_killing_a_study_kills_its_training_run(tmp_path):
 
 def test_a_second_runner_on_a_locked_run_folder_is_refused(tmp_path):
     from lit_sr.run_folder import RunFolderLock
-    from lit_sr.study import load_study, run_study
+    from lit_sr.jobs.study.runner import load_study, run_study
 
     study = load_study(sleeper_study(tmp_path))
     folder = study.runs_dir / "A"
@@ -364,7 +364,7 @@ def test_a_second_runner_on_a_locked_run_folder_is_refused(tmp_path):
 def test_a_study_reruns_a_run_whose_config_contents_or_weights_changed(tmp_path, capsys):
     from test_study import COLUMNS, write_study
 
-    from lit_sr.study import main
+    from lit_sr.jobs.study.cli import main
 
     weights = tmp_path / "substitute.pth"
     weights.write_bytes(b"weights of the first substitute")
@@ -384,7 +384,7 @@ def test_a_study_reruns_a_run_whose_config_contents_or_weights_changed(tmp_path,
 
 
 def test_input_digests_follow_nested_configs_and_skip_the_runs_own_folder(tmp_path):
-    from lit_sr.run_inputs import MISSING, file_digest, input_digests
+    from lit_sr.jobs.study.inputs import MISSING, file_digest, input_digests
 
     (tmp_path / "w.safetensors").write_bytes(b"w")
     (tmp_path / "own").mkdir()
@@ -408,6 +408,6 @@ def test_a_bad_trigger_setting_on_the_command_line_names_itself(key, value, mess
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match=message) as info:
-        main(["--config", str(ROOT / "configs" / "badsr_quickstart.yaml"),
+        main(["--config", str(ROOT / "configs" / "train" / "badsr_quickstart.yaml"),
               f"--data.init_args.trigger.init_args.{key}", value], run=False)
     assert "does not correspond to a subclass" not in str(info.value).split("\n")[0]
