@@ -64,9 +64,25 @@ def current_umask() -> int:
     return mask
 
 
-def _naming_target(exc: OSError, path: Path, doing: str) -> OSError:
-    """``exc`` again (same errno, so the same ``OSError`` subclass) with ``path`` as its file."""
-    return OSError(exc.errno, f"{exc.strerror or exc} ({doing}; nothing was written)", str(path))
+# how a Rust writer (safetensors' ``SafetensorError``) words an OS error: "I/O error: No space left
+# on device (os error 28)"; it is not an OSError, so without this the file it was writing goes unnamed
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def os_errno(exc: BaseException) -> int | None:
+    """The OS error number behind ``exc``: an ``OSError``'s ``errno``, or the ``(os error N)`` of a
+    Rust library's error (safetensors); ``None`` for any other exception."""
+    if isinstance(exc, OSError):
+        return exc.errno
+    found = _RUST_OS_ERROR.search(str(exc))
+    return int(found.group(1)) if found else None
+
+
+def _naming_target(exc: BaseException, path: Path, doing: str) -> OSError:
+    """``exc`` again as an ``OSError`` (same errno, so the same subclass) with ``path`` as its file."""
+    number = os_errno(exc)
+    reason = getattr(exc, "strerror", None) or (os.strerror(number) if number else str(exc))
+    return OSError(number, f"{reason} ({doing}; nothing was written)", str(path))
 
 
 @contextmanager
@@ -77,8 +93,10 @@ def atomic_write(path: str | os.PathLike, suffix: str | None = None):
     before the rename, so the artefact has the mode a plain ``open()`` would have given it (a
     cache or ``weights.pth`` shared with a group stays readable by it). If the block raises, the
     temporary file is removed and ``path`` is left as it was; an ``OSError`` from the file system
-    (a full disk, a read-only or vanished folder) is raised again with ``path`` as its file name,
-    with the same errno (so ``PermissionError`` stays a ``PermissionError``).
+    (a full disk, a read-only or vanished folder), or a writer library's error carrying one
+    (safetensors' ``SafetensorError``, see :func:`os_errno`), is raised again as an ``OSError``
+    with ``path`` as its file name and the same errno (so ``PermissionError`` stays a
+    ``PermissionError``).
     """
     path = Path(path)
     try:
@@ -95,7 +113,7 @@ def atomic_write(path: str | os.PathLike, suffix: str | None = None):
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         # errno None: an error of the caller's own (an ImageReadError naming its file), not of this write
-        if isinstance(exc, OSError) and exc.errno is not None:
+        if os_errno(exc) is not None:
             raise _naming_target(exc, path, "while writing") from exc
         raise
 

@@ -411,3 +411,142 @@ def test_a_bad_trigger_setting_on_the_command_line_names_itself(key, value, mess
         main(["--config", str(ROOT / "configs" / "train" / "badsr_quickstart.yaml"),
               f"--data.init_args.trigger.init_args.{key}", value], run=False)
     assert "does not correspond to a subclass" not in str(info.value).split("\n")[0]
+
+
+def _real_write_error(save_file, limit: int = 1024):
+    """``save_file`` under a 1 KiB file-size limit: safetensors' own error for a failed write (EFBIG)."""
+    import resource
+    import signal
+
+    def limited(*args, **kwargs):
+        previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+        try:
+            return save_file(*args, **kwargs)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+            signal.signal(signal.SIGXFSZ, previous)
+
+    return limited
+
+
+def _disk_full(*args, **kwargs):
+    """What safetensors raises on a full disk (its Rust io::Error, worded as it words it)."""
+    from safetensors import SafetensorError
+
+    raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+
+@pytest.mark.parametrize("fault", ["file size limit", "disk full"])
+def test_a_failed_safetensors_write_names_the_cache_file(fault, tmp_path, monkeypatch):
+    import errno
+    import re
+
+    import safetensors.torch
+    from test_poison_cache import make_dm
+
+    broken = _real_write_error(safetensors.torch.save_file) if fault == "file size limit" else _disk_full
+    monkeypatch.setattr(safetensors.torch, "save_file", broken)
+    with pytest.raises(OSError) as info:
+        make_dm(tmp_path).setup("fit")
+    message = str(info.value)
+    assert re.search(r"cache/[0-9a-f]{16}/(train|val)_\d{6}\.safetensors", message), message
+    if fault == "disk full":
+        assert info.value.errno == errno.ENOSPC and "the disk is full" in message
+    else:
+        assert info.value.errno == errno.EFBIG
+    assert not list((tmp_path / "cache").rglob(".*.safetensors"))  # no half-written temporary file left
+
+
+def test_a_truncated_manifest_is_named_and_rebuild_cache_rebuilds_it(tmp_path):
+    from test_poison_cache import make_dm
+
+    from lit_sr.poison.cache import CacheMismatchError
+
+    first = make_dm(tmp_path)
+    first.setup("fit")
+    manifest = first.cache.manifest_path
+    manifest.write_text(manifest.read_text()[:100])  # cut short, as a full disk or a kill during a copy leaves it
+    with pytest.raises(CacheMismatchError, match=rf"{manifest} is not valid JSON .*rebuild_cache: true"):
+        make_dm(tmp_path).setup("fit")
+    again = make_dm(tmp_path, rebuild_cache=True)
+    again.setup("fit")  # what the message advises now works
+    assert again.generated_samples > 0 and again.cache.read_manifest()["samples"]
+    i = again.candidate_indices[0]
+    torch.testing.assert_close(again.poisoned_pair(i)[0], first.poisoned_pair(i)[0])
+
+
+# --------------------------------------------------------------------------- 8. the cache reads only its own files
+def _plant_outside_sample(tmp_path: Path, dm, key: str) -> tuple[Path, dict]:
+    """A sample file outside the cache (every pixel 1) whose SHA-256 an edited manifest would record."""
+    from safetensors.torch import save_file
+
+    from lit_sr.poison.cache import sha256_file
+
+    shapes = dm.cache.shapes(key)
+    outside = tmp_path / "outside" / "x.safetensors"
+    outside.parent.mkdir()
+    save_file({name: torch.full(shape, 255, dtype=torch.uint8) for name, shape in shapes.items()}, str(outside))
+    return outside, {"sha256": sha256_file(outside)}
+
+
+@pytest.mark.parametrize("how", ["manifest path", "symlink"])
+def test_the_cache_never_reads_a_file_outside_its_folder(how, tmp_path):
+    import json
+    import os
+
+    from test_poison_cache import make_dm
+
+    from lit_sr.poison.cache import CacheMismatchError, PoisonCache
+
+    first = make_dm(tmp_path)
+    first.setup("fit")
+    i = first.candidate_indices[0]
+    key = next(k for k in first.cache.entries if k.startswith("train_") and int(k.split("_")[1]) == i)
+    clean = first.poisoned_pair(i)[0].clone()
+    outside, fields = _plant_outside_sample(tmp_path, first, key)
+    manifest = json.loads(first.cache.manifest_path.read_text())
+    entry = manifest["samples"][key]
+    if how == "manifest path":
+        fields["file"] = os.path.relpath(outside, first.cache.directory)  # "../../outside/x.safetensors"
+        expected = rf"entry '{key}' of .*manifest.json names the file '\.\./\.\./outside/x\.safetensors'"
+    else:
+        sample = first.cache.directory / entry["file"]
+        sample.unlink()
+        sample.symlink_to(outside)
+        expected = rf"entry '{key}' of .*manifest.json: .*{key}.safetensors is a symbolic link to {outside}"
+    entry.update(fields)
+    first.cache.manifest_path.write_text(json.dumps(manifest))
+
+    cache = PoisonCache(first.cache.directory, first.cache.config)
+    cache.load()
+    for read in (cache.read, cache.shapes, lambda k: cache.verify([k])):
+        with pytest.raises(CacheMismatchError, match=expected):
+            read(key)
+    reader = make_dm(tmp_path)
+    with pytest.warns(RuntimeWarning, match=expected):  # the writer makes that sample again, inside
+        reader.setup("fit")
+    torch.testing.assert_close(reader.poisoned_pair(i)[0], clean)  # not the planted all-white image
+    assert not (first.cache.directory / entry["file"]).is_symlink()
+
+
+def test_a_prepared_folder_never_reads_a_file_outside_it(tmp_path):
+    import json
+    import shutil
+
+    from test_data_prepare import make_folder
+
+    from lit_sr.data import PreparedDataMismatchError, prepare_subimages, read_prepared
+
+    make_folder(tmp_path / "hr", [(64, 64)])
+    out = tmp_path / "out"
+    prepare_subimages(tmp_path / "hr", out, scale=2, crop_size=32, step=32, progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    sub = manifest["images"][0]["sub_images"][0]
+    shutil.copy(out / sub["hr"], tmp_path / "elsewhere.png")  # same bytes, so only the path can give it away
+    sub["hr"] = "../elsewhere.png"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PreparedDataMismatchError, match=rf"sub-image '{sub['name']}' of .*manifest.json: its hr "
+                       r"file '\.\./elsewhere\.png' leads to .*elsewhere\.png, outside"):
+        read_prepared(out, verify=True)
