@@ -39,6 +39,10 @@ class WeightsMismatchError(RuntimeError):
     """A weights file does not fit the network: missing or unexpected keys, or tensors of other shapes."""
 
 
+class NonFiniteWeightsError(ValueError):
+    """Weights holding NaN or infinite values (a diverged run): never written as a result."""
+
+
 class WeightsReadError(OSError):
     """A weights file could not be read (truncated, corrupted or not a checkpoint at all)."""
 
@@ -393,7 +397,7 @@ def load_weights(
     or unexpected key raises it too, listing them. Returns the model.
     """
     state = read_state_dict(path, key=key)
-    _check_shapes(model, state, path)
+    check_shapes(model, state, path)
     result = model.load_state_dict(state, strict=False)
     if strict and (result.missing_keys or result.unexpected_keys):
         raise WeightsMismatchError(
@@ -404,7 +408,7 @@ def load_weights(
     return model
 
 
-def _check_shapes(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
+def check_shapes(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike, hint: str = "") -> None:
     """Raise :class:`WeightsMismatchError` listing every tensor of ``state`` whose shape ``model`` does not have."""
     own = model.state_dict()
     wrong = [
@@ -418,8 +422,8 @@ def _check_shapes(model: nn.Module, state: Mapping[str, torch.Tensor], path: str
         more = f" (and {len(wrong) - 10} more)" if len(wrong) > 10 else ""
         raise WeightsMismatchError(
             f"weights in {path} do not fit {type(model).__name__}: {len(wrong)} tensors have other shapes: "
-            f"{'; '.join(wrong[:10])}{more}. Build the network with the arguments it was trained with "
-            "(num_feat, num_block, scale, ...)"
+            f"{'; '.join(wrong[:10])}{more}. "
+            + (hint or "Build the network with the arguments it was trained with (num_feat, num_block, scale, ...)")
         )
 
 
@@ -431,10 +435,19 @@ def save_weights(
     ``.safetensors`` holds one state_dict: the EMA weights when given (what one deploys), else
     the model's. ``meta`` (plain values: which state, step, ...) goes in the ``.pth`` file's
     ``meta`` entry or the ``.safetensors`` header (as strings). The write is atomic.
+
+    Weights holding NaN or infinite values (a run that diverged) raise
+    :class:`NonFiniteWeightsError` naming the file and the first such tensor; nothing is written.
     """
     path = Path(path)
     params = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     ema = None if ema_model is None else {k: v.detach().cpu().contiguous() for k, v in ema_model.state_dict().items()}
+    for which, state in (("params", params), ("params_ema", ema or {})):
+        bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+        if bad is not None:
+            raise NonFiniteWeightsError(
+                f"refused to write {path}: {which} tensor {bad} holds NaN or infinite values (the run diverged: "
+                "lower the learning rate or clip gradients); nothing was written")
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 

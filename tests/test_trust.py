@@ -550,3 +550,105 @@ def test_a_prepared_folder_never_reads_a_file_outside_it(tmp_path):
     with pytest.raises(PreparedDataMismatchError, match=rf"sub-image '{sub['name']}' of .*manifest.json: its hr "
                        r"file '\.\./elsewhere\.png' leads to .*elsewhere\.png, outside"):
         read_prepared(out, verify=True)
+
+
+def test_a_cached_substitute_of_another_shape_is_named(tmp_path):
+    import json
+
+    from test_poison_cache import BADSR, make_dm
+
+    from lit_sr.io import WeightsMismatchError
+    from lit_sr.poison.substitute import SubstituteSpec, save_substitute
+
+    dm = make_dm(tmp_path, **BADSR)
+    dm.setup("fit")
+    folder = dm.cache.directory
+    wider = SubstituteSpec("edsr", {"num_feat": 16, "num_block": 1}, train_steps=1).build(dm.scale, seed=0)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["extra"]["substitute_sha256"] = save_substitute(wider, folder / "substitute.safetensors")
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(WeightsMismatchError, match=r"weights in .*substitute\.safetensors do not fit EDSR: .*"
+                       r"file \(16, 3, 3, 3\) vs network \(8, 3, 3, 3\).*delete the file"):
+        make_dm(tmp_path, **BADSR).setup("fit")
+
+
+@pytest.mark.parametrize("patch_size", [0, -8])
+def test_a_non_positive_patch_size_is_refused_when_the_data_module_is_built(patch_size):
+    from datamodules import EmbeddedPhotosDataModule
+
+    with pytest.raises(ValueError, match=rf"patch_size must be a positive multiple of the scale 2; got {patch_size}"):
+        EmbeddedPhotosDataModule(scale=2, patch_size=patch_size)
+
+
+@pytest.mark.parametrize("norm, eps, refused", [("pixel", 2.0, True), ("rms", 1.5, True), ("l2", 2.0, False)])
+def test_a_poisoned_hr_budget_above_the_pixel_scale_is_refused(norm, eps, refused, tmp_path):
+    from test_poison_cache import make_dm
+
+    if refused:
+        with pytest.raises(ValueError, match=rf"eps must be in \(0, 1\] on the \[0, 1\] pixel scale .*got {eps}"):
+            make_dm(tmp_path, eps=eps, poisoned_hr_norm=norm)
+    else:  # a raw L2 radius grows with the image: any positive value is meaningful
+        assert make_dm(tmp_path, eps=eps, poisoned_hr_norm=norm).eps == eps
+
+
+def test_a_model_scale_other_than_the_datas_is_refused_before_any_work(tmp_path, monkeypatch):
+    from train import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"SRModule upscales x2 but the data module EmbeddedPhotosDataModule serves x4 "
+                                         r"pairs: set model.init_args.scale 4 or data.init_args.scale 2"):
+        main([*tiny_fit_args(tmp_path), "--model.init_args.scale", "2"], run=False)
+
+
+def test_the_module_checks_the_scale_too_when_driven_from_python(tmp_path):
+    import lightning as L
+
+    from datamodules import EmbeddedPhotosDataModule
+    from lit_sr.modules import SRModule
+
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_checkpointing=False, max_steps=1,
+                        default_root_dir=tmp_path)
+    data = EmbeddedPhotosDataModule(scale=4, patch_size=32, batch_size=2, max_side=96, max_val_images=1, num_workers=0)
+    model = SRModule(arch_kwargs={"num_feat": 8, "num_block": 1}, scale=2)
+    with pytest.raises(ValueError, match=r"SRModule upscales x2 but the data module .* serves x4 pairs"):
+        trainer.fit(model, datamodule=data)
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-1.0e-4"])
+def test_a_learning_rate_from_a_yaml_file_is_checked_like_the_command_line(value, tmp_path, monkeypatch):
+    from train import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lr.yaml").write_text(f"model:\n  init_args:\n    lr: {value}\n")
+    with pytest.raises(ValueError, match=r"lr must be (finite|in \(0, inf\]); got"):
+        main([*tiny_fit_args(tmp_path), "--config", str(tmp_path / "lr.yaml")], run=False)
+
+
+# --------------------------------------------------------------------------- 7. a diverged run fails, exports nothing
+def test_a_run_whose_loss_turns_nan_stops_with_a_message_and_exports_nothing(tmp_path, monkeypatch):
+    from callbacks import NonFiniteLossError
+    from train import main
+
+    monkeypatch.chdir(tmp_path)
+    args = [arg if arg != "2" or prev != "--trainer.limit_train_batches" else "6"
+            for prev, arg in zip(["", *tiny_fit_args(tmp_path)], tiny_fit_args(tmp_path))]
+    with pytest.raises(NonFiniteLossError, match=r"training stopped at step \d+ \(epoch 0, batch \d\): loss = "
+                                                 r"(nan|inf) is not finite. The run diverged \(model.init_args.lr is "
+                                                 r"1e\+09\).*No weights were exported"):
+        main(["fit", *args, "--model.init_args.lr", "1e9"])
+    assert not list((tmp_path / "runs").rglob("weights*.pth"))
+    assert not list((tmp_path / "runs").rglob("*.ckpt"))
+
+
+def test_nan_weights_are_never_written(tmp_path):
+    from torch import nn
+
+    from lit_sr.io import NonFiniteWeightsError, save_weights
+
+    net = nn.Conv2d(3, 3, 3)
+    with torch.no_grad():
+        net.weight[0, 0, 0, 0] = float("nan")
+    for name in ("weights.pth", "weights.safetensors"):
+        with pytest.raises(NonFiniteWeightsError, match=rf"refused to write .*{name}: params tensor weight holds NaN"):
+            save_weights(net, tmp_path / name)
+        assert not (tmp_path / name).exists()

@@ -27,11 +27,13 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 
 from callbacks.prediction_writer import PredictionWriter
+from callbacks.stop_on_nonfinite import StopOnNonFiniteLoss
 from callbacks.stop_on_signal import StopOnSigterm
 from lit_sr.checkpoint_io import UnsafeCheckpointSettingError, install_safe_checkpoint_io
 from lit_sr.io import is_remote_path, load_checkpoint
 from lit_sr.run_folder import RunFolderClashError, clash_message, first_clash
 from lit_sr.runtime import close_process_group
+from lit_sr.validation import HasScale, check_same_scale
 
 
 def explicit_model_keys(argv: Iterable[str]) -> list[str]:
@@ -174,6 +176,8 @@ class SRLightningCLI(LightningCLI):
             except Exception:  # an exception class with another constructor: show it unchanged
                 raise cause from error
             raise surfaced from cause
+        if isinstance(self.model, HasScale):  # before the data module's setup (poison generation) runs
+            check_same_scale(self.model.scale, self.datamodule, type(self.model).__name__)
 
 
 UNION_ERROR = "Does not validate against any of the Union subtypes"
@@ -256,6 +260,7 @@ class TrainCLI(SRLightningCLI):
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks.append(StopOnSigterm())  # Lightning's predict loop ignores SIGTERM otherwise
+        trainer.callbacks.append(StopOnNonFiniteLoss())  # a diverged run fails with a message
         return trainer
 
 
