@@ -652,3 +652,59 @@ def test_nan_weights_are_never_written(tmp_path):
         with pytest.raises(NonFiniteWeightsError, match=rf"refused to write .*{name}: params tensor weight holds NaN"):
             save_weights(net, tmp_path / name)
         assert not (tmp_path / name).exists()
+
+
+# --------------------------------------------------------------------------- 9. DDP: no stale tokens, true summaries
+# Two gloo ranks find their folder group, then crash (os._exit, as kill -9: no cleanup) before the
+# end of generation, where the tokens used to be removed.
+GROUP_THEN_CRASH = """
+import datetime, os, sys
+import torch.distributed as dist
+from lit_sr.poison import sharding
+rank, port, root = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                        timeout=datetime.timedelta(seconds=60))
+group, folder = sharding.folder_group(root)
+assert group.members == (0, 1), group
+dist.barrier()
+os._exit(17)
+"""
+
+
+def test_a_rank_crash_after_grouping_leaves_no_peer_tokens(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from test_poison_sharding import free_port
+
+    root = tmp_path / ".peers"
+    stale, live = root / ("0" * 32), root / ("f" * 32)  # left by a crash an hour ago; another run's, just now
+    for folder in (stale, live):
+        folder.mkdir(parents=True)
+        (folder / "rank00001").write_text("1")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, "-c", GROUP_THEN_CRASH, str(r), str(port), str(root)], env=env,
+                              stderr=subprocess.PIPE, text=True) for r in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 17, err[-3000:]
+    assert sorted(p.name for p in root.iterdir()) == [live.name]  # this run's tokens and the stale folder gone
+
+
+def test_the_summary_says_a_configured_selection_has_not_run_yet(tmp_path):
+    from test_backdoor_callbacks import GradientScorer, PoisonSelectionCallback, ValData, _fit
+
+    from callbacks import BackdoorEvalCallback, BackdoorSummary
+
+    sel = PoisonSelectionCallback(scorer=GradientScorer(batch_size=6, sketch_dim=16), every_n_epochs=5,
+                                  save_plot=False)
+    summary = BackdoorSummary()
+    _fit(tmp_path, [sel, BackdoorEvalCallback(num_grid_images=0), summary], max_epochs=1, data=ValData())
+    assert sel.selection_results.last is None  # it had not reached epoch 5
+    table = summary.table()
+    assert "selection: none ran yet (the selection callback is configured" in table
+    assert "no PoisonSelectionCallback" not in table
