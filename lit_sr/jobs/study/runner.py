@@ -54,9 +54,10 @@ from pathlib import Path
 from typing import Any
 
 from lit_sr.child_process import run_child
+from lit_sr.errors import ConfigError
 from lit_sr.io import atomic_write
-from lit_sr.run_folder import RunFolderLock, RunFolderLockedError
 from lit_sr.jobs.study.inputs import changed_inputs, input_digests
+from lit_sr.run_folder import RunFolderLock, RunFolderLockedError
 
 FORMATS = ("rate", "pct", "db", "float", "int", "text", "paired_delta")
 STUDY_KEYS = {"name", "output_dir", "base_config", "train_script", "subcommand", "overrides", "runs", "grid",
@@ -64,10 +65,6 @@ STUDY_KEYS = {"name", "output_dir", "base_config", "train_script", "subcommand",
 RUN_KEYS = {"overrides", "config", "results_file", "row", "in_table", "grid"}
 NOT_APPLICABLE = "n/a (0 included)"
 MISSING = "-"
-
-
-class StudyConfigError(ValueError):
-    """A study YAML file that cannot be run; the message names the file and the key."""
 
 
 # --------------------------------------------------------------------------- configuration
@@ -148,8 +145,8 @@ class Study:
         return self.study_dir / "runs"
 
 
-def _fail(source: Path, key: str, message: str) -> StudyConfigError:
-    return StudyConfigError(f"{source}: {key}: {message}")
+def _fail(source: Path, key: str, message: str) -> ConfigError:
+    return ConfigError(f"{source}: {key}: {message}")
 
 
 def expand_dotted(flat: dict[str, Any], source: Path, key: str) -> dict[str, Any]:
