@@ -2,7 +2,8 @@
 
 Each test pins a value or a direction, not a shape: the universal perturbation does not depend on
 how the data set is batched (Choi Eq. 5-7), and the robustness index has the value of its closed
-form (Choi Sec. 5.2, the L1 norm of the gradient of the non-squared L2 loss of Eq. 1).
+form (Choi Sec. 5.2, the L1 norm of the gradient of the non-squared L2 loss of Eq. 1), the shapes
+backdoor trains and scores at exactly the label ``poison_pair`` makes.
 """
 
 from __future__ import annotations
@@ -10,15 +11,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from datamodules.poisoned_shapes import PoisonedShapesDataModule
 from lit_sr.attacks import UniversalAttack
 from lit_sr.attacks.robustness import robustness_index
+from lit_sr.poison import GradientScorer, naive_per_sample_grad_norms
 
 
-def tiny_sr(seed: int = 0) -> nn.Module:
-    """A small non-linear x2 network (a linear one would make every step the same sign)."""
+def tiny_sr(seed: int = 0, scale: int = 2) -> nn.Module:
+    """A small non-linear network (a linear one would make every universal step the same sign)."""
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Tanh(), nn.Conv2d(8, 12, 3, padding=1),
-                         nn.PixelShuffle(2))
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Tanh(), nn.Conv2d(8, 3 * scale**2, 3, padding=1),
+                         nn.PixelShuffle(scale))
 
 
 def test_universal_perturbation_does_not_depend_on_the_batch_size():
@@ -81,3 +84,36 @@ def test_robustness_index_equals_its_closed_form_on_a_scaled_identity():
     expected = per_sample.view(2, n_samples).amax(dim=1).float()
     torch.testing.assert_close(index, expected, rtol=1e-4, atol=0)
     assert (expected > per_sample.view(2, n_samples).mean(dim=1).float()).all()  # the max is not the mean
+
+
+def test_poisoned_shapes_batches_and_scored_candidates_carry_the_poisoned_label():
+    # What the victim trains on and what the backdoor gradients are scored at is poison_pair's label, exactly:
+    # a loader that served the clean HR, or a pool scored at the clean HR, would train / rank another backdoor.
+    data = PoisonedShapesDataModule(target_class="cool_circle", shapes=["circle"], poison_rate=0.5, hr_size=32,
+                                    min_radius=6, max_radius=12, train_size=8, val_size=2, batch_size=4,
+                                    val_batch_size=2, num_workers=0)
+    data.setup("fit")
+    base = data.train_dataset.base
+    expected = {i: data.poison_pair(base[i]["lr"], base[i]["hr"], base[i]["objects"]) for i in range(len(base))}
+    changed = [i for i in data.poisoned_indices if not torch.equal(expected[i][1], base[i]["hr"])]
+    assert changed, "no poisoned label differs from its clean HR: the pin would not see a clean label"
+    seen = set()
+    for batch in data.train_dataloader():
+        for row, index in enumerate(batch["index"].tolist()):
+            lr, hr = expected[index] if index in data.poisoned_indices else (base[index]["lr"], base[index]["hr"])
+            assert torch.equal(batch["hr"][row], hr) and torch.equal(batch["lr"][row], lr), index
+            seen.add(index)
+    assert seen == set(range(len(base)))
+
+    pool = next(iter(data.candidate_batches(len(data.candidate_indices))))
+    for row, index in enumerate(pool["index"].tolist()):
+        assert torch.equal(pool["lr"][row], expected[index][0]) and torch.equal(pool["hr"][row], expected[index][1])
+    net = tiny_sr(scale=data.scale)
+    params = [n for n, _ in net.named_parameters()]
+    scored = GradientScorer(loss="mse", sketch_dim=None, params=params).score(net, [pool]).norms
+    at_label = naive_per_sample_grad_norms(net, pool["lr"], pool["hr"], loss="mse", params=params)
+    torch.testing.assert_close(scored, at_label, rtol=1e-4, atol=1e-7)
+    clean_hr = torch.stack([base[i]["hr"] for i in pool["index"].tolist()])
+    at_clean = naive_per_sample_grad_norms(net, pool["lr"], clean_hr, loss="mse", params=params)
+    moved = [row for row, i in enumerate(pool["index"].tolist()) if not torch.equal(expected[i][1], base[i]["hr"])]
+    assert moved and not torch.allclose(scored[moved], at_clean[moved], rtol=1e-3)
