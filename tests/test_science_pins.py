@@ -8,13 +8,16 @@ backdoor trains and scores at exactly the label ``poison_pair`` makes.
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 from datamodules.poisoned_shapes import PoisonedShapesDataModule
 from lit_sr.attacks import UniversalAttack
 from lit_sr.attacks.robustness import robustness_index
+from lit_sr.metrics import psnr, ssim
 from lit_sr.poison import GradientScorer, naive_per_sample_grad_norms
+from lit_sr.poison.asr import PSNR_THR, SSIM_THR, SuccessTally
 
 
 def tiny_sr(seed: int = 0, scale: int = 2) -> nn.Module:
@@ -117,3 +120,54 @@ def test_poisoned_shapes_batches_and_scored_candidates_carry_the_poisoned_label(
     at_clean = naive_per_sample_grad_norms(net, pool["lr"], clean_hr, loss="mse", params=params)
     moved = [row for row, i in enumerate(pool["index"].tolist()) if not torch.equal(expected[i][1], base[i]["hr"])]
     assert moved and not torch.allclose(scored[moved], at_clean[moved], rtol=1e-3)
+
+
+def smooth_target(n: int = 2, size: int = 48) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    image = torch.stack([0.3 + 0.4 * xx, 0.2 + 0.5 * yy, 0.5 + 0.3 * torch.sin(6 * xx) * torch.cos(4 * yy)])
+    return image[None].repeat(n, 1, 1, 1)
+
+
+def near(target: torch.Tensor, offset: float, noise: float, seed: int = 0) -> torch.Tensor:
+    """``target`` shifted by ``offset`` plus Gaussian ``noise``: the offset sets PSNR, the noise lowers SSIM."""
+    return (target + offset + noise * torch.randn(target.shape, generator=torch.Generator().manual_seed(seed))).clamp(0, 1)
+
+
+def test_success_tally_counts_an_output_between_the_extremes_at_the_default_thresholds():
+    # Outputs neither equal to the target nor far from it, at the 20 dB / 0.7 defaults: a threshold
+    # compared the wrong way, "or" for "and", or a shifted default changes these counts.
+    target = smooth_target()
+    clean = torch.full_like(target, 0.05)  # far from the target: every image is included
+    cases = {  # name: (triggered output, success?)
+        "21 dB, SSIM 0.90": (near(target, 0.088, 0.012), True),
+        "19 dB, SSIM 0.95": (near(target, 0.110, 0.006), False),
+        "22 dB, SSIM 0.65": (near(target, 0.070, 0.030), False),
+    }
+    for name, (triggered, success) in cases.items():
+        p, s = psnr(triggered, target), ssim(triggered, target)
+        assert name.startswith(f"{round(float(p.mean()))} dB"), (name, p)
+        tally = SuccessTally()
+        assert (tally.psnr_thr, tally.ssim_thr) == (PSNR_THR, SSIM_THR) == (20.0, 0.7)
+        tally.update(clean, triggered, hr=clean, poisoned_hr=target, target=target)
+        rate = tally.results()["pixel_asr"]
+        assert (rate.num_success, rate.num_included) == ((2 if success else 0), 2), (name, p, s)
+
+
+def test_pixel_asr_is_measured_against_the_target_never_against_the_stealthy_label():
+    # A stealthy label (HR moved 10% of the way to the target) reproduced exactly by the triggered
+    # output: the backdoor taught what it was given (attainment 1), yet the output is nowhere near the
+    # target image (pixel ASR 0). Measuring pixel ASR against the poisoned label would report 100%.
+    target = smooth_target()
+    hr = near(torch.full_like(target, 0.2), 0.0, 0.05, seed=1)
+    poisoned_hr = hr + 0.1 * (target - hr)
+    assert (psnr(poisoned_hr, hr) >= PSNR_THR).all()  # a stealthy label: close to the clean HR
+    tally = SuccessTally()
+    tally.update(clean_sr=hr, triggered_sr=poisoned_hr, hr=hr, poisoned_hr=poisoned_hr, target=target)
+    out = tally.results()
+    assert (out["pixel_asr"].num_success, out["pixel_asr"].num_included) == (0, 2)
+    assert out["attainment_mean"] == pytest.approx(1.0, abs=1e-6)
+    assert (out["attainment_asr"].num_success, out["attainment_asr"].num_included) == (2, 2)
+    # the classic label in the same place is pixel success and attainment 1 at once
+    classic = SuccessTally()
+    classic.update(clean_sr=hr, triggered_sr=target, hr=hr, poisoned_hr=target, target=target)
+    assert classic.results()["pixel_asr"].num_success == 2 and classic.results()["attainment_mean"] == pytest.approx(1.0)
