@@ -19,6 +19,7 @@ from lit_sr.attacks.robustness import robustness_index
 from lit_sr.backdoor_defenses import CleanSubset, FineTuning, NeuralAttentionDistillation
 from lit_sr.backdoor_defenses.distillation import FeatureTap, attention_map
 from lit_sr.metrics import psnr, ssim
+from lit_sr.modules.robust_module import RobustFinetuneModule
 from lit_sr.poison import GradientScorer, naive_per_sample_grad_norms
 from lit_sr.poison.asr import PSNR_THR, SSIM_THR, SuccessTally
 
@@ -206,3 +207,22 @@ def test_nad_pulls_the_students_attention_towards_the_teachers():
         nad = NeuralAttentionDistillation(beta=beta, **settings)
         gaps[beta] = attention_gap(nad.repair(net, clean), teacher, layers, clean.lr)
     assert gaps[5000.0] < 0.5 * gaps[0.0], gaps
+
+
+@pytest.mark.parametrize("attack", ["pgd", "ifgsm", "fast"])
+def test_robust_finetuning_trains_on_inputs_that_raise_the_loss(attack, small_photos, crop_pairs):
+    # The inner attack maximises the pixel loss against HR: an attack that minimised it from a random start
+    # would be noise augmentation (and still beat the clean control), so its input must do worse than
+    # both the clean input and uniform noise of the same eps.
+    torch.manual_seed(0)
+    module = RobustFinetuneModule(attack=attack, eps=4 / 255, steps=5, attack_seed=0, arch="edsr",
+                                  arch_kwargs={"num_feat": 8, "num_block": 1}, scale=2)
+    lr, hr = crop_pairs(small_photos, 4, torch.Generator().manual_seed(5))
+    adv, _ = module.craft(lr, hr)
+    assert (adv - lr).abs().max() <= 4 / 255 + 1e-6
+    noise = (lr + (torch.rand(lr.shape, generator=torch.Generator().manual_seed(6)) * 2 - 1) * 4 / 255).clamp(0, 1)
+    with torch.no_grad():
+        loss = {name: (module.net(x) - hr).abs().flatten(1).mean(1) for name, x in
+                (("adv", adv), ("clean", lr), ("noise", noise))}
+    assert (loss["adv"] > loss["clean"]).all() and (loss["adv"] > loss["noise"]).all(), loss
+    assert (loss["adv"] - loss["clean"]).mean() > 3 * (loss["noise"] - loss["clean"]).abs().mean(), loss
