@@ -16,7 +16,8 @@ from datamodules.poisoned_shapes import PoisonedShapesDataModule
 from lit_sr.archs import build_arch
 from lit_sr.attacks import UniversalAttack
 from lit_sr.attacks.robustness import robustness_index
-from lit_sr.backdoor_defenses import CleanSubset, FineTuning, NeuralAttentionDistillation
+import lit_sr.backdoor_defenses.unlearning as unlearning
+from lit_sr.backdoor_defenses import AdversarialUnlearning, CleanSubset, FineTuning, NeuralAttentionDistillation
 from lit_sr.backdoor_defenses.distillation import FeatureTap, attention_map
 from lit_sr.metrics import psnr, ssim
 from lit_sr.modules.robust_module import RobustFinetuneModule
@@ -226,3 +227,32 @@ def test_robust_finetuning_trains_on_inputs_that_raise_the_loss(attack, small_ph
                 (("adv", adv), ("clean", lr), ("noise", noise))}
     assert (loss["adv"] > loss["clean"]).all() and (loss["adv"] > loss["noise"]).all(), loss
     assert (loss["adv"] - loss["clean"]).mean() > 3 * (loss["noise"] - loss["clean"]).abs().mean(), loss
+
+
+def test_adversarial_unlearning_searches_a_perturbation_that_maximises_the_output_change(monkeypatch):
+    # The inner step of I-BAU is a maximisation: the universal perturbation of the first round (found on
+    # the backdoored network itself) changes the outputs more than uniform noise and than +-eps sign
+    # noise of the same budget. A search that descended would land below both.
+    made: list[UniversalAttack] = []
+
+    class Recorded(UniversalAttack):
+        def fit(self, data, hr=None):
+            made.append(self)
+            return super().fit(data, hr)
+
+    monkeypatch.setattr(unlearning, "UniversalAttack", Recorded)
+    net, clean, eps = tiny_edsr(), clean_pairs(), 0.05
+    AdversarialUnlearning(steps=2, rounds=2, eps=eps, attack_steps=8, lr=1e-3, batch_size=4, seed=0).repair(net, clean)
+    assert len(made) == 2
+    delta = made[0].perturbation
+    assert delta.abs().max() <= eps + 1e-6
+
+    def change(x: torch.Tensor) -> float:
+        with torch.no_grad():
+            return float((net(x) - net(clean.lr)).pow(2).flatten(1).sum(1).mean())
+
+    g = torch.Generator().manual_seed(7)
+    uniform = (clean.lr + (torch.rand(clean.lr.shape, generator=g) * 2 - 1) * eps).clamp(0, 1)
+    sign = (clean.lr + eps * (torch.rand(delta.shape, generator=g) * 2 - 1).sign()).clamp(0, 1)
+    found = change(made[0].forward(clean.lr))
+    assert found > 2 * change(uniform) and found > 1.5 * change(sign), (found, change(uniform), change(sign))
