@@ -22,8 +22,9 @@ from datamodules import export_embedded_photos
 from datamodules.sr import EMBEDDED_TRAIN, load_embedded_photo
 from lit_sr.archs import build_arch
 from lit_sr.attacks.spec import eps_label, parse_eps
+from lit_sr.errors import ConfigError
 from lit_sr.io import read_image, save_weights
-from lit_sr.jobs.evaluate import ConfigError, load_config, parse_config, run_report
+from lit_sr.jobs.evaluate import load_config, parse_config, run_report
 from lit_sr.jobs.evaluate.cli import main
 from lit_sr.ops import imresize
 
@@ -125,7 +126,7 @@ def test_report_writes_tables_plots_summary_and_ranks_bicubic_most_robust(assets
 
 def test_shipped_configs_parse():
     for name in ("robustness_choi2019.yaml", "robustness_quick.yaml"):
-        cfg = load_config(ROOT / "configs" / name)
+        cfg = load_config(ROOT / "configs" / "evaluate" / name)
         assert "bicubic" in cfg.models and cfg.attacks
     choi = load_config(ROOT / "configs" / "evaluate" / "robustness_choi2019.yaml")
     assert [eps_label(e) for e in choi.eps] == ["eps1", "eps2", "eps4", "eps8", "eps16", "eps32"]
