@@ -62,7 +62,7 @@ from lit_sr.archs import arch_kwargs_with_scale, build_arch
 from lit_sr.io import atomic_write, load_weights, read_image, write_image
 from lit_sr.metrics import psnr, ssim
 from lit_sr.ops import imresize
-from lit_sr.poison.asr import Rate, SuccessTally, feature_asr
+from lit_sr.poison.asr import PSNR_THR, SSIM_THR, Rate, SuccessTally, feature_asr
 from lit_sr.runtime import model_device
 from lit_sr.tables import fmt, text_table
 from lit_sr.validation import check_number
@@ -223,8 +223,8 @@ class BackdoorEvalCallback(L.Callback):
     def __init__(
         self,
         every_n_epochs: int = 1,
-        psnr_thr: float = 20.0,
-        ssim_thr: float = 0.7,
+        psnr_thr: float = PSNR_THR,
+        ssim_thr: float = SSIM_THR,
         attainment_thr: float = 0.5,
         max_images: int | None = None,
         num_grid_images: int = 2,
@@ -364,8 +364,8 @@ def evaluate_backdoor_on_datamodule(
     sr_fn: Callable[[torch.Tensor], torch.Tensor],
     datamodule: PoisonedData,
     device: torch.device,
-    psnr_thr: float = 20.0,
-    ssim_thr: float = 0.7,
+    psnr_thr: float = PSNR_THR,
+    ssim_thr: float = SSIM_THR,
     scale: int = 4,
     max_images: int | None = None,
     attainment_thr: float = 0.5,
@@ -450,8 +450,8 @@ class BackdoorSummary(L.Callback):
         clean_weights: str | None = None,
         clean_arch: str | None = None,
         clean_arch_kwargs: dict[str, Any] | None = None,
-        psnr_thr: float = 20.0,
-        ssim_thr: float = 0.7,
+        psnr_thr: float = PSNR_THR,
+        ssim_thr: float = SSIM_THR,
         max_images: int | None = None,
         output: str = "backdoor_summary.json",
         selection: SelectionResults | None = None,

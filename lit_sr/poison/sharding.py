@@ -88,6 +88,15 @@ def broadcast_module(net: nn.Module, src: int = 0) -> None:
             tensor.copy_(moved.to(tensor.device))
 
 
+def broadcast_object(obj: T, src: int = 0) -> T:
+    """``src``'s ``obj`` (any picklable value made by this program) on every rank; ``obj`` itself with one process."""
+    if not distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src, device=collective_device())
+    return box[0]
+
+
 @dataclass(frozen=True)
 class FolderGroup:
     """The ranks that write one cache folder, and this rank's place among them.
