@@ -297,7 +297,9 @@ class MatchExtract(nn.Module):
         k = self.lr_block_size
         n, c, hp, wp = lr_padded.shape
         offsets = torch.tensor([-dilation, 0, dilation], device=lr_padded.device)
-        centre = k // 2  # in the padded block (the authors' k // 2 of a (k+2)-wide block)
+        # the authors' ``search`` is given the replicate-padded (k+2)-wide block and takes its centre,
+        # (k + 2) // 2 (5 for k = 8): LR pixel k // 2 of the block, not k // 2 - 1
+        centre = (k + 2) // 2
         rows = (torch.arange((hp - 2) // k, device=lr_padded.device) * k + centre)[:, None] + offsets
         cols = (torch.arange((wp - 2) // k, device=lr_padded.device) * k + centre)[:, None] + offsets
         patches = lr_padded[:, :, rows[:, None, :, None], cols[None, :, None, :]]  # (N, C, py, px, 3, 3)
