@@ -466,10 +466,16 @@ class TTSR(nn.Module):
     authors re-copy ``LTE`` into it before each use, so the stored values are never read).
     Anything else in those names is refused with a ``ValueError`` naming the keys.
 
-    Resizing: LR-up and Ref-down-up are MATLAB bicubic (antialiased when downscaling) on float
-    tensors, inside the network so an attack on ``ref`` is differentiated through them; the
-    authors' CUFED loader makes them with PIL bicubic on uint8 images instead (see
-    :func:`lit_sr.ops.imresize` for the measured difference).
+    Resizing: lit-sr makes LR-up and Ref-down-up with MATLAB bicubic (:func:`lit_sr.ops.imresize`,
+    antialiased when downscaling) on float tensors, inside the network; the authors' CUFED loader
+    makes them with PIL bicubic on uint8 images. MATLAB's because it is differentiable and batched
+    on the model's device (an attack on ``ref`` goes through Ref-down-up), it is the resize that
+    made the benchmarks' LR images (CUFED5 included), and it is lit-sr's one resize everywhere.
+    Measured on 160 px crops of the scikit-image photos (``benchmarks/resize_pil_vs_matlab.py``,
+    [0, 1] scale): /4 differs by at most 0.016 inside (mean 0.0004 after uint8 rounding: PIL
+    rounds to uint8 between its two passes) and up to 0.071 in the 2-px border (PIL renormalises
+    the truncated kernel, MATLAB mirrors the image); /4 then x4 by up to 0.047 inside and 0.082 at
+    the border. So weights trained on the authors' pipeline see slightly other inputs here.
     """
 
     def __init__(
