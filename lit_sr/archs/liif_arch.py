@@ -275,6 +275,16 @@ class LIIF(nn.Module):
         rgb = self.query(lr, coord, cell)
         return rgb.transpose(1, 2).reshape(n, -1, out_h, out_w)
 
+    def check_args(self, kwargs: Mapping[str, Any], source: str) -> None:
+        """Raise a ``ValueError`` if ``kwargs`` (e.g. a checkpoint's) set a decoding switch otherwise than this network.
+
+        The switches change how the same weights decode (``local_ensemble`` not even a shape), so
+        a file trained with other ones must not be loaded silently.
+        """
+        differ = {k: kwargs[k] for k in sorted(_LIIF_ARGS) if k in kwargs and bool(kwargs[k]) != getattr(self, k)}
+        if differ:
+            raise ValueError(f"{source} was trained with {differ}; build LIIF with the same arguments")
+
     def at_scale(self, scale: float) -> LIIFAtScale:
         """This network (shared weights) as a fixed-scale SR module: ``lr -> net(lr, scale=scale)``."""
         return LIIFAtScale(self, scale)
@@ -366,6 +376,13 @@ def read_liif_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: model['sd'] is not a flat dict of tensors")
     return kwargs, {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def is_liif_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds the authors' ``{'model': {'name': 'liif', 'args', 'sd'}}`` layout."""
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    model = obj.get("model") if isinstance(obj, Mapping) else None
+    return isinstance(model, Mapping) and model.get("name") == "liif" and {"args", "sd"} <= set(model)
 
 
 def load_liif_checkpoint(path: str | os.PathLike, **overrides: Any) -> LIIF:
