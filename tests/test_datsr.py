@@ -277,3 +277,27 @@ def test_refsr_module_trains_datsr_with_both_loss_sets(tmp_path):
         rates = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
         assert rates[id(module.net.net_g.dyn_agg_restore.up_small_offset_conv1.weight)] == 1e-6
         assert rates[id(module.net.net_g.dyn_agg_restore.up_medium_offset_conv1.weight)] == module.hparams.lr
+
+
+@pytest.mark.parametrize("name", ["datsr_quickstart", "datsr_rec_cufed", "datsr_cufed"])
+def test_datsr_recipes_parse(name, capsys):
+    from pathlib import Path
+
+    import yaml
+
+    from train import main
+
+    config = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    init = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
+    assert init["arch"] == "datsr"
+    assert init["losses"] == ("full" if name == "datsr_cufed" else "rec")
+    if name != "datsr_quickstart":  # the authors' CUFED network and optimiser
+        kwargs = init["arch_kwargs"]
+        assert (kwargs["ngf"], kwargs["n_blocks"], kwargs["groups"], kwargs["depths"], kwargs["num_heads"]) == (
+            128, 8, 8, [4, 4], [4, 4])
+        assert init["lr_groups"] == {"*small*offset*": 1e-6, "*medium*offset*": 1e-5}
+    if name == "datsr_cufed":
+        assert (init["disc_arch"], init["perceptual_criterion"], init["adv_weight"]) == ("image_discriminator", "fro", 1e-6)

@@ -27,7 +27,7 @@ from lit_sr.archs import build_arch
 from lit_sr.archs.ttsr_arch import TTSRDiscriminator
 from lit_sr.attacks.refsr_adv import refsr_attack_report
 from lit_sr.io import atomic_write, load_weights, save_weights
-from lit_sr.losses import PERCEPTUAL_PREFIX, PerceptualLoss, drop_frozen_perceptual, restore_frozen_perceptual
+from lit_sr.losses import PERCEPTUAL_PREFIX, Criterion, PerceptualLoss, drop_frozen_perceptual, restore_frozen_perceptual
 from lit_sr.modules.sr_module import EVAL_METRICS, arch_kwargs_with_scale, sr_metrics
 from lit_sr.runtime import Autocast, grad_enabled_outside_inference
 from lit_sr.validation import check_eps, check_int, check_number
@@ -72,6 +72,8 @@ class RefSRModule(L.LightningModule):
         warmup_epochs: with ``"full"``, the first epochs train on L1 only (TTSR's num_init_epochs, 2).
         vgg_weights: torchvision VGG19 file of the perceptual loss (relu5_1, MSE, as TTSR); default
             the torch hub cache. Missing with ``losses="full"``: ``FileNotFoundError`` naming it.
+        perceptual_criterion: distance of the perceptual loss on relu5_1: ``"l2"`` (TTSR's MSE),
+            ``"fro"`` (DATSR's Frobenius norm of the difference over the batch) or ``"l1"``.
         perceptual_pretrained: ``False`` builds the perceptual VGG at random (tests only: its
             "perceptual" loss then measures nothing).
         disc_size: input side of the discriminator (the HR training patch; TTSR's discriminator).
@@ -111,6 +113,7 @@ class RefSRModule(L.LightningModule):
         warmup_epochs: int = 2,
         vgg_weights: str | None = None,
         perceptual_pretrained: bool = True,
+        perceptual_criterion: Criterion = "l2",
         disc_size: int = 160,
         disc_arch: str | None = None,
         disc_kwargs: dict[str, Any] | None = None,
@@ -159,7 +162,7 @@ class RefSRModule(L.LightningModule):
             self.net_d = (TTSRDiscriminator(disc_size) if disc_arch is None
                           else build_arch(disc_arch, **(disc_kwargs or {})))
         self.perceptual_loss = (
-            PerceptualLoss({"relu5_1": 1.0}, perceptual_weight=1.0, criterion="l2", weights_path=vgg_weights,
+            PerceptualLoss({"relu5_1": 1.0}, perceptual_weight=1.0, criterion=perceptual_criterion, weights_path=vgg_weights,
                            pretrained=perceptual_pretrained)
             if self.full and perceptual_weight > 0 else None
         )
