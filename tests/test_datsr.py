@@ -287,7 +287,7 @@ def test_datsr_recipes_parse(name, capsys):
 
     from train import main
 
-    config = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
+    config = Path(__file__).resolve().parents[1] / "configs" / "train" / f"{name}.yaml"
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(config), "--print_config"])
     assert exit_info.value.code in (0, None)

@@ -1,4 +1,4 @@
-"""DATSR in the two RefSR evaluation paths: the RefSR report (``lit_sr.report.refsr``) and the
+"""DATSR in the two RefSR evaluation paths: the RefSR report (``lit_sr.jobs.evaluate_refsr``, ``lit-sr evaluate-refsr``) and the
 AdversarialEvalCallback's RefSR mode during a real fit of ``RefSRModule(arch="datsr")``.
 
 A randomly initialised tiny DATSR (``random_features``: the correspondence runs on random frozen
@@ -18,8 +18,8 @@ from callbacks import AdversarialEvalCallback
 from datamodules.refsr import EmbeddedRefPairsDataModule
 from lit_sr.attacks.spec import ConfigError
 from lit_sr.modules.refsr_module import RefSRModule
-from lit_sr.report.config import ModelSpec
-from lit_sr.report.refsr import RefSRReportConfig, run_refsr_report
+from lit_sr.jobs.evaluate.config import ModelSpec
+from lit_sr.jobs.evaluate_refsr.report import RefSRReportConfig, run_refsr_report
 
 TINY = {"ngf": 8, "n_blocks": 1, "groups": 2, "embed_dim": 8, "depths": [1], "num_heads": [1], "window_size": 4,
         "img_size": 32, "random_features": True}

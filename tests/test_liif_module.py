@@ -146,7 +146,7 @@ def test_a_fixed_scale_network_is_refused():
 def test_the_quickstart_recipe_parses(capsys):
     from train import main
 
-    path = ROOT / "configs" / "liif_quickstart.yaml"
+    path = ROOT / "configs" / "train" / "liif_quickstart.yaml"
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(path), "--print_config"])
     assert exit_info.value.code in (0, None)
