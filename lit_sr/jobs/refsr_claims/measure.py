@@ -83,6 +83,7 @@ def train_models(cfg: ClaimsConfig, device: torch.device, out: Path, progress: b
         torch.manual_seed(cfg.seed)
         nets[label] = train(_module(cfg, label), cfg.data, cfg.steps, cfg.seed, device, progress)
         seconds[label] = time.perf_counter() - started
+        save_weights(nets[label], out / "models" / f"{label}.pth", meta={"steps": cfg.steps})
     variants = {}
     state = {k: v.detach().clone() for k, v in nets[cfg.loss_model].state_dict().items()}
     for name, losses, extra in (("rec", "rec", {}), ("full", "full", full_loss_kwargs(cfg))):
@@ -92,8 +93,8 @@ def train_models(cfg: ClaimsConfig, device: torch.device, out: Path, progress: b
         module.net.load_state_dict(state)
         variants[name] = train(module, cfg.data, cfg.finetune_steps, cfg.seed + 1, device, progress)
         seconds[f"{cfg.loss_model}-{name}"] = time.perf_counter() - started
-    for label, net in [*nets.items(), *((f"{cfg.loss_model}-{k}", v) for k, v in variants.items())]:
-        save_weights(net, out / "models" / f"{label}.pth", meta={"steps": cfg.steps})
+        save_weights(variants[name], out / "models" / f"{cfg.loss_model}-{name}.pth",
+                     meta={"steps": cfg.steps + cfg.finetune_steps})
     return nets, variants, seconds
 
 
@@ -163,7 +164,7 @@ def run_claims(cfg: ClaimsConfig, out: Path, progress: bool = True) -> tuple[Fig
     from tqdm.auto import tqdm
 
     device = resolve_device(cfg.device)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     nets, variants, seconds = train_models(cfg, device, out, progress)
     groups = {"arch": nets, "loss": {f"{cfg.loss_model}-{k}": v for k, v in variants.items()}}
     figures = Figures()
@@ -176,6 +177,7 @@ def run_claims(cfg: ClaimsConfig, out: Path, progress: bool = True) -> tuple[Fig
     seconds["attacks"] = time.perf_counter() - attack_started
     seconds["total"] = time.perf_counter() - started
     meta = {"device": str(device), "torch": torch.__version__, "images": len(levels),
+            "cpu_seconds": round(time.process_time() - cpu_started, 1), "threads": torch.get_num_threads(),
             "levels": sorted(set(levels)), "seconds": {k: round(v, 1) for k, v in seconds.items()},
             "perceptual": cfg.perceptual, "full_losses": full_loss_kwargs(cfg)}
     return figures, meta

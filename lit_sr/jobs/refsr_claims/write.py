@@ -165,7 +165,8 @@ def claims_markdown(cfg: ClaimsConfig, rows: Mapping[str, list[dict]], verdicts:
     lines = [
         "# RefSR-Adv's claims measured", "",
         f"Config `{cfg.source}`; {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; device {meta['device']}; torch "
-        f"{meta['torch']}; {meta['images']} test images (levels {meta['levels']}); seconds {meta['seconds']}.", "",
+        f"{meta['torch']}; {meta['images']} test images (levels {meta['levels']}); wall seconds {meta['seconds']}; "
+        f"process CPU seconds {meta['cpu_seconds']} ({meta['threads']} thread(s)).", "",
         f"Every model: {cfg.steps} training batches, L1, Adam lr {cfg.lr:g}, the same data order (seed {cfg.seed}). "
         f"Attacks: RefSR-Adv, eps {eps}, {cfg.attack_steps} PGD steps, random start; noise: uniform in [-eps, eps] "
         "on the reference. **PSNR drop** = PSNR(clean output, HR) - PSNR(attacked output, HR), Y channel, "
