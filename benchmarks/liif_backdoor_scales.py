@@ -137,7 +137,8 @@ def main() -> None:
             row = {"model": "poisoned" if rate else "clean", "trained_at_this_scale": scale in args.train_scales,
                    **evaluate(net, test, scale, trigger, label, target_image)}
             rows.append(row)
-    print(f"\nLIIF trained at x{', x'.join(f'{s:g}' for s in args.train_scales)}; {len(pool)} training crops, "
+    trained = ", ".join(f"x{s:g}" for s in args.train_scales)
+    print(f"\nLIIF trained at {trained}; {len(pool)} training crops, "
           f"{len(test)} test crops (48 px); poison rate {args.poison_rate}; {args.steps} steps\n")
     print("| scale | trained on | model | clean PSNR-Y vs HR | triggered PSNR vs target | pixel ASR | attainment |")
     print("|---|---|---|---|---|---|---|")
@@ -145,9 +146,10 @@ def main() -> None:
         print(f"| x{r['scale']:g} | {'yes' if r['trained_at_this_scale'] else 'no'} | {r['model']} | "
               f"{r['clean_psnr_y']:.2f} | {r['triggered_psnr_to_target']:.2f} | {r['asr_text']} | {r['attainment']:.3f} |")
     seconds = time.perf_counter() - started
-    print(f"\n{seconds:.0f} s on {machine_name(torch.device("cpu"))}")
+    machine = machine_name(torch.device("cpu"))
+    print(f"\n{seconds:.0f} s on {machine}")
     if args.out:
-        payload = {"date": date.today().isoformat(), "machine": machine_name(torch.device("cpu")), "seconds": round(seconds, 1),
+        payload = {"date": date.today().isoformat(), "machine": machine, "seconds": round(seconds, 1),
                    "args": vars(args), "train_crops": len(pool), "test_crops": len(test), "rows": rows}
         with atomic_write(Path(args.out)) as tmp:
             tmp.write_text(json.dumps(payload, indent=2))
