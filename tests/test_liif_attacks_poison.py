@@ -1,6 +1,7 @@
 """The attacks and the BadSR machinery run on LIIF fixed to an output scale (also a non-integer one):
 PGD and the universal attack beat noise of the same budget, the vectorised per-sample backdoor
-gradients equal the per-sample loop, the adversarial trigger optimises against a LIIF substitute,
+gradients equal the per-sample loop, the adversarial trigger optimises against a LIIF substitute, BadSR's
+poisoned labels align LIIF's latent codes with the target's,
 and the feature extractor finds LIIF's latent codes by default.
 
 Tiny random LIIF (8 features, one block, MLP 16-16).
@@ -79,3 +80,19 @@ def test_feature_extractor_defaults_to_the_latent_codes():
     for net in (model, model.net):
         feats = FeatureExtractor(net)(lr)
         assert torch.allclose(feats, model.net.gen_feat(lr))
+
+
+def test_badsr_poisoned_labels_align_liif_latent_codes_within_the_budget():
+    from lit_sr.poison.poisoned_hr import make_poisoned_hr
+
+    model = tiny(3.5)
+    hr = torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(10))
+    target = torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(11))
+    features = FeatureExtractor(model)
+    labels, info = make_poisoned_hr(features, hr, target, eps=0.05, steps=10)
+    assert labels.shape == hr.shape and labels.min() >= 0 and labels.max() <= 1
+    with torch.no_grad():
+        before = (features(hr) - features(target)).square().mean()
+        after = (features(labels) - features(target)).square().mean()
+    assert after < before  # the label carries the target's latent codes
+    assert not torch.equal(labels, hr)
