@@ -110,6 +110,14 @@ def test_the_claims_command_writes_one_table_and_plot_per_claim(tmp_path, capsys
         assert by[model, model]["sr_psnr"] < by["noise", model]["sr_psnr"], model
     assert all(v["verdict"] == "too few images" for claim in payload["verdicts"].values() for v in claim)
     assert "written to" in capsys.readouterr().out
+    # measured again from the saved networks: the same clean outputs, no training
+    again = tmp_path / "again"
+    assert lit_sr_main(["refsr-claims", "--config", str(config), "--out", str(again), "--no-progress",
+                        "--weights_dir", str(out / "models"), "--attack_steps", "1"]) == 0
+    rows_again = json.loads((again / "claims.json").read_text())["rows"]
+    for claim in ("a", "b"):
+        assert [r["clean_hr_psnr"] for r in rows_again[claim]] == [r["clean_hr_psnr"] for r in rows[claim]]
+    assert not (again / "models").exists()
 
 
 def test_bad_claims_settings_are_named(tmp_path, capsys):

@@ -45,6 +45,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--scale", type=int, default=4)
     parser.add_argument("--device", type=str, default="auto")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--weights_dir", type=str | None, default=None)
     parser.add_argument("--out", type=str, default="runs/refsr_claims")
     parser.add_argument("--no-progress", dest="no_progress", action="store_true", help="no progress bars")
     return parser

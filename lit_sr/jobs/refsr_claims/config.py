@@ -69,6 +69,9 @@ class ClaimsConfig:
         scale: the models' upscaling factor (also the metrics' crop border).
         device: ``auto``, ``cpu``, ``cuda`` ...
         seed: seed of the initialisations, the data order, the attacks and the noise.
+        weights_dir: a ``models/`` folder of an earlier run of the same config: its networks
+            (``<label>.pth``, ``<loss_model>-rec.pth``, ``<loss_model>-full.pth``) are read instead
+            of trained (to measure again, e.g. on other test images, without retraining).
         out: output folder (``claims.md``, ``claims.json``, one CSV and one plot per claim,
             ``models/<label>.pth``).
     """
@@ -90,6 +93,7 @@ class ClaimsConfig:
     scale: int = 4
     device: str = "auto"
     seed: int = 0
+    weights_dir: str | None = None
     out: str = "runs/refsr_claims"
     source: str = field(default="<dict>", init=False)
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from lit_sr.attacks.refsr_adv import RefSRAdv, RefSREnsemble, refsr_output, uniform_noise
-from lit_sr.io import save_weights
+from lit_sr.io import load_weights, save_weights
 from lit_sr.jobs.evaluate.runner import resolve_device
 from lit_sr.jobs.refsr_claims.config import ClaimsConfig
 from lit_sr.metrics import psnr
@@ -75,26 +75,40 @@ def full_loss_kwargs(cfg: ClaimsConfig) -> dict:
     return kwargs
 
 
+def _trained(cfg: ClaimsConfig, label: str, out: Path, make, seconds: dict) -> nn.Module:
+    """The network ``label``: read from ``cfg.weights_dir`` when given, else trained by ``make()`` and saved."""
+    started = time.perf_counter()
+    if cfg.weights_dir is not None:
+        module = _module(cfg, label.rsplit("-", 1)[0] if label not in cfg.models else label)
+        load_weights(module.net, Path(cfg.weights_dir) / f"{label}.pth", strict=True)
+        net = module.net.eval()
+    else:
+        net = make()
+        save_weights(net, out / "models" / f"{label}.pth")
+    seconds[label] = time.perf_counter() - started
+    return net
+
+
 def train_models(cfg: ClaimsConfig, device: torch.device, out: Path, progress: bool) -> tuple[dict, dict, dict]:
-    """Claim (a)'s models and claim (b)'s two continuations, each saved to ``out/models``; the seconds each took."""
+    """Claim (a)'s models and claim (b)'s two continuations (each saved to ``out/models``, or read from
+    ``cfg.weights_dir``); the seconds each took."""
     nets, seconds = {}, {}
     for label in cfg.models:
-        started = time.perf_counter()
-        torch.manual_seed(cfg.seed)
-        nets[label] = train(_module(cfg, label), cfg.data, cfg.steps, cfg.seed, device, progress)
-        seconds[label] = time.perf_counter() - started
-        save_weights(nets[label], out / "models" / f"{label}.pth", meta={"steps": cfg.steps})
+        def make(label=label):
+            torch.manual_seed(cfg.seed)
+            return train(_module(cfg, label), cfg.data, cfg.steps, cfg.seed, device, progress)
+
+        nets[label] = _trained(cfg, label, out, make, seconds).to(device)
     variants = {}
     state = {k: v.detach().clone() for k, v in nets[cfg.loss_model].state_dict().items()}
     for name, losses, extra in (("rec", "rec", {}), ("full", "full", full_loss_kwargs(cfg))):
-        started = time.perf_counter()
-        torch.manual_seed(cfg.seed + 1)
-        module = _module(cfg, cfg.loss_model, losses, **extra)
-        module.net.load_state_dict(state)
-        variants[name] = train(module, cfg.data, cfg.finetune_steps, cfg.seed + 1, device, progress)
-        seconds[f"{cfg.loss_model}-{name}"] = time.perf_counter() - started
-        save_weights(variants[name], out / "models" / f"{cfg.loss_model}-{name}.pth",
-                     meta={"steps": cfg.steps + cfg.finetune_steps})
+        def make(losses=losses, extra=extra):
+            torch.manual_seed(cfg.seed + 1)
+            module = _module(cfg, cfg.loss_model, losses, **extra)
+            module.net.load_state_dict(state)
+            return train(module, cfg.data, cfg.finetune_steps, cfg.seed + 1, device, progress)
+
+        variants[name] = _trained(cfg, f"{cfg.loss_model}-{name}", out, make, seconds).to(device)
     return nets, variants, seconds
 
 
