@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lit_sr.errors import ConfigError
 from lit_sr.io import atomic_write
 
 FORMATS = ("rate", "pct", "db", "float", "int", "text", "paired_delta")
@@ -60,10 +61,6 @@ STUDY_KEYS = {"name", "output_dir", "base_config", "train_script", "subcommand",
 RUN_KEYS = {"overrides", "config", "results_file", "row", "in_table", "grid"}
 NOT_APPLICABLE = "n/a (0 included)"
 MISSING = "-"
-
-
-class StudyConfigError(ValueError):
-    """A study YAML file that cannot be run; the message names the file and the key."""
 
 
 # --------------------------------------------------------------------------- configuration
@@ -144,8 +141,8 @@ class Study:
         return self.study_dir / "runs"
 
 
-def _fail(source: Path, key: str, message: str) -> StudyConfigError:
-    return StudyConfigError(f"{source}: {key}: {message}")
+def _fail(source: Path, key: str, message: str) -> ConfigError:
+    return ConfigError(f"{source}: {key}: {message}")
 
 
 def expand_dotted(flat: dict[str, Any], source: Path, key: str) -> dict[str, Any]:
