@@ -11,7 +11,7 @@ import pytest
 from lit_sr.__main__ import COMMANDS, main
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPECTED = ["fit", "validate", "test", "predict", "evaluate", "evaluate-refsr", "robust", "defend", "study", "data"]
+EXPECTED = ["fit", "validate", "test", "predict", "evaluate", "evaluate-refsr", "refsr-claims", "robust", "defend", "study", "data"]
 
 
 def _help(argv: list[str], capsys) -> str:
