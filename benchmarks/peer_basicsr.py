@@ -37,14 +37,17 @@ opencv-python-headless lmdb yapf`` and ``PYTHONPATH=/tmp/basicsr:$PWD``.
 
     python benchmarks/peer_basicsr.py --out peer.json               # the step, quickstart-sized EDSR
     python benchmarks/peer_basicsr.py --data --threads 1 2          # also the data, at 1 and 2 threads
+    python benchmarks/peer_basicsr.py --profile quickstart          # where that mode's time goes
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import logging
 import os
+import pstats
 import shutil
 import statistics
 import sys
@@ -205,6 +208,11 @@ def step_rows(args, work: Path, have_basicsr: bool) -> list[dict]:
                                                       quickstart=False, log_every_step=True),
         "quickstart": lambda: run_trainer(kwargs, batches, args.steps, args.warmup, work, quickstart=True),
     }
+    if args.profile:  # where a mode's step time goes: CPU time, so other jobs on the machine do not skew it
+        profiler = cProfile.Profile(time.process_time)
+        profiler.runcall(runners[args.profile])
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(40)
+        return []
     modes = [m for m in MODES if m != "basicsr" or have_basicsr]
     rows = []
     for threads in args.threads:
@@ -214,7 +222,8 @@ def step_rows(args, work: Path, have_basicsr: bool) -> list[dict]:
             for mode in modes:
                 times[mode].append(runners[mode]())
             print(f"  threads {threads} round {round_ + 1}/{args.rounds}: " + ", ".join(
-                f"{m} {1e3 * times[m][-1][0] / args.steps:.2f} ms" for m in modes), flush=True)
+                f"{m} {1e3 * times[m][-1][0] / args.steps:.2f} ms ({1e3 * times[m][-1][1] / args.steps:.2f} CPU)" for m in modes),
+                flush=True)
         ms = {m: (1e3 * statistics.median(t[0] for t in times[m]) / args.steps,
                   1e3 * statistics.median(t[1] for t in times[m]) / args.steps) for m in modes}
         for mode in modes:
@@ -287,6 +296,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", action="store_true", help="also part 2: BasicSR's PairedImageDataset vs lit-sr's loaders")
     p.add_argument("--images", type=int, default=4, help="synthetic 2K pairs of part 2")
     p.add_argument("--samples", type=int, default=64, help="timed reads per reader in part 2")
+    p.add_argument("--profile", choices=MODES, default=None,
+                   help="instead of the tables: one run of this mode under cProfile (CPU time), top 40 by own time")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
     for name in ("num_feat", "num_block", "batch", "steps", "rounds", "images", "samples"):
@@ -315,6 +326,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"step: EDSR {args.num_feat}x{args.num_block}, batch {args.batch}, HR patch {args.patch}, "
               f"{args.steps} steps x {args.rounds} rounds", flush=True)
         report["step"] = step_rows(args, work, basicsr is not None)
+        if args.profile:
+            return report
         if args.data:
             print(f"data: {args.images} synthetic 2K pairs, patch {args.patch}, 0 workers, 1 thread", flush=True)
             report["data"] = data_rows(args, work, basicsr is not None)
