@@ -125,7 +125,7 @@ def test_report_writes_tables_plots_summary_and_ranks_bicubic_most_robust(assets
 
 def test_shipped_configs_parse():
     for name in ("robustness_choi2019.yaml", "robustness_quick.yaml"):
-        cfg = load_config(ROOT / "configs" / name)
+        cfg = load_config(ROOT / "configs" / "evaluate" / name)
         assert "bicubic" in cfg.models and cfg.attacks
     choi = load_config(ROOT / "configs" / "evaluate" / "robustness_choi2019.yaml")
     assert [eps_label(e) for e in choi.eps] == ["eps1", "eps2", "eps4", "eps8", "eps16", "eps32"]
@@ -225,6 +225,13 @@ def test_shipped_quick_config_takes_the_issue_14_override(tmp_path):
     cfg = load_config(ROOT / "configs" / "evaluate" / "robustness_quick.yaml", ["--attacks.ifgsm", "{steps: 2}", "--transfer.eps", "2/255"])
     assert {a.label: a.kwargs.get("steps") for a in cfg.attacks} == {"ifgsm": 2, "partial": 10, "universal": 10}
     assert eps_label(cfg.transfer.eps) == "eps2" and cfg.transfer.attack == "ifgsm"
+    # a key inside a mapping sets that key alone: the rest of the entry and the other entries stay
+    cfg = load_config(ROOT / "configs" / "evaluate" / "robustness_quick.yaml",
+                      ["--attacks.universal.steps", "3", "--models.EDSR-quickstart.arch_kwargs.num_feat", "8"])
+    assert {a.label: (a.kwargs["steps"], a.kwargs.get("crop_size")) for a in cfg.attacks} == {
+        "ifgsm": (10, None), "partial": (10, None), "universal": (3, 32)}
+    assert cfg.models["EDSR-quickstart"].arch_kwargs == {"num_feat": 8, "num_block": 4}
+    assert cfg.models["EDSR-quickstart"].weights == "runs/quickstart/quickstart/weights.pth"
 
 
 @pytest.mark.parametrize(
@@ -232,8 +239,8 @@ def test_shipped_quick_config_takes_the_issue_14_override(tmp_path):
     [
         (["--models.EDSR-quickstart.weigths", "x.pth"], r"--models\.EDSR-quickstart\.weigths: unknown key"),
         (["--models.EDSR-quickstart.strict", "maybe"], r"--models\.EDSR-quickstart\.strict: .*maybe"),
-        (["--models.EDSR-quickstart.arch_kwargs.num_feat", "8"], r"whole mapping.*--models\.EDSR-quickstart\.arch_kwargs"),
-        (["--attacks.ifgsm.steps", "3"], r"whole mapping.*--attacks\.ifgsm '"),
+        (["--attacks.ifgsm.steps", "0"], r"attacks\.ifgsm.*steps"),
+        (["--attacks.ifgsm.stepz", "3"], r"attacks\.ifgsm.*stepz"),
         (["--transfer.epz", "0.1"], r"--transfer\.epz: unknown key"),
         (["--transfer.eps", "2"], r"transfer\.eps"),
         (["--autocast", "fp16"], "autocast"),
