@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import re
 import sys
 import types
 import typing
@@ -234,7 +235,27 @@ def _jsonargparse(parser: ArgumentParser, argv: Sequence[str]) -> Namespace:
     try:
         return parser.parse_args(list(argv))
     except ArgumentError as exc:
-        raise ConfigError(str(exc).strip()) from None
+        raise ConfigError(dotted_message(str(exc))) from None
+
+
+def dotted_message(message: str) -> str:
+    """jsonargparse's nested error (``Parser key "data": ... Option 'max_sid' is not accepted``) as one line
+    that starts with the dotted key (``data.init_args.max_sid: unknown key``)."""
+    keys: list[str] = []
+    rest: list[str] = []
+    for line in message.strip().splitlines():
+        text = line.strip()
+        if key := re.fullmatch(r'Parser key "(.+)":', text):
+            keys.append(key.group(1))
+        elif text.startswith("Problem with given class_path"):
+            keys.append("init_args")
+        elif unknown := re.match(r"Option '(.+)' is not accepted", text):
+            return f"{'.'.join([*keys, unknown.group(1)])}: unknown key"
+        elif unknown := re.match(r"Group '(.+)' does not accept option '(.+)'", text):
+            return f"{'.'.join([*keys, *unknown.groups()])}: unknown key"
+        elif text:
+            rest.append(text)
+    return f"{'.'.join(keys)}: {' '.join(rest)}" if keys else " ".join(rest)
 
 
 def _source(namespace: Namespace) -> str:
@@ -295,7 +316,7 @@ def parse_mapping(parser: ArgumentParser, raw: Any, source: str = "<dict>") -> A
         check_keys(raw, parser.schema, extra=parser.run_flags)
         namespace = parser.parse_object(copy.deepcopy(dict(raw)))  # jsonargparse converts it in place
     except (ConfigError, ArgumentError) as exc:
-        raise ConfigError(f"{source}: {str(exc).strip()}") from None
+        raise ConfigError(f"{source}: {dotted_message(str(exc))}") from None
     return _build(parser, namespace, source)
 
 
