@@ -35,7 +35,7 @@ from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser, Namesp
 
 from lit_sr.attacks.spec import ConfigError
 
-__all__ = ["ConfigError", "check_keys", "config_dict", "job_parser", "load_job_config", "parse_job", "parse_mapping",
+__all__ = ["ConfigError", "add_flag", "check_keys", "config_dict", "job_parser", "load_job_config", "parse_job", "parse_mapping",
            "run_job"]
 
 
@@ -57,6 +57,15 @@ def _is_mapping(hint: Any) -> bool:
     return hint is dict or typing.get_origin(hint) in (dict, Mapping)
 
 
+def _list_item(hint: Any) -> Any:
+    """The item type of a ``list`` of dataclasses (in a union too), else ``None``."""
+    members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    for member in members:
+        if typing.get_origin(member) is list and is_dataclass(_structured(typing.get_args(member)[0])):
+            return typing.get_args(member)[0]
+    return None
+
+
 def _entry(hint: Any) -> Any:
     return typing.get_args(hint)[1] if typing.get_args(hint) else Any
 
@@ -69,7 +78,11 @@ def check_keys(value: Any, hint: Any, where: str = "", extra: Sequence[str] = ()
     a bool``). ``extra`` are top-level keys the parser takes beside the schema's fields.
     """
     structured = _structured(hint) if isinstance(value, Mapping) else None
-    if structured is None:
+    items = _list_item(hint) if isinstance(value, list) else None
+    if items is not None:
+        for i, item in enumerate(value):
+            check_keys(item, items, f"{where.rstrip('.')}[{i}].")
+    elif structured is None:
         _check_value(value, hint, where.rstrip("."))
     elif is_dataclass(structured):
         known = _fields(structured)
@@ -159,11 +172,14 @@ class _ConfigFile(ActionConfigFile):
     def __call__(self, parser, cfg, values, option_string=None):
         path = Path(str(values))
         if path.is_file():
-            raw = _read_yaml(path)
+            raw = parser.read_config(path)
             try:
                 check_keys(raw, parser.schema, extra=parser.run_flags)
             except ConfigError as exc:
                 raise ConfigError(f"{path}: {exc}") from None
+            parser.config_files.append(str(path))
+            if parser.read_config is not _read_yaml:  # the job's reader changed the content: hand it over
+                values = json.dumps(raw)
         elif not str(values).lstrip().startswith("{"):  # jsonargparse also takes an inline YAML mapping
             raise ConfigError(f"config file not found: {values}")
         super().__call__(parser, cfg, values, option_string)
@@ -179,19 +195,30 @@ def _read_yaml(path: Path) -> Mapping:
     return raw
 
 
-def job_parser(schema: type, prog: str, description: str, config_help: str = "a YAML config file") -> ArgumentParser:
+def job_parser(schema: type, prog: str, description: str, config_help: str = "a YAML config file",
+               read: Callable[[Path], Mapping] | None = None) -> ArgumentParser:
     """The parser of a job: ``--config`` (repeatable), ``--print_config`` and one flag per key of ``schema``.
 
-    Add the job's run flags (``--no-progress``, ...) with ``parser.add_argument`` and list their
-    names in ``parser.run_flags`` (a config file may set them too).
+    ``read`` reads a config file into a mapping (default: the YAML as it is; the study resolves
+    its ``extends:`` there). Add the job's run flags (``--no-progress``, ...) with :func:`add_flag`.
     """
     parser = ArgumentParser(prog=prog, description=description, exit_on_error=False, env_prefix=None,
                             default_env=False)
     parser.add_argument("--config", action=_ConfigFile, help=f"{config_help}; repeatable, later files and flags win")
     parser.add_class_arguments(schema, fail_untyped=True)
     parser.schema = schema
-    parser.run_flags = ()
+    parser.read_config = read or _read_yaml
+    parser.run_flags = []
+    parser.config_files = []
     return parser
+
+
+def add_flag(parser: ArgumentParser, flag: str, help: str, **kwargs: Any) -> None:
+    """A run flag of the job beside its schema (``--no-progress``, ``--dry-run``): a switch unless ``kwargs`` say
+    otherwise. It shows in ``--print_config`` (underscored), so a printed config reads back."""
+    kwargs = kwargs or {"action": "store_true"}
+    parser.add_argument(flag, help=help, **kwargs)
+    parser.run_flags.append(flag.lstrip("-").replace("-", "_"))
 
 
 def _deep_set(value: Any, path: Sequence[str], leaf: Any) -> dict:
@@ -258,8 +285,8 @@ def dotted_message(message: str) -> str:
     return f"{'.'.join(keys)}: {' '.join(rest)}" if keys else " ".join(rest)
 
 
-def _source(namespace: Namespace) -> str:
-    return ", ".join(str(p) for p in namespace.get("config") or [] if p is not None) or "<command line>"
+def _source(parser: ArgumentParser) -> str:
+    return ", ".join(dict.fromkeys(parser.config_files)) or "<command line>"
 
 
 def _build(parser: ArgumentParser, namespace: Namespace, source: str):
@@ -268,7 +295,8 @@ def _build(parser: ArgumentParser, namespace: Namespace, source: str):
     try:
         cfg = parser.schema(**{name: init[name] for name in _fields(parser.schema)})
     except ConfigError as exc:
-        raise ConfigError(exc.args[0] if str(exc).startswith(source) else f"{source}: {exc}") from None
+        named = str(exc).startswith(source) or source == "<command line>"
+        raise ConfigError(str(exc) if named else f"{source}: {exc}") from None
     if hasattr(cfg, "raw"):
         cfg.raw = config_dict(parser, namespace)
     if hasattr(cfg, "source"):
@@ -282,6 +310,7 @@ def parse_job(parser: ArgumentParser, argv: Sequence[str]) -> tuple[Any, Namespa
     ``--help`` and ``--print_config`` exit (``SystemExit(0)``) as in LightningCLI. Every error is
     a :class:`ConfigError` naming the file (for a key in one) and the dotted key.
     """
+    parser.config_files.clear()
     argv, deep = _split_flags(parser, list(argv))
     namespace = _jsonargparse(parser, [a for a in argv if not a.startswith("--print_config")] if deep else argv)
     if deep:
@@ -294,8 +323,7 @@ def parse_job(parser: ArgumentParser, argv: Sequence[str]) -> tuple[Any, Namespa
             check_keys(value, _flag_target(position.split("."), parser.schema)[1], f"{position}.")
             argv += [f"--{position}", json.dumps(value)]
         namespace = _jsonargparse(parser, argv)
-    source = _source(namespace)
-    return _build(parser, namespace, source), namespace
+    return _build(parser, namespace, _source(parser)), namespace
 
 
 def load_job_config(parser: ArgumentParser, path: str | Path, overrides: Sequence[str] = ()) -> Any:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lit_sr.jobs.evaluate import ReportConfig, config_parser, run_report
-from lit_sr.jobs.parser import run_job
+from lit_sr.jobs.parser import add_flag, run_job
 
 
 def _run(cfg: ReportConfig, namespace) -> int:
@@ -32,5 +32,5 @@ def _run(cfg: ReportConfig, namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line, run the report, print its summary; return the exit code (2: bad config)."""
     parser = config_parser(description=__doc__.splitlines()[0])
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_flag(parser, "--no-progress", "no progress bars")
     return run_job(parser, argv, _run)

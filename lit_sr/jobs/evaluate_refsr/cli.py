@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lit_sr.jobs.evaluate_refsr.report import RefSRReportConfig, run_refsr_report
-from lit_sr.jobs.parser import job_parser, run_job
+from lit_sr.jobs.parser import add_flag, job_parser, run_job
 
 
 def _run(cfg: RefSRReportConfig, namespace) -> int:
@@ -33,5 +33,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line, run the RefSR report, print its summary; return the exit code (2: bad config)."""
     parser = job_parser(RefSRReportConfig, "lit-sr evaluate-refsr", __doc__.splitlines()[0],
                         "YAML config of the RefSR report (configs/evaluate_refsr/*.yaml)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_flag(parser, "--no-progress", "no progress bars")
     return run_job(parser, argv, _run)
