@@ -99,14 +99,18 @@ def check_keys(value: Any, hint: Any, where: str = "", extra: Sequence[str] = ()
 def _check_value(value: Any, hint: Any, where: str) -> None:
     if hint is Any or (isinstance(hint, type) and hint.__module__ != "builtins" and not is_dataclass(hint)):
         return  # free-form, or a class given by class_path: jsonargparse checks it when it parses
+    if value is None:
+        if type(None) not in typing.get_args(hint):
+            raise ConfigError(f"{where}: expected a value of type {typing.get_args(hint) or hint}, got null")
+        return
     try:
         _value_parser(hint).parse_object({"value": value})
     except ArgumentError as exc:
-        raise ConfigError(f"{where}: {_last_line(exc)}") from None
+        raise ConfigError(f"{where}: {_value_message(exc)}") from None
 
 
-def _last_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[-1].strip()
+def _value_message(exc: Exception) -> str:
+    return dotted_message(str(exc)).removeprefix("value: ")
 
 
 @functools.cache
@@ -159,7 +163,7 @@ def check_flag(key: str, value: str | None, schema: type) -> tuple[str, list[str
         try:
             _value_parser(hint).parse_args(["--value", value])
         except ArgumentError as exc:
-            raise ConfigError(f"--{key}: {_last_line(exc)}") from None
+            raise ConfigError(f"--{key}: {_value_message(exc)}") from None
     return None
 
 
@@ -182,7 +186,10 @@ class _ConfigFile(ActionConfigFile):
                 values = json.dumps(raw)
         elif not str(values).lstrip().startswith("{"):  # jsonargparse also takes an inline YAML mapping
             raise ConfigError(f"config file not found: {values}")
-        super().__call__(parser, cfg, values, option_string)
+        try:
+            super().__call__(parser, cfg, values, option_string)
+        except ArgumentError as exc:  # what jsonargparse checks beyond the walk (a class_path's init_args)
+            raise ConfigError(f"{path}: {dotted_message(str(exc))}") from None
 
 
 def _read_yaml(path: Path) -> Mapping:
