@@ -36,7 +36,7 @@ from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser, Namesp
 from lit_sr.attacks.spec import ConfigError
 
 __all__ = ["ConfigError", "add_flag", "check_keys", "config_dict", "job_parser", "load_job_config", "parse_job", "parse_mapping",
-           "run_job"]
+           "read_yaml", "run_job"]
 
 
 # --------------------------------------------------------------------------- the schema walk
@@ -182,7 +182,7 @@ class _ConfigFile(ActionConfigFile):
             except ConfigError as exc:
                 raise ConfigError(f"{path}: {exc}") from None
             parser.config_files.append(str(path))
-            if parser.read_config is not _read_yaml:  # the job's reader changed the content: hand it over
+            if parser.read_config is not read_yaml:  # the job's reader changed the content: hand it over
                 values = json.dumps(raw)
         elif not str(values).lstrip().startswith("{"):  # jsonargparse also takes an inline YAML mapping
             raise ConfigError(f"config file not found: {values}")
@@ -192,7 +192,8 @@ class _ConfigFile(ActionConfigFile):
             raise ConfigError(f"{path}: {dotted_message(str(exc))}") from None
 
 
-def _read_yaml(path: Path) -> Mapping:
+def read_yaml(path: Path) -> Mapping:
+    """A config file's YAML mapping; a file that is not YAML, or not a mapping, is a named :class:`ConfigError`."""
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -214,7 +215,7 @@ def job_parser(schema: type, prog: str, description: str, config_help: str = "a 
     parser.add_argument("--config", action=_ConfigFile, help=f"{config_help}; repeatable, later files and flags win")
     parser.add_class_arguments(schema, fail_untyped=True)
     parser.schema = schema
-    parser.read_config = read or _read_yaml
+    parser.read_config = read or read_yaml
     parser.run_flags = []
     parser.config_files = []
     return parser

@@ -17,48 +17,35 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from lit_sr.data.prepare import PrepareConfig, SubImageFormat, prepare_subimages, read_prepared
+from lit_sr.data.prepare import PrepareConfig, prepare_subimages, read_prepared
 from lit_sr.io import ImageReadError
 from lit_sr.jobs.parser import ConfigError, add_flag, job_parser, run_job
 from lit_sr.validation import check_int
 
 
-@dataclass
-class Prepare:
+@dataclass(frozen=True, kw_only=True)
+class Prepare(PrepareConfig):
     """``lit-sr data prepare``: split HR images (and LR partners) into overlapping sub-images.
 
+    The keys of :class:`lit_sr.data.prepare.PrepareConfig` (``hr_dir``, ``lr_dir``, ``scale``,
+    ``crop_size``, ``step``, ``thresh_size``, ``format``, ``compress_level``; checked by it, before
+    any work), and:
+
     Args:
-        hr_dir: folder of HR images.
         out_dir: output folder (``manifest.json``, ``hr/``, ``lr_x<scale>/``).
-        lr_dir: folder of LR partners (DIV2K naming ``0001x4.png``); ``None``: MATLAB bicubic of the HR.
-        scale: upscaling factor.
-        crop_size: HR sub-image side (BasicSR: 480).
-        step: distance between sub-image starts (BasicSR: 240).
-        thresh_size: an edge strip wider than this gets an extra edge-aligned sub-image (BasicSR: 0).
-        format: ``png`` (BasicSR layout) or ``npy`` (raw uint8, memory-mapped by the loader).
-        compress_level: PNG compression level (BasicSR: 3).
         workers: processes; ``None``: every core this process may use.
         overwrite: clear a folder prepared with another configuration.
     """
 
-    hr_dir: str
     out_dir: str
-    lr_dir: str | None = None
-    scale: int = 4
-    crop_size: int = 480
-    step: int = 240
-    thresh_size: int = 0
-    format: SubImageFormat = "png"
-    compress_level: int = 3
     workers: int | None = None
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        try:  # the same checks as the prepared folder's own configuration, before any work
-            PrepareConfig(self.hr_dir, self.lr_dir, self.scale, self.crop_size, self.step, self.thresh_size,
-                          self.format, self.compress_level)
-            self.workers = len(os.sched_getaffinity(0)) if self.workers is None else check_int(self.workers,
-                                                                                               "workers", 1)
+        try:
+            super().__post_init__()
+            if self.workers is not None:
+                check_int(self.workers, "workers", 1)
         except (TypeError, ValueError) as exc:
             raise ConfigError(str(exc)) from None
 
@@ -79,7 +66,9 @@ class Verify:
 def _prepare(cfg: Prepare, namespace) -> int:
     report = prepare_subimages(cfg.hr_dir, cfg.out_dir, lr_dir=cfg.lr_dir, scale=cfg.scale, crop_size=cfg.crop_size,
                                step=cfg.step, thresh_size=cfg.thresh_size, format=cfg.format,
-                               compress_level=cfg.compress_level, workers=cfg.workers, overwrite=cfg.overwrite,
+                               compress_level=cfg.compress_level,
+                               workers=len(os.sched_getaffinity(0)) if cfg.workers is None else cfg.workers,
+                               overwrite=cfg.overwrite,
                                progress=not namespace.no_progress)
     print(f"{report.out_dir}: {report.num_subimages} sub-images from {len(report.made) + len(report.skipped)} "
           f"images ({len(report.made)} prepared now, {len(report.skipped)} already finished)")

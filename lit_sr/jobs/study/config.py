@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from jsonargparse import ArgumentParser
 
 from lit_sr.attacks.spec import ConfigError
-from lit_sr.jobs.parser import job_parser, load_job_config
+from lit_sr.jobs.parser import job_parser, load_job_config, read_yaml
 from lit_sr.validation import check_fraction, check_positive
 
 Format = Literal["rate", "pct", "db", "float", "int", "text", "paired_delta"]
@@ -328,12 +327,7 @@ def read_raw(source: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     else beside the file)."""
     if not source.is_file():
         raise FileNotFoundError(f"study config not found: {source}")
-    try:
-        raw = yaml.safe_load(source.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: <top level>: expected a mapping")
+    raw = dict(read_yaml(source))
     parent = raw.pop("extends", None)
     if parent is None:
         return raw
