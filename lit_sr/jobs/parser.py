@@ -159,7 +159,7 @@ def check_flag(key: str, value: str | None, schema: type) -> tuple[str, list[str
         if hint is not Any and _structured(hint) is None:
             return None  # --x.help, or a class given by class_path (its init_args are jsonargparse's)
         return ".".join(parts[:depth]), parts[depth:]
-    if value is not None and hint is not None:
+    if value is not None and hint is not None and _structured(hint) is None:  # a mapping may set part of an entry
         try:
             _value_parser(hint).parse_args(["--value", value])
         except ArgumentError as exc:
@@ -189,7 +189,8 @@ class _ConfigFile(ActionConfigFile):
         try:
             super().__call__(parser, cfg, values, option_string)
         except ArgumentError as exc:  # what jsonargparse checks beyond the walk (a class_path's init_args)
-            raise ConfigError(f"{path}: {dotted_message(str(exc))}") from None
+            where = path if path.is_file() else "<inline config>"
+            raise ConfigError(f"{where}: {dotted_message(str(exc))}") from None
 
 
 def read_yaml(path: Path) -> Mapping:
