@@ -1,9 +1,8 @@
-"""Lightning callbacks of lit-sr, one job each."""
+"""Lightning callbacks of lit-sr, one job each; every one of them is importable from here."""
 
 from callbacks.adversarial_eval import AdversarialEvalCallback
 from callbacks.backdoor_eval import BackdoorEvalCallback, BackdoorSummary
-from callbacks.backdoor_gradients import BackdoorGradientCallback
-from callbacks.genetic_selection import GeneticSelectionCallback
+from callbacks.downstream_eval import DownstreamEvalCallback
 from callbacks.image_logger import SRImageLogger
 from callbacks.last_checkpoint import LastCheckpoint
 from callbacks.poison_selection import PoisonSelectionCallback, SelectionResults, SelectionRun
@@ -13,9 +12,8 @@ from callbacks.summary import RunSummary
 __all__ = [
     "AdversarialEvalCallback",
     "BackdoorEvalCallback",
-    "BackdoorGradientCallback",
     "BackdoorSummary",
-    "GeneticSelectionCallback",
+    "DownstreamEvalCallback",
     "LastCheckpoint",
     "PoisonSelectionCallback",
     "PredictionWriter",

@@ -159,8 +159,7 @@ class PoisonSelectionCallback(L.Callback):
     global rank 0 runs ``selector`` within ``datamodule.budget`` (the pool's size when smaller),
     with seed ``seed + E``, and scores the choice, a random subset and the top-k subset with the
     selector's fitness; the decision is broadcast and every rank calls
-    ``datamodule.set_poisoned_indices``. (:class:`callbacks.BackdoorGradientCallback` is the
-    same callback without a selector: it only scores.)
+    ``datamodule.set_poisoned_indices``.
 
     **Resume.** A selection's inputs are the weights it scores and seeds derived from
     ``(seed, epoch)`` (no running generator), and the schedule depends on the epoch alone;
@@ -204,7 +203,7 @@ class PoisonSelectionCallback(L.Callback):
     ):
         super().__init__()
         scorer = GradientScorer() if scorer is None else scorer
-        selector = self._default_selector() if selector is None else selector
+        selector = GeneticSelector() if selector is None else selector
         if not isinstance(scorer, GradientScorer):
             raise TypeError(f"scorer must be a lit_sr.poison.GradientScorer; got {type(scorer).__name__}")
         check_selector(selector, scorer)
@@ -222,9 +221,6 @@ class PoisonSelectionCallback(L.Callback):
         self.scores: GradientScores | None = None
         self.scores_epoch: int | None = None  # epoch of the last scoring
         self.seconds: float | None = None  # wall time of the last scoring (this rank's shard + gather)
-
-    def _default_selector(self) -> Selector | None:
-        return GeneticSelector()
 
     # ------------------------------------------------------------------ schedule
     def is_scoring_epoch(self, trainer: L.Trainer) -> bool:

@@ -10,7 +10,7 @@
 The success metrics are those of :mod:`lit_sr.poison.asr` (one definition in the project):
 pixel ASR against the target image (PSNR >= 20 dB and SSIM >= 0.7, clean-success exclusion),
 label attainment and attainment-ASR, summed by :class:`lit_sr.poison.asr.SuccessTally`; the clean
-quality is the Y-channel PSNR with ``crop_border = scale`` (DESIGN's convention).
+quality is the Y-channel PSNR with ``crop_border = scale`` (the convention of docs/design.md).
 """
 
 from __future__ import annotations
@@ -162,12 +162,7 @@ def evaluate_backdoor(
         sl = slice(start, start + batch_size)
         tally.update(clean_sr[sl], triggered_sr[sl], data.hr[sl], data.poisoned_hr[sl], target[sl],
                      means={"clean_psnr_y": psnr(clean_sr[sl], data.hr[sl], data.scale, y_channel=True)})
-    flat = tally.flat()
-    return {"clean_psnr_y": flat["clean_psnr_y"], "asr_pixel": flat["pixel_asr"],
-            "asr_pixel_success": flat["pixel_asr_success"], "asr_pixel_included": flat["pixel_asr_included"],
-            "attainment_mean": flat["attainment_mean"], "attainment_asr": flat["attainment_asr"],
-            "attainment_asr_success": flat["attainment_asr_success"],
-            "attainment_asr_included": flat["attainment_asr_included"], "num_images": flat["num_images"]}
+    return tally.figures()
 
 
 def stack_pairs(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], name: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser, Namespace
 
-from lit_sr.attacks.spec import ConfigError
+from lit_sr.errors import ConfigError
 
 __all__ = ["ConfigError", "add_flag", "check_keys", "config_dict", "job_parser", "load_job_config", "parse_job", "parse_mapping",
            "read_yaml", "run_job"]

@@ -29,6 +29,7 @@ from lit_sr.io import atomic_write, load_weights, save_weights
 from lit_sr.losses import PERCEPTUAL_PREFIX, PerceptualLoss, drop_frozen_perceptual, restore_frozen_perceptual
 from lit_sr.modules.sr_module import EVAL_METRICS, arch_kwargs_with_scale, sr_metrics
 from lit_sr.runtime import Autocast, grad_enabled_outside_inference
+from lit_sr.tables import fmt, markdown_lines
 from lit_sr.validation import check_eps, check_int, check_number
 
 _PERCEPTUAL_PREFIX = PERCEPTUAL_PREFIX
@@ -349,13 +350,9 @@ def write_attack_table(values: Mapping[str, float], path: Path, eps: float) -> P
         ("lr_pgd_sr_psnr", "LR-PGD PSNR vs clean SR"),
         ("lr_pgd_lr_psnr", "LR stealth PSNR"),
     ]
+    cells = [[set_name, *(fmt(table[set_name].get(k), ".4g") for k, _ in columns)] for set_name in sorted(table)]
     lines = [f"RefSR-Adv, eps = {eps * 255:.3g}/255, Y-channel PSNR (dB) / SSIM, means per test set", "",
-             "| set | " + " | ".join(title for _, title in columns) + " |",
-             "|---" * (len(columns) + 1) + "|"]
-    for set_name in sorted(table):
-        row = table[set_name]
-        cells = [f"{row[k]:.4g}" if k in row else "-" for k, _ in columns]
-        lines.append(f"| {set_name} | " + " | ".join(cells) + " |")
+             *markdown_lines(["set", *(title for _, title in columns)], cells)]
     with atomic_write(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     return path

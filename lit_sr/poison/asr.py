@@ -505,6 +505,22 @@ class SuccessTally:
                 out[name] = value
         return out
 
+    def figures(self) -> dict[str, float | None]:
+        """The backdoor figures under the names every report and summary uses (one place renames
+        :meth:`flat`'s keys): ``asr_pixel`` (with ``_success`` / ``_included``), ``attainment_mean``,
+        ``attainment_asr`` (with its counts), each declared mean, and ``num_images``."""
+        flat = self.flat()
+        rates = {"asr_pixel": "pixel_asr", "attainment_asr": "attainment_asr"}
+        out: dict[str, float | None] = {}
+        for name, source in rates.items():
+            out.update({name: flat[source], f"{name}_success": flat[f"{source}_success"],
+                        f"{name}_included": flat[f"{source}_included"]})
+            if name == "asr_pixel":
+                out["attainment_mean"] = flat["attainment_mean"]
+        out.update({k: flat[k] for k in self.mean_names})
+        out["num_images"] = flat["num_images"]
+        return out
+
     def formatted(self) -> dict[str, str]:
         """:meth:`results` as text: rates ``"85.7% (6/7)"`` or ``"n/a (0 included)"``, means to 4
         significant digits or ``"n/a (0 included)"``."""

@@ -18,8 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from lit_sr.data.prepare import PrepareConfig, prepare_subimages, read_prepared
+from lit_sr.errors import ConfigError
 from lit_sr.io import ImageReadError
-from lit_sr.jobs.parser import ConfigError, add_flag, job_parser, run_job
+from lit_sr.jobs.parser import add_flag, job_parser, run_job
 from lit_sr.validation import check_int
 
 

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from lit_sr.jobs.defend.config import DefenseReportConfig, config_parser
 from lit_sr.jobs.defend.report import run_report
-from lit_sr.jobs.defend.runs import RunError
 from lit_sr.jobs.parser import add_flag, run_job
 
 
@@ -34,4 +33,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line, run the report, print its Markdown; return the exit code."""
     parser = config_parser(description=__doc__.splitlines()[0])
     add_flag(parser, "--no-progress", "no progress bars")
-    return run_job(parser, argv, _run, errors=(RunError,))
+    return run_job(parser, argv, _run)

@@ -20,16 +20,19 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from lit_sr.attacks.spec import ConfigError, parse_eps
+from lit_sr.attacks.spec import parse_eps
 from lit_sr.attacks.worst_case import default_eval_attacks, output_psnr, worst_case_psnr
+from lit_sr.errors import ConfigError
 from lit_sr.io import atomic_write
 from lit_sr.jobs.evaluate.config import ModelSpec
 from lit_sr.jobs.evaluate.runner import build_model, load_pairs
 from lit_sr.jobs.parser import job_parser, run_job
+from lit_sr.tables import fmt, markdown_lines
 from lit_sr.validation import check_int
 
 
@@ -48,6 +51,8 @@ class RobustConfig:
         restarts: random restarts of each PGD.
         transfer_source: a model whose attacks are also transferred to every other model; ``None``: none.
         seed: the attacks' random starts.
+        attacks: an ``attacks`` block of plain registered attacks (label -> parameters), each run with
+            ``restarts`` restarts; ``None``: :func:`~lit_sr.attacks.worst_case.default_eval_block`.
     """
 
     data: str
@@ -59,6 +64,7 @@ class RobustConfig:
     restarts: int = 2
     transfer_source: str | None = None
     seed: int = 0
+    attacks: dict[str, dict[str, Any] | None] | None = None
 
     def __post_init__(self) -> None:
         for key, minimum in (("scale", 1), ("train_steps", 1), ("restarts", 1), ("seed", 0)):
@@ -83,9 +89,14 @@ def evaluate_models(
     train_steps: int = 3,
     restarts: int = 2,
     transfer_source: str | None = None,
+    attacks: Mapping[str, Mapping | None] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Mean clean PSNR-Y (vs HR) and attacked PSNR-Y of each model over ``pairs`` (one image per batch)."""
-    attacks = default_eval_attacks(eps, train_steps, restarts)
+    """Mean clean PSNR-Y (vs HR) and attacked PSNR-Y of each model over ``pairs`` (one image per batch).
+
+    ``attacks``: an ``attacks`` block of plain registered attacks (label -> parameters); ``None``
+    for :func:`~lit_sr.attacks.worst_case.default_eval_block`.
+    """
+    factories = default_eval_attacks(eps, train_steps, restarts, attacks)
     table: dict[str, dict[str, list[float]]] = {}
     for lr, hr in pairs:
         lr, hr = lr.unsqueeze(0), hr.unsqueeze(0)
@@ -95,7 +106,7 @@ def evaluate_models(
             transfer = None
             if transfer_source is not None and transfer_source != name and any(p.numel() for p in model.parameters()):
                 transfer = {transfer_source: models[transfer_source]}
-            for key, value in worst_case_psnr(model, lr, hr, attacks, scale, True, transfer).items():
+            for key, value in worst_case_psnr(model, lr, hr, factories, scale, True, transfer).items():
                 row.setdefault(key, []).append(float(value))
     return {m: {k: sum(v) / len(v) for k, v in row.items()} for m, row in table.items()}
 
@@ -104,14 +115,11 @@ def markdown_table(results: Mapping[str, Mapping[str, float]], eps: float) -> st
     """One row per model and metric: clean PSNR-Y vs HR, then each attack, the worst case last."""
     keys = sorted({k.split("/")[0] for row in results.values() for k in row} - {"clean", "worst"})
     header = ["model", "metric", "clean", *keys, "worst"]
+    table = [[name, metric, fmt(row["clean/hr_psnr"]) if metric == "hr_psnr" else "-",
+              *(fmt(row.get(f"{k}/{metric}")) for k in [*keys, "worst"])]
+             for name, row in results.items() for metric in ("sr_psnr", "hr_psnr")]
     lines = [f"PSNR-Y (dB) at eps = {eps * 255:g}/255, per image the minimum over restarts, then the mean. "
-             "sr_psnr: attacked SR vs clean SR (Choi et al.); hr_psnr: SR vs HR.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, row in results.items():
-        for metric in ("sr_psnr", "hr_psnr"):
-            clean = f"{row['clean/hr_psnr']:.2f}" if metric == "hr_psnr" else "-"
-            cells = [f"{row[f'{k}/{metric}']:.2f}" if f"{k}/{metric}" in row else "-" for k in [*keys, "worst"]]
-            lines.append("| " + " | ".join([name, metric, clean, *cells]) + " |")
+             "sr_psnr: attacked SR vs clean SR (Choi et al.); hr_psnr: SR vs HR.", "", *markdown_lines(header, table)]
     return "\n".join(lines) + "\n"
 
 
@@ -126,7 +134,8 @@ def _run(cfg: RobustConfig, namespace=None) -> int:
     torch.manual_seed(cfg.seed)
     models = {name: build_model(spec, torch.device("cpu"), name) for name, spec in cfg.models.items()}
     pairs = [(p.lr, p.hr) for p in load_pairs(cfg.data, cfg.scale)]
-    results = evaluate_models(models, pairs, cfg.scale, cfg.eps, cfg.train_steps, cfg.restarts, cfg.transfer_source)
+    results = evaluate_models(models, pairs, cfg.scale, cfg.eps, cfg.train_steps, cfg.restarts, cfg.transfer_source,
+                              cfg.attacks)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(results, cfg.eps)

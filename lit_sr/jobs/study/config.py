@@ -20,13 +20,12 @@ from typing import Any, Literal
 
 from jsonargparse import ArgumentParser
 
-from lit_sr.attacks.spec import ConfigError
+from lit_sr.errors import ConfigError
 from lit_sr.jobs.parser import job_parser, load_job_config, read_yaml
 from lit_sr.validation import check_fraction, check_positive
 
 Format = Literal["rate", "pct", "db", "float", "int", "text", "paired_delta"]
 FORMATS: tuple[str, ...] = Format.__args__
-StudyConfigError = ConfigError  # the name this module had for it: one config error for every job
 
 
 def _checked(fn, *args):

@@ -62,7 +62,6 @@ from lit_sr.jobs.study.config import (
     Plot,
     Run,
     Study,
-    StudyConfigError,
     Verdict,
     expand_dotted,
     load_study,
@@ -70,7 +69,7 @@ from lit_sr.jobs.study.config import (
     read_raw,
 )
 
-__all__ = ["FORMATS", "MISSING", "NOT_APPLICABLE", "Column", "Plot", "Run", "Study", "StudyConfigError", "Verdict",
+__all__ = ["FORMATS", "MISSING", "NOT_APPLICABLE", "Column", "Plot", "Run", "Study", "Verdict",
            "execute", "expand_dotted", "is_finished", "load_study", "merge", "read_raw", "run_study"]
 
 NOT_APPLICABLE = "n/a (0 included)"
