@@ -62,7 +62,7 @@ from lit_sr.archs import arch_kwargs_with_scale, build_arch
 from lit_sr.io import atomic_write, load_weights, read_image, write_image
 from lit_sr.metrics import psnr, ssim
 from lit_sr.ops import imresize
-from lit_sr.poison.asr import Rate, SuccessTally, feature_asr
+from lit_sr.poison.asr import PSNR_THR, SSIM_THR, Rate, SuccessTally, feature_asr
 from lit_sr.runtime import model_device
 from lit_sr.tables import fmt, text_table
 from lit_sr.validation import check_number
@@ -223,8 +223,8 @@ class BackdoorEvalCallback(L.Callback):
     def __init__(
         self,
         every_n_epochs: int = 1,
-        psnr_thr: float = 20.0,
-        ssim_thr: float = 0.7,
+        psnr_thr: float = PSNR_THR,
+        ssim_thr: float = SSIM_THR,
         attainment_thr: float = 0.5,
         max_images: int | None = None,
         num_grid_images: int = 2,
@@ -341,6 +341,14 @@ class BackdoorEvalCallback(L.Callback):
 # --------------------------------------------------------------------------- end-of-run summary
 
 
+def no_selection_line(configured: bool) -> str:
+    """The summary's line when no selection ran: a selection callback may be there and not have fired yet."""
+    if configured:
+        return ("selection: none ran yet (the selection callback is configured but had not reached a selection "
+                "epoch when training ended: see its every_n_epochs / select_every); the initial random set was kept")
+    return "selection: none ran (no PoisonSelectionCallback; the initial random set was kept)"
+
+
 def find_selection_results(trainer: L.Trainer) -> SelectionResults | None:
     """The ``SelectionResults`` of the one callback that reports selections (``ReportsSelection``), if any."""
     found = [cb for cb in trainer.callbacks if isinstance(cb, ReportsSelection)]
@@ -356,8 +364,8 @@ def evaluate_backdoor_on_datamodule(
     sr_fn: Callable[[torch.Tensor], torch.Tensor],
     datamodule: PoisonedData,
     device: torch.device,
-    psnr_thr: float = 20.0,
-    ssim_thr: float = 0.7,
+    psnr_thr: float = PSNR_THR,
+    ssim_thr: float = SSIM_THR,
     scale: int = 4,
     max_images: int | None = None,
     attainment_thr: float = 0.5,
@@ -442,8 +450,8 @@ class BackdoorSummary(L.Callback):
         clean_weights: str | None = None,
         clean_arch: str | None = None,
         clean_arch_kwargs: dict[str, Any] | None = None,
-        psnr_thr: float = 20.0,
-        ssim_thr: float = 0.7,
+        psnr_thr: float = PSNR_THR,
+        ssim_thr: float = SSIM_THR,
         max_images: int | None = None,
         output: str = "backdoor_summary.json",
         selection: SelectionResults | None = None,
@@ -501,9 +509,10 @@ class BackdoorSummary(L.Callback):
         finally:
             pl_module.train(was_training)
         selection = self._selection(trainer)
+        configured = self.selection is not None or find_selection_results(trainer) is not None
         self.results = {
             "backdoored": backdoored, "clean": clean, "bicubic_psnr_y": backdoored["bicubic_psnr_y"],
-            "poison_report": dict(dm.poison_report), "selection": selection,
+            "poison_report": dict(dm.poison_report), "selection": selection, "selection_configured": configured,
             "config": {**dict(dm.poison_config()), "poisoned_indices": list(dm.poisoned_indices),
                        "clean_weights": self.clean_weights, "psnr_thr": self.psnr_thr, "ssim_thr": self.ssim_thr,
                        "attainment_thr": self.attainment_thr},
@@ -562,7 +571,7 @@ class BackdoorSummary(L.Callback):
             text.append(text_table(sel_rows, (f"selection of {s['size']}/{s['pool']}{note}", chosen, "random",
                                                 "top-k")))
         else:
-            text.append("selection: none ran (no PoisonSelectionCallback; the initial random set was kept)")
+            text.append(no_selection_line(r.get("selection_configured", False)))
         return "\n\n".join(text)
 
     @staticmethod

@@ -86,6 +86,7 @@ class StandInPoisonedDataModule(L.LightningDataModule):
         self.poisoned_indices = sorted(POOL[:BUDGET])
         self.set_calls: list[list[int]] = []
         self.scale = 2
+        self.threat_model = "victim_access"  # the selection callbacks change the set during training
         self.feature_extractor = None
         self.poison_report = {"poisoned_hr_psnr": float(-10 * torch.log10((self.poisoned_hr - self.hr).pow(2).mean()))}
 

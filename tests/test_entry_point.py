@@ -58,6 +58,7 @@ def test_a_job_gets_its_arguments_and_its_exit_code(tmp_path, capsys):
     assert str(missing) in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_console_script_and_the_module_entry():
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert '[project.scripts]\nlit-sr = "lit_sr.__main__:main"\n' in pyproject

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from lit_sr.metrics import psnr
-from lit_sr.poison.asr import SuccessTally
+from lit_sr.poison.asr import PSNR_THR, SSIM_THR, SuccessTally
 from lit_sr.runtime import Autocast, autocast_context, frozen_eval, model_device
 from lit_sr.validation import check_fraction, check_images, check_int
 
@@ -140,8 +140,8 @@ def evaluate_backdoor(
     data: BackdoorEvalSet,
     batch_size: int = 16,
     autocast: Autocast = "none",
-    psnr_thr: float = 20.0,
-    ssim_thr: float = 0.7,
+    psnr_thr: float = PSNR_THR,
+    ssim_thr: float = SSIM_THR,
     attainment_thr: float = 0.5,
 ) -> dict[str, float | None]:
     """The backdoor figures of ``model`` on ``data`` (the model is left as it was).

@@ -37,7 +37,7 @@ from lit_sr.losses import (
 from lit_sr.modules.sr_module import EVAL_METRICS, arch_kwargs_with_scale, sr_metrics
 from lit_sr.runtime import Autocast, grad_enabled_outside_inference
 from lit_sr.tables import fmt, markdown_lines
-from lit_sr.validation import check_eps, check_int, check_number
+from lit_sr.validation import check_eps, check_int, check_number, check_positive, check_same_scale
 
 _PERCEPTUAL_PREFIX = PERCEPTUAL_PREFIX
 _ALL = "all"  # the set name of the means over every evaluation loader
@@ -150,6 +150,8 @@ class RefSRModule(L.LightningModule):
             check_number(getattr(self.hparams, name), name, low=0)
         check_int(warmup_epochs, "warmup_epochs", 0)
         check_int(disc_steps, "disc_steps", 1)
+        for name in ("lr", "lr_texture", "lr_disc"):  # a YAML ".nan" is a float too
+            check_positive(getattr(self.hparams, name), name)
         check_eps(attack_eps, "attack_eps")
         check_int(attack_steps, "attack_steps", 1)
         check_int(attack_square_queries, "attack_square_queries", 0)
@@ -176,6 +178,10 @@ class RefSRModule(L.LightningModule):
         self.eval_metrics = nn.ModuleDict()
 
     # ------------------------------------------------------------------ forward
+    def setup(self, stage: str) -> None:
+        # before any step: a data module of another scale would fail inside the loss (a shape error)
+        check_same_scale(self.scale, self.trainer.datamodule, type(self).__name__)
+
     def forward(self, lr: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         return self.net(lr, ref)
 
