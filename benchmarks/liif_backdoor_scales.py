@@ -47,7 +47,6 @@ from lit_sr.poison.asr import label_attainment, pixel_asr
 from lit_sr.poison.poisoner import TargetLabel
 
 
-
 def target_photo() -> torch.Tensor:
     """scikit-image's "camera" (the cameraman, 512 x 512 grey) as a (3, H, W) RGB image in [0, 1]."""
     import skimage.data

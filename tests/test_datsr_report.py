@@ -16,10 +16,10 @@ import torch
 
 from callbacks import AdversarialEvalCallback
 from datamodules.refsr import EmbeddedRefPairsDataModule
-from lit_sr.attacks.spec import ConfigError
-from lit_sr.modules.refsr_module import RefSRModule
+from lit_sr.errors import ConfigError
 from lit_sr.jobs.evaluate.config import ModelSpec
 from lit_sr.jobs.evaluate_refsr.report import RefSRReportConfig, run_refsr_report
+from lit_sr.modules.refsr_module import RefSRModule
 
 TINY = {"ngf": 8, "n_blocks": 1, "groups": 2, "embed_dim": 8, "depths": [1], "num_heads": [1], "window_size": 4,
         "img_size": 32, "random_features": True}

@@ -27,7 +27,13 @@ from lit_sr.archs import build_arch
 from lit_sr.archs.ttsr_arch import TTSRDiscriminator
 from lit_sr.attacks.refsr_adv import refsr_attack_report
 from lit_sr.io import atomic_write, load_weights, save_weights
-from lit_sr.losses import PERCEPTUAL_PREFIX, Criterion, PerceptualLoss, drop_frozen_perceptual, restore_frozen_perceptual
+from lit_sr.losses import (
+    PERCEPTUAL_PREFIX,
+    Criterion,
+    PerceptualLoss,
+    drop_frozen_perceptual,
+    restore_frozen_perceptual,
+)
 from lit_sr.modules.sr_module import EVAL_METRICS, arch_kwargs_with_scale, sr_metrics
 from lit_sr.runtime import Autocast, grad_enabled_outside_inference
 from lit_sr.tables import fmt, markdown_lines

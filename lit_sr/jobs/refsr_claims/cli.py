@@ -17,7 +17,7 @@ from typing import Any
 import lightning as L
 from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
 
-from lit_sr.attacks.spec import ConfigError
+from lit_sr.errors import ConfigError
 from lit_sr.jobs.refsr_claims.config import DEFAULT_FULL, ClaimsConfig
 from lit_sr.jobs.refsr_claims.measure import run_claims
 from lit_sr.jobs.refsr_claims.write import write_claims

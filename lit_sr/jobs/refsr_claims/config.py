@@ -17,7 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from lit_sr.attacks.spec import ConfigError, parse_eps_list
+from lit_sr.attacks.spec import parse_eps_list
+from lit_sr.errors import ConfigError
 from lit_sr.validation import check_int, check_number
 
 DEFAULT_FULL = {"adv_weight": 5e-3, "gp_weight": 10.0, "disc_arch": "image_discriminator",

@@ -24,11 +24,11 @@ from torch import nn
 
 from lit_sr.attacks.refsr_adv import RefSRAdv, RefSREnsemble, refsr_output, uniform_noise
 from lit_sr.io import load_weights, save_weights
-from lit_sr.jobs.evaluate.runner import resolve_device
 from lit_sr.jobs.refsr_claims.config import ClaimsConfig
 from lit_sr.metrics import psnr
 from lit_sr.modules.refsr_module import RefSRModule
 from lit_sr.ops import imresize
+from lit_sr.runtime import resolve_device
 
 NOISE = "noise"
 ENSEMBLE = "ensemble"

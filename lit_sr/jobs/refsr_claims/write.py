@@ -19,10 +19,11 @@ import torch
 
 from lit_sr.attacks.spec import eps_text
 from lit_sr.io import atomic_write
-from lit_sr.jobs.evaluate.writers import write_csv, write_json
+from lit_sr.jobs.evaluate.writers import write_json
 from lit_sr.jobs.refsr_claims.config import ClaimsConfig
 from lit_sr.jobs.refsr_claims.measure import ENSEMBLE, NOISE, Figures
 from lit_sr.plots import grouped_bars_figure, save_figure, transfer_figure
+from lit_sr.tables import markdown_lines, write_csv
 
 ROW_FIELDS = ("claim", "model", "source", "n_images", "clean_hr_psnr", "lr_up_ref_sr_psnr", "sr_psnr", "drop",
               "drop_std", "ref_psnr")
@@ -111,14 +112,10 @@ def _bars(rows: list[dict], title: str):
 def _table(rows: list[dict], with_source: bool) -> list[str]:
     head = ["model", *(["reference from"] if with_source else []), "clean PSNR vs HR", "SR PSNR, LR-up as ref",
             "SR PSNR vs clean", "PSNR drop (± sd)", "ref PSNR"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        source = "RefSR-Adv" if r["source"] == r["model"] else r["source"]
-        cells = [r["model"], *([source] if with_source else []), f"{r['clean_hr_psnr']:.2f}",
-                 f"{r['lr_up_ref_sr_psnr']:.2f}", f"{r['sr_psnr']:.2f}", f"{r['drop']:.2f} ± {r['drop_std']:.2f}",
-                 f"{r['ref_psnr']:.1f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+    cells = ([r["model"], *(["RefSR-Adv" if r["source"] == r["model"] else r["source"]] if with_source else []),
+              f"{r['clean_hr_psnr']:.2f}", f"{r['lr_up_ref_sr_psnr']:.2f}", f"{r['sr_psnr']:.2f}",
+              f"{r['drop']:.2f} ± {r['drop_std']:.2f}", f"{r['ref_psnr']:.1f}"] for r in rows)
+    return markdown_lines(head, cells)
 
 
 def _matrix(rows: list[dict], cfg: ClaimsConfig, key: str) -> tuple[list[str], list[list[float]]]:
@@ -128,11 +125,9 @@ def _matrix(rows: list[dict], cfg: ClaimsConfig, key: str) -> tuple[list[str], l
 
 
 def _verdict_lines(verdicts: list[dict]) -> list[str]:
-    lines = ["| question | mean difference of PSNR drops (dB) | 95% interval | n | verdict |", "|---|---|---|---|---|"]
-    for v in verdicts:
-        lines.append(f"| {v['question']} | {v['mean']:+.2f} | [{v['low']:+.2f}, {v['high']:+.2f}] | {v['n']} | "
-                     f"**{v['verdict']}** |")
-    return lines
+    head = ["question", "mean difference of PSNR drops (dB)", "95% interval", "n", "verdict"]
+    return markdown_lines(head, ([v["question"], f"{v['mean']:+.2f}", f"[{v['low']:+.2f}, {v['high']:+.2f}]",
+                                  str(v["n"]), f"**{v['verdict']}**"] for v in verdicts))
 
 
 def write_claims(out: Path, cfg: ClaimsConfig, figures: Figures, meta: Mapping, full_reference: Sequence[str]) -> dict:
@@ -185,8 +180,8 @@ def claims_markdown(cfg: ClaimsConfig, rows: Mapping[str, list[dict]], verdicts:
         f"Rows: whose RefSR-Adv reference is used (`{ENSEMBLE}`: one perturbation optimised against "
         f"{' + '.join(cfg.ensemble)} together, the sum of their squared output changes; `{NOISE}`: same-eps "
         "noise); columns: the attacked model; cells: mean PSNR drop (dB).", "",
-        "| reference from | " + " | ".join(cfg.ensemble) + " |", "|---|" + "---|" * len(cfg.ensemble),
-        *[f"| {s} | " + " | ".join(f"{v:.2f}" for v in vals) + " |" for s, vals in zip(sources, matrix)], "",
+        *markdown_lines(["reference from", *cfg.ensemble],
+                        ([s, *(f"{v:.2f}" for v in vals)] for s, vals in zip(sources, matrix))), "",
         *_verdict_lines(verdicts["c"]), "", "![claim c](plots/claim_c_transfer.png)", "",
     ]
     return "\n".join(lines)
