@@ -7,6 +7,8 @@ from callbacks.image_logger import SRImageLogger
 from callbacks.last_checkpoint import LastCheckpoint
 from callbacks.poison_selection import PoisonSelectionCallback, SelectionResults, SelectionRun
 from callbacks.prediction_writer import PredictionWriter
+from callbacks.stop_on_nonfinite import NonFiniteLossError, StopOnNonFiniteLoss
+from callbacks.stop_on_signal import StopOnSigterm
 from callbacks.summary import RunSummary
 
 __all__ = [
@@ -15,10 +17,13 @@ __all__ = [
     "BackdoorSummary",
     "DownstreamEvalCallback",
     "LastCheckpoint",
+    "NonFiniteLossError",
     "PoisonSelectionCallback",
     "PredictionWriter",
     "RunSummary",
     "SRImageLogger",
     "SelectionResults",
     "SelectionRun",
+    "StopOnNonFiniteLoss",
+    "StopOnSigterm",
 ]

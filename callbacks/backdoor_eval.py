@@ -341,6 +341,14 @@ class BackdoorEvalCallback(L.Callback):
 # --------------------------------------------------------------------------- end-of-run summary
 
 
+def no_selection_line(configured: bool) -> str:
+    """The summary's line when no selection ran: a selection callback may be there and not have fired yet."""
+    if configured:
+        return ("selection: none ran yet (the selection callback is configured but had not reached a selection "
+                "epoch when training ended: see its every_n_epochs / select_every); the initial random set was kept")
+    return "selection: none ran (no PoisonSelectionCallback; the initial random set was kept)"
+
+
 def find_selection_results(trainer: L.Trainer) -> SelectionResults | None:
     """The ``SelectionResults`` of the one callback that reports selections (``ReportsSelection``), if any."""
     found = [cb for cb in trainer.callbacks if isinstance(cb, ReportsSelection)]
@@ -501,9 +509,10 @@ class BackdoorSummary(L.Callback):
         finally:
             pl_module.train(was_training)
         selection = self._selection(trainer)
+        configured = self.selection is not None or find_selection_results(trainer) is not None
         self.results = {
             "backdoored": backdoored, "clean": clean, "bicubic_psnr_y": backdoored["bicubic_psnr_y"],
-            "poison_report": dict(dm.poison_report), "selection": selection,
+            "poison_report": dict(dm.poison_report), "selection": selection, "selection_configured": configured,
             "config": {**dict(dm.poison_config()), "poisoned_indices": list(dm.poisoned_indices),
                        "clean_weights": self.clean_weights, "psnr_thr": self.psnr_thr, "ssim_thr": self.ssim_thr,
                        "attainment_thr": self.attainment_thr},
@@ -562,7 +571,7 @@ class BackdoorSummary(L.Callback):
             text.append(text_table(sel_rows, (f"selection of {s['size']}/{s['pool']}{note}", chosen, "random",
                                                 "top-k")))
         else:
-            text.append("selection: none ran (no PoisonSelectionCallback; the initial random set was kept)")
+            text.append(no_selection_line(r.get("selection_configured", False)))
         return "\n\n".join(text)
 
     @staticmethod

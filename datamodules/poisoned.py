@@ -74,7 +74,7 @@ from lit_sr.poison.substitute import SubstituteSpec, train_substitute
 from lit_sr.poison.threat_model import DATA_ONLY, AttackerSelection, ThreatModel, check_threat_model
 from lit_sr.poison.triggers import AdversarialTrigger, Trigger
 from lit_sr.runtime import AUTOCAST_CHOICES, Autocast
-from lit_sr.validation import check_bool, check_choice, check_fraction, check_int, check_positive
+from lit_sr.validation import check_bool, check_choice, check_eps, check_fraction, check_int, check_positive
 
 __all__ = [
     "CacheMismatchError",
@@ -182,9 +182,11 @@ class PoisonedSRDataModule(L.LightningDataModule):
         self.poison_rate = check_fraction(poison_rate, "poison_rate", allow_zero=False)
         self.candidate_rate = check_fraction(candidate_rate, "candidate_rate", allow_zero=False)
         self.label = check_choice(label, "label", LABELS)
-        self.eps = check_positive(eps, "eps")
         self.poisoned_hr_steps = check_int(poisoned_hr_steps, "poisoned_hr_steps", 0)
         self.poisoned_hr_norm = check_choice(poisoned_hr_norm, "poisoned_hr_norm", NORMS)
+        # "pixel" and "rms" budgets are on the [0, 1] pixel scale (eps 2 would allow any image at
+        # all: no stealth bound); "l2" is a raw norm that grows with the image size
+        self.eps = check_positive(eps, "eps") if self.poisoned_hr_norm == "l2" else check_eps(eps, "eps")
         self.poisoned_hr_step_rule = check_choice(poisoned_hr_step_rule, "poisoned_hr_step_rule", STEP_RULES)
         self.quantize = check_bool(quantize, "quantize")
         self.rebuild_cache = check_bool(rebuild_cache, "rebuild_cache")
