@@ -39,8 +39,9 @@ def grid_row(lr, triggered_lr, clean_sr, triggered_sr, target, scale: int, diff_
     return [t[..., :h, :w].detach().cpu().clamp(0, 1) for t in tiles]
 
 
-def _header(labels: Sequence[str], tile_w: int, height: int = 14) -> torch.Tensor:
-    """A white strip with each label centred over its column (PIL's default font)."""
+def header_strip(labels: Sequence[str], tile_w: int, height: int = 14) -> torch.Tensor:
+    """A white ``(3, height, W)`` strip with each label centred over its column of a
+    ``make_grid(..., padding=PADDING)`` grid of tiles ``tile_w`` wide (PIL's default font)."""
     from PIL import Image, ImageDraw, ImageFont
 
     width = len(labels) * (tile_w + PADDING) + PADDING
@@ -70,7 +71,7 @@ def backdoor_grid(rows: Sequence[Sequence[torch.Tensor]], diff_gain: float, min_
         tiles = [F.interpolate(t[None], scale_factor=zoom, mode="nearest")[0] for t in tiles]
         h, w = h * zoom, w * zoom
     body = make_grid(tiles, nrow=len(rows[0]), padding=PADDING, pad_value=1.0)
-    header = _header(column_labels(diff_gain)[: len(rows[0])], w)
+    header = header_strip(column_labels(diff_gain)[: len(rows[0])], w)
     width = min(header.shape[-1], body.shape[-1])
     return torch.cat([header[..., :width], body[..., :width]], dim=1)
 
