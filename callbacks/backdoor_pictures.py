@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import make_grid
 
+from lit_sr.extras import require_extra
 from lit_sr.io import atomic_write
 from lit_sr.validation import check_positive
 
@@ -80,7 +81,7 @@ def plot_history(history: Sequence[dict[str, float | None]], keys: Sequence[str]
                  title: str = "backdoor success over training") -> Path:
     """PNG of ``history`` (one dict per evaluation with ``step`` and the metrics in ``keys``; a
     ``None`` value, nothing included, is a gap) with the step on the x axis."""
-    from matplotlib.figure import Figure
+    Figure = require_extra("matplotlib.figure").Figure
 
     fig = Figure(figsize=(6.0, 3.6), layout="constrained")
     ax = fig.subplots()

@@ -48,6 +48,7 @@ from lit_sr.downstream.metrics import (
     reduce_counts,
 )
 from lit_sr.downstream.wrappers import DownstreamClassifier, DownstreamDetector
+from lit_sr.extras import require_extra
 from lit_sr.image_logging import log_image
 from lit_sr.io import atomic_write
 from lit_sr.ops import imresize
@@ -223,6 +224,7 @@ class DownstreamEvalCallback(L.Callback):
                 counts = classification_counts(pred, labels, preds["hr"], self.target_class)
                 add_counts(self._cls_counts.setdefault(cond, {}), counts)
         if self.detector is not None:
+            require_extra("pycocotools")  # its backend: the [detection] extra
             from torchmetrics.detection import MeanAveragePrecision
 
             targets = [{"boxes": b.to(images["hr"].device), "labels": lab.to(images["hr"].device) + self.label_offset}

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from lit_sr.attacks.spec import ConfigError, eps_text, init_params
+from lit_sr.extras import require_extra
 
 DOWNSTREAM_FIELDS = (
     "down_hr_top1", "down_clean_top1", "down_top1", "down_agreement",
@@ -175,6 +176,7 @@ class DownstreamTally:
             add_counts(self.cls_counts.setdefault(cond, {}), classification_counts(pred, labels, preds["hr"]))
 
     def _detect(self, images: dict[str, torch.Tensor], labels: Sequence[Mapping[str, torch.Tensor]]) -> None:
+        require_extra("pycocotools")  # its backend: the [detection] extra
         from torchmetrics.detection import MeanAveragePrecision
 
         from lit_sr.downstream.metrics import add_counts, detection_change_counts

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from lit_sr.attacks.refsr_adv import uniform_noise
 from lit_sr.attacks.refsr_spec import RefSRAttackRunner, parse_refsr_attacks, refsr_predict
 from lit_sr.attacks.spec import ConfigError, eps_text, parse_eps_list
+from lit_sr.extras import require_extra
 from lit_sr.io import atomic_write
 from lit_sr.metrics import psnr, ssim
 from lit_sr.refsr_defenses import SimilarityGatedTTSR, evaluate_refsr_defense
@@ -283,8 +284,8 @@ def refsr_markdown(rows: list[dict], meta: Mapping, eps_list: list[float]) -> st
 
 def refsr_figure(rows: list[dict], eps: float):
     """SR PSNR (attacked vs clean output) against the similarity level, one line per row."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    FigureCanvasAgg = require_extra("matplotlib.backends.backend_agg").FigureCanvasAgg
+    Figure = require_extra("matplotlib.figure").Figure
 
     fig = Figure(figsize=(6.0, 4.2), layout="constrained")
     FigureCanvasAgg(fig)
