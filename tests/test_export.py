@@ -13,8 +13,8 @@ import torch
 import yaml
 
 from datamodules import DIV2KDataModule, EmbeddedPhotosDataModule, PoisonedSRDataModule
-from lit_sr.data.__main__ import main as data_main
 from lit_sr.io import read_image, sha256_file
+from lit_sr.jobs.data.cli import main as data_main
 from lit_sr.modules import SRModule
 from lit_sr.poison.export import export_poisoned
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import re
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from lit_sr.extras import DISTRIBUTION, EXTRAS, MissingExtraError, require_extra
 
@@ -67,6 +67,6 @@ def test_the_distribution_name_is_not_one_pypi_would_refuse():
 
 
 def test_lightning_has_an_upper_bound():
-    """lit_sr.cli overrides private LightningCLI methods (tests/test_lightning_private.py pins them)."""
+    """lit_sr.jobs.train.cli overrides private LightningCLI methods (tests/test_lightning_private.py pins them)."""
     (req,) = [r for r in _pyproject()["project"]["dependencies"] if r.startswith("lightning")]
     assert re.search(r"<\s*\d+\.\d+", req), req

@@ -1,6 +1,6 @@
 """The private LightningCLI behaviour lit-sr builds on, pinned: when a Lightning release changes it, this fails.
 
-``lit_sr.cli.SRLightningCLI`` overrides ``LightningCLI._parse_ckpt_path`` (to re-apply ``--model.*``
+``lit_sr.jobs.train.cli.SRLightningCLI`` overrides ``LightningCLI._parse_ckpt_path`` (to re-apply ``--model.*``
 arguments typed on the command line after the checkpoint's hyper-parameters) and the training
 entry point overrides ``_prepare_subcommand_parser`` (``predict`` keeps no predictions in memory).
 Both are private, so ``pyproject.toml`` bounds Lightning's minor version; before raising the bound,
@@ -17,8 +17,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.cli import LightningCLI
-
-from lit_sr.cli import SRLightningCLI
+from lit_sr.jobs.train.cli import SRLightningCLI
 
 MODEL = ["--model", "lit_sr.modules.SRModule", "--model.init_args.arch", "edsr",
          "--model.init_args.arch_kwargs", "{num_feat: 8, num_block: 1}", "--model.init_args.scale", "2"]
@@ -80,5 +79,5 @@ def test_the_checkpoint_wins_upstream_and_the_command_line_wins_in_lit_sr(tmp_pa
         cli = klass(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                     save_config_callback=None, args=args)
     # Upstream: the checkpoint's lr replaces the one typed on the command line (if this changes, the
-    # override in lit_sr.cli is no longer needed); lit-sr: the typed value wins.
+    # override in lit_sr.jobs.train.cli is no longer needed); lit-sr: the typed value wins.
     assert cli.model.hparams.lr == pytest.approx(expected)
