@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from lit_sr.io import atomic_write
+from lit_sr.recipes import resolve_config
 
 FORMATS = ("rate", "pct", "db", "float", "int", "text", "paired_delta")
 STUDY_KEYS = {"name", "output_dir", "base_config", "train_script", "subcommand", "overrides", "runs", "grid",
@@ -272,6 +273,8 @@ def read_raw(source: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not isinstance(parent, str):
         raise _fail(source, "extends", f"expected a study file name; got {parent!r}")
     parent_path = Path(parent) if Path(parent).is_file() else source.parent / parent
+    if not parent_path.is_file():  # a built-in study (``demo``, ``configs/study/demo.yaml`` outside a checkout)
+        parent_path = Path(resolve_config(parent, "study"))
     if parent_path.resolve() in seen:
         raise _fail(source, "extends", f"{parent} extends itself (through {[str(p) for p in seen]})")
     base = read_raw(parent_path, (*seen, source.resolve()))
@@ -291,7 +294,8 @@ def load_study(path: str | os.PathLike) -> Study:
     name = raw["name"]
     if not isinstance(name, str) or not name or "/" in name:
         raise _fail(source, "name", f"expected a folder name; got {name!r}")
-    base_configs = _as_list(raw["base_config"], source, "base_config")
+    # a built-in recipe name, or a configs/ path read from the installed recipes outside a checkout
+    base_configs = [resolve_config(c, "train") for c in _as_list(raw["base_config"], source, "base_config")]
     common = expand_dotted(raw.get("overrides") or {}, source, "overrides")
     results_file = raw.get("results_file", "backdoor_summary.json")
     explicit = raw.get("runs") or {None: {}}
@@ -314,7 +318,8 @@ def load_study(path: str | os.PathLike) -> Study:
             overrides = merge(merge(common, expand_dotted(spec.get("overrides") or {}, source, key)),
                               expand_dotted(point, source, "grid"))
             params = {"run": "__".join(parts) or "run", **({"arm": run_name} if run_name else {}), **point}
-            configs = _as_list(spec["config"], source, f"{key}.config") if "config" in spec else base_configs
+            configs = ([resolve_config(c, "train") for c in _as_list(spec["config"], source, f"{key}.config")]
+                       if "config" in spec else base_configs)
             in_table = spec.get("in_table", True)
             if not isinstance(in_table, bool):
                 raise _fail(source, f"{key}.in_table", f"expected true or false; got {in_table!r}")
