@@ -17,6 +17,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.cli import LightningCLI
+
 from lit_sr.jobs.train.cli import SRLightningCLI
 
 MODEL = ["--model", "lit_sr.modules.SRModule", "--model.init_args.arch", "edsr",
