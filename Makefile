@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo demo-quick quickstart defend test lint clean
+.PHONY: venv demo demo-quick quickstart defend test lint docs clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -72,8 +72,12 @@ robust: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest tests -x --durations=15
 
+# The guide (docs/) and its API reference from the docstrings into site/; every warning is an error.
+docs: $(STAMP)
+	$(PY) -m mkdocs build --strict
+
 lint: $(STAMP)
 	$(PY) -m ruff check lit_sr datamodules callbacks tests benchmarks train.py
 
 clean:
-	rm -rf runs lightning_logs .pytest_cache
+	rm -rf runs lightning_logs .pytest_cache site
