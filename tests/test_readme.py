@@ -533,9 +533,9 @@ def test_data_prepare_commands_run_on_small_folders(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     rng = np.random.default_rng(0)
     cmds = command("data_prepare")
-    assert [shlex.split(c)[3] for c in cmds].count("prepare") >= 2 and any(" verify " in c for c in cmds)
+    assert [shlex.split(c)[2] for c in cmds].count("prepare") >= 2 and any(" verify " in c for c in cmds)
     for cmd in cmds:
-        args = [a.replace("/data/", f"{tmp_path}/data/") for a in shlex.split(cmd)[3:]]
+        args = [a.replace("/data/", f"{tmp_path}/data/") for a in shlex.split(cmd)[2:]]  # after `lit-sr data`
         if args[0] == "prepare":
             hr_dir = Path(args[args.index("--hr-dir") + 1])
             lr_dir = Path(args[args.index("--lr-dir") + 1])

@@ -17,6 +17,7 @@ the writer, set with ``--prediction.output_dir``, ``--prediction.tile`` and ``--
 from __future__ import annotations
 
 import copy
+import signal
 import sys
 from collections.abc import Iterable
 
@@ -24,6 +25,7 @@ import lightning as L
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks.prediction_writer import PredictionWriter
 from lit_sr.runtime import close_process_group
@@ -62,6 +64,12 @@ class SRLightningCLI(LightningCLI):
     file) as itself, message first, instead of inside the parser's "Does not validate against any
     of the Union subtypes" listing (see :func:`model_construction_error`).
     """
+
+    def init_parser(self, **kwargs):
+        # argparse takes an unambiguous prefix for an option by default, so the typo
+        # --trainer.max_epoch silently set max_epochs: only whole option names are accepted
+        kwargs.setdefault("allow_abbrev", False)
+        return super().init_parser(**kwargs)
 
     def parse_arguments(self, parser, args) -> None:
         argv = [] if isinstance(args, (dict, Namespace)) else list(sys.argv[1:] if args is None else args)
@@ -153,8 +161,22 @@ def train_cli(args: list[str] | None = None, run: bool = True, prog: str | None 
     )
 
 
+SIGTERM_EXIT = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``lit-sr fit|validate|test|predict ...``: run the subcommand, then leave the process group (DDP)."""
-    train_cli(argv, prog="lit-sr")
-    close_process_group()
+    """``lit-sr fit|validate|test|predict ...``: run the subcommand, then leave the process group (DDP).
+
+    Returns 0, or :data:`SIGTERM_EXIT` (143) when a SIGTERM stopped the run: Lightning ends the
+    loop with a ``SystemExit`` of code 0, which would tell a scheduler the run finished.
+    """
+    try:
+        train_cli(argv, prog="lit-sr")
+    except SIGTERMException:
+        rank_zero_warn("stopped by SIGTERM before the end: no weights.pth was written; the latest state is in "
+                       "the run's checkpoints/last.ckpt (when a LastCheckpoint callback is set): resume with "
+                       "--ckpt_path <run>/checkpoints/last.ckpt", category=UserWarning)
+        return SIGTERM_EXIT
+    finally:
+        close_process_group()
     return 0

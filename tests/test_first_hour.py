@@ -1,0 +1,59 @@
+"""What a new user met in the first hour (issue 21), pinned: a misspelt option is refused instead of being
+taken as the option it abbreviates, and a SIGTERM ends ``fit`` with a non-zero code and a resumable
+``last.ckpt`` instead of a silent exit 0."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+import torch
+
+from lit_sr.jobs.train.cli import SIGTERM_EXIT
+from lit_sr.jobs.train.cli import main as train_main
+
+TINY = ["--model", "lit_sr.modules.SRModule", "--model.init_args.arch", "edsr",
+        "--model.init_args.arch_kwargs", "{num_feat: 8, num_block: 1}", "--model.init_args.scale", "2",
+        "--data", "datamodules.EmbeddedPhotosDataModule", "--data.init_args.scale", "2",
+        "--data.init_args.patch_size", "32", "--data.init_args.batch_size", "2", "--data.init_args.max_side", "64",
+        "--data.init_args.repeat", "1", "--data.init_args.max_val_images", "1", "--data.init_args.num_workers", "0",
+        "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false"]
+
+
+def test_a_misspelt_trainer_option_is_refused_not_abbreviated(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["fit", *TINY, "--trainer.max_epoch", "3", "--print_config"])
+    assert exit_info.value.code == 2
+    assert "--trainer.max_epoch" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # the whole name still works
+        train_main(["fit", *TINY, "--trainer.max_epochs", "3", "--print_config"])
+    assert exit_info.value.code in (0, None)
+    assert "max_epochs: 3" in capsys.readouterr().out
+
+
+def test_sigterm_exits_143_and_leaves_a_resumable_last_checkpoint(tmp_path, monkeypatch):
+    # a callback that sends this process SIGTERM after the second training step, as a scheduler would
+    (tmp_path / "sigterm_after.py").write_text(textwrap.dedent("""
+        import os, signal
+        import lightning as L
+
+        class SigtermAfter(L.Callback):
+            def __init__(self, step: int = 2):
+                self.step = step
+
+            def on_train_batch_end(self, trainer, *args):
+                if trainer.global_step == self.step:
+                    os.kill(os.getpid(), signal.SIGTERM)
+        """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    code = train_main(["fit", *TINY, "--trainer.max_steps", "50", "--trainer.limit_val_batches", "0",
+                       "--trainer.logger", "{class_path: lightning.pytorch.loggers.CSVLogger, init_args: {save_dir: runs}}",
+                       "--trainer.callbacks", "[{class_path: callbacks.last_checkpoint.LastCheckpoint}, "
+                       "{class_path: sigterm_after.SigtermAfter}]"])
+    assert code == SIGTERM_EXIT == 143
+    (run,) = (tmp_path / "runs" / "lightning_logs").iterdir()
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 2  # the step reached, not the epoch-end state of an earlier epoch
+    assert not (run / "weights.pth").exists()  # written only when fit ends; the warning says so
