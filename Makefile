@@ -35,9 +35,10 @@ demo-quick: $(STAMP)
 defend: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m lit_sr defend --config configs/defend/quickstart.yaml
 
-# The clean quickstart alone (beats bicubic in a few minutes on two CPU cores).
+# The clean quickstart alone (beats bicubic in a few minutes on two CPU cores), into the fixed folder
+# runs/quickstart/quickstart/ that `make robustness` and `make robust` read (they do not train it again).
 quickstart: $(STAMP)
-	$(PY) train.py fit --config configs/train/quickstart.yaml
+	$(PY) train.py fit --config configs/train/quickstart.yaml --trainer.logger.init_args.version $(QUICKSTART_VERSION)
 
 # The robustness report of the quickstart EDSR against bicubic (configs/evaluate/robustness_quick.yaml): the
 # embedded validation photos as PNG files, the quickstart trained into a fixed logger version when its

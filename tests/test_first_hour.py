@@ -57,3 +57,32 @@ def test_sigterm_exits_143_and_leaves_a_resumable_last_checkpoint(tmp_path, monk
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 2  # the step reached, not the epoch-end state of an earlier epoch
     assert not (run / "weights.pth").exists()  # written only when fit ends; the warning says so
+
+
+@pytest.mark.parametrize("recipe", ["configs/train/robust_quickstart.yaml", "configs/evaluate/robustness_quick.yaml",
+                                    "configs/evaluate_refsr/quick.yaml"])
+def test_a_missing_run_output_names_the_command_that_writes_exactly_that_file(recipe, tmp_path, monkeypatch, capsys):
+    """The recipes that read another run's weights: the "not found" error names a command, and that command's
+    logger writes the very folder the recipe reads (so following the message fixes it)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    import yaml
+
+    from lit_sr.io import read_state_dict
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / recipe).read_text()
+    (weights,) = set(re.findall(r"weights: (runs/\S+/weights\.pth)", text))
+    monkeypatch.chdir(tmp_path)  # no runs/ here
+    with pytest.raises(FileNotFoundError) as error:
+        read_state_dict(weights)
+    command = re.search(r"`(lit-sr fit [^`]+)`", str(error.value)).group(1)
+    args = shlex.split(command)[2:]
+    assert args[0] == "--config"
+    monkeypatch.chdir(root)
+    with pytest.raises(SystemExit):
+        train_main(["fit", "--config", f"configs/train/{args[1]}.yaml", *args[2:], "--print_config"])
+    logger = yaml.safe_load(capsys.readouterr().out)["trainer"]["logger"]["init_args"]
+    assert Path(logger["save_dir"], logger["name"], str(logger["version"]), "weights.pth") == Path(weights)

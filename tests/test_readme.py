@@ -68,6 +68,8 @@ HANDLERS = {
     r"^python train\.py (fit|test) --config configs/train/\w+_div2k\.yaml": "parse_gpu_recipe",
     r"^python train\.py predict --config configs/train/quickstart\.yaml --ckpt_path": "predict_quickstart",
     r"^python train\.py fit --config configs/train/demo_clean\.yaml": "parse_only",
+    r"^python train\.py fit --config configs/train/quickstart\.yaml --trainer\.logger\.init_args\.version quickstart$":
+        "parse_only",
     r"^python train\.py fit --config configs/train/badsr_quickstart\.yaml": "parse_only",
     r"^python train\.py fit --config configs/train/robust_\w+\.yaml$": "parse_only",
     r"^python train\.py (fit|test) --config configs/train/refsr_quickstart\.yaml": "parse_only",
@@ -556,7 +558,7 @@ def test_documented_report_configs_load(cmd):
     # Running them needs the trained base and fine-tuned weights (minutes each); their configs must load.
     from lit_sr.jobs.evaluate import load_config
 
-    cfg = load_config(ROOT / shlex.split(cmd)[4])
+    cfg = load_config(ROOT / shlex.split(cmd)[3])  # lit-sr <job> --config <file>
     assert cfg.models and cfg.attacks
 
 
@@ -601,7 +603,7 @@ def test_documented_defense_report_configs_load(cmd):
     # Running them needs make demo's arms (or the DIV2K runs); the configs and every defense in them must validate.
     from lit_sr.jobs.defend.config import load_config
 
-    cfg = load_config(ROOT / shlex.split(cmd)[4])
+    cfg = load_config(ROOT / shlex.split(cmd)[3])  # lit-sr <job> --config <file>
     assert cfg.attacks and {e["defense"] for e in cfg.defenses.values()} == {"ft", "fp", "nad", "ibau", "anp"}
 
 
