@@ -86,3 +86,14 @@ def test_a_missing_run_output_names_the_command_that_writes_exactly_that_file(re
         train_main(["fit", "--config", f"configs/train/{args[1]}.yaml", *args[2:], "--print_config"])
     logger = yaml.safe_load(capsys.readouterr().out)["trainer"]["logger"]["init_args"]
     assert Path(logger["save_dir"], logger["name"], str(logger["version"]), "weights.pth") == Path(weights)
+
+
+def test_the_refsr_report_progress_bar_has_a_total():
+    from torch.utils.data import DataLoader
+
+    from lit_sr.jobs.evaluate_refsr.report import batch_count
+
+    loaders = [DataLoader(list(range(10)), batch_size=4), DataLoader(list(range(3)), batch_size=2)]
+    assert batch_count(loaders, None) == 3 + 2
+    assert batch_count(loaders, 5) == 2 + 2  # max_images per loader: ceil(5 / 4) and all of the second
+    assert batch_count([iter(range(3))], None) is None  # no length: no total rather than a wrong one
