@@ -125,7 +125,7 @@ def test_report_writes_tables_plots_summary_and_ranks_bicubic_most_robust(assets
 
 def test_shipped_configs_parse():
     for name in ("robustness_choi2019.yaml", "robustness_quick.yaml"):
-        cfg = load_config(ROOT / "configs" / name)
+        cfg = load_config(ROOT / "configs" / "evaluate" / name)
         assert "bicubic" in cfg.models and cfg.attacks
     choi = load_config(ROOT / "configs" / "evaluate" / "robustness_choi2019.yaml")
     assert [eps_label(e) for e in choi.eps] == ["eps1", "eps2", "eps4", "eps8", "eps16", "eps32"]
