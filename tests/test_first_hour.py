@@ -97,3 +97,26 @@ def test_the_refsr_report_progress_bar_has_a_total():
     assert batch_count(loaders, None) == 3 + 2
     assert batch_count(loaders, 5) == 2 + 2  # max_images per loader: ceil(5 / 4) and all of the second
     assert batch_count([iter(range(3))], None) is None  # no length: no total rather than a wrong one
+
+
+def test_a_gpu_recipe_on_a_machine_without_one_stops_at_once_saying_what_to_pass(capsys, monkeypatch):
+    from lit_sr.jobs.train import cli
+
+    monkeypatch.setattr(cli.torch.cuda, "is_available", lambda: False)
+    assert train_main(["fit", "--config", "configs/train/edsr_x4_div2k.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "no GPU is present" in err and "strategy=ddp" in err and "precision=bf16-mixed" in err
+    assert cli.CPU_OVERRIDES in err
+    # what the message says to pass is enough for the check; a CPU recipe never trips it
+    args = cli.CPU_OVERRIDES.split()
+    trainer = dict(zip([a.removeprefix("--trainer.") for a in args[::2]], args[1::2]))
+    assert cli.gpu_request({"strategy": "ddp", "precision": "bf16-mixed", **trainer}, False) is None
+    assert cli.gpu_request({"accelerator": "auto", "devices": 1, "precision": "32-true"}, False) is None
+    assert cli.gpu_request({"strategy": "ddp", "precision": "bf16-mixed"}, True) is None  # a GPU is there
+
+
+def test_a_missing_prepared_folder_is_named_missing(tmp_path):
+    from lit_sr.data.prepare import prepared_config
+
+    with pytest.raises(FileNotFoundError, match="prepared data folder not found: .*nowhere.*lit-sr data prepare"):
+        prepared_config(tmp_path / "nowhere")

@@ -19,9 +19,10 @@ from __future__ import annotations
 import copy
 import signal
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import lightning as L
+import torch
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
@@ -133,8 +134,50 @@ def model_construction_error(error: BaseException) -> BaseException | None:
     return found
 
 
+CPU_OVERRIDES = ("--trainer.accelerator cpu --trainer.devices 1 --trainer.strategy auto "
+                 "--trainer.precision 32-true")
+
+
+class NoGPUError(RuntimeError):
+    """A GPU recipe started where no GPU is present (raised before anything is built)."""
+
+
+def gpu_request(trainer: Mapping, cuda_available: bool) -> str | None:
+    """What in a ``trainer`` config asks for a GPU that is not there (``None`` when nothing does, or
+    ``accelerator: cpu`` was chosen): ``strategy: ddp`` would start gloo processes on the CPU, and
+    ``bf16-mixed`` / ``16-mixed`` would run CPU autocast, both far slower than the recipe was sized for."""
+    accelerator = str(trainer.get("accelerator") or "auto")
+    if cuda_available or accelerator == "cpu":
+        return None
+    strategy = trainer.get("strategy")
+    strategy = strategy if isinstance(strategy, str) else getattr(strategy, "class_path", None) or str(strategy)
+    precision = str(trainer.get("precision") or "32-true")
+    asks = []
+    if accelerator in ("gpu", "cuda"):
+        asks.append(f"accelerator={accelerator}")
+    if "ddp" in strategy.lower():
+        asks.append(f"strategy={strategy}")
+    if precision.startswith(("bf16", "16")):
+        asks.append(f"precision={precision}")
+    return ", ".join(asks) or None
+
+
 class TrainCLI(SRLightningCLI):
-    """:class:`SRLightningCLI` with the prediction writer as a forced callback (``--prediction.*``)."""
+    """:class:`SRLightningCLI` with the prediction writer as a forced callback (``--prediction.*``).
+
+    A run started from the command line (``lit-sr fit ...``) whose recipe asks for a GPU on a machine
+    without one stops at once with :class:`NoGPUError`, saying what to pass to run it on the CPU.
+    """
+
+    def before_instantiate_classes(self) -> None:
+        subcommand = self.config.get("subcommand")
+        if subcommand is None:  # built without running (tests, notebooks): nothing is started
+            return
+        asks = gpu_request(self.config[subcommand].get("trainer") or {}, torch.cuda.is_available())
+        if asks:
+            raise NoGPUError(
+                f"no GPU is present, but this run's config asks for one ({asks}). To run it on the CPU anyway "
+                f"(slow), pass {CPU_OVERRIDES}; for a run sized for a CPU use --config quickstart.")
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(PredictionWriter, "prediction")
@@ -172,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     """
     try:
         train_cli(argv, prog="lit-sr")
+    except NoGPUError as error:
+        print(f"lit-sr: error: {error}", file=sys.stderr)
+        return 2
     except SIGTERMException:
         rank_zero_warn("stopped by SIGTERM before the end: no weights.pth was written; the latest state is in "
                        "the run's checkpoints/last.ckpt (when a LastCheckpoint callback is set): resume with "
