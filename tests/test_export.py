@@ -124,3 +124,34 @@ def test_save_adversarial_writes_lossless_pngs_and_the_metrics_of_the_written_fi
         assert float(row["lr_psnr"]) == pytest.approx(float(psnr(adv[None], lr[k : k + 1], y_channel=True)[0]), abs=1e-3)
         assert float(row["sr_psnr"]) < 60  # the written example still moves the output
         assert row["attack"] == "ifgsm" and float(row["eps"]) == pytest.approx(8 / 255)
+
+
+def test_the_robustness_report_keeps_its_adversarial_examples_when_asked(tmp_path):
+    from datamodules import export_embedded_photos
+    from lit_sr.archs import build_arch
+    from lit_sr.io import save_weights
+    from lit_sr.jobs.evaluate import parse_config, run_report
+
+    export_embedded_photos(tmp_path / "photos", "val", max_side=48)
+    torch.manual_seed(0)
+    save_weights(build_arch("edsr", num_feat=8, num_block=1, upscale=2, img_range=1.0), tmp_path / "edsr.pth")
+    raw = {"models": {"edsr": {"arch": "edsr", "arch_kwargs": {"num_feat": 8, "num_block": 1, "img_range": 1.0},
+                               "weights": str(tmp_path / "edsr.pth")}},
+           "datasets": {"photos": str(tmp_path / "photos")}, "attacks": {"ifgsm": {"steps": 2}},
+           "eps": ["8/255"], "scale": 2, "device": "cpu", "out": str(tmp_path / "report")}
+    cfg = parse_config({**raw, "save_adversarial": True})
+    result = run_report(cfg, progress=False)
+    folder = tmp_path / "report" / "adversarial" / "edsr" / "photos" / "ifgsm" / "eps8"
+    rows = list(csv.DictReader(open(folder / "metrics.csv")))
+    assert len(rows) == result["rows"][0]["n_images"] == 2
+    names = sorted(p.stem for p in (tmp_path / "photos").iterdir())
+    assert sorted(r["name"] for r in rows) == names
+    for row in rows:
+        adv = read_image(folder / "lr" / f"{row['name']}.png")
+        assert 0 < float(row["linf_255"]) <= 8 + 0.5  # the file moved, within eps up to the 8-bit rounding
+        assert adv.shape[0] == 3
+    # the per-image metrics are those whose mean is the report's row
+    mean = sum(float(r["sr_psnr"]) for r in rows) / len(rows)
+    assert mean == pytest.approx(result["rows"][0]["sr_psnr"], abs=1e-4)
+    with pytest.raises(Exception, match="save_adversarial"):
+        parse_config({**raw, "save_adversarial": "sometimes"})

@@ -67,6 +67,43 @@ def _refsr_metrics(model, lr, ref, adv, hr, scale: int) -> dict[str, torch.Tenso
     return out
 
 
+class AdversarialSink:
+    """Writes adversarial images as lossless PNG into ``<out_dir>/<side>/`` and their rows into ``metrics.csv``.
+
+    :func:`save_adversarial` and the robustness report's ``save_adversarial`` option use it: call
+    :meth:`add` per batch, then :meth:`close` (writes the CSV atomically; a folder without one is
+    unfinished).
+    """
+
+    def __init__(self, out_dir: str | Path, side: str = "lr"):
+        self.out = Path(out_dir)
+        self.side = side
+        self.rows: list[dict[str, Any]] = []
+        self._seen: set[str] = set()
+
+    def add(self, batch: Mapping[str, Any], adv: torch.Tensor, clean: torch.Tensor, attack: str, eps: float,
+            metrics: Mapping[str, torch.Tensor]) -> None:
+        """One batch: ``adv`` is rounded to 8 bits here (what the PNG keeps); ``batch`` gives the names."""
+        adv = quantize_8bit(adv)
+        linf = ((adv - clean.float()).abs().flatten(1).amax(1) * 255).cpu()
+        index = batch.get("index")
+        for k, name in enumerate(_names(batch, adv.shape[0], self._seen)):
+            write_image(adv[k], self.out / self.side / f"{name}.png")
+            self.rows.append({"name": name, "index": "" if index is None else int(index[k]), "attack": attack,
+                              "eps": eps, "side": self.side, "linf_255": round(float(linf[k]), 3),
+                              **{key: float(v[k]) for key, v in metrics.items()}})
+
+    def close(self) -> Path:
+        if not self.rows:
+            raise ValueError(f"{self.out}: no adversarial image to write (the loader yielded no batch)")
+        fields = list(dict.fromkeys(key for row in self.rows for key in row))
+        with atomic_write(self.out / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        return self.out / "metrics.csv"
+
+
 def save_adversarial(attack: Attack, loader: Iterable[Mapping[str, Any]], out_dir: str | Path,
                      scale: int | None = None) -> Path:
     """Attack every batch of ``loader`` and write the adversarial images and ``metrics.csv``; returns the CSV path.
@@ -83,13 +120,10 @@ def save_adversarial(attack: Attack, loader: Iterable[Mapping[str, Any]], out_di
     :func:`~lit_sr.attacks.attack_metrics` (``lr_psnr``, ``sr_psnr``, ``sr_ssim``, ``hr_psnr``...);
     for a reference attack ``ref_psnr``, ``sr_psnr``, ``hr_psnr``, ``clean_hr_psnr``.
     """
-    out = Path(out_dir)
     on_ref = isinstance(attack, RefSRAdv)
-    side = "ref" if on_ref else "lr"
+    sink = AdversarialSink(out_dir, "ref" if on_ref else "lr")
     takes_hr = "hr" in inspect.signature(attack.forward).parameters
     device = model_device(attack.model)
-    rows: list[dict[str, Any]] = []
-    seen: set[str] = set()
     for batch in loader:
         lr = batch["lr"].to(device)
         hr = batch["hr"].to(device) if batch.get("hr") is not None else None
@@ -107,18 +141,5 @@ def save_adversarial(attack: Attack, loader: Iterable[Mapping[str, Any]], out_di
                     scale = infer_scale(lr.shape, attack.model(lr[:1]).shape)
             metrics = attack_metrics(attack.model, lr, adv, hr=hr, crop_border=scale, y_channel=True)
             clean = lr
-        linf = ((adv - clean.float()).abs().flatten(1).amax(1) * 255).cpu()
-        for k, name in enumerate(_names(batch, adv.shape[0], seen)):
-            write_image(adv[k], out / side / f"{name}.png")
-            index = batch.get("index")
-            rows.append({"name": name, "index": "" if index is None else int(index[k]), "attack": attack.name,
-                         "eps": attack.eps, "side": side, "linf_255": round(float(linf[k]), 3),
-                         **{key: float(v[k]) for key, v in metrics.items()}})
-    if not rows:
-        raise ValueError("save_adversarial: the loader yielded no batch")
-    fields = list(dict.fromkeys(key for row in rows for key in row))
-    with atomic_write(out / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    return out / "metrics.csv"
+        sink.add(batch, adv, clean, attack.name, attack.eps, metrics)
+    return sink.close()
