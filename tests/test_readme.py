@@ -258,6 +258,7 @@ def test_tensorboard_hparams_are_logged_with_their_metrics(quickstart_run):
     session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
     hparams = session.session_start_info.hparams
     assert hparams["arch"].string_value == "edsr" and hparams["lr"].number_value == pytest.approx(1e-3)
+    assert not [k for k in hparams if k.startswith("_")]  # no _class_path / _instantiator noise
     assert "val/psnr_y" in events.Tags()["scalars"]  # the series the HPARAMS tab reads
 
 
