@@ -10,13 +10,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lit_sr.image_logging import logger_hints
 from lit_sr.io import atomic_write
-
-
-def format_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
-    """A plain-text table with aligned columns."""
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths))  # noqa: E731
-    return "\n".join([line(header), line(tuple("-" * w for w in widths)), *map(line, rows)])
+from lit_sr.tables import text_table
 
 
 class RunSummary(L.Callback):
@@ -43,7 +37,7 @@ class RunSummary(L.Callback):
                          fmt.format(model_v - bic_v) if bic_v is not None else "-"))
         if not trainer.is_global_zero:
             return
-        text = format_table(rows, ("val metric", "model", "bicubic", "gain"))
+        text = text_table(rows, ("val metric", "model", "bicubic", "gain"))
         hints = logger_hints(trainer.loggers, log_dir)
         rank_zero_info(f"\n{text}\n" + (f"\n{hints}\n" if hints else ""))
         with atomic_write(Path(log_dir) / "summary.json") as tmp:

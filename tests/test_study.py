@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lit_sr.errors import ConfigError
 from lit_sr.jobs.study.cli import main
-from lit_sr.jobs.study.runner import StudyConfigError, load_study, run_study
+from lit_sr.jobs.study.runner import load_study, run_study
 from lit_sr.jobs.study.table import DeltaCell, paired_delta, table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -181,7 +182,7 @@ def test_paired_delta_interval():
 )
 def test_bad_study_files_name_the_file_and_key(tmp_path, body, match):
     path = write_study(tmp_path, body)
-    with pytest.raises(StudyConfigError, match=match) as info:
+    with pytest.raises(ConfigError, match=match) as info:
         load_study(path)
     assert str(path) in str(info.value)
 
@@ -274,7 +275,7 @@ def test_a_study_extends_another_and_changes_only_what_differs(tmp_path):
     assert study.runs[0].overrides == {"fake": {"included": 4, "success": 1, "psnr": 31.0}}
     loop = tmp_path / "loop.yaml"
     loop.write_text(f"extends: {loop}\n")
-    with pytest.raises(StudyConfigError, match="extends itself"):
+    with pytest.raises(ConfigError, match="extends itself"):
         load_study(loop)
 
 
