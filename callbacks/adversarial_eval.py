@@ -33,7 +33,7 @@ from lit_sr.attacks.spec import (
     predict,
     shape_batches,
 )
-from lit_sr.io import write_image
+from lit_sr.image_logging import log_image
 from lit_sr.plots import figure_to_tensor, psnr_vs_eps_figure, save_figure
 from lit_sr.runtime import Autocast, autocast_dtype, model_device
 from lit_sr.validation import check_int
@@ -347,30 +347,22 @@ class AdversarialEvalCallback(L.Callback):
         return keys, sums, counts, grids
 
     # ------------------------------------------------------------------ logging
-    def _experiments(self, trainer: L.Trainer) -> list:
-        return [lg.experiment for lg in trainer.loggers if hasattr(getattr(lg, "experiment", None), "add_image")]
-
     def _log_visuals(self, trainer: L.Trainer, means: dict[str, float], grids: dict) -> None:
         step, epoch = trainer.global_step, trainer.current_epoch
         log_dir = getattr(self, "_log_dir", None)
         out_dir = Path(log_dir) / "attacks" if (self.save_png and log_dir) else None
-        experiments = self._experiments(trainer)
         try:
             panels = {
                 "SR PSNR, attacked vs clean output": self._series(means, "sr_psnr"),
                 "PSNR, attacked output vs HR": self._series(means, "hr_psnr"),
             }
             fig = psnr_vs_eps_figure(panels, f"attacks at epoch {epoch} (step {step})")
-            image = figure_to_tensor(fig)
-            for exp in experiments:
-                exp.add_image("attack/psnr_vs_eps", image, global_step=step)
+            log_image(trainer.loggers, "attack/psnr_vs_eps", figure_to_tensor(fig), step)
             if out_dir is not None:
                 save_figure(fig, out_dir / f"epoch{epoch:04d}_psnr_vs_eps.png")
             for (label, eps_key), grid in grids.items():
-                for exp in experiments:
-                    exp.add_image(f"attack_images/{label}/{eps_key}", grid, global_step=step)
-                if out_dir is not None:
-                    write_image(grid, out_dir / f"epoch{epoch:04d}_{label}_{eps_key}.png")
+                png = out_dir / f"epoch{epoch:04d}_{label}_{eps_key}.png" if out_dir is not None else None
+                log_image(trainer.loggers, f"attack_images/{label}/{eps_key}", grid, step, png=png)
         except OSError as exc:  # a full disk must not kill a training run over a picture
             rank_zero_warn(f"AdversarialEvalCallback could not write its images: {exc}")
 

@@ -59,7 +59,8 @@ from callbacks.backdoor_pictures import backdoor_grid, grid_row, plot_history
 from callbacks.poison_selection import ReportsSelection, SelectionResults
 from callbacks.protocols import PoisonedData, SRModel, require
 from lit_sr.archs import arch_kwargs_with_scale, build_arch
-from lit_sr.io import atomic_write, load_weights, read_image, write_image
+from lit_sr.image_logging import log_image, logger_hints
+from lit_sr.io import atomic_write, load_weights, read_image
 from lit_sr.metrics import psnr, ssim
 from lit_sr.ops import imresize
 from lit_sr.poison.asr import PSNR_THR, SSIM_THR, Rate, SuccessTally, feature_asr
@@ -318,24 +319,15 @@ class BackdoorEvalCallback(L.Callback):
         with atomic_write(folder / "success.json") as tmp:
             tmp.write_text(json.dumps(self.history, indent=2))
         png = plot_history(self.history, HISTORY_KEYS, folder / "success.png")
-        # the same plot in TensorBoard, beside the grid (the scalars are there too, one chart each)
-        for logger in trainer.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_image"):
-                experiment.add_image("backdoor/success", read_image(png), global_step=trainer.global_step)
+        # the same plot in the loggers, beside the grid (the scalars are there too, one chart each)
+        log_image(trainer.loggers, "backdoor/success", read_image(png), trainer.global_step)
 
     def _log_grid(self, trainer: L.Trainer, grid: torch.Tensor) -> None:
         caption = ("columns: clean LR | triggered LR | clean SR | triggered SR | target image | "
                    f"|SR(x~) - SR(x)| x {self.diff_gain:g} (the trigger's effect on the output, amplified)")
-        for logger in trainer.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_image"):
-                experiment.add_image("backdoor/grid", grid, global_step=trainer.global_step)
-            if hasattr(experiment, "add_text"):
-                experiment.add_text("backdoor/grid_caption", caption, global_step=trainer.global_step)
         log_dir = getattr(self, "_log_dir", None)
-        if self.save_png and log_dir:
-            write_image(grid, Path(log_dir) / "backdoor" / f"epoch{trainer.current_epoch:04d}.png")
+        png = Path(log_dir) / "backdoor" / f"epoch{trainer.current_epoch:04d}.png" if self.save_png and log_dir else None
+        log_image(trainer.loggers, "backdoor/grid", grid, trainer.global_step, png=png, caption=caption)
 
 
 # --------------------------------------------------------------------------- end-of-run summary
@@ -517,7 +509,8 @@ class BackdoorSummary(L.Callback):
                        "clean_weights": self.clean_weights, "psnr_thr": self.psnr_thr, "ssim_thr": self.ssim_thr,
                        "attainment_thr": self.attainment_thr},
         }
-        rank_zero_info("\n" + self.table() + f"\n\nTensorBoard:  tensorboard --logdir {log_dir.parent}\n")
+        hints = logger_hints(trainer.loggers, log_dir)
+        rank_zero_info("\n" + self.table() + "\n" + (f"\n{hints}\n" if hints else ""))
         with atomic_write(log_dir / self.output) as tmp:
             tmp.write_text(json.dumps(self.results, indent=2, default=float))
 

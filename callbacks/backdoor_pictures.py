@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import make_grid
 
+from lit_sr.extras import require_extra
 from lit_sr.io import atomic_write
 from lit_sr.validation import check_positive
 
@@ -39,8 +40,9 @@ def grid_row(lr, triggered_lr, clean_sr, triggered_sr, target, scale: int, diff_
     return [t[..., :h, :w].detach().cpu().clamp(0, 1) for t in tiles]
 
 
-def _header(labels: Sequence[str], tile_w: int, height: int = 14) -> torch.Tensor:
-    """A white strip with each label centred over its column (PIL's default font)."""
+def header_strip(labels: Sequence[str], tile_w: int, height: int = 14) -> torch.Tensor:
+    """A white ``(3, height, W)`` strip with each label centred over its column of a
+    ``make_grid(..., padding=PADDING)`` grid of tiles ``tile_w`` wide (PIL's default font)."""
     from PIL import Image, ImageDraw, ImageFont
 
     width = len(labels) * (tile_w + PADDING) + PADDING
@@ -70,7 +72,7 @@ def backdoor_grid(rows: Sequence[Sequence[torch.Tensor]], diff_gain: float, min_
         tiles = [F.interpolate(t[None], scale_factor=zoom, mode="nearest")[0] for t in tiles]
         h, w = h * zoom, w * zoom
     body = make_grid(tiles, nrow=len(rows[0]), padding=PADDING, pad_value=1.0)
-    header = _header(column_labels(diff_gain)[: len(rows[0])], w)
+    header = header_strip(column_labels(diff_gain)[: len(rows[0])], w)
     width = min(header.shape[-1], body.shape[-1])
     return torch.cat([header[..., :width], body[..., :width]], dim=1)
 
@@ -79,7 +81,7 @@ def plot_history(history: Sequence[dict[str, float | None]], keys: Sequence[str]
                  title: str = "backdoor success over training") -> Path:
     """PNG of ``history`` (one dict per evaluation with ``step`` and the metrics in ``keys``; a
     ``None`` value, nothing included, is a gap) with the step on the x axis."""
-    from matplotlib.figure import Figure
+    Figure = require_extra("matplotlib.figure").Figure
 
     fig = Figure(figsize=(6.0, 3.6), layout="constrained")
     ax = fig.subplots()

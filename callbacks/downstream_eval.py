@@ -49,7 +49,9 @@ from lit_sr.downstream.metrics import (
     reduce_counts,
 )
 from lit_sr.downstream.wrappers import DownstreamClassifier, DownstreamDetector
-from lit_sr.io import atomic_write, write_image
+from lit_sr.extras import require_extra
+from lit_sr.image_logging import log_image
+from lit_sr.io import atomic_write
 from lit_sr.ops import imresize
 from lit_sr.validation import check_fraction, check_int
 
@@ -222,6 +224,7 @@ class DownstreamEvalCallback(L.Callback):
                 counts = classification_counts(pred, labels, preds["hr"], self.target_class)
                 add_counts(self._cls_counts.setdefault(cond, {}), counts)
         if self.detector is not None:
+            require_extra("pycocotools")  # its backend: the [detection] extra
             from torchmetrics.detection import MeanAveragePrecision
 
             targets = [{"boxes": b.to(images["hr"].device), "labels": lab.to(images["hr"].device) + self.label_offset}
@@ -293,11 +296,6 @@ class DownstreamEvalCallback(L.Callback):
         rows = len(self._pictures[conditions[0]])
         tiles = [self._pictures[c][r] for r in range(rows) for c in conditions]
         grid = make_grid(tiles, nrow=len(conditions), padding=2, pad_value=1.0)
-        logger = trainer.logger
-        experiment = getattr(logger, "experiment", None) if logger is not None else None
-        if experiment is not None and hasattr(experiment, "add_image"):
-            experiment.add_image("downstream/grid", grid, global_step=trainer.global_step)
         path = root / "downstream" / f"epoch{trainer.current_epoch:04d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_image(grid, path)
+        log_image(trainer.loggers, "downstream/grid", grid, trainer.global_step, png=path)
         self.grid_path = path

@@ -1,4 +1,4 @@
-"""Log LR / bicubic / SR / HR comparisons of the first validation images to TensorBoard and PNG."""
+"""Log labelled LR / bicubic / SR / HR comparisons of the first validation images to every logger and PNG."""
 
 from __future__ import annotations
 
@@ -9,25 +9,33 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import make_grid
 
-from lit_sr.io import write_image
+from callbacks.backdoor_pictures import PADDING, header_strip
+from lit_sr.image_logging import log_image
 from lit_sr.ops import imresize
+
+COLUMNS = ("LR (nearest)", "bicubic", "SR", "HR")
 
 
 def comparison_row(lr: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor | None, scale: int) -> torch.Tensor:
-    """One image as ``[LR (nearest, enlarged) | bicubic | SR | HR]`` side by side, ``(3, H, 4W)``."""
+    """One image as ``[LR (nearest, enlarged) | bicubic | SR | HR]`` side by side under a strip naming
+    the columns, ``(3, 14 + H, 4W)`` (three columns when ``hr`` is ``None``)."""
     lr_big = F.interpolate(lr[None].float(), scale_factor=scale, mode="nearest")[0]
     bic = imresize(lr.float(), scale).clamp(0, 1)
     tiles = [lr_big, bic, sr.float()] + ([hr.float()] if hr is not None else [])
     h = min(t.shape[-2] for t in tiles)
     w = min(t.shape[-1] for t in tiles)
-    return make_grid([t[..., :h, :w].cpu() for t in tiles], nrow=len(tiles), padding=2, pad_value=1.0)
+    body = make_grid([t[..., :h, :w].cpu() for t in tiles], nrow=len(tiles), padding=PADDING, pad_value=1.0)
+    header = header_strip(COLUMNS[: len(tiles)], w)
+    width = min(header.shape[-1], body.shape[-1])
+    return torch.cat([header[..., :width], body[..., :width]], dim=1)
 
 
 class SRImageLogger(L.Callback):
     """Every ``every_n_epochs`` validations, logs the first ``num_images`` comparisons.
 
-    Rows are ``LR (nearest x scale) | bicubic | SR | HR``; they go to TensorBoard as
-    ``val_images/<k>`` and, with ``save_png``, to ``<log_dir>/images/epoch<E>_<k>.png``.
+    Rows are ``LR (nearest x scale) | bicubic | SR | HR`` under a strip naming the columns; they go to
+    every logger of the run as ``val_images/<k>`` (:func:`lit_sr.image_logging.log_image`: TensorBoard,
+    W&B, MLflow) and, with ``save_png``, to ``<log_dir>/images/epoch<E>_<k>.png``.
 
     Args:
         num_images: validation images to show (taken from the first batches).
@@ -62,8 +70,8 @@ class SRImageLogger(L.Callback):
             self._shown += 1
 
     def _log(self, trainer: L.Trainer, row: torch.Tensor, k: int) -> None:
-        experiment = getattr(trainer.logger, "experiment", None)
-        if experiment is not None and hasattr(experiment, "add_image"):
-            experiment.add_image(f"val_images/{k}", row, global_step=trainer.global_step)
+        png = None
         if self.save_png and self._log_dir:
-            write_image(row, Path(self._log_dir) / "images" / f"epoch{trainer.current_epoch:04d}_{k}.png")
+            png = Path(self._log_dir) / "images" / f"epoch{trainer.current_epoch:04d}_{k}.png"
+        log_image(trainer.loggers, f"val_images/{k}", row, trainer.global_step, png=png,
+                  caption="columns: " + " | ".join(COLUMNS))

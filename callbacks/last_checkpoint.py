@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
 class LastCheckpoint(ModelCheckpoint):
@@ -15,6 +16,9 @@ class LastCheckpoint(ModelCheckpoint):
     at the end of ``fit`` (``max_steps`` reached mid-epoch included), once more unless that step is
     already saved. Keep the best checkpoint with a separate ``ModelCheckpoint(monitor=...,
     save_last=False)``, listed first so that ``ckpt_path="best"`` refers to it.
+
+    On SIGTERM (a cluster's pre-emption, ``kill``), Lightning stops the loop; this callback then
+    writes ``last.ckpt`` of the step reached, so the run resumes from there (``--ckpt_path``).
 
     Args:
         dirpath: folder (default: the logger's ``<log_dir>/checkpoints``).
@@ -34,6 +38,10 @@ class LastCheckpoint(ModelCheckpoint):
     def state_key(self) -> str:
         return self._generate_state_key(kind="last", every_n_train_steps=self._every_n_train_steps,
                                         every_n_epochs=self._every_n_epochs)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException) and trainer.global_step > 0:
+            self.on_train_end(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._should_skip_saving_checkpoint(trainer):

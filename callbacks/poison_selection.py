@@ -23,6 +23,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from callbacks.protocols import PixelLossModel, PoisonedData, SRModel, ThreatModelData, require
+from lit_sr.extras import require_extra
 from lit_sr.io import atomic_write
 from lit_sr.poison.scoring import GradientScorer, GradientScores
 from lit_sr.poison.selection import GeneticSelector, Selector, random_select, topk_select
@@ -388,7 +389,7 @@ class PoisonSelectionCallback(L.Callback):
 
 def plot_search(run: SelectionRun, path: Path) -> None:
     """Best fitness per generation of one search, with the random and top-k levels, as a PNG."""
-    from matplotlib.figure import Figure  # the object API: no pyplot state, no global backend switch
+    Figure = require_extra("matplotlib.figure").Figure  # the object API: no pyplot state, no global backend switch
 
     fig = Figure(figsize=(5, 3.2), dpi=100)
     ax = fig.subplots()

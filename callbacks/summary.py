@@ -1,4 +1,4 @@
-"""Print a short end-of-run table (model vs bicubic on val) and how to open TensorBoard."""
+"""Print a short end-of-run table (model vs bicubic on val) and how to look at the run's logs."""
 
 from __future__ import annotations
 
@@ -8,12 +8,16 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
+from lit_sr.image_logging import logger_hints
 from lit_sr.io import atomic_write
 from lit_sr.tables import text_table
 
 
 class RunSummary(L.Callback):
-    """At the end of ``fit``, prints model vs bicubic PSNR/SSIM on val and the ``tensorboard`` command.
+    """At the end of ``fit``, prints model vs bicubic PSNR/SSIM on val and how to open the logs.
+
+    The hint names the loggers in use (``tensorboard --logdir`` for TensorBoard only, the
+    metrics file for CSV, ``mlflow ui`` for MLflow: :func:`lit_sr.image_logging.logger_hints`).
 
     The numbers are the logged ``val/*`` and ``val/bicubic_*`` metrics of the last validation
     (reduced across ranks); they are also written to ``<log_dir>/summary.json``.
@@ -34,6 +38,7 @@ class RunSummary(L.Callback):
         if not trainer.is_global_zero:
             return
         text = text_table(rows, ("val metric", "model", "bicubic", "gain"))
-        rank_zero_info(f"\n{text}\n\nTensorBoard:  tensorboard --logdir {Path(log_dir).parent}\n")
+        hints = logger_hints(trainer.loggers, log_dir)
+        rank_zero_info(f"\n{text}\n" + (f"\n{hints}\n" if hints else ""))
         with atomic_write(Path(log_dir) / "summary.json") as tmp:
             tmp.write_text(json.dumps({"val": metrics}, indent=2))

@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from lit_sr.recipes import JOB_FOLDERS, resolve_config_args
+
 
 class Command(NamedTuple):
     module: str  # holds ``main(argv) -> int``
@@ -32,7 +34,7 @@ COMMANDS: dict[str, Command] = {
     "robust": Command("lit_sr.jobs.robust.cli", "worst-case PSNR of (robustly fine-tuned) models over attacks and restarts"),
     "defend": Command("lit_sr.jobs.defend.cli", "defense report: backdoored runs x repair defenses, before and after"),
     "study": Command("lit_sr.jobs.study.cli", "run many training runs from one study file and write one table"),
-    "data": Command("lit_sr.jobs.data.cli", "prepare sub-images for fast training, or verify a prepared folder"),
+    "data": Command("lit_sr.jobs.data.cli", "prepare sub-images, verify a prepared folder, export a poisoned training set"),
 }
 
 
@@ -65,12 +67,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command is None:
         print(f"lit-sr: error: unknown command {name!r}; expected one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    # `--config quickstart` names a built-in recipe (lit_sr/recipes.py), also outside a checkout
+    rest = resolve_config_args(rest, JOB_FOLDERS.get(name))
     # Imported only when its command runs: a job pulls in Lightning, torchvision, its data modules
     # and callbacks (seconds of start-up); `lit-sr --help` and every other command skip them.
     job = importlib.import_module(command.module)
     if command.keeps_name:
         # LightningCLI reads sys.argv itself when given None (and warns when given both)
-        return int(job.main(None if from_command_line else argv) or 0)
+        if from_command_line:
+            sys.argv[1:] = [name, *rest]
+        return int(job.main(None if from_command_line else [name, *rest]) or 0)
     return int(job.main(rest) or 0)
 
 

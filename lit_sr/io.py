@@ -328,6 +328,31 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+RUN_OUTPUTS = ("weights.pth", "weights_best.pth", "last.ckpt", "best.ckpt")
+
+
+def producing_command_hint(path: str | os.PathLike) -> str:
+    """For a missing run output, the command that writes it ('' for any other path).
+
+    lit-sr's run folders are ``runs/<recipe>/<version>/`` (the recipe's logger ``name`` is the recipe's
+    file name) and ``<study output>/<study>/runs/<run>/`` for a study; ``weights.pth`` is written when
+    ``fit`` ends, checkpoints under ``checkpoints/``.
+    """
+    parts = Path(path).parts
+    if Path(path).name not in RUN_OUTPUTS:
+        return ""
+    folder = parts[:-2] if len(parts) >= 2 and parts[-2] == "checkpoints" else parts[:-1]
+    if len(folder) >= 3 and folder[-2] == "runs":
+        return (f" (a study run's output: `lit-sr study --config {folder[-3]}` trains run {folder[-1]!r} and "
+                f"writes it)")
+    if len(folder) >= 2:
+        recipe, version = folder[-2], folder[-1]
+        fixed = f" --trainer.logger.init_args.version {version}"
+        return (f" (a training run's output, written when fit ends: `lit-sr fit --config {recipe}{fixed}` writes it "
+                f"when {recipe} is a built-in recipe, configs/train/{recipe}.yaml)")
+    return ""
+
+
 def read_state_dict(path: str | os.PathLike, key: str | None = None, prefix: str | None = None) -> dict:
     """Read a flat ``{name: tensor}`` state_dict from a BasicSR ``.pth``, Lightning ``.ckpt`` or ``.safetensors``.
 
@@ -344,7 +369,7 @@ def read_state_dict(path: str | os.PathLike, key: str | None = None, prefix: str
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+        raise FileNotFoundError(f"weights file not found: {path}{producing_command_hint(path)}")
     if path.suffix == ".safetensors":
         return _strip_module_prefix(_safetensors_load(path))
     obj = _torch_load_safely(path)

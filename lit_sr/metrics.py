@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lit_sr.extras import require_extra  # a leaf module: imports nothing of the project
+
 _Y_WEIGHTS = (65.481, 128.553, 24.966)
 
 
@@ -171,7 +173,7 @@ def build_lpips(net: LpipsNet = "alex", backbone_path: str | os.PathLike | None 
             f"Copy {_LPIPS_BACKBONE_FILES[net]} there (torch hub cache) or pass backbone_path=/path/to/it. "
             "lit-sr never downloads weights and never runs LPIPS on a random backbone."
         )
-    import lpips  # heavy import, only when LPIPS is really requested
+    lpips = require_extra("lpips")  # heavy import, only when LPIPS is really requested (the [lpips] extra)
 
     model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
     from lit_sr.io import load_checkpoint  # io is the leaf that reads weights safely (named errors)

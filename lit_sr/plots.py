@@ -13,12 +13,13 @@ from pathlib import Path
 
 import torch
 
+from lit_sr.extras import require_extra
 from lit_sr.io import atomic_write
 
 
 def _agg_figure(figsize: tuple[float, float]):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    FigureCanvasAgg = require_extra("matplotlib.backends.backend_agg").FigureCanvasAgg
+    Figure = require_extra("matplotlib.figure").Figure
 
     fig = Figure(figsize=figsize, layout="constrained")
     FigureCanvasAgg(fig)

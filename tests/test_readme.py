@@ -1,6 +1,8 @@
-"""The README's commands and snippets, run as documented (small overrides), and what it says they produce.
+"""The commands and snippets of the README and the guide (docs/*.md), run as documented (small overrides),
+and what the text says they produce.
 
-The commands are parsed from README.md's fenced blocks, so a changed README changes the test:
+The commands are parsed from the fenced blocks of README.md and every docs/*.md page, so a changed
+page changes the test:
 every ``bash`` command must match exactly one entry of ``HANDLERS`` (run and checked here) or of
 ``EXCLUDED`` (with the reason it is not run here); every ``python`` / ``yaml`` block must match a
 snippet handler; a block in another language, or a handler that matches nothing, fails. One tiny
@@ -23,6 +25,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]  # the README and the guide's pages
+TEXT = "\n\n".join(p.read_text() for p in DOCS)  # what the text says, wherever a page says it
 
 
 # --------------------------------------------------------------------------- README parsing
@@ -31,10 +35,15 @@ class Block:
     lang: str
     body: str
     line: int
+    path: str = "README.md"
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.line}"
 
 
-def fenced_blocks(text: str) -> list[Block]:
-    return [Block(m.group(1), m.group(2), text[: m.start()].count("\n") + 1)
+def fenced_blocks(text: str, path: str = "README.md") -> list[Block]:
+    return [Block(m.group(1), m.group(2), text[: m.start()].count("\n") + 1, path)
             for m in re.finditer(r"^```([\w-]*)\n(.*?)^```", text, re.S | re.M)]
 
 
@@ -49,7 +58,7 @@ def shell_commands(body: str) -> list[str]:
     return commands
 
 
-BLOCKS = fenced_blocks(README.read_text())
+BLOCKS = [b for p in DOCS for b in fenced_blocks(p.read_text(), str(p.relative_to(ROOT)))]
 COMMANDS = [cmd for b in BLOCKS if b.lang == "bash" for cmd in shell_commands(b.body)]
 
 # A bash command matching one of these patterns is run by the handler of that name.
@@ -59,12 +68,15 @@ HANDLERS = {
     r"^python train\.py (fit|test) --config configs/train/\w+_div2k\.yaml": "parse_gpu_recipe",
     r"^python train\.py predict --config configs/train/quickstart\.yaml --ckpt_path": "predict_quickstart",
     r"^python train\.py fit --config configs/train/demo_clean\.yaml": "parse_only",
+    r"^python train\.py fit --config configs/train/quickstart\.yaml --trainer\.logger\.init_args\.version quickstart$":
+        "parse_only",
     r"^python train\.py fit --config configs/train/badsr_quickstart\.yaml": "parse_only",
     r"^python train\.py fit --config configs/train/robust_\w+\.yaml$": "parse_only",
     r"^python train\.py (fit|test) --config configs/train/refsr_quickstart\.yaml": "parse_only",
     r"^lit-sr evaluate --config configs/evaluate/robust_report_\w+\.yaml$": "report_config_loads",
     r"^python benchmarks/imresize\.py": "benchmark_quick",
     r"^lit-sr data (prepare|verify) /?": "data_prepare",
+    r"^lit-sr data export-poisoned --training_config \w+ --out_dir \S+$": "export_poisoned_parses",
     r"^torchrun .* train\.py fit --config configs/train/badsr_\w+\.yaml": "torchrun_parse",
     r"^python benchmarks/(?!imresize\.py)\w+\.py --device cuda": "benchmark_flags",
     # --- backdoor defenses (defend) ---
@@ -85,6 +97,10 @@ EXCLUDED = {
     r"^lit-sr study --config configs/study/\w+\.yaml": "minutes to hours of training per study; the "
                     "study command is run end to end by test_study.py (a two-run study of real train.py runs)",
     r"^make test$": "the whole test suite, this file included",
+    r"^pip install -e '?\.\[all\]'?$": "installs the checkout; tests/test_wheel.py builds the wheel, installs it in a "
+                                       "fresh environment and runs lit-sr from outside the checkout",
+    r"^tensorboard --logdir runs$": "starts a web server; the events it reads are checked in "
+                                    "test_tensorboard_hparams_are_logged_with_their_metrics",
     r"^lit-sr evaluate --config configs/evaluate/robustness_\w+\.yaml( |$)":
         "the robustness report's commands and overrides are run by tests/test_evaluate.py (the report's own tests)",
     r"^make robustness$": "trains the quickstart (tens of minutes on two CPU cores) before the report; "
@@ -101,6 +117,16 @@ EXCLUDED = {
     r"^lit-sr evaluate-refsr --config configs/evaluate_refsr/quick\.yaml$":
         "needs the quickstart's trained weights (minutes of training); tests/test_refsr_report.py runs this "
         "config file through the same command line on a tiny network, and the report end to end",
+    # one config dialect (docs/configs.md)
+    r"^lit-sr (robust|defend|evaluate-refsr) --config configs/\w+/\w+\.yaml --":
+        "the --print_config and dotted overrides of every job are run by tests/test_job_configs.py",
+    # DATSR and LIIF quickstarts (docs/refsr.md, docs/liif.md)
+    r"^lit-sr (fit|test) --config configs/train/(liif|datsr)_quickstart\.yaml":
+        "minutes of CPU training; tests/test_recipes.py parses every training recipe, tests/test_liif_module.py "
+        "and tests/test_datsr.py train these networks a few steps",
+    r"^OMP_NUM_THREADS=1 lit-sr refsr-claims --config configs/refsr_claims/cpu\.yaml":
+        "trains three RefSR networks (53 min under load); tests/test_refsr_claims.py runs the command end to end "
+        "on a tiny config and builds this one",
     r"^make robust$": "trains the quickstart and three robust fine-tunings (tens of minutes each on two CPU "
                       "cores) before the report; its report config loads in test_documented_report_configs_load, "
                       "the report's robust and index studies run in tests/test_robust_report.py",
@@ -134,24 +160,24 @@ def test_every_fenced_block_is_run_or_excluded_with_a_reason():
                 hits = matching(HANDLERS, cmd) + matching(EXCLUDED, cmd)
                 used.update(hits)
                 if len(hits) != 1:
-                    problems.append(f"README line {block.line}: {cmd!r} matches {len(hits)} entries "
+                    problems.append(f"{block.where}: {cmd!r} matches {len(hits)} entries "
                                     f"(add a handler to HANDLERS or a reasoned entry to EXCLUDED)")
         elif block.lang in ("python", "yaml"):
             hits = matching(SNIPPETS, block.body)
             used.update(hits)
             if len(hits) != 1:
-                problems.append(f"README line {block.line}: {block.lang} block starting "
+                problems.append(f"{block.where}: {block.lang} block starting "
                                 f"{block.body.splitlines()[0]!r} matches {len(hits)} SNIPPETS entries")
         elif block.lang == "":
             # Plain blocks are layouts and printed tables; a command hidden in one would go untested.
             for text_line in block.body.splitlines():
                 if re.match(r"\s*(python|make|\$) ", text_line):
-                    problems.append(f"README line {block.line}: command in a plain block: {text_line!r}")
+                    problems.append(f"{block.where}: command in a plain block: {text_line!r}")
         else:
-            problems.append(f"README line {block.line}: fenced block in {block.lang!r}: not covered")
+            problems.append(f"{block.where}: fenced block in {block.lang!r}: not covered")
     stale = [p for p in [*HANDLERS, *EXCLUDED, *SNIPPETS] if p not in used]
     assert not problems, "\n".join(problems)
-    assert not stale, f"entries that match nothing in README.md: {stale}"
+    assert not stale, f"entries that match nothing in README.md or docs/*.md: {stale}"
 
 
 # --------------------------------------------------------------------------- running train.py
@@ -184,7 +210,7 @@ def print_config(args: list[str], capsys) -> dict:
 
 def command(pattern_name: str) -> list[str]:
     found = [c for c in COMMANDS if any(HANDLERS[p] == pattern_name for p in matching(HANDLERS, c))]
-    assert found, f"README.md has no command for {pattern_name}"
+    assert found, f"README.md and docs/*.md have no command for {pattern_name}"
     return found
 
 
@@ -220,7 +246,7 @@ def test_fit_quickstart_writes_what_the_readme_lists(quickstart_run):
     assert torch.load(log_dir / "weights_best.pth", weights_only=True)["meta"]["state"] == "best"
     # "Validation logs val/psnr_rgb, val/psnr_y, val/ssim_y and val/bicubic_*"
     val = json.loads((log_dir / "summary.json").read_text())["val"]
-    text = README.read_text()
+    text = TEXT
     sentence = text[text.index("Validation logs"):].split(".", 1)[0]
     documented = set(re.findall(r"`(val/\w+)`", sentence))
     assert documented == {"val/psnr_rgb", "val/psnr_y", "val/ssim_y"} and "`val/bicubic_*`" in sentence
@@ -242,6 +268,7 @@ def test_tensorboard_hparams_are_logged_with_their_metrics(quickstart_run):
     session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
     hparams = session.session_start_info.hparams
     assert hparams["arch"].string_value == "edsr" and hparams["lr"].number_value == pytest.approx(1e-3)
+    assert not [k for k in hparams if k.startswith("_")]  # no _class_path / _instantiator noise
     assert "val/psnr_y" in events.Tags()["scalars"]  # the series the HPARAMS tab reads
 
 
@@ -328,6 +355,21 @@ def test_command_line_model_arguments_win_over_the_checkpoint(quickstart_run, tm
     assert cli.model.hparams.lr == pytest.approx(1e-3) and cli.model.hparams.tile is None
 
 
+def test_export_poisoned_command_names_a_built_in_poisoned_recipe():
+    """The tour's export command: its recipe name resolves to the poisoned recipe; the export itself runs
+    (tiny config, round trip through a training run) in tests/test_export.py."""
+    from lit_sr.jobs.data.cli import ExportPoisoned
+    from lit_sr.jobs.parser import job_parser, parse_job
+    from lit_sr.recipes import resolve_config
+
+    (cmd,) = command("export_poisoned_parses")
+    cfg, _ = parse_job(job_parser(ExportPoisoned, "lit-sr data export-poisoned", "export"), after(cmd, "export-poisoned"))
+    (config,) = cfg.training_config
+    path = Path(resolve_config(config, "train"))
+    assert path.is_file() and path.parent.name == "train"
+    assert yaml.safe_load(path.read_text())["data"]["class_path"] == "datamodules.PoisonedSRDataModule"
+
+
 # --------------------------------------------------------------------------- benchmarks
 def run_script(argv: list[str], monkeypatch) -> None:
     """``python <argv>`` in this process (no second torch import), from the repository root."""
@@ -357,7 +399,7 @@ def test_benchmark_flags_exist(cmd, monkeypatch, capsys):
         run_script([script, "--help"], monkeypatch)
     assert exit_info.value.code in (0, None)
     usage = capsys.readouterr().out
-    readme_line = next(line for line in README.read_text().splitlines() if line.startswith(cmd.split(" #")[0]))
+    readme_line = next(line for line in TEXT.splitlines() if line.startswith(cmd.split(" #")[0]))
     for flag in [f for f in flags if f.startswith("--")] + ["--quick", "--out"] + re.findall(r"\+ (--\w+)", readme_line):
         assert flag in usage, f"{script} has no {flag}"
 
@@ -380,7 +422,7 @@ def test_snippet_weights(tmp_path, monkeypatch):
     zoo_file = re.search(r'load_weights\(net, "([^"]+)"\)', block.body).group(1)
     save_weights(zoo, zoo_file)
     scope: dict = {}
-    exec(compile(block.body, f"README.md:{block.line}", "exec"), scope)
+    exec(compile(block.body, block.where, "exec"), scope)
     claimed = int(re.search(r"([\d,]+) params", block.body).group(1).replace(",", ""))
     assert count_parameters(scope["net"]) == claimed
     saved = re.search(r'save_weights\(net, "([^"]+)"\)', block.body).group(1)
@@ -402,7 +444,7 @@ def test_snippet_attacks():
     body = re.sub(r"steps=50", "steps=2", block.body)
     body = body.replace("n_samples=1024", "n_samples=4").replace("crop_size=80", "crop_size=8")
     body = body.replace("crop_border=4", "crop_border=2")
-    exec(compile(body, f"README.md:{block.line}", "exec"), scope)
+    exec(compile(body, block.where, "exec"), scope)
     comment = next(line for line in block.body.splitlines() if line.startswith("# per image:"))
     documented = set(re.findall(r"\b(\w+_(?:psnr|ssim))\b", comment))
     assert documented and documented <= set(scope["m"])
@@ -419,13 +461,13 @@ def test_callback_yaml_as_a_second_config_replaces_the_list(handler, recipe, tmp
                            capsys)
     got = [c["class_path"] for c in printed["trainer"]["callbacks"]]
     assert got == [c["class_path"] for c in yaml.safe_load(block.body)["trainer"]["callbacks"]]
-    assert "replaces* the recipe's list" in README.read_text()
+    assert "replaces* the recipe's list" in TEXT
 
 
 def test_parameter_table_counts_the_documented_arguments():
     from lit_sr.archs import build_arch, count_parameters
 
-    text = README.read_text()
+    text = TEXT
     table = text[text.index("| name | network | standard arguments"):].split("\n\n", 1)[0]
     rows = [r for r in table.splitlines()[2:] if r.startswith("| `")]
     assert len(rows) >= 8
@@ -487,7 +529,7 @@ def test_poisoned_data_yaml_names_real_arguments():
     def check(entry):
         params = inspect.signature(cls_of(entry["class_path"]).__init__).parameters
         unknown = sorted(set(entry.get("init_args") or {}) - set(params))
-        assert not unknown, f"README.md:{block.line}: {entry['class_path']} has no {unknown}"
+        assert not unknown, f"{block.where}: {entry['class_path']} has no {unknown}"
 
     check(data)
     for key in ("base", "trigger", "substitute"):
@@ -517,13 +559,16 @@ def test_data_prepare_commands_run_on_small_folders(tmp_path, monkeypatch):
         args = [a.replace("/data/", f"{tmp_path}/data/") for a in after(cmd, "data")]
         if args[0] == "prepare":
             hr_dir = Path(args[args.index("--hr_dir") + 1])
-            lr_dir = Path(args[args.index("--lr_dir") + 1])
-            hr_dir.mkdir(parents=True)
-            lr_dir.mkdir(parents=True)
+            # without --lr_dir the LR partners are made by MATLAB bicubic from the HR
+            lr_dir = Path(args[args.index("--lr_dir") + 1]) if "--lr_dir" in args else None
+            hr_dir.mkdir(parents=True, exist_ok=True)
+            if lr_dir is not None:
+                lr_dir.mkdir(parents=True, exist_ok=True)
             for stem in ("0001", "0002"):
                 hr = rng.integers(0, 256, (520, 500, 3), dtype=np.uint8)
                 Image.fromarray(hr).save(hr_dir / f"{stem}.png")
-                Image.fromarray(hr[::4, ::4]).save(lr_dir / f"{stem}x4.png")
+                if lr_dir is not None:
+                    Image.fromarray(hr[::4, ::4]).save(lr_dir / f"{stem}x4.png")
         assert data_main([*args, "--no-progress"] if args[0] == "prepare" else args) == 0, cmd
         if args[0] == "prepare":
             out = Path(args[args.index("--out_dir") + 1])
@@ -549,7 +594,7 @@ def test_snippet_refsr_adv():
     torch.manual_seed(0)
     lr, ref, hr = torch.rand(1, 3, 12, 12), torch.rand(1, 3, 48, 48), torch.rand(1, 3, 48, 48)
     scope = {"lr": lr, "ref": ref, "hr": hr}
-    exec(compile(body, f"README.md:{block.line}", "exec"), scope)
+    exec(compile(body, block.where, "exec"), scope)
     assert torch.equal(scope["lr"], lr) and (scope["ref_adv"] - ref).abs().max() <= 8 / 255 + 1e-6
     documented = re.search(r"# rows: (.*?) \(", block.body).group(1).split(", ")
     rows = scope["rows"]
@@ -567,7 +612,7 @@ def test_snippet_masa():
     torch.manual_seed(0)
     lr, ref = torch.rand(1, 3, 16, 12), torch.rand(1, 3, 50, 70)
     scope = {"lr": lr, "ref": ref}
-    exec(compile(body, f"README.md:{block.line}", "exec"), scope)
+    exec(compile(body, block.where, "exec"), scope)
     assert isinstance(scope["net"], MASA) and scope["sr"].shape == (1, 3, 64, 48)
     match = scope["match"]
     assert isinstance(match, Match) and match.soft.shape == (1, 4, 64)  # 2x2 blocks of 8x8 (LR padded to 16x16)
@@ -597,6 +642,6 @@ def test_snippet_backdoor_defenses(trained, batch):
     trigger = Blend(alpha=0.2, pattern="checkerboard", pattern_size=16, resize_mode="nearest")
     scope = {"net": trained, "clean": CleanSubset(lr, hr), "evaluation": BackdoorEvalSet(lr, hr, trigger(lr), grey, grey)}
     before = {k: v.clone() for k, v in trained.state_dict().items()}
-    exec(compile(body, f"README.md:{block.line}", "exec"), scope)
+    exec(compile(body, block.where, "exec"), scope)
     assert len(scope["fp"].info["pruned"]) == 8 and scope["out"].model is not trained
     assert all(torch.equal(before[k], v) for k, v in trained.state_dict().items())

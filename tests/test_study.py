@@ -222,7 +222,8 @@ def test_two_run_study_of_real_train_runs_writes_its_table_and_plot(tmp_path):
         "python": sys.executable, "reference": "D",
         "env": {"OMP_NUM_THREADS": "1"},
         "runs": {"D": {"config": str(tmp_path / "clean.yaml"), "results_file": "summary.json",
-                       "row": {"from_run": "A", "block": "clean"}},
+                       "row": {"from_run": "A", "block": "clean"},  # a logger of the study file's own: kept
+                       "overrides": {"trainer.logger": {"class_path": "lightning.pytorch.loggers.CSVLogger"}}},
                  "A": {"overrides": {"trainer.callbacks": [{"class_path": "callbacks.BackdoorEvalCallback"}, summary]}}},
         "columns": [{"header": "clean PSNR-Y", "path": "@.clean_psnr_y", "format": "db"},
                     {"header": "pixel ASR", "path": "@.asr_pixel", "format": "rate"},
@@ -233,6 +234,8 @@ def test_two_run_study_of_real_train_runs_writes_its_table_and_plot(tmp_path):
     assert main(["--config", str(path)]) == 0, (tmp_path / "out" / "two" / "runs" / "A" / "train.log").read_text()[-3000:]
     out = tmp_path / "out" / "two"
     assert (out / "runs" / "D" / "weights.pth").is_file()
+    assert (out / "runs" / "D" / "metrics.csv").is_file() and not list((out / "runs" / "D").glob("events.*"))
+    assert list((out / "runs" / "A").glob("events.out.tfevents.*"))  # none set: TensorBoard
     summary_json = json.loads((out / "runs" / "A" / "backdoor_summary.json").read_text())
     rows = {r["run"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
     assert rows["A"]["cells"]["pixel ASR"]["included"] == summary_json["backdoored"]["asr_pixel_included"] > 0
@@ -274,3 +277,45 @@ def test_a_study_extends_another_and_changes_only_what_differs(tmp_path):
     loop.write_text(f"extends: {loop}\n")
     with pytest.raises(ConfigError, match="extends itself"):
         load_study(loop)
+
+
+def test_the_study_keeps_the_logger_its_file_sets_and_points_it_at_the_run_folder(tmp_path):
+    from lit_sr.jobs.study.runner import run_overrides
+
+    path = write_study(tmp_path, """\
+        runs:
+          tb: {}
+          csv: {overrides: {trainer.logger: {class_path: lightning.pytorch.loggers.CSVLogger,
+                                             init_args: {save_dir: elsewhere, flush_logs_every_n_steps: 7}}}}
+          ml: {overrides: {trainer.logger: {class_path: lightning.pytorch.loggers.MLFlowLogger}}}
+          remote: {overrides: {trainer.logger: {class_path: lightning.pytorch.loggers.MLFlowLogger,
+                                                init_args: {tracking_uri: "http://tracking:5000"}}}}
+          none: {overrides: {trainer.logger: false}}
+        reference: tb
+        """, COLUMNS)
+    study = load_study(path)
+    by_name = {r.name: run_overrides(study, r)["trainer"] for r in study.runs}
+    runs = study.runs_dir
+    assert by_name["tb"]["logger"]["class_path"].endswith("TensorBoardLogger")  # injected only when none is set
+    csv = by_name["csv"]["logger"]
+    assert csv["class_path"].endswith("CSVLogger")
+    assert csv["init_args"] == {"save_dir": str(runs), "name": "", "version": "csv", "flush_logs_every_n_steps": 7}
+    ml = by_name["ml"]["logger"]
+    assert ml["init_args"]["tracking_uri"] == f"file:{(runs / 'ml').resolve()}" and ml["init_args"]["run_name"] == "ml"
+    # a logger on a server is kept as set, behind a CSV logger that puts the outputs in the run folder
+    remote = by_name["remote"]["logger"]
+    assert [s["class_path"].rsplit(".", 1)[-1] for s in remote] == ["CSVLogger", "MLFlowLogger"]
+    assert remote[1]["init_args"] == {"tracking_uri": "http://tracking:5000"}
+    assert by_name["none"]["logger"] is False and by_name["none"]["default_root_dir"] == str(runs / "none")
+
+
+def test_dry_run_writes_the_override_files_its_commands_name(tmp_path, capsys):
+    path = write_study(tmp_path, "grid: {fake.psnr: [29.0, 31.0]}\n", COLUMNS.replace("format: paired_delta", "format: float"))
+    assert main(["--config", str(path), "--dry-run"]) == 0
+    commands = capsys.readouterr().out.strip().splitlines()
+    assert len(commands) == 2
+    for command in commands:
+        overrides = Path(command.split()[-1])
+        assert overrides.name == "overrides.yaml" and overrides.is_file()
+        assert yaml.safe_load(overrides.read_text())["trainer"]["logger"]["init_args"]["version"] in command
+    assert not (tmp_path / "out" / "fake" / "results.md").exists()  # nothing trained

@@ -50,6 +50,7 @@ from lit_sr.backdoor_defenses.detection_scores import (
     layer_features,
     spectral_signature_scores,
 )
+from lit_sr.extras import require_extra
 from lit_sr.plots import save_figure
 from lit_sr.poison.scoring import GradientScorer
 from lit_sr.runtime import Autocast, autocast_dtype
@@ -140,8 +141,8 @@ class DetectionResults:
 
     def roc_figure(self, title: str = "detection of poisoned training pairs"):
         """A matplotlib ``Figure`` (Agg canvas, no pyplot) with one ROC curve per method and the chance line."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        FigureCanvasAgg = require_extra("matplotlib.backends.backend_agg").FigureCanvasAgg
+        Figure = require_extra("matplotlib.figure").Figure
 
         fig = Figure(figsize=(4.6, 4.2), layout="constrained")
         FigureCanvasAgg(fig)

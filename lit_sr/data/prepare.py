@@ -385,6 +385,10 @@ class PreparedPair:
 def prepared_config(directory: str | os.PathLike) -> dict[str, Any]:
     """The configuration a finished prepared directory was made with (``hr_dir``, ``lr_dir``, ``scale``, ...)."""
     directory = Path(directory)
+    if not directory.is_dir():  # a missing folder is missing, not an unfinished data set
+        raise FileNotFoundError(
+            f"prepared data folder not found: {directory}; make it with `lit-sr data prepare --hr-dir ... "
+            f"--out-dir {directory}`, or train on the raw folders with --data.init_args.train_prepared null")
     manifest = _read_json(directory / MANIFEST)
     if manifest is None or manifest.get("kind") != KIND or not manifest.get("complete"):
         raise PreparedDataMismatchError(

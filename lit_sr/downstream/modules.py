@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from lit_sr.downstream.wrappers import DownstreamClassifier, DownstreamDetector
+from lit_sr.extras import require_extra
 from lit_sr.validation import check_fraction
 
 
@@ -117,6 +118,7 @@ class DetectorModule(L.LightningModule):
                                       trainable_backbone_layers=trainable_backbone_layers,
                                       box_batch_size_per_image=box_batch_size_per_image,
                                       representation_size=representation_size, backbone_weights=backbone_weights)
+        require_extra("pycocotools")  # its backend: the [detection] extra
         from torchmetrics.detection import MeanAveragePrecision
 
         self.val_map = MeanAveragePrecision(iou_type="bbox")

@@ -282,7 +282,8 @@ class SRModule(L.LightningModule):
         if not names or names <= self._hparam_metrics or self.logger is None:
             return
         self._hparam_metrics |= names
-        params = dict(self.hparams)
+        # LightningCLI's bookkeeping (_class_path, _instantiator) is no hyper-parameter
+        params = {k: v for k, v in self.hparams.items() if not k.startswith("_")}
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and getattr(dm, "hparams", None):
             params.update({f"data/{k}": v for k, v in dm.hparams.items()})

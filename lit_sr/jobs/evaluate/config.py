@@ -121,6 +121,12 @@ class ReportConfig:
             (:class:`lit_sr.jobs.evaluate.robust.RobustStudy`), or ``None``.
         robustness_index: Choi's robustness index per image with its PSNR scatter
             (:class:`lit_sr.jobs.evaluate.robustness_index.IndexStudy`), or ``None``.
+        save_adversarial: keep the adversarial LR images of every (model, data set, attack, eps) as
+            lossless PNG with their per-image metrics, in
+            ``<out>/adversarial/<model>/<dataset>/<attack>/eps<k>/{lr/*.png, metrics.csv}``
+            (:class:`lit_sr.attacks.export.AdversarialSink`; the PNG is the 8-bit rounding of the
+            attack's output, ``linf_255`` measures the file, the other metrics the attack's output as
+            in ``results.csv``).
         out: output folder.
 
     ``raw`` (the config as given, for ``results.json``) and ``source`` (where it came from) are
@@ -146,6 +152,7 @@ class ReportConfig:
     robust: RobustStudy | None = None
     robustness_index: IndexStudy | None = None
     out: str = "runs/robustness"
+    save_adversarial: bool = False
     raw: dict = field(default_factory=dict, init=False)
     source: str = field(default="<dict>", init=False)
 
@@ -155,6 +162,8 @@ class ReportConfig:
         self.max_images = _int(self.max_images, "max_images", 1, optional=True)
         self.crop_size = _int(self.crop_size, "crop_size", 1, optional=True)
         self.seed = _int(self.seed, "seed", 0)
+        if not isinstance(self.save_adversarial, bool):
+            raise ConfigError(f"save_adversarial: expected true or false, got {self.save_adversarial!r}")
         self.crop_border = _int(self.crop_border, "crop_border", 0, optional=True)
         if self.autocast not in AUTOCAST_CHOICES:
             raise ConfigError(f"autocast: expected one of {list(AUTOCAST_CHOICES)}, got {self.autocast!r}")

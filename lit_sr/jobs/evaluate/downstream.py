@@ -40,6 +40,7 @@ from torch import nn
 
 from lit_sr.attacks.spec import eps_text, init_params
 from lit_sr.errors import ConfigError
+from lit_sr.extras import require_extra
 from lit_sr.tables import fmt, markdown_lines
 
 DOWNSTREAM_FIELDS = (
@@ -177,6 +178,7 @@ class DownstreamTally:
             add_counts(self.cls_counts.setdefault(cond, {}), classification_counts(pred, labels, preds["hr"]))
 
     def _detect(self, images: dict[str, torch.Tensor], labels: Sequence[Mapping[str, torch.Tensor]]) -> None:
+        require_extra("pycocotools")  # its backend: the [detection] extra
         from torchmetrics.detection import MeanAveragePrecision
 
         from lit_sr.downstream.metrics import add_counts, detection_change_counts

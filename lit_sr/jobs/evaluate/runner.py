@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from lit_sr.archs import arch_kwargs_with_scale, build_arch, count_parameters
 from lit_sr.attacks import Attack, transfer_matrix
+from lit_sr.attacks.export import AdversarialSink
 from lit_sr.attacks.spec import AttackRunner, AttackSpec, eps_label, shape_batches
 from lit_sr.defenses import INPUT_DEFENSES, evaluate_defense
 from lit_sr.errors import ConfigError
@@ -120,10 +121,12 @@ def evaluate_attack(
     crop_border: int = 0,
     y_channel: bool = True,
     on_batch: Callable[[list[int], torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
+    keep: AdversarialSink | None = None,
 ) -> dict:
     """Mean metrics of one attack at one eps over a data set (one row of the report).
 
-    ``on_batch(idx, lr, hr, adversarial lr)`` sees every attacked batch (the downstream columns).
+    ``on_batch(idx, lr, hr, adversarial lr)`` sees every attacked batch (the downstream columns);
+    ``keep`` writes the adversarial images and their metrics (``save_adversarial``).
 
     The universal attack is fitted on every image wide enough for its crop, then applied to
     them; narrower images are skipped and counted in ``skipped``. All arguments as in
@@ -141,6 +144,9 @@ def evaluate_attack(
             adv, metrics = runner.run(lr, hr)
             if on_batch is not None:
                 on_batch(list(idx), lr, hr, adv)
+            if keep is not None:
+                names = {"path": [pairs[i].name for i in idx], "index": torch.tensor(list(idx))}
+                keep.add(names, adv, lr, spec.label, eps, metrics)
             for key, value in metrics.items():
                 values[key].append(value)
     row = {"attack": spec.label, "kind": spec.kind, "eps": eps, "eps_255": round(eps * 255, 4),
@@ -219,7 +225,7 @@ def _crop_border(cfg: ReportConfig, scale: int) -> int:
 
 
 def _attack_rows(cfg: ReportConfig, models: Mapping[str, nn.Module], pairs_of: _PairCache, device: torch.device,
-                 progress: bool, downstream: DownstreamModels | None = None) -> list[dict]:
+                 progress: bool, downstream: DownstreamModels | None = None, out: Path | None = None) -> list[dict]:
     rows = []
     total = len(models) * len(cfg.datasets) * len(cfg.attacks) * len(cfg.eps)
     with tqdm(total=total, desc="robustness", disable=not progress) as bar:
@@ -231,10 +237,14 @@ def _attack_rows(cfg: ReportConfig, models: Mapping[str, nn.Module], pairs_of: _
                     for eps in cfg.eps:
                         bar.set_postfix_str(f"{name} {dataset} {spec.label} {eps_label(eps)}")
                         tally = None if downstream is None else downstream.tally(model, dataset, pairs)
+                        keep = (AdversarialSink(out / "adversarial" / name / dataset / spec.label / eps_label(eps))
+                                if cfg.save_adversarial and out is not None else None)
                         row = evaluate_attack(model, pairs, spec, eps, device=device, batch_size=cfg.batch_size,
                                               seed=cfg.seed, autocast=cfg.autocast,
                                               crop_border=_crop_border(cfg, scale), y_channel=cfg.y_channel,
-                                              on_batch=tally)
+                                              on_batch=tally, keep=keep)
+                        if keep is not None and keep.rows:
+                            keep.close()
                         row.update(tally.row() if tally is not None else {})
                         if row["skipped"]:
                             warnings.warn(f"{spec.label} on {dataset}: {row['skipped']} image(s) narrower than the "
@@ -295,7 +305,7 @@ def run_report(cfg: ReportConfig, out_dir: str | Path | None = None, progress: b
     models = {name: build_model(spec, device, name) for name, spec in cfg.models.items()}
     pairs_of = _PairCache(cfg)
     downstream = None if cfg.downstream is None else DownstreamModels(cfg.downstream, cfg.datasets, device)
-    rows = _attack_rows(cfg, models, pairs_of, device, progress, downstream)
+    rows = _attack_rows(cfg, models, pairs_of, device, progress, downstream, out)
     transfer = None
     if cfg.transfer is not None:
         scale = next(iter(cfg.models.values())).scale

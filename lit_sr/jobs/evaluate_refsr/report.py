@@ -20,9 +20,10 @@ The command line is ``lit-sr evaluate-refsr --config configs/evaluate_refsr/quic
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,7 +38,8 @@ from lit_sr.attacks.refsr_spec import RefSRAttackRunner, parse_refsr_attacks, re
 from lit_sr.attacks.spec import eps_text, parse_eps_list
 from lit_sr.defenses.refsr import SimilarityGatedTTSR, evaluate_refsr_defense
 from lit_sr.errors import ConfigError
-from lit_sr.io import atomic_write
+from lit_sr.extras import require_extra
+from lit_sr.io import atomic_write, producing_command_hint
 from lit_sr.jobs.evaluate.config import ModelSpec
 from lit_sr.jobs.evaluate.runner import build_model
 from lit_sr.jobs.evaluate.writers import write_json
@@ -155,10 +157,28 @@ class _Means:
         return out
 
 
-def _batches(cfg: RefSRReportConfig) -> Iterable[dict]:
+def _loaders(cfg: RefSRReportConfig) -> list:
     cfg.data.setup("test")
     loaders = cfg.data.test_dataloader()
-    for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
+    return list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
+
+
+def batch_count(loaders: Sequence, max_images: int | None) -> int | None:
+    """How many batches :func:`_batches` yields (the progress bar's total); ``None`` when a loader has no length."""
+    total = 0
+    for loader in loaders:
+        try:
+            n = len(loader)
+        except TypeError:
+            return None
+        if max_images is not None and getattr(loader, "batch_size", None):
+            n = min(n, math.ceil(max_images / loader.batch_size))
+        total += n
+    return total
+
+
+def _batches(cfg: RefSRReportConfig, loaders: Sequence) -> Iterable[dict]:
+    for loader in loaders:
         seen = 0
         for batch in loader:
             if cfg.max_images is not None and seen >= cfg.max_images:
@@ -176,7 +196,8 @@ def run_refsr_report(cfg: RefSRReportConfig, out_dir: str | Path | None = None, 
     started = time.perf_counter()
     out = Path(out_dir if out_dir is not None else cfg.out)
     if cfg.model.weights is not None and not Path(cfg.model.weights).is_file():
-        raise FileNotFoundError(f"model.weights: file not found: {cfg.model.weights} (pass --model.weights PATH)")
+        raise FileNotFoundError(f"model.weights: file not found: {cfg.model.weights}"
+                                f"{producing_command_hint(cfg.model.weights)} (or pass --model.weights PATH)")
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, device, "model")
@@ -190,7 +211,10 @@ def run_refsr_report(cfg: RefSRReportConfig, out_dir: str | Path | None = None, 
             raise ConfigError(f"defenses.{label}: {exc}") from None
     means = _Means()
     kw = {"crop_border": crop_border, "y_channel": cfg.y_channel}
-    for index, batch in enumerate(tqdm(_batches(cfg), desc="refsr report", unit="batch", disable=not progress)):
+    loaders = _loaders(cfg)
+    batches = tqdm(_batches(cfg, loaders), desc="refsr report", unit="batch", disable=not progress,
+                   total=batch_count(loaders, cfg.max_images))
+    for index, batch in enumerate(batches):
         lr, ref, hr = (batch[k].to(device).float() for k in ("lr", "ref", "hr"))
         levels = torch.as_tensor(batch["level"]).view(-1)
         seed = cfg.seed + index
@@ -285,8 +309,8 @@ def refsr_markdown(rows: list[dict], meta: Mapping, eps_list: list[float]) -> st
 
 def refsr_figure(rows: list[dict], eps: float):
     """SR PSNR (attacked vs clean output) against the similarity level, one line per row."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    FigureCanvasAgg = require_extra("matplotlib.backends.backend_agg").FigureCanvasAgg
+    Figure = require_extra("matplotlib.figure").Figure
 
     fig = Figure(figsize=(6.0, 4.2), layout="constrained")
     FigureCanvasAgg(fig)

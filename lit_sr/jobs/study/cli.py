@@ -33,6 +33,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = config_parser(description=runner.__doc__.split("\n\n")[0])
     add_flag(parser, "--force", "rerun finished runs too")
     add_flag(parser, "--only", "run only these runs", nargs="+", default=[], metavar="RUN")
-    add_flag(parser, "--dry-run", "print the training commands, run nothing")
+    add_flag(parser, "--dry-run", "write each run's overrides.yaml and print its training command; train nothing")
     add_flag(parser, "--table-only", "rebuild the table from finished runs, run nothing")
     return run_job(parser, argv, _run, errors=(ValueError,))

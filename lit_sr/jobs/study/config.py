@@ -22,6 +22,7 @@ from jsonargparse import ArgumentParser
 
 from lit_sr.errors import ConfigError
 from lit_sr.jobs.parser import job_parser, load_job_config, read_yaml
+from lit_sr.recipes import resolve_config
 from lit_sr.validation import check_fraction, check_positive
 
 Format = Literal["rate", "pct", "db", "float", "int", "text", "paired_delta"]
@@ -204,7 +205,8 @@ class StudyConfig:
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
             raise ConfigError(f"name: expected a folder name; got {self.name!r}")
-        self.base_config = _as_list(self.base_config, "base_config")
+        # a built-in recipe name, or a configs/ path read from the installed recipes outside a checkout
+        self.base_config = [resolve_config(c, "train") for c in _as_list(self.base_config, "base_config")]
         if not self.columns:
             raise ConfigError("columns: expected a non-empty list of {header, path, format}")
         if self.grid is not None and (not self.grid or not all(self.grid.values())):
@@ -310,7 +312,8 @@ def expand_runs(cfg: StudyConfig) -> list[Run]:
     for run_name, spec in (cfg.runs or {None: None}).items():
         spec = spec or RunSpec()
         key = f"runs.{run_name}"
-        configs = _as_list(spec.config, f"{key}.config") if spec.config is not None else list(cfg.base_config)
+        configs = ([resolve_config(c, "train") for c in _as_list(spec.config, f"{key}.config")]
+                   if spec.config is not None else list(cfg.base_config))
         for point in _grid_points(cfg.grid if spec.grid else None):
             name = "__".join(p for p in (run_name, _point_name(point)) if p) or "run"
             overrides = merge(merge(common, expand_dotted(spec.overrides, key)), expand_dotted(point, "grid"))
@@ -333,6 +336,8 @@ def read_raw(source: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not isinstance(parent, str):
         raise ConfigError(f"{source}: extends: expected a study file name; got {parent!r}")
     parent_path = Path(parent) if Path(parent).is_file() else source.parent / parent
+    if not parent_path.is_file():  # a built-in study (``demo``, ``configs/study/demo.yaml`` outside a checkout)
+        parent_path = Path(resolve_config(parent, "study"))
     if parent_path.resolve() in seen:
         raise ConfigError(f"{source}: extends: {parent} extends itself (through {[str(p) for p in seen]})")
     return merge(read_raw(parent_path, (*seen, source.resolve())), raw)

@@ -10,7 +10,8 @@ explicit ``runs`` (name -> overrides), a ``grid`` (dotted key -> list of values,
 combination a run), or both (every explicit run crossed with every grid point). Each run is a
 ``python -m lit_sr fit --config <base> --config <run dir>/overrides.yaml`` subprocess (so this
 module imports neither ``callbacks`` nor ``datamodules``: the dependency rule holds), with the
-TensorBoard logger pointed at ``<output_dir>/<name>/runs/<run>/``, its output in ``train.log``
+logger pointed at ``<output_dir>/<name>/runs/<run>/`` (the logger the study file sets under
+``trainer.logger``, TensorBoard when it sets none: :func:`run_logger`), its output in ``train.log``
 there. A tqdm bar counts the runs.
 
 **Resumable.** A run is finished when ``study_run.json`` in its folder says ``"status": "ok"``
@@ -90,12 +91,79 @@ def _substitute(value: Any, study: Study) -> Any:
     return value
 
 
+def _logger_class(spec: Any) -> str | None:
+    """The class name (last dotted part) of a ``{class_path, init_args}`` logger entry, else ``None``."""
+    if isinstance(spec, dict) and isinstance(spec.get("class_path"), str):
+        return spec["class_path"].rsplit(".", 1)[-1]
+    return None
+
+
+def _point_logger(spec: dict[str, Any], study: Study, run: Run) -> dict[str, Any] | None:
+    """``spec`` with the init args that put its ``trainer.log_dir`` in ``<runs_dir>/<run>/``, or
+    ``None`` for a logger that cannot be pointed there (an unknown class, MLflow on a server)."""
+    args = dict(spec.get("init_args") or {})
+    folder = str(study.runs_dir / run.name)
+    name = _logger_class(spec)
+    if name in ("TensorBoardLogger", "CSVLogger"):
+        args.update(save_dir=str(study.runs_dir), name="", version=run.name)
+    elif name == "WandbLogger":  # trainer.log_dir is the logger's save_dir
+        args["save_dir"] = folder
+        args.setdefault("name", run.name)
+    elif name == "MLFlowLogger":  # trainer.log_dir is the path of a file: tracking URI
+        uri = args.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+        if uri and not str(uri).startswith("file:"):
+            return None
+        args["tracking_uri"] = f"file:{Path(folder).resolve()}"
+        args.setdefault("run_name", run.name)
+    else:
+        return None
+    return {**spec, "init_args": args}
+
+
+def run_logger(study: Study, run: Run, logger: Any = None) -> Any:
+    """The ``trainer.logger`` value of a run: the study file's own logger(s) pointed at ``<runs_dir>/<run>/``,
+    or TensorBoard there when the study file sets none.
+
+    The run's outputs (``weights.pth``, the results file) go to ``trainer.log_dir``, which Lightning takes
+    from the first logger; the study reads them from the run's folder, so the first logger is pointed
+    there (TensorBoard and CSV: ``save_dir``/``version``; W&B: ``save_dir``; MLflow: a ``file:`` tracking
+    URI in the folder). A first logger that cannot be pointed there (MLflow on a tracking server, a class
+    the study does not know) is kept as the study file sets it, behind a ``CSVLogger`` in the run's
+    folder that holds the outputs. ``logger: false`` (no logger) keeps no logger; the outputs then go to
+    ``trainer.default_root_dir``, which the study sets to the run's folder (see :func:`run_overrides`).
+    """
+    if logger is False:
+        return False
+    if logger is None or logger is True:
+        return {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": str(study.runs_dir), "name": "", "version": run.name,
+                              "default_hp_metric": False}}
+    loggers = list(logger) if isinstance(logger, list) else [logger]
+    if not loggers:
+        return False
+    for i, spec in enumerate(loggers):
+        if _logger_class(spec) is None:
+            raise ConfigError(f"{study.source}: trainer.logger[{i}] of run {run.name!r}: expected "
+                                   f"{{class_path, init_args}}; got {spec!r}")
+    first = _point_logger(loggers[0], study, run)
+    if first is None:
+        csv = {"class_path": "lightning.pytorch.loggers.CSVLogger",
+               "init_args": {"save_dir": str(study.runs_dir), "name": "", "version": run.name}}
+        out = [csv, *loggers]
+    else:
+        out = [first, *loggers[1:]]
+    return out if isinstance(logger, list) or len(out) > 1 else out[0]
+
+
 def run_overrides(study: Study, run: Run) -> dict[str, Any]:
-    """The run's overrides with its TensorBoard logger pointed at ``<runs_dir>/<run>/``."""
-    logger = {"trainer": {"logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                                     "init_args": {"save_dir": str(study.runs_dir), "name": "",
-                                                   "version": run.name, "default_hp_metric": False}}}}
-    return merge(_substitute(run.overrides, study), logger)
+    """The run's overrides with its logger pointed at ``<runs_dir>/<run>/`` (:func:`run_logger`)."""
+    overrides = _substitute(run.overrides, study)
+    trainer = overrides.get("trainer") if isinstance(overrides.get("trainer"), dict) else {}
+    logger = run_logger(study, run, trainer.get("logger"))
+    placed: dict[str, Any] = {"logger": logger}
+    if logger is False:
+        placed["default_root_dir"] = str(study.runs_dir / run.name)
+    return {**overrides, "trainer": {**trainer, **placed}}
 
 
 def run_inputs(study: Study, run: Run) -> dict[str, str]:
@@ -152,6 +220,16 @@ def read_json(path: Path) -> Any:
         raise ValueError(f"{path} is not valid JSON ({e}); delete it to rerun that run") from e
 
 
+def write_overrides(study: Study, run: Run) -> Path:
+    """Write ``<runs_dir>/<run>/overrides.yaml``, the last ``--config`` of the run's command."""
+    import yaml
+
+    path = study.runs_dir / run.name / "overrides.yaml"
+    with atomic_write(path) as tmp:
+        tmp.write_text(yaml.safe_dump(run_overrides(study, run), sort_keys=False))
+    return path
+
+
 def execute(study: Study, run: Run) -> dict[str, Any]:
     """Run one ``train.py`` subprocess; returns (and writes) its ``study_run.json``.
 
@@ -165,13 +243,10 @@ def execute(study: Study, run: Run) -> dict[str, Any]:
 
 
 def _execute_locked(study: Study, run: Run, folder: Path, lock: RunFolderLock) -> dict[str, Any]:
-    import yaml
 
     if folder.exists():  # an unfinished or outdated run: start clean (TensorBoard would append)
         shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    with atomic_write(folder / "overrides.yaml") as tmp:
-        tmp.write_text(yaml.safe_dump(run_overrides(study, run), sort_keys=False))
+    write_overrides(study, run)
     command = run_command(study, run)
     env = dict(os.environ, **study.env)
     inputs = run_inputs(study, run)  # before the run: what it read, not what it may have rewritten
@@ -207,7 +282,8 @@ def run_study(study: Study, force: bool = False, only: Sequence[str] = (), dry_r
     metas = []
     bar = tqdm(selected, desc=f"study {study.name}", unit="run", disable=dry_run)
     for run in bar:
-        if dry_run:
+        if dry_run:  # the override file the command names is written, so the command can be run by hand
+            write_overrides(study, run)
             print(" ".join(run_command(study, run)))
             continue
         reason = "--force" if force else why_rerun(study, run)

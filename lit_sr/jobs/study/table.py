@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lit_sr.extras import require_extra
 from lit_sr.io import atomic_write
 from lit_sr.jobs.study.runner import MISSING, NOT_APPLICABLE, Column, Plot, Run, Study, read_json
 from lit_sr.tables import markdown_lines
@@ -263,7 +264,7 @@ def _numeric(v: Any) -> float | None:
 def plot(study: Study, rows: list[dict[str, Any]], spec: Plot, path: Path) -> Path:
     """One PNG: a subplot per ``y`` column; bars over runs (``x: run``) or lines over a swept
     parameter, one line per ``group`` value; paired deltas with their 95% interval as error bars."""
-    from matplotlib.figure import Figure
+    Figure = require_extra("matplotlib.figure").Figure
 
     fig = Figure(figsize=(4.2 * len(spec.y), 3.4), layout="constrained")
     axes = fig.subplots(1, len(spec.y), squeeze=False)[0]

@@ -17,15 +17,18 @@ the writer, set with ``--prediction.output_dir``, ``--prediction.tile`` and ``--
 from __future__ import annotations
 
 import copy
+import signal
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import lightning as L
+import torch
 from jsonargparse import Namespace
 from jsonargparse.typing import PositiveInt
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks.prediction_writer import PredictionWriter
 from callbacks.stop_on_nonfinite import StopOnNonFiniteLoss
@@ -96,6 +99,12 @@ class SRLightningCLI(LightningCLI):
         kwargs.setdefault("save_config_callback", RunFolderSaveConfig)
         kwargs.setdefault("save_config_kwargs", {"overwrite": False})
         super().__init__(*args, **kwargs)
+
+    def init_parser(self, **kwargs):
+        # argparse takes an unambiguous prefix for an option by default, so the typo
+        # --trainer.max_epoch silently set max_epochs: only whole option names are accepted
+        kwargs.setdefault("allow_abbrev", False)
+        return super().init_parser(**kwargs)
 
     def parse_arguments(self, parser, args) -> None:
         argv = [] if isinstance(args, (dict, Namespace)) else list(sys.argv[1:] if args is None else args)
@@ -256,8 +265,50 @@ def union_errors(text: str) -> list[str]:
     return out
 
 
+CPU_OVERRIDES = ("--trainer.accelerator cpu --trainer.devices 1 --trainer.strategy auto "
+                 "--trainer.precision 32-true")
+
+
+class NoGPUError(RuntimeError):
+    """A GPU recipe started where no GPU is present (raised before anything is built)."""
+
+
+def gpu_request(trainer: Mapping, cuda_available: bool) -> str | None:
+    """What in a ``trainer`` config asks for a GPU that is not there (``None`` when nothing does, or
+    ``accelerator: cpu`` was chosen): ``strategy: ddp`` would start gloo processes on the CPU, and
+    ``bf16-mixed`` / ``16-mixed`` would run CPU autocast, both far slower than the recipe was sized for."""
+    accelerator = str(trainer.get("accelerator") or "auto")
+    if cuda_available or accelerator == "cpu":
+        return None
+    strategy = trainer.get("strategy")
+    strategy = strategy if isinstance(strategy, str) else getattr(strategy, "class_path", None) or str(strategy)
+    precision = str(trainer.get("precision") or "32-true")
+    asks = []
+    if accelerator in ("gpu", "cuda"):
+        asks.append(f"accelerator={accelerator}")
+    if "ddp" in strategy.lower():
+        asks.append(f"strategy={strategy}")
+    if precision.startswith(("bf16", "16")):
+        asks.append(f"precision={precision}")
+    return ", ".join(asks) or None
+
+
 class TrainCLI(SRLightningCLI):
-    """:class:`SRLightningCLI` with the prediction writer as a forced callback (``--prediction.*``)."""
+    """:class:`SRLightningCLI` with the prediction writer as a forced callback (``--prediction.*``).
+
+    A run started from the command line (``lit-sr fit ...``) whose recipe asks for a GPU on a machine
+    without one stops at once with :class:`NoGPUError`, saying what to pass to run it on the CPU.
+    """
+
+    def before_instantiate_classes(self) -> None:
+        subcommand = self.config.get("subcommand")
+        if subcommand is None:  # built without running (tests, notebooks): nothing is started
+            return
+        asks = gpu_request(self.config[subcommand].get("trainer") or {}, torch.cuda.is_available())
+        if asks:
+            raise NoGPUError(
+                f"no GPU is present, but this run's config asks for one ({asks}). To run it on the CPU anyway "
+                f"(slow), pass {CPU_OVERRIDES}; for a run sized for a CPU use --config quickstart.")
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(PredictionWriter, "prediction")
@@ -293,8 +344,25 @@ def train_cli(args: list[str] | None = None, run: bool = True, prog: str | None 
     )
 
 
+SIGTERM_EXIT = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``lit-sr fit|validate|test|predict ...``: run the subcommand, then leave the process group (DDP)."""
-    train_cli(argv, prog="lit-sr")
-    close_process_group()
+    """``lit-sr fit|validate|test|predict ...``: run the subcommand, then leave the process group (DDP).
+
+    Returns 0, or :data:`SIGTERM_EXIT` (143) when a SIGTERM stopped the run: Lightning ends the
+    loop with a ``SystemExit`` of code 0, which would tell a scheduler the run finished.
+    """
+    try:
+        train_cli(argv, prog="lit-sr")
+    except NoGPUError as error:
+        print(f"lit-sr: error: {error}", file=sys.stderr)
+        return 2
+    except SIGTERMException:
+        rank_zero_warn("stopped by SIGTERM before the end: no weights.pth was written; the latest state is in "
+                       "the run's checkpoints/last.ckpt (when a LastCheckpoint callback is set): resume with "
+                       "--ckpt_path <run>/checkpoints/last.ckpt", category=UserWarning)
+        return SIGTERM_EXIT
+    finally:
+        close_process_group()
     return 0
