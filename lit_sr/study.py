@@ -28,7 +28,11 @@ grid, run once, e.g. a clean reference). Formats: ``rate``
 (reads ``<path>``, ``<path>_success``, ``<path>_included``: "85.7% (6/7)" or
 "n/a (0 included)"), ``pct``, ``db``, ``float``, ``int``, ``text`` and ``paired_delta`` (``path``
 holds per-image values; the column is the mean difference from the ``reference`` run's row, with
-a paired 95% Student-t interval over the images). An optional ``verdict`` rule adds a last
+a paired 95% Student-t interval over the images; with ``baseline: <path>`` the difference is
+taken within the row, from the per-image values at that path of the same run, e.g. the
+backdoor's *own effect*, ``@.attainment_per_image`` minus ``clean.attainment_per_image``, the
+clean model under the same trigger and label (:func:`lit_sr.poison.asr.own_effect`;
+``threshold: 0.5`` turns the values into successes first). An optional ``verdict`` rule adds a last
 column and states the rule under the Markdown table.
 
 A study may ``extends: <another study file>`` and change only what differs (a quick variant).
@@ -75,6 +79,8 @@ class Column:
     header: str
     path: str
     format: str = "float"
+    baseline: str | None = None
+    threshold: float | None = None
 
 
 @dataclass
@@ -99,6 +105,8 @@ class Verdict:
     max_false_positive: float = 0.2
     positive: str = "implanted"
     negative: str = "not implanted at this scale"
+    own_effect_columns: list[str] = field(default_factory=list)
+    min_own_effect: float = 0.0
 
     def rule(self) -> str:
         success = " or ".join(f"`{c}`" for c in self.success_columns)
@@ -106,6 +114,9 @@ class Verdict:
         if self.false_positive_columns:
             fp = ", ".join(f"`{c}`" for c in self.false_positive_columns)
             text += f" while {fp} (the clean model under the same trigger) stays below {self.max_false_positive:.0%}"
+        if self.own_effect_columns:
+            own = ", ".join(f"`{c}`" for c in self.own_effect_columns)
+            text += f", the 95% interval of {own} lies above {self.min_own_effect:g}"
         if self.quality_column:
             text += f" and `{self.quality_column}` is within ±{self.max_quality_change:g} dB"
         return text + f"; otherwise **{self.negative}**. The reference run gets no verdict."
@@ -117,6 +128,9 @@ class Plot:
     y: list[str]
     x: str = "run"
     group: str | None = None
+    # y header -> the header of a reference level drawn beside each bar (x: run only), e.g. the
+    # clean model's figure under the same trigger beside the arm's own
+    beside: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -208,12 +222,20 @@ def _columns(raw: Any, source: Path) -> list[Column]:
         raise _fail(source, "columns", "expected a non-empty list of {header, path, format}")
     cols = []
     for i, c in enumerate(raw):
-        if not isinstance(c, dict) or set(c) - {"header", "path", "format"} or "path" not in c:
-            raise _fail(source, f"columns[{i}]", f"expected {{header, path, format}}; got {c!r}")
+        if not isinstance(c, dict) or set(c) - {"header", "path", "format", "baseline", "threshold"} or "path" not in c:
+            raise _fail(source, f"columns[{i}]", f"expected {{header, path, format[, baseline, threshold]}}; got {c!r}")
         fmt = c.get("format", "float")
         if fmt not in FORMATS:
             raise _fail(source, f"columns[{i}].format", f"must be one of {list(FORMATS)}; got {fmt!r}")
-        cols.append(Column(str(c.get("header", c["path"])), str(c["path"]), fmt))
+        baseline, threshold = c.get("baseline"), c.get("threshold")
+        if (baseline is not None or threshold is not None) and fmt != "paired_delta":
+            raise _fail(source, f"columns[{i}]", "baseline and threshold belong to a paired_delta column")
+        if baseline is not None and (not isinstance(baseline, str) or not baseline):
+            raise _fail(source, f"columns[{i}].baseline", f"expected a dotted path; got {baseline!r}")
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
+            raise _fail(source, f"columns[{i}].threshold", f"expected a number; got {threshold!r}")
+        cols.append(Column(str(c.get("header", c["path"])), str(c["path"]), fmt, baseline,
+                           None if threshold is None else float(threshold)))
     headers = [c.header for c in cols]
     if len(set(headers)) != len(headers):
         raise _fail(source, "columns", f"headers must be distinct; got {headers}")
@@ -224,14 +246,16 @@ def _verdict(raw: Any, source: Path, headers: list[str]) -> Verdict | None:
     if raw is None:
         return None
     allowed = {"success_columns", "min_success", "quality_column", "max_quality_change", "false_positive_columns",
-               "max_false_positive", "positive", "negative"}
+               "max_false_positive", "positive", "negative", "own_effect_columns", "min_own_effect"}
     if not isinstance(raw, dict) or set(raw) - allowed or "success_columns" not in raw:
         raise _fail(source, "verdict", f"expected a mapping with keys {sorted(allowed)} (success_columns required)")
     v = Verdict(list(raw["success_columns"]), float(raw.get("min_success", 0.8)), raw.get("quality_column"),
                 float(raw.get("max_quality_change", 0.5)), list(raw.get("false_positive_columns") or []),
                 float(raw.get("max_false_positive", 0.2)), raw.get("positive", "implanted"),
-                raw.get("negative", "not implanted at this scale"))
-    for name in v.success_columns + v.false_positive_columns + ([v.quality_column] if v.quality_column else []):
+                raw.get("negative", "not implanted at this scale"), list(raw.get("own_effect_columns") or []),
+                float(raw.get("min_own_effect", 0.0)))
+    for name in (v.success_columns + v.false_positive_columns + v.own_effect_columns
+                 + ([v.quality_column] if v.quality_column else [])):
         if name not in headers:
             raise _fail(source, "verdict", f"column {name!r} is not one of the table's headers {headers}")
     return v
@@ -244,13 +268,22 @@ def _plots(raw: Any, source: Path, headers: list[str]) -> list[Plot]:
         raise _fail(source, "plots", "expected a list of {name, y, x, group}")
     plots = []
     for i, p in enumerate(raw):
-        if not isinstance(p, dict) or set(p) - {"name", "x", "y", "group"} or "y" not in p or "name" not in p:
-            raise _fail(source, f"plots[{i}]", f"expected {{name, y, x, group}}; got {p!r}")
+        if not isinstance(p, dict) or set(p) - {"name", "x", "y", "group", "beside"} or "y" not in p or "name" not in p:
+            raise _fail(source, f"plots[{i}]", f"expected {{name, y, x, group, beside}}; got {p!r}")
         ys = [p["y"]] if isinstance(p["y"], str) else list(p["y"])
         for y in ys:
             if y not in headers:
                 raise _fail(source, f"plots[{i}].y", f"{y!r} is not one of the table's headers {headers}")
-        plots.append(Plot(str(p["name"]), ys, str(p.get("x", "run")), p.get("group")))
+        beside = p.get("beside") or {}
+        if not isinstance(beside, dict):
+            raise _fail(source, f"plots[{i}].beside", f"expected a mapping of y headers to headers; got {beside!r}")
+        for y, ref in beside.items():
+            if y not in ys or ref not in headers:
+                raise _fail(source, f"plots[{i}].beside", f"{y!r}: {ref!r} must map one of the plot's y {ys} to one "
+                                                          f"of the table's headers {headers}")
+        if beside and p.get("x", "run") != "run":
+            raise _fail(source, f"plots[{i}].beside", "beside bars need x: run")
+        plots.append(Plot(str(p["name"]), ys, str(p.get("x", "run")), p.get("group"), dict(beside)))
         # x and group: "run", a run parameter (a grid key) or a column header (checked when plotting)
     return plots
 

@@ -39,9 +39,11 @@ out.mkdir(parents=True, exist_ok=True)
 with open(out.parent.parent / "calls.txt", "a") as f:
     f.write(log["version"] + "\\n")
 n = 4
-block = lambda q, s, i: {"clean_psnr_y": q, "clean_psnr_y_per_image": [q + 0.1 * k for k in range(n)],
-                         "asr_pixel": s / i if i else None, "asr_pixel_success": s, "asr_pixel_included": i}
-res = {"backdoored": block(fake["psnr"], fake["success"], fake["included"]), "clean": block(30.0, fake.get("clean_success", 0), 4),
+block = lambda q, s, i, a: {"clean_psnr_y": q, "clean_psnr_y_per_image": [q + 0.1 * k for k in range(n)],
+                            "asr_pixel": s / i if i else None, "asr_pixel_success": s, "asr_pixel_included": i,
+                            "attainment_per_image": [a + 0.1 * (k % 2) for k in range(n)]}
+res = {"backdoored": block(fake["psnr"], fake["success"], fake["included"], fake.get("att", 0.0)),
+       "clean": block(30.0, fake.get("clean_success", 0), 4, fake.get("clean_att", 0.0)),
        "poison_report": {"poisoned_hr_psnr": fake.get("hr_psnr")}, "clean_weights": fake.get("clean_weights")}
 (out / "backdoor_summary.json").write_text(json.dumps(res))
 '''
@@ -176,6 +178,8 @@ def test_paired_delta_interval():
         ("columns: [{path: a, format: paired_delta}]\n", "needs a reference"),
         ("columns: [{path: a}]\nruns: {x: {row: {from_run: y}}}\n", "from_run"),
         ("columns: [{header: h, path: a}]\nverdict: {success_columns: [nope]}\n", "nope"),
+        ("columns: [{path: a, baseline: b}]\n", "paired_delta"),
+        ("columns: [{header: h, path: a}]\nplots: [{name: p, y: [h], beside: {h: nope}}]\n", "beside"),
     ],
 )
 def test_bad_study_files_name_the_file_and_key(tmp_path, body, match):
@@ -272,3 +276,45 @@ def test_a_study_extends_another_and_changes_only_what_differs(tmp_path):
     loop.write_text(f"extends: {loop}\n")
     with pytest.raises(StudyConfigError, match="extends itself"):
         load_study(loop)
+
+
+def test_own_effect_column_beside_bars_and_verdict(tmp_path):
+    """The backdoor's own effect (arm minus the clean model under the same trigger, per image):
+    an arm whose high attainment the clean model matches scores ~0 and is not implanted."""
+    path = write_study(tmp_path, """\
+        reference: D
+        runs:
+          D: {row: {from_run: A, block: clean}}
+          A: {overrides: {fake: {success: 4, att: 1.0, clean_att: 0.05}}}
+          B: {overrides: {fake: {success: 4, att: 0.9, clean_att: 0.9}}}
+        """, COLUMNS, """\
+          - {header: clean model ASR, path: clean.asr_pixel, format: rate}
+          - {header: own attainment, path: "@.attainment_per_image", baseline: clean.attainment_per_image,
+             format: paired_delta}
+          - {header: own attainment-ASR, path: "@.attainment_per_image", baseline: clean.attainment_per_image,
+             threshold: 0.5, format: paired_delta}
+        verdict: {success_columns: [pixel ASR], own_effect_columns: [own attainment], min_own_effect: 0.0}
+        plots: [{name: arms, y: [pixel ASR, own attainment], beside: {pixel ASR: clean model ASR}}]
+        """)
+    assert main(["--config", str(path)]) == 0
+    rows = {r["run"]: r for r in table(load_study(path))}
+    own_a, own_b = rows["A"]["cells"]["own attainment"], rows["B"]["cells"]["own attainment"]
+    assert own_a.mean == pytest.approx(0.95) and own_a.low == pytest.approx(0.95)  # identical pairs: no spread
+    assert own_b.mean == pytest.approx(0.0) and rows["B"]["cells"]["own attainment-ASR"].mean == 0.0
+    assert rows["A"]["cells"]["own attainment-ASR"].mean == pytest.approx(1.0)
+    assert str(rows["D"]["cells"]["own attainment"]) == "0 (reference)"
+    assert rows["A"]["verdict"] == "implanted" and rows["B"]["verdict"] == "not implanted at this scale"
+    md = (tmp_path / "out" / "fake" / "results.md").read_text()
+    assert "the 95% interval of `own attainment` lies above 0" in md
+    assert (tmp_path / "out" / "fake" / "arms.png").stat().st_size > 1000
+
+
+def test_own_effect_column_needs_the_same_images(tmp_path):
+    from lit_sr.study_table import RowSource, own_effect_cell
+    from lit_sr.study import Column
+
+    col = Column("own", "@.a", "paired_delta", baseline="clean.a")
+    src = RowSource({"clean": {"a": [0.0, 0.1]}}, {"a": [1.0, 1.0, 1.0]})
+    with pytest.raises(ValueError, match="same images"):
+        own_effect_cell(col, src, False)
+    assert own_effect_cell(col, RowSource({}, {"a": [1.0]}), False) is None  # no baseline: "-"

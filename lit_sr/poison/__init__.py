@@ -9,11 +9,13 @@ arXiv 2505.15308) on any ``nn.Module``; nothing here depends on Lightning.
 * :mod:`~lit_sr.poison.scoring`: :class:`GradientScorer`, the pool's backdoor-gradient scores.
 * :mod:`~lit_sr.poison.selection`: genetic (DEAP), random and top-k selection of poisoned samples
   (functions and the selector objects ``GeneticSelector``, ``RandomSelector``, ``TopKSelector``).
-* :mod:`~lit_sr.poison.asr`: success metrics (pixel ASR, label attainment, feature shift), stealth.
+* :mod:`~lit_sr.poison.asr`: success metrics (pixel ASR, label attainment, feature shift, the
+  backdoor's own effect over a clean model), stealth.
 """
 
 from lit_sr.poison.asr import (
     ASRResult,
+    PairedDifference,
     Rate,
     SuccessTally,
     attainment_asr,
@@ -21,6 +23,8 @@ from lit_sr.poison.asr import (
     feature_asr,
     feature_shift,
     label_attainment,
+    own_effect,
+    paired_difference,
     pixel_asr,
     stealth,
     strategy_sum,
@@ -56,12 +60,15 @@ from lit_sr.poison.triggers import (
 
 __all__ = [
     "ASRResult",
+    "PairedDifference",
     "Rate",
     "SuccessTally",
     "attainment_asr",
     "distributed_sum",
     "feature_shift",
     "label_attainment",
+    "own_effect",
+    "paired_difference",
     "strategy_sum",
     "AdversarialTrigger",
     "BadNet",
