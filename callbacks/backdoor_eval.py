@@ -58,7 +58,7 @@ from torch import nn
 from callbacks.backdoor_pictures import backdoor_grid, grid_row, plot_history
 from callbacks.poison_selection import ReportsSelection, SelectionResults
 from callbacks.protocols import PoisonedData, SRModel, require
-from callbacks.summary import format_table
+from callbacks.summary import format_table, training_record
 from lit_sr.io import atomic_write, read_image, write_image
 from lit_sr.metrics import psnr
 from lit_sr.ops import imresize
@@ -521,6 +521,7 @@ class BackdoorSummary(L.Callback):
             "backdoored": backdoored, "clean": clean, "bicubic_psnr_y": backdoored["bicubic_psnr_y"],
             "own_effect": None if clean is None else self._own_effect(backdoored, clean),
             "poison_report": dict(dm.poison_report), "selection": selection,
+            "training": training_record(trainer, pl_module),
             "config": {**dict(dm.poison_config()), "poisoned_indices": list(dm.poisoned_indices),
                        "clean_weights": self.clean_weights, "psnr_thr": self.psnr_thr, "ssim_thr": self.ssim_thr,
                        "attainment_thr": self.attainment_thr},

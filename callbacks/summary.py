@@ -11,6 +11,15 @@ from lightning.pytorch.utilities import rank_zero_info
 from lit_sr.io import atomic_write
 
 
+def training_record(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, int]:
+    """How much training a run had: optimiser steps, the module's parameters (an ``SRModule``'s are
+    its network's) and their product (``param_steps``, the compute axis of a study's scale ladder: at
+    a fixed batch and patch size a convolutional network's training FLOPs are proportional to it)."""
+    params = sum(p.numel() for p in pl_module.parameters())
+    return {"steps": int(trainer.global_step), "parameters": int(params),
+            "param_steps": int(trainer.global_step) * int(params)}
+
+
 def format_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
     """A plain-text table with aligned columns."""
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
@@ -42,4 +51,4 @@ class RunSummary(L.Callback):
         text = format_table(rows, ("val metric", "model", "bicubic", "gain"))
         rank_zero_info(f"\n{text}\n\nTensorBoard:  tensorboard --logdir {Path(log_dir).parent}\n")
         with atomic_write(Path(log_dir) / "summary.json") as tmp:
-            tmp.write_text(json.dumps({"val": metrics}, indent=2))
+            tmp.write_text(json.dumps({"val": metrics, "training": training_record(trainer, pl_module)}, indent=2))

@@ -24,7 +24,8 @@ results file, or, starting with ``@.``, into the run's *row block* (``block``, d
 ``row: {from_run: A, block: clean}``, as the clean reference of a demo does; a run's own
 ``config`` replaces ``base_config`` for it; ``in_table: false`` runs it without a row, e.g. the
 training of a substitute network the other runs share; ``grid: false`` keeps a run out of the
-grid, run once, e.g. a clean reference). Formats: ``rate``
+grid, run once, e.g. a clean reference; ``params: {arm: B, rung: 2}`` labels a run for the plots'
+``x`` and ``group``, as a grid key would, when the runs are listed one by one). Formats: ``rate``
 (reads ``<path>``, ``<path>_success``, ``<path>_included``: "85.7% (6/7)" or
 "n/a (0 included)"), ``pct``, ``db``, ``float``, ``int``, ``text`` and ``paired_delta`` (``path``
 holds per-image values; the column is the mean difference from the ``reference`` run's row, with
@@ -62,7 +63,7 @@ from lit_sr.io import atomic_write
 FORMATS = ("rate", "pct", "db", "float", "int", "text", "paired_delta")
 STUDY_KEYS = {"name", "output_dir", "base_config", "train_script", "subcommand", "overrides", "runs", "grid",
               "results_file", "block", "reference", "columns", "plots", "verdict", "python", "env", "anchors"}
-RUN_KEYS = {"overrides", "config", "results_file", "row", "in_table", "grid"}
+RUN_KEYS = {"overrides", "config", "results_file", "row", "in_table", "grid", "params"}
 NOT_APPLICABLE = "n/a (0 included)"
 MISSING = "-"
 
@@ -339,6 +340,10 @@ def load_study(path: str | os.PathLike) -> Study:
         row = spec.get("row") or {}
         if not isinstance(row, dict) or set(row) - {"from_run", "block"}:
             raise _fail(source, f"{key}.row", f"expected {{from_run, block}}; got {row!r}")
+        labels = spec.get("params") or {}
+        if not isinstance(labels, dict) or not all(isinstance(k, str) and k not in ("run",) for k in labels):
+            raise _fail(source, f"{key}.params", f"expected a mapping of parameter names (not 'run') to values, "
+                                                 f"e.g. {{arm: B, rung: 2}}; got {labels!r}")
         crossed = spec.get("grid", True)
         if not isinstance(crossed, bool):
             raise _fail(source, f"{key}.grid", f"expected true or false; got {crossed!r}")
@@ -346,7 +351,7 @@ def load_study(path: str | os.PathLike) -> Study:
             parts = [p for p in (run_name, _point_name(point)) if p]
             overrides = merge(merge(common, expand_dotted(spec.get("overrides") or {}, source, key)),
                               expand_dotted(point, source, "grid"))
-            params = {"run": "__".join(parts) or "run", **({"arm": run_name} if run_name else {}), **point}
+            params = {"run": "__".join(parts) or "run", **({"arm": run_name} if run_name else {}), **labels, **point}
             configs = _as_list(spec["config"], source, f"{key}.config") if "config" in spec else base_configs
             in_table = spec.get("in_table", True)
             if not isinstance(in_table, bool):
@@ -364,8 +369,8 @@ def load_study(path: str | os.PathLike) -> Study:
         raise _fail(source, "reference", f"{reference!r} is not a run of this study {names}")
     columns = _columns(raw["columns"], source)
     headers = [c.header for c in columns]
-    if any(c.format == "paired_delta" for c in columns) and reference is None:
-        raise _fail(source, "reference", "a paired_delta column needs a reference run")
+    if any(c.format == "paired_delta" and c.baseline is None for c in columns) and reference is None:
+        raise _fail(source, "reference", "a paired_delta column without a baseline needs a reference run")
     return Study(name, source, Path(raw.get("output_dir", "runs/study")), base_configs,
                  raw.get("train_script", "train.py"), raw.get("subcommand", "fit"), runs, columns,
                  raw.get("block", "backdoored"), reference, _plots(raw.get("plots"), source, headers),

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from lit_sr.study import StudyConfigError, load_study, main, run_study
-from lit_sr.study_table import DeltaCell, paired_delta, table
+from lit_sr.study_table import DeltaCell, paired_delta, table, write_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -318,3 +318,37 @@ def test_own_effect_column_needs_the_same_images(tmp_path):
     with pytest.raises(ValueError, match="same images"):
         own_effect_cell(col, src, False)
     assert own_effect_cell(col, RowSource({}, {"a": [1.0]}), False) is None  # no baseline: "-"
+
+
+def test_runs_listed_one_by_one_carry_params_for_the_plots_and_need_no_reference(tmp_path):
+    # a ladder: each arm at two rungs, no single reference run; the own effect is taken within the row
+    path = write_study(tmp_path, """\
+        overrides: {fake.included: 4, fake.clean_att: 0.2}
+        runs:
+          B_r1: {params: {arm: B, rung: 1}, overrides: {fake.att: 0.2}}
+          B_r2: {params: {arm: B, rung: 2}, overrides: {fake.att: 0.7}}
+        columns:
+          - {header: own, path: "@.attainment_per_image", baseline: clean.attainment_per_image, format: paired_delta}
+        plots: [{name: ladder, x: rung, group: arm, y: [own]}]
+        """)
+    study = load_study(path)
+    assert [r.params for r in study.runs] == [{"run": "B_r1", "arm": "B", "rung": 1},
+                                             {"run": "B_r2", "arm": "B", "rung": 2}]
+    assert study.reference is None
+    run_study(study)
+    rows = {r["run"]: r for r in table(study)}
+    assert rows["B_r1"]["cells"]["own"].mean == pytest.approx(0.0, abs=1e-9)  # only the trigger's push
+    assert rows["B_r2"]["cells"]["own"].mean == pytest.approx(0.5)
+    assert write_outputs(study)[-1] == study.study_dir / "ladder.png"
+    assert (study.study_dir / "ladder.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("params", ["[1, 2]", "{run: x}"])
+def test_run_params_must_be_a_mapping_of_names(tmp_path, params):
+    path = write_study(tmp_path, f"""\
+        runs:
+          a: {{params: {params}}}
+        columns: [{{path: "@.asr_pixel", format: rate}}]
+        """)
+    with pytest.raises(StudyConfigError, match=r"runs\.a\.params"):
+        load_study(path)
