@@ -18,28 +18,28 @@ $(STAMP): pyproject.toml Makefile
 
 venv: $(STAMP)
 
-# The main job: BadSR as a controlled experiment on the embedded photos (configs/study_demo.yaml):
+# The main job: BadSR as a controlled experiment on the embedded photos (configs/study/demo.yaml):
 # a shared substitute, then four arms at equal compute -- D clean, A positive control, B BadSR's
 # stealthy label, C full BadSR -- and one table with a verdict per arm (runs/demo/results.md).
 # Resumable: a finished arm is not rerun (`make clean` or `rm -rf runs/demo` starts over).
 demo: $(STAMP)
-	$(PY) -m lit_sr.study --config configs/study_demo.yaml
+	$(PY) -m lit_sr study --config configs/study/demo.yaml
 
 # The same five runs, shorter (380 steps instead of 950): a first look (runs/demo_quick/results.md).
 demo-quick: $(STAMP)
-	$(PY) -m lit_sr.study --config configs/study_demo_quick.yaml
+	$(PY) -m lit_sr study --config configs/study/demo_quick.yaml
 
-# The defense report on the demo's arms (configs/defend_quickstart.yaml): A, B and C x FT, fine-pruning,
+# The defense report on the demo's arms (configs/defend/quickstart.yaml): A, B and C x FT, fine-pruning,
 # NAD, adversarial unlearning and ANP, each given 5% of the training tiles, clean; D is the clean reference.
 # Needs runs/demo (make demo); writes runs/defend_quickstart/results.{md,csv,json} and tradeoff.png.
 defend: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m lit_sr.defend --config configs/defend_quickstart.yaml
+	OMP_NUM_THREADS=1 $(PY) -m lit_sr defend --config configs/defend/quickstart.yaml
 
 # The clean quickstart alone (beats bicubic in a few minutes on two CPU cores).
 quickstart: $(STAMP)
-	$(PY) train.py fit --config configs/quickstart.yaml
+	$(PY) train.py fit --config configs/train/quickstart.yaml
 
-# The robustness report of the quickstart EDSR against bicubic (configs/robustness_quick.yaml): the
+# The robustness report of the quickstart EDSR against bicubic (configs/evaluate/robustness_quick.yaml): the
 # embedded validation photos as PNG files, the quickstart trained into a fixed logger version when its
 # weights are missing, then the report (runs/robustness_quick/summary.md).
 QUICKSTART_VERSION ?= quickstart
@@ -47,26 +47,26 @@ QUICKSTART_WEIGHTS := runs/quickstart/$(QUICKSTART_VERSION)/weights.pth
 .PHONY: robustness
 robustness: $(STAMP)
 	$(PY) -c "from datamodules import export_embedded_photos; export_embedded_photos('data/embedded_val', 'val', max_side=256)"
-	test -f $(QUICKSTART_WEIGHTS) || $(PY) train.py fit --config configs/quickstart.yaml \
+	test -f $(QUICKSTART_WEIGHTS) || $(PY) train.py fit --config configs/train/quickstart.yaml \
 	  --trainer.logger.init_args.version $(QUICKSTART_VERSION)
-	$(PY) -m lit_sr.evaluate --config configs/robustness_quick.yaml \
+	$(PY) -m lit_sr evaluate --config configs/evaluate/robustness_quick.yaml \
 	  --models.EDSR-quickstart.weights $(QUICKSTART_WEIGHTS)
 
-# The robust fine-tuning report (configs/robust_report_quick.yaml): the quickstart EDSR fine-tuned
-# on its own attacks at four training eps (configs/robust_quickstart.yaml; a run whose weights exist
+# The robust fine-tuning report (configs/evaluate/robust_report_quick.yaml): the quickstart EDSR fine-tuned
+# on its own attacks at four training eps (configs/train/robust_quickstart.yaml; a run whose weights exist
 # is not repeated), then base vs fine-tuned vs bicubic vs input defenses at the worst case, with the
 # clean-vs-robust trade-off plot and Choi's robustness index (runs/robust_report_quick/summary.md).
 ROBUST_EPS ?= 4:0.0156862745 7:0.0274509804 8:0.0313725490 12:0.0470588235
 .PHONY: robust
 robust: $(STAMP)
 	$(PY) -c "from datamodules import export_embedded_photos; export_embedded_photos('data/embedded_val', 'val', max_side=256)"
-	test -f $(QUICKSTART_WEIGHTS) || $(PY) train.py fit --config configs/quickstart.yaml \
+	test -f $(QUICKSTART_WEIGHTS) || $(PY) train.py fit --config configs/train/quickstart.yaml \
 	  --trainer.logger.init_args.version $(QUICKSTART_VERSION)
 	for pair in $(ROBUST_EPS); do k=$${pair%%:*}; eps=$${pair#*:}; \
-	  test -f runs/robust_quickstart/eps$$k/weights.pth || $(PY) train.py fit --config configs/robust_quickstart.yaml \
+	  test -f runs/robust_quickstart/eps$$k/weights.pth || $(PY) train.py fit --config configs/train/robust_quickstart.yaml \
 	    --model.init_args.weights $(QUICKSTART_WEIGHTS) --model.init_args.eps $$eps \
 	    --trainer.logger.init_args.version eps$$k || exit 1; done
-	$(PY) -m lit_sr.evaluate --config configs/robust_report_quick.yaml \
+	$(PY) -m lit_sr evaluate --config configs/evaluate/robust_report_quick.yaml \
 	  --models.EDSR-quickstart.weights $(QUICKSTART_WEIGHTS)
 
 test: $(STAMP)

@@ -1,49 +1,19 @@
-"""lit-sr command line: ``python train.py {fit,validate,test,predict} --config configs/<recipe>.yaml``.
+"""The product card's entry point, an alias of ``lit-sr {fit,validate,test,predict}``.
 
-Any LightningModule (``lit_sr.modules.*``) and LightningDataModule (``datamodules.*``) can be
-chosen by ``class_path`` in the YAML file or on the command line. Model arguments typed on the
-command line win over the hyper-parameters saved in a ``--ckpt_path`` checkpoint
-(:class:`lit_sr.cli.SRLightningCLI`), and ``predict`` writes PNG files through
-``callbacks.prediction_writer.PredictionWriter``, set with ``--prediction.output_dir``, ``--prediction.tile`` and
-``--prediction.tile_overlap``.
+``python train.py fit --config configs/train/quickstart.yaml`` is ``lit-sr fit --config
+configs/train/quickstart.yaml`` (:mod:`lit_sr.jobs.train.cli`). ``main(args, run=False)`` builds the
+LightningCLI without running it (tests use it).
 """
 
 from __future__ import annotations
 
-import lightning as L
+import sys
 
-from callbacks.prediction_writer import PredictionWriter
-from lit_sr.cli import SRLightningCLI
-from lit_sr.runtime import close_process_group
+from lit_sr.jobs.train.cli import TrainCLI
+from lit_sr.jobs.train.cli import main as run_main
+from lit_sr.jobs.train.cli import train_cli as main
 
-
-class TrainCLI(SRLightningCLI):
-    """:class:`SRLightningCLI` with the prediction writer as a forced callback (``--prediction.*``)."""
-
-    def add_arguments_to_parser(self, parser) -> None:
-        parser.add_lightning_class_args(PredictionWriter, "prediction")
-
-    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs):
-        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
-        if subcommand == "predict":
-            # The writer has the images on disk; keeping every SR tensor in memory too would only grow.
-            parser.set_defaults(return_predictions=False)
-        return parser
-
-
-def main(args: list[str] | None = None, run: bool = True) -> TrainCLI:
-    """Build (and by default run) the CLI; ``args`` replaces ``sys.argv[1:]`` (tests use it)."""
-    return TrainCLI(
-        L.LightningModule,
-        L.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        run=run,
-    )
-
+__all__ = ["TrainCLI", "main"]
 
 if __name__ == "__main__":
-    main()
-    close_process_group()
+    sys.exit(run_main())  # LightningCLI reads sys.argv[1:]

@@ -8,7 +8,7 @@ proportional set size (PSS: shared pages divided among the processes that map th
 process plus its workers, for
 
   raw           the HR/LR folders as they are: every sample decodes a whole 2K pair (the baseline);
-  prepared_png  sub-images from ``python -m lit_sr.data prepare`` (480 px, step 240), PNG;
+  prepared_png  sub-images from ``lit-sr data prepare`` (480 px, step 240), PNG;
   prepared_npy  the same as raw uint8 ``.npy`` (memory-mapped: only the crop is read);
   shared_cache  ``cache_images=True``: the raw pairs decoded once into one memory-mapped uint8 file.
 

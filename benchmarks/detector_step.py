@@ -2,7 +2,7 @@
 
 Baseline: ``fasterrcnn_mobilenet_v3_large_320_fpn`` as torchvision builds it (a 1,024-wide box head,
 512 RoI samples per image). Compared: ``representation_size=256`` and ``box_batch_size_per_image=32``
-(``configs/shapes_detector.yaml``). Both train from random init on the same shapes batch in the same
+(``configs/train/shapes_detector.yaml``). Both train from random init on the same shapes batch in the same
 process (forward, backward, AdamW step); the table gives seconds per step, parameters and the ratio.
 
     python benchmarks/detector_step.py --device cpu

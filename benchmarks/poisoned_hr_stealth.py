@@ -14,7 +14,7 @@ plus independent +-a sign noise, with ``a`` chosen so that the PSNR matches each
 The paper's operating point (Table IV, eps 0.05) is PSNR ~28 dB with SSIM ~0.69. Not a timing
 benchmark: it prints a table and writes JSON (``--out``).
 
-    python -m lit_sr.study --config configs/study_demo_quick.yaml   # or any study: trains S_substitute
+    lit-sr study --config configs/study/demo_quick.yaml   # or any study: trains S_substitute
     python benchmarks/poisoned_hr_stealth.py --substitute runs/demo/runs/S_substitute/weights.pth \\
         --out poisoned_hr_stealth.json
 """
@@ -37,7 +37,7 @@ from lit_sr.poison.poisoned_hr import STEP_RULES, psnr_lower_bound
 
 
 def demo_tiles() -> torch.Tensor:
-    """The demo's 76 training HR tiles (configs/demo_clean.yaml: max_side 128, train_tile 32)."""
+    """The demo's 76 training HR tiles (configs/train/demo_clean.yaml: max_side 128, train_tile 32)."""
     from datamodules.sr import EMBEDDED_TRAIN, ImageRecord, load_embedded_photo, tile_records
 
     records = [ImageRecord(name=n, hr_tensor=load_embedded_photo(n, 128)) for n in EMBEDDED_TRAIN]
@@ -78,7 +78,7 @@ def label_row(feature_net, hr, target, eps: float, step_rule: str, steps: int) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--substitute", required=True, help="the demo substitute's weights.pth")
-    parser.add_argument("--targets", nargs="+", default=["configs/demo_target_grey.png", "astronaut"])
+    parser.add_argument("--targets", nargs="+", default=["configs/train/demo_target_grey.png", "astronaut"])
     parser.add_argument("--eps", nargs="+", type=float, default=[0.05, 0.0685, 0.08])
     parser.add_argument("--step-rules", nargs="+", default=list(STEP_RULES), choices=STEP_RULES)
     parser.add_argument("--steps", type=int, default=100)

@@ -59,8 +59,9 @@ from callbacks.backdoor_pictures import backdoor_grid, grid_row, plot_history
 from callbacks.poison_selection import ReportsSelection, SelectionResults
 from callbacks.protocols import PoisonedData, SRModel, require
 from callbacks.summary import format_table, training_record
-from lit_sr.io import atomic_write, read_image, write_image
-from lit_sr.metrics import psnr
+from lit_sr.archs import arch_kwargs_with_scale, build_arch
+from lit_sr.io import atomic_write, load_weights, read_image, write_image
+from lit_sr.metrics import psnr, ssim
 from lit_sr.ops import imresize
 from lit_sr.poison.asr import Rate, SuccessTally, feature_asr, label_attainment, own_effect
 from lit_sr.runtime import model_device
@@ -81,8 +82,6 @@ def check_parts(trainer: L.Trainer, pl_module: L.LightningModule, who: str) -> N
 def lr_stealth(triggered_lr: torch.Tensor, lr: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-image PSNR and SSIM (RGB, 8-bit) of the triggered LR against the clean LR; SSIM is NaN
     (left out of its mean) under 11x11 pixels, where the SSIM window does not fit."""
-    from lit_sr.metrics import ssim
-
     p = psnr(triggered_lr, lr).clamp(max=100)
     s = ssim(triggered_lr, lr) if min(lr.shape[-2:]) >= 11 else torch.full_like(p, math.nan)
     return {"psnr": p, "ssim": s}
@@ -486,9 +485,6 @@ class BackdoorSummary(L.Callback):
     def _clean_model(self, pl_module: L.LightningModule, device: torch.device) -> nn.Module | None:
         if self.clean_weights is None:
             return None
-        from lit_sr.archs import arch_kwargs_with_scale, build_arch
-        from lit_sr.io import load_weights
-
         hp = pl_module.hparams
         arch = self.clean_arch or hp.get("arch")
         kwargs = self.clean_arch_kwargs if self.clean_arch_kwargs is not None else hp.get("arch_kwargs")

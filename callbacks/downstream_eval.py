@@ -38,6 +38,7 @@ import torch
 from torch import nn
 from torchvision.utils import draw_bounding_boxes, make_grid
 
+from callbacks.downstream_summary import summary_markdown
 from callbacks.protocols import PoisonedData, SRModel
 from lit_sr import attacks as attack_zoo
 from lit_sr.downstream.metrics import (
@@ -166,7 +167,6 @@ class DownstreamEvalCallback(L.Callback):
         self._fresh = False
         from lightning.pytorch.utilities import rank_zero_info
 
-        from callbacks.downstream_summary import summary_markdown
 
         backdoor = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("backdoor/")}
         target = None if self.target_class is None else self._name(self.target_class)

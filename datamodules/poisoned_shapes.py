@@ -18,7 +18,7 @@ in the target's colour family. Downstream ASR (:func:`lit_sr.downstream.metrics.
 counts, among the samples whose class is not the target, those classified as the target, so with
 all three shapes drawn its ceiling is the share of non-target samples that share the target's shape
 (1/5 with six balanced classes). ``shapes=[<target shape>]`` (what
-``configs/badsr_downstream_quickstart.yaml`` does) draws only that shape, so the ceiling is 1.
+``configs/train/badsr_downstream_quickstart.yaml`` does) draws only that shape, so the ceiling is 1.
 
 The data module satisfies :class:`callbacks.protocols.PoisonedData`, so ``BackdoorEvalCallback``
 (SR-level success metrics of :mod:`lit_sr.poison.asr`, with :meth:`target_for` as the target

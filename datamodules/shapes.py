@@ -35,6 +35,8 @@ import torch
 from skimage import draw
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.sr import EMBEDDED_TRAIN, EMBEDDED_VAL, load_embedded_photo
+from lit_sr.io import atomic_write, write_image
 from lit_sr.ops import imresize
 from lit_sr.validation import check_int
 
@@ -248,8 +250,6 @@ class ShapesDataModule(L.LightningDataModule):
         self.val_dataset: ShapesDataset | None = None
 
     def _generator(self, names: Sequence[str], split_id: int) -> ShapesGenerator:
-        from datamodules.sr import load_embedded_photo
-
         backgrounds = [load_embedded_photo(name, max_side=self.background_side) for name in names]
         backgrounds = [b for b in backgrounds if min(b.shape[-2:]) >= self.hr_size]
         return ShapesGenerator(backgrounds, hr_size=self.hr_size, max_objects=self.max_objects,
@@ -268,8 +268,6 @@ class ShapesDataModule(L.LightningDataModule):
                          f"or an index below {len(cls.class_names)}")
 
     def setup(self, stage: str | None = None) -> None:
-        from datamodules.sr import EMBEDDED_TRAIN, EMBEDDED_VAL
-
         if self.train_dataset is None and stage in (None, "fit"):
             self.train_dataset = ShapesDataset(self._generator(EMBEDDED_TRAIN, 0), self.train_size, self.scale)
         if self.val_dataset is None and stage in (None, "fit", "validate", "test"):
@@ -294,13 +292,12 @@ def export_shapes(folder: str, split: str = "val", count: int = 24, **shapes_arg
 
     ``shapes_args`` are :class:`ShapesDataModule` arguments (``hr_size``, ``max_objects``, ``seed``, ...).
     ``labels.json`` is ``{"class_names": [...], "images": {stem: {"label", "boxes", "labels"}}}``
-    (boxes in pixel-edge xyxy HR pixels), what :mod:`lit_sr.report.downstream` reads. Images are
+    (boxes in pixel-edge xyxy HR pixels), what :mod:`lit_sr.jobs.evaluate.downstream` reads. Images are
     8-bit PNG (the report reads image files). Returns the written image paths.
     """
     import json
     from pathlib import Path
 
-    from lit_sr.io import atomic_write, write_image
 
     if split not in ("train", "val"):
         raise ValueError(f"export_shapes: split must be 'train' or 'val', got {split!r}")

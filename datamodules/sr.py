@@ -7,7 +7,7 @@
   deterministically into train/val: the default data set, no download.
 
 Fast paths (issue 15): ``DIV2KDataModule(train_prepared=...)`` trains on sub-images made by
-``python -m lit_sr.data prepare`` (a 480 px sub-image decodes ~25x faster than a 2K image);
+``lit-sr data prepare`` (a 480 px sub-image decodes ~25x faster than a 2K image);
 ``cache_images`` decodes every image once into one shared, memory-mapped uint8 file per node
 (:class:`lit_sr.data.SharedImageStore`) instead of a float32 copy per worker; ``augment_on="device"``
 flips and rotates whole batches on the GPU after the transfer.
@@ -35,6 +35,7 @@ from lit_sr.data import (
     prepared_config,
     read_prepared,
 )
+from lit_sr.io import write_image
 from lit_sr.ops import imresize
 from lit_sr.validation import check_choice
 
@@ -79,7 +80,7 @@ def default_num_workers(devices: int = 1) -> int:
 
 
 def prepared_records(directory: str | Path, scale: int) -> list[ImageRecord]:
-    """Records of the sub-image pairs of a ``python -m lit_sr.data prepare`` output (checked against its manifest)."""
+    """Records of the sub-image pairs of a ``lit-sr data prepare`` output (checked against its manifest)."""
     return [ImageRecord(name=p.name, hr_path=p.hr_path, lr_path=p.lr_path) for p in read_prepared(directory, scale)]
 
 
@@ -291,7 +292,7 @@ class DIV2KDataModule(SRDataModule):
         val_hr: e.g. ``DIV2K/DIV2K_valid_HR``.
         train_lr: e.g. ``DIV2K/DIV2K_train_LR_bicubic/X4``; ``None`` makes LR on the fly.
         val_lr: e.g. ``DIV2K/DIV2K_valid_LR_bicubic/X4``; ``None`` makes LR on the fly.
-        train_prepared: the fast path: train on the sub-images of a ``python -m lit_sr.data prepare``
+        train_prepared: the fast path: train on the sub-images of a ``lit-sr data prepare``
             output folder (e.g. ``DIV2K/prepared/DIV2K_train_x4``) instead of reading ``train_hr`` /
             ``train_lr``; each sub-image is a record, so ``repeat`` counts passes over sub-images
             (as BasicSR's ``dataset_enlarge_ratio`` does with its ``*_sub`` folders). When
@@ -374,7 +375,5 @@ class EmbeddedPhotosDataModule(SRDataModule):
 
 def export_embedded_photos(folder: str | Path, split: str = "val", max_side: int | None = 384) -> list[Path]:
     """Write the embedded photographs of a split as PNG files (e.g. to use them as a ``test_sets`` folder)."""
-    from lit_sr.io import write_image
-
     names = {"train": EMBEDDED_TRAIN, "val": EMBEDDED_VAL}[split]
     return [write_image(load_embedded_photo(n, max_side), Path(folder) / f"{n}.png") for n in names]

@@ -32,7 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
+from lit_sr.archs import arch_kwargs_with_scale, build_arch
+from lit_sr.io import atomic_write, write_image
+from lit_sr.ops import imresize
 from lit_sr.validation import check_number
 
 SET5 = ("baby", "bird", "butterfly", "head", "woman")
@@ -89,8 +93,6 @@ def _photos() -> list[torch.Tensor]:
 
 def _crop(photos: list[torch.Tensor], g: torch.Generator, h: int, w: int) -> torch.Tensor:
     """A seeded ``h x w`` crop of one photo (resized up first when the photo is smaller)."""
-    import torch.nn.functional as F
-
     p = photos[int(torch.randint(len(photos), (1,), generator=g))]
     if p.shape[1] < h or p.shape[2] < w:
         f = max(h / p.shape[1], w / p.shape[2])
@@ -101,9 +103,6 @@ def _crop(photos: list[torch.Tensor], g: torch.Generator, h: int, w: int) -> tor
 
 
 def _pair(hr: torch.Tensor, hr_path: Path, lr_dirs: dict[int, Path], lr_name: str) -> None:
-    from lit_sr.io import write_image
-    from lit_sr.ops import imresize
-
     write_image(hr, hr_path)
     for scale, folder in lr_dirs.items():
         write_image(imresize(hr[None], 1.0 / scale)[0].clamp(0, 1), folder / lr_name.format(stem=hr_path.stem, s=scale))
@@ -125,8 +124,6 @@ def _write_benchmarks(root: Path, photos, g, side: int) -> None:
 
 
 def _write_cufed(root: Path, photos, g, n_train: int, n_groups: int) -> None:
-    from lit_sr.io import write_image
-
     for i in range(n_train):
         big = _crop(photos, g, 176, 176)
         write_image(big[:, :160, :160], root / "train" / "input" / f"{i:06d}.png")
@@ -225,9 +222,6 @@ def write_random_weights(path: str | os.PathLike, arch: str, arch_kwargs: dict |
     """A BasicSR-style weights file (``{'params': state_dict}``) of a randomly initialised network:
     the stand-in of a trained model a recipe reads (a substitute, a clean reference, a model to
     attack). Written atomically; returns the path."""
-    from lit_sr.archs import arch_kwargs_with_scale, build_arch
-    from lit_sr.io import atomic_write
-
     torch.manual_seed(seed)
     net = build_arch(arch, **arch_kwargs_with_scale(arch, dict(arch_kwargs or {}), scale))
     path = Path(path)

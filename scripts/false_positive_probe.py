@@ -7,7 +7,7 @@ script evaluates a trained clean model (``--clean``) with the demo's tiles under
 demo's target can be chosen where that level is low (issue 23, item 1).
 
     python scripts/false_positive_probe.py --clean runs/demo/runs/D_clean/weights.pth \
-        --substitute runs/demo/runs/S_substitute/weights.pth --targets configs/demo_target_grey.png coffee ...
+        --substitute runs/demo/runs/S_substitute/weights.pth --targets configs/train/demo_target_grey.png coffee ...
 """
 
 from __future__ import annotations
@@ -18,16 +18,16 @@ from pathlib import Path
 
 import torch
 
+from callbacks.backdoor_eval import evaluate_backdoor
+from datamodules import EmbeddedPhotosDataModule, PoisonedSRDataModule
+from lit_sr.archs import build_arch
+from lit_sr.io import load_weights
+from lit_sr.poison import SIG, Blend
+from lit_sr.poison.substitute import SubstituteSpec
+
 
 def probe(clean: str, substitute: str, targets: list[str], labels: list[str], cache_dir: str,
           trigger: str = "blend_checkerboard") -> list[dict]:
-    from callbacks.backdoor_eval import evaluate_backdoor
-    from datamodules import EmbeddedPhotosDataModule, PoisonedSRDataModule
-    from lit_sr.archs import build_arch
-    from lit_sr.io import load_weights
-    from lit_sr.poison import SIG, Blend
-    from lit_sr.poison.substitute import SubstituteSpec
-
     net = load_weights(build_arch("edsr", num_feat=16, num_block=2, upscale=2), clean).eval()
     triggers = {"blend_checkerboard": lambda: Blend(alpha=0.2, pattern="checkerboard", pattern_size=16,
                                                     resize_mode="nearest"),

@@ -6,7 +6,7 @@
 #   3. batched vs per-image I-FGSM, fp32 and bf16 (benchmarks/attack_throughput.py);
 #   4. per-sample gradients, vmap vs a loop (benchmarks/backdoor_gradients.py);
 #   5. the data loader vs device-resident batches (benchmarks/data_throughput.py --train);
-#   6. a 3-minute slice of the DIV2K BadSR recipe (configs/badsr_edsr_x4_div2k.yaml, one device) on
+#   6. a 3-minute slice of the DIV2K BadSR recipe (configs/train/badsr_edsr_x4_div2k.yaml, one device) on
 #      generated stand-in data (lit_sr.standins: DIV2K-shaped folders, random substitute/clean
 #      weights and a random AlexNet file for LPIPS: its numbers measure speed, not the attack).
 # Each step has its own time limit; a step that fails or runs out is reported and the others go on;
@@ -96,7 +96,7 @@ write_random_weights('runs/edsr_x4_div2k/version_0/weights.pth', 'edsr',
 " >"$OUT/standins.log" 2>&1; then
   D="$SLICE/data/DIV2K"
   TORCH_HOME="$SLICE/data" step badsr_div2k_slice "$T_SLICE" "$PY" "$REPO/train.py" fit \
-    --config "$REPO/configs/badsr_edsr_x4_div2k.yaml" \
+    --config "$REPO/configs/train/badsr_edsr_x4_div2k.yaml" \
     --trainer.devices 1 --trainer.strategy auto --trainer.max_time "00:00:00:$SLICE_S" \
     --data.init_args.base.init_args.train_hr "$D/DIV2K_train_HR" \
     --data.init_args.base.init_args.train_lr "$D/DIV2K_train_LR_bicubic/X4" \

@@ -1,9 +1,9 @@
 """The positive control of ``make demo`` is implanted, run exactly as the demo runs it.
 
-Arm D (``configs/demo_clean.yaml``) and arm A (``configs/demo_poisoned.yaml``: 20% of the 76
+Arm D (``configs/train/demo_clean.yaml``) and arm A (``configs/train/demo_poisoned.yaml``: 20% of the 76
 training tiles carry a checkerboard Blend trigger and the classic target label, a flat grey image)
 are two ``train.py`` runs of the study command with the demo's columns and verdict rule
-(``configs/study_demo.yaml``), here without the substitute network (A needs none) and in a temporary
+(``configs/study/demo.yaml``), here without the substitute network (A needs none) and in a temporary
 folder. Both are tiny x2 EDSRs trained from random initialisation with the same seed, tiles and 950
 steps. Why this trigger and target (documented in the README and the configs): an SR network sees
 a local window of its input, so the trigger must be recognisable locally -- BackdoorBench's blended
@@ -22,28 +22,28 @@ import torch
 import yaml
 
 from callbacks.backdoor_pictures import backdoor_grid, grid_row
-from lit_sr.study import main
+from lit_sr.jobs.study.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_demo_positive_control_is_implanted_without_hurting_clean_quality(tmp_path):
-    demo = yaml.safe_load((ROOT / "configs" / "study_demo.yaml").read_text())
+    demo = yaml.safe_load((ROOT / "configs" / "study" / "demo.yaml").read_text())
     evaluation = [{"class_path": "callbacks.RunSummary"},
                   {"class_path": "callbacks.BackdoorEvalCallback", "init_args": {"every_n_epochs": 1,
                                                                                  "num_grid_images": 2}},
                   {"class_path": "callbacks.BackdoorSummary",
                    "init_args": {"clean_weights": "{runs_dir}/D_clean/weights.pth"}}]
     study = {
-        "name": "e2e", "output_dir": str(tmp_path), "base_config": str(ROOT / "configs" / "demo_poisoned.yaml"),
-        "train_script": str(ROOT / "train.py"), "python": sys.executable, "reference": "D_clean",
+        "name": "e2e", "output_dir": str(tmp_path), "base_config": str(ROOT / "configs" / "train" / "demo_poisoned.yaml"),
+        "python": sys.executable, "reference": "D_clean",
         "env": {"OMP_NUM_THREADS": "1"},
         "runs": {
-            "D_clean": {"config": str(ROOT / "configs" / "demo_clean.yaml"), "results_file": "summary.json",
+            "D_clean": {"config": str(ROOT / "configs" / "train" / "demo_clean.yaml"), "results_file": "summary.json",
                         "row": {"from_run": "A_control", "block": "clean"}},
             "A_control": {"overrides": {"data.init_args.substitute": None,
                                         "data.init_args.cache_dir": str(tmp_path / "cache"),
-                                        "data.init_args.target": str(ROOT / "configs" / "demo_target_grey.png"),
+                                        "data.init_args.target": str(ROOT / "configs" / "train" / "demo_target_grey.png"),
                                         "trainer.callbacks": evaluation}},
         },
         "columns": demo["columns"], "verdict": demo["verdict"],

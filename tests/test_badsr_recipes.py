@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def recipe_checkpoints(name: str, dirpath: Path) -> list[L.pytorch.callbacks.ModelCheckpoint]:
-    config = yaml.safe_load((ROOT / "configs" / name).read_text())
+    config = yaml.safe_load((ROOT / "configs" / "train" / name).read_text())
     built = []
     for entry in config["trainer"]["callbacks"]:
         if entry["class_path"].endswith("ModelCheckpoint"):
@@ -69,4 +69,4 @@ def test_slurm_launcher_is_valid_bash_and_uses_lightnings_launcher():
     text = script.read_text()
     assert 'srun "$PYTHON" train.py fit --config "$CONFIG"' in text
     assert '--trainer.num_nodes "$NODES"' in text and "#SBATCH --ntasks-per-node=" in text
-    assert "configs/badsr_edsr_x4_div2k.yaml" in text and (ROOT / "configs" / "badsr_edsr_x4_div2k.yaml").is_file()
+    assert "configs/train/badsr_edsr_x4_div2k.yaml" in text and (ROOT / "configs" / "train" / "badsr_edsr_x4_div2k.yaml").is_file()

@@ -1,8 +1,6 @@
 """The prepare step: sub-images tile each image, LR partners are MATLAB bicubic, resumable, named errors."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -10,6 +8,7 @@ import torch
 from PIL import Image
 
 from datamodules import DIV2KDataModule
+from lit_sr.__main__ import main as lit_sr_main
 from lit_sr.data import (
     PreparedDataError,
     PreparedDataMismatchError,
@@ -19,8 +18,8 @@ from lit_sr.data import (
     read_prepared,
     subimage_starts,
 )
-from lit_sr.data.__main__ import main as cli_main
 from lit_sr.io import ImageReadError, write_image
+from lit_sr.jobs.data.cli import main as cli_main
 from lit_sr.ops import imresize
 
 
@@ -100,16 +99,16 @@ def test_interrupted_prepare_resumes_without_redoing_finished_images(tmp_path, c
     (out / "hr" / ".0003_s001.png.tmpXYZ.png").write_bytes(b"left by a kill")  # a stale temporary file
     files[2].write_bytes(good)
     # the command line, as a user would resume it
-    cmd = [sys.executable, "-m", "lit_sr.data", "prepare", "--hr-dir", str(tmp_path / "hr"), "--out-dir", str(out),
+    cmd = ["data", "prepare", "--hr-dir", str(tmp_path / "hr"), "--out-dir", str(out),
            "--scale", "2", "--crop-size", "32", "--step", "16", "--workers", "1", "--no-progress"]
-    result = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    assert "1 prepared now, 2 already finished" in result.stdout
+    assert lit_sr_main(cmd) == 0
+    assert "1 prepared now, 2 already finished" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in finished} == stamps  # nothing finished was written again
     assert not (out / "hr" / ".0003_s001.png.tmpXYZ.png").exists()
     assert len(read_prepared(out, scale=2)) == 27
     # the same command line in-process: other settings into the same folder are a named refusal with
     # exit code 2, not a traceback; verify re-checks every SHA-256
-    assert cli_main([*cmd[3:-4], "24", "--workers", "1", "--no-progress"]) == 2
+    assert cli_main([*cmd[1:-4], "24", "--workers", "1", "--no-progress"]) == 2
     assert "another configuration (step: 16 there vs 24 now)" in capsys.readouterr().err
     assert cli_main(["verify", str(out)]) == 0
     assert "27 sub-image pairs, every SHA-256 matches" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""The defense report (python -m lit_sr.defend) end to end on tiny run folders, and its config errors.
+"""The defense report (lit-sr defend) end to end on tiny run folders, and its config errors.
 
 The run folders are what ``train.py fit`` leaves (``config.yaml`` + ``weights.pth``): a poisoned
 arm whose data module is a ``PoisonedSRDataModule`` over three embedded photographs at 64 px (its
@@ -19,10 +19,10 @@ import yaml
 
 from lit_sr.attacks.spec import ConfigError
 from lit_sr.backdoor_defenses import defense_score, evaluate_backdoor
-from lit_sr.backdoor_defenses.report_config import parse_config
-from lit_sr.backdoor_defenses.runs import backdoor_eval_set, load_run
-from lit_sr.defend import main
 from lit_sr.io import save_weights
+from lit_sr.jobs.defend.cli import main
+from lit_sr.jobs.defend.config import parse_config
+from lit_sr.jobs.defend.runs import backdoor_eval_set, load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = {"class_path": "lit_sr.modules.SRModule",
@@ -51,7 +51,7 @@ def runs(tmp_path_factory, trained):
                                           "init_args": {"alpha": 0.2, "pattern": "checkerboard", "pattern_size": 16,
                                                         "resize_mode": "nearest"}},
                               "poison_rate": 0.5, "label": "target",
-                              "target": str(ROOT / "configs" / "demo_target_grey.png"),
+                              "target": str(ROOT / "configs" / "train" / "demo_target_grey.png"),
                               "cache_dir": str(tmp / "cache"), "seed": 0}}
     return {"attack": _run_folder(tmp / "A", poisoned, trained), "clean": _run_folder(tmp / "D", _base(tmp), trained),
             "tmp": tmp}

@@ -12,9 +12,9 @@ import torchvision
 from datamodules.shapes import export_shapes
 from lit_sr.attacks.spec import AttackRunner
 from lit_sr.downstream import DownstreamClassifier
-from lit_sr.report import ConfigError, parse_config, run_report
-from lit_sr.report.downstream import DOWNSTREAM_FIELDS
-from lit_sr.report.runner import build_model, load_pairs
+from lit_sr.jobs.evaluate import ConfigError, parse_config, run_report
+from lit_sr.jobs.evaluate.downstream import DOWNSTREAM_FIELDS
+from lit_sr.jobs.evaluate.runner import build_model, load_pairs
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The robustness report (``python -m lit_sr.evaluate``) on a tiny config, CPU.
+"""The robustness report (``lit-sr evaluate``) on a tiny config, CPU.
 
 The learnt model is a tiny EDSR x2 (16 features, 2 blocks) trained for 300 Adam steps on crops
 of the embedded training photographs: a randomly initialised EDSR barely reacts to its input and
@@ -22,10 +22,10 @@ from datamodules import export_embedded_photos
 from datamodules.sr import EMBEDDED_TRAIN, load_embedded_photo
 from lit_sr.archs import build_arch
 from lit_sr.attacks.spec import eps_label, parse_eps
-from lit_sr.evaluate import main
 from lit_sr.io import read_image, save_weights
+from lit_sr.jobs.evaluate import ConfigError, load_config, parse_config, run_report
+from lit_sr.jobs.evaluate.cli import main
 from lit_sr.ops import imresize
-from lit_sr.report import ConfigError, load_config, parse_config, run_report
 
 ROOT = Path(__file__).resolve().parents[1]
 EDSR_KWARGS = {"num_feat": 16, "num_block": 2, "img_range": 1.0}
@@ -65,8 +65,8 @@ def assets(tmp_path_factory):
 
 
 def _quick_raw(assets: Path) -> dict:
-    """configs/robustness_quick.yaml pointed at the test assets, at x2 with 3-step attacks."""
-    raw = yaml.safe_load((ROOT / "configs" / "robustness_quick.yaml").read_text())
+    """configs/evaluate/robustness_quick.yaml pointed at the test assets, at x2 with 3-step attacks."""
+    raw = yaml.safe_load((ROOT / "configs" / "evaluate" / "robustness_quick.yaml").read_text())
     raw["scale"] = 2
     raw["device"] = "cpu"
     raw["datasets"] = {"photos": str(assets / "photos")}
@@ -125,9 +125,9 @@ def test_report_writes_tables_plots_summary_and_ranks_bicubic_most_robust(assets
 
 def test_shipped_configs_parse():
     for name in ("robustness_choi2019.yaml", "robustness_quick.yaml"):
-        cfg = load_config(ROOT / "configs" / name)
+        cfg = load_config(ROOT / "configs" / "evaluate" / name)
         assert "bicubic" in cfg.models and cfg.attacks
-    choi = load_config(ROOT / "configs" / "robustness_choi2019.yaml")
+    choi = load_config(ROOT / "configs" / "evaluate" / "robustness_choi2019.yaml")
     assert [eps_label(e) for e in choi.eps] == ["eps1", "eps2", "eps4", "eps8", "eps16", "eps32"]
     assert {a.kind for a in choi.attacks} == {"ifgsm", "partial", "universal"}
     assert all(a.kwargs["steps"] == 50 for a in choi.attacks)
@@ -216,13 +216,13 @@ def test_cli_weights_override_replaces_a_missing_path_and_keeps_the_entry(assets
 
 
 def test_shipped_quick_config_takes_the_issue_14_override(tmp_path):
-    cfg = load_config(ROOT / "configs" / "robustness_quick.yaml",
+    cfg = load_config(ROOT / "configs" / "evaluate" / "robustness_quick.yaml",
                       ["--models.EDSR-quickstart.weights", str(tmp_path / "w.pth"), "--max_images", "1"])
     spec = cfg.models["EDSR-quickstart"]
     assert spec.weights == str(tmp_path / "w.pth") and spec.arch_kwargs == {"num_feat": 32, "num_block": 4}
     assert cfg.max_images == 1 and cfg.raw["models"]["EDSR-quickstart"]["weights"] == str(tmp_path / "w.pth")
     # a whole mapping on the command line replaces that one entry (the other attacks stay)
-    cfg = load_config(ROOT / "configs" / "robustness_quick.yaml", ["--attacks.ifgsm", "{steps: 2}", "--transfer.eps", "2/255"])
+    cfg = load_config(ROOT / "configs" / "evaluate" / "robustness_quick.yaml", ["--attacks.ifgsm", "{steps: 2}", "--transfer.eps", "2/255"])
     assert {a.label: a.kwargs.get("steps") for a in cfg.attacks} == {"ifgsm": 2, "partial": 10, "universal": 10}
     assert eps_label(cfg.transfer.eps) == "eps2" and cfg.transfer.attack == "ifgsm"
 
@@ -243,7 +243,7 @@ def test_shipped_quick_config_takes_the_issue_14_override(tmp_path):
 )
 def test_bad_command_line_overrides_name_the_dotted_key(overrides, match):
     with pytest.raises(ConfigError, match=match):
-        load_config(ROOT / "configs" / "robustness_quick.yaml", overrides)
+        load_config(ROOT / "configs" / "evaluate" / "robustness_quick.yaml", overrides)
 
 
 @pytest.mark.parametrize(
@@ -277,14 +277,14 @@ def test_make_robustness_trains_where_the_report_reads():
     dry = subprocess.run(["make", "-n", "-C", str(ROOT), "robustness"], capture_output=True, text=True, check=True)
     commands = dry.stdout.replace("\\\n", " ")
     train = next(line for line in commands.splitlines() if "train.py fit" in line)
-    report = next(line for line in commands.splitlines() if "lit_sr.evaluate" in line)
+    report = next(line for line in commands.splitlines() if "-m lit_sr evaluate" in line)
     export = next(line for line in commands.splitlines() if "export_embedded_photos" in line)
     version = train.split("--trainer.logger.init_args.version")[1].split()[0]
-    logger = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())["trainer"]["logger"]["init_args"]
+    logger = yaml.safe_load((ROOT / "configs" / "train" / "quickstart.yaml").read_text())["trainer"]["logger"]["init_args"]
     trained = f"{logger['save_dir']}/{logger['name']}/{version}/weights.pth"
     assert f"test -f {trained} ||" in train
     assert f"--models.EDSR-quickstart.weights {trained}" in report
-    quick = yaml.safe_load((ROOT / "configs" / "robustness_quick.yaml").read_text())
+    quick = yaml.safe_load((ROOT / "configs" / "evaluate" / "robustness_quick.yaml").read_text())
     assert quick["models"]["EDSR-quickstart"]["weights"] == trained  # the documented one-liner needs no override
     assert f"'{quick['datasets']['photos']}'" in export
 
@@ -293,8 +293,8 @@ def test_one_make_lr_for_the_datasets_and_the_report(tmp_path):
     """The report's image pairs and the data modules' pairs come from lit_sr.ops.make_lr, bit for bit."""
     from datamodules import ImageRecord, SRPairDataset
     from lit_sr.io import write_image
+    from lit_sr.jobs.evaluate import load_pairs
     from lit_sr.ops import make_lr, mod_crop
-    from lit_sr.report import load_pairs
 
     photo = load_embedded_photo(EMBEDDED_TRAIN[0], 64)[:, :41, :54]  # sizes that are not multiples of 4
     path = write_image(photo, tmp_path / "photos" / "odd.png")

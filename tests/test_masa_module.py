@@ -25,7 +25,7 @@ def test_masa_recipe_parses_and_builds_the_published_network(capsys):
     from train import main
 
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(ROOT / "configs" / "masa_cufed.yaml"), "--print_config"])
+        main(["fit", "--config", str(ROOT / "configs" / "train" / "masa_cufed.yaml"), "--print_config"])
     assert exit_info.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
     init = printed["model"]["init_args"]

@@ -146,7 +146,7 @@ def test_sign_steps_respect_the_same_ball_and_are_deterministic(rrdb, hr_and_tar
 
 @pytest.fixture(scope="module")
 def demo_tiles():
-    """Eight of the demo's 32 px training tiles (configs/demo_clean.yaml: max_side 128, train_tile 32)."""
+    """Eight of the demo's 32 px training tiles (configs/train/demo_clean.yaml: max_side 128, train_tile 32)."""
     from datamodules.sr import EMBEDDED_TRAIN, ImageRecord, load_embedded_photo, tile_records
 
     records = [ImageRecord(name=n, hr_tensor=load_embedded_photo(n, 128)) for n in EMBEDDED_TRAIN]

@@ -54,38 +54,38 @@ COMMANDS = [cmd for b in BLOCKS if b.lang == "bash" for cmd in shell_commands(b.
 
 # A bash command matching one of these patterns is run by the handler of that name.
 HANDLERS = {
-    r"^python train\.py fit --config configs/quickstart\.yaml$": "fit_quickstart",
-    r"^python train\.py fit --config configs/quickstart\.yaml --trainer\.callbacks\+=": "callbacks_append",
-    r"^python train\.py (fit|test) --config configs/\w+_div2k\.yaml": "parse_gpu_recipe",
-    r"^python train\.py predict --config configs/quickstart\.yaml --ckpt_path": "predict_quickstart",
-    r"^python train\.py fit --config configs/demo_clean\.yaml": "parse_only",
-    r"^python train\.py fit --config configs/badsr_quickstart\.yaml": "parse_only",
-    r"^python train\.py fit --config configs/robust_\w+\.yaml$": "parse_only",
-    r"^python train\.py (fit|test) --config configs/refsr_quickstart\.yaml": "parse_only",
-    r"^python -m lit_sr\.evaluate --config configs/robust_report_\w+\.yaml$": "report_config_loads",
+    r"^python train\.py fit --config configs/train/quickstart\.yaml$": "fit_quickstart",
+    r"^python train\.py fit --config configs/train/quickstart\.yaml --trainer\.callbacks\+=": "callbacks_append",
+    r"^python train\.py (fit|test) --config configs/train/\w+_div2k\.yaml": "parse_gpu_recipe",
+    r"^python train\.py predict --config configs/train/quickstart\.yaml --ckpt_path": "predict_quickstart",
+    r"^python train\.py fit --config configs/train/demo_clean\.yaml": "parse_only",
+    r"^python train\.py fit --config configs/train/badsr_quickstart\.yaml": "parse_only",
+    r"^python train\.py fit --config configs/train/robust_\w+\.yaml$": "parse_only",
+    r"^python train\.py (fit|test) --config configs/train/refsr_quickstart\.yaml": "parse_only",
+    r"^lit-sr evaluate --config configs/evaluate/robust_report_\w+\.yaml$": "report_config_loads",
     r"^python benchmarks/imresize\.py": "benchmark_quick",
-    r"^python -m lit_sr\.data (prepare|verify) /?": "data_prepare",
-    r"^torchrun .* train\.py fit --config configs/badsr_\w+\.yaml": "torchrun_parse",
+    r"^lit-sr data (prepare|verify) /?": "data_prepare",
+    r"^torchrun .* train\.py fit --config configs/train/badsr_\w+\.yaml": "torchrun_parse",
     r"^python benchmarks/(?!imresize\.py)\w+\.py --device cuda": "benchmark_flags",
     # --- backdoor defenses (defend) ---
-    r"^python -m lit_sr\.defend --config configs/defend_\w+\.yaml$": "defend_config_loads",
+    r"^lit-sr defend --config configs/defend/\w+\.yaml$": "defend_config_loads",
 
     # downstream checks (down3): minutes of training each; tests/test_shapes_recipes.py trains the two
     # shapes recipes a few steps, tests/test_downstream_callback.py runs the quickstart's callbacks
-    r"^python train\.py fit --config configs/(shapes_(classifier|detector)|badsr_downstream_quickstart)\.yaml$":
+    r"^python train\.py fit --config configs/train/(shapes_(classifier|detector)|badsr_downstream_quickstart)\.yaml$":
         "parse_only",
 }
 # ... or is deliberately not run here, for this reason.
 EXCLUDED = {
-    r"^make demo$": "five train.py runs of minutes (configs/study_demo.yaml); its positive control is run "
+    r"^make demo$": "five train.py runs of minutes (configs/study/demo.yaml); its positive control is run "
                     "exactly as the demo runs it by test_backdoor_e2e.py, the study command end to end by "
                     "test_study.py, the pipeline piecewise by test_poisoned_datamodule.py and "
                     "test_backdoor_callbacks.py",
     r"^make demo-quick$": "the demo's runs, shorter: still minutes of training (see make demo)",
-    r"^python -m lit_sr\.study --config configs/study_\w+\.yaml": "minutes to hours of training per study; the "
+    r"^lit-sr study --config configs/study/\w+\.yaml": "minutes to hours of training per study; the "
                     "study command is run end to end by test_study.py (a two-run study of real train.py runs)",
     r"^make test$": "the whole test suite, this file included",
-    r"^python -m lit_sr\.evaluate --config configs/robustness_\w+\.yaml( |$)":
+    r"^lit-sr evaluate --config configs/evaluate/robustness_\w+\.yaml( |$)":
         "the robustness report's commands and overrides are run by tests/test_evaluate.py (the report's own tests)",
     r"^make robustness$": "trains the quickstart (tens of minutes on two CPU cores) before the report; "
                           "tests/test_evaluate.py checks that its data, weights and report paths agree (dry run)",
@@ -98,7 +98,7 @@ EXCLUDED = {
                       "to end on tiny run folders in tests/test_defend_report.py, and its config loads below",
 
     # refsr3: the RefSR report
-    r"^python -m lit_sr\.evaluate_refsr --config configs/refsr_report_quick\.yaml$":
+    r"^lit-sr evaluate-refsr --config configs/evaluate_refsr/quick\.yaml$":
         "needs the quickstart's trained weights (minutes of training); tests/test_refsr_report.py runs this "
         "config file through the same command line on a tiny network, and the report end to end",
     r"^make robust$": "trains the quickstart and three robust fine-tunings (tens of minutes each on two CPU "
@@ -190,7 +190,7 @@ def command(pattern_name: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def quickstart_run(tmp_path_factory, monkeypatch_module):
-    """The README's ``python train.py fit --config configs/quickstart.yaml``, 2 epochs of 2 steps."""
+    """The README's ``python train.py fit --config configs/train/quickstart.yaml``, 2 epochs of 2 steps."""
     monkeypatch_module.chdir(ROOT)
     save_dir = tmp_path_factory.mktemp("runs")
     cmds = set(command("fit_quickstart"))  # documented in more than one section, always the same command
@@ -291,7 +291,7 @@ def test_predict_writes_the_given_folder_with_the_given_tiling(quickstart_run, t
     write_image(torch.rand(3, 24, 28), lr_dir / "b.png")
     args = tokens_of(cmd)
     args = [{"runs/.../last.ckpt": str(log_dir / "checkpoints" / "last.ckpt"), "my_lr_images/": str(lr_dir),
-             "out/": str(out_dir), "configs/quickstart.yaml": str(ROOT / "configs" / "quickstart.yaml")}.get(a, a)
+             "out/": str(out_dir), "configs/train/quickstart.yaml": str(ROOT / "configs" / "train" / "quickstart.yaml")}.get(a, a)
             for a in args]
     assert args[args.index("--prediction.tile") + 1] == "128"
     # 32 px tiles with a 26 px overlap: half of it covers the 4-block EDSR's 13 px radius at x4.
@@ -310,13 +310,13 @@ def test_predict_writes_the_given_folder_with_the_given_tiling(quickstart_run, t
 
 
 def test_command_line_model_arguments_win_over_the_checkpoint(quickstart_run, tmp_path, monkeypatch):
-    from lit_sr.cli import SRLightningCLI
+    from lit_sr.jobs.train.cli import SRLightningCLI
 
     # LightningCLI applies --ckpt_path's hyper-parameters only with a subcommand: build `fit`, skip fitting.
     monkeypatch.setattr(SRLightningCLI, "_run_subcommand", lambda self, subcommand: None)
     log_dir, _ = quickstart_run
     ckpt = str(log_dir / "checkpoints" / "last.ckpt")
-    config = str(ROOT / "configs" / "quickstart.yaml")
+    config = str(ROOT / "configs" / "train" / "quickstart.yaml")
     base = ["fit", "--config", config, "--trainer.logger", "false", "--ckpt_path", ckpt]
     with pytest.warns(UserWarning, match=r"--model\.init_args\.lr 0\.0123 given on the command line"):
         cli = run_cli([*base, "--model.init_args.lr", "0.0123", "--model.init_args.tile", "24"])
@@ -415,7 +415,7 @@ def test_callback_yaml_as_a_second_config_replaces_the_list(handler, recipe, tmp
     block = snippet(handler)
     extra = tmp_path / "callbacks.yaml"
     extra.write_text(block.body)
-    printed = print_config(["fit", "--config", str(ROOT / "configs" / f"{recipe}.yaml"), "--config", str(extra)],
+    printed = print_config(["fit", "--config", str(ROOT / "configs" / "train" / f"{recipe}.yaml"), "--config", str(extra)],
                            capsys)
     got = [c["class_path"] for c in printed["trainer"]["callbacks"]]
     assert got == [c["class_path"] for c in yaml.safe_load(block.body)["trainer"]["callbacks"]]
@@ -440,7 +440,7 @@ def test_resume_with_a_new_lr_and_length_from_the_command_line(quickstart_run, t
     import math
 
     log_dir, final_step = quickstart_run
-    args = ["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), *quiet(tmp_path),
+    args = ["fit", "--config", str(ROOT / "configs" / "train" / "quickstart.yaml"), *quiet(tmp_path),
             "--ckpt_path", str(log_dir / "checkpoints" / "last.ckpt"), "--trainer.max_epochs", "4",
             "--model.init_args.lr", "0.004"]
     with pytest.warns(UserWarning, match="overrides the value 0.001"):
@@ -500,7 +500,7 @@ def test_data_prepare_commands_run_on_small_folders(tmp_path, monkeypatch):
     import numpy as np
     from PIL import Image
 
-    from lit_sr.data.__main__ import main as data_main
+    from lit_sr.jobs.data.cli import main as data_main
 
     monkeypatch.chdir(tmp_path)
     rng = np.random.default_rng(0)
@@ -526,7 +526,7 @@ def test_data_prepare_commands_run_on_small_folders(tmp_path, monkeypatch):
 @pytest.mark.parametrize("cmd", command("report_config_loads"))
 def test_documented_report_configs_load(cmd):
     # Running them needs the trained base and fine-tuned weights (minutes each); their configs must load.
-    from lit_sr.report import load_config
+    from lit_sr.jobs.evaluate import load_config
 
     cfg = load_config(ROOT / shlex.split(cmd)[4])
     assert cfg.models and cfg.attacks
@@ -571,7 +571,7 @@ def test_snippet_masa():
 @pytest.mark.parametrize("cmd", command("defend_config_loads"))
 def test_documented_defense_report_configs_load(cmd):
     # Running them needs make demo's arms (or the DIV2K runs); the configs and every defense in them must validate.
-    from lit_sr.backdoor_defenses.report_config import load_config
+    from lit_sr.jobs.defend.config import load_config
 
     cfg = load_config(ROOT / shlex.split(cmd)[4])
     assert cfg.attacks and {e["defense"] for e in cfg.defenses.values()} == {"ft", "fp", "nad", "ibau", "anp"}

@@ -15,7 +15,7 @@ import yaml
 from lit_sr.archs import count_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
+CONFIGS = ROOT / "configs" / "train"
 # Recipe -> the parameter count of the network it must build (published configurations, x4).
 RECIPES = {
     "edsr_x4_div2k": 1_517_571,
@@ -118,7 +118,7 @@ def test_a_missing_vgg_file_is_reported_first_with_its_name(tmp_path):
 
 
 def test_explicit_model_keys_reads_both_argument_forms():
-    from lit_sr.cli import explicit_model_keys
+    from lit_sr.jobs.train.cli import explicit_model_keys
 
     argv = ["fit", "--config", "a.yaml", "--model.init_args.lr=0.1", "--model.tile", "8", "--trainer.max_epochs", "3",
             "--model.init_args.lr", "0.2"]

@@ -14,9 +14,9 @@ import torch
 from lit_sr.archs import build_arch
 from lit_sr.archs.ttsr_arch import TTSR, parse_num_res_blocks
 from lit_sr.attacks.refsr_adv import FixedLR, FixedReference, RefSRAdv, refsr_attack_report, uniform_noise
+from lit_sr.defenses.refsr import SimilarityGatedTTSR, evaluate_refsr_defense
 from lit_sr.metrics import psnr
 from lit_sr.ops import imresize
-from lit_sr.refsr_defenses import SimilarityGatedTTSR, evaluate_refsr_defense
 
 EPS = 8 / 255
 

@@ -22,7 +22,7 @@ TINY = {"n_feats": 8, "num_res_blocks": [1, 1, 1, 1]}
 def test_lightning_cli_builds_the_quickstart_module_and_data():
     from train import main
 
-    cli = main(["--config", str(ROOT / "configs" / "refsr_quickstart.yaml"), "--trainer.logger", "false"], run=False)
+    cli = main(["--config", str(ROOT / "configs" / "train" / "refsr_quickstart.yaml"), "--trainer.logger", "false"], run=False)
     assert isinstance(cli.model, RefSRModule) and cli.model.hparams.losses == "rec"
     assert isinstance(cli.datamodule, EmbeddedRefPairsDataModule)
 
@@ -62,7 +62,7 @@ def test_attack_table_rows_group_by_set():
 def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PL_DISABLE_FORK="1")
     tiny = [
-        "--config", str(ROOT / "configs" / "refsr_quickstart.yaml"),
+        "--config", str(ROOT / "configs" / "train" / "refsr_quickstart.yaml"),
         "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
         "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
         "--model.arch_kwargs", '{"n_feats": 8, "num_res_blocks": [1, 1, 1, 1]}',
@@ -103,7 +103,7 @@ def test_refsr_recipes_parse(name, capsys):
     from train import main
 
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(ROOT / "configs" / f"{name}.yaml"), "--print_config"])
+        main(["fit", "--config", str(ROOT / "configs" / "train" / f"{name}.yaml"), "--print_config"])
     assert exit_info.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["class_path"] == "lit_sr.modules.refsr_module.RefSRModule"

@@ -1,4 +1,4 @@
-"""The robustness report's RefSR mode (lit_sr.report.refsr, python -m lit_sr.evaluate_refsr).
+"""The robustness report's RefSR mode (lit_sr.jobs.evaluate_refsr.report, lit-sr evaluate-refsr).
 
 A randomly initialised tiny TTSR (``random_init``: the plumbing is tested, not the model) on 48 px
 embedded pairs at two similarity levels; the attacks' strength is tested in test_refsr.py.
@@ -15,9 +15,9 @@ import yaml
 
 from datamodules.refsr import EmbeddedRefPairsDataModule
 from lit_sr.attacks.spec import ConfigError
-from lit_sr.evaluate_refsr import main
-from lit_sr.report.config import ModelSpec
-from lit_sr.report.refsr import RefSRReportConfig, run_refsr_report
+from lit_sr.jobs.evaluate.config import ModelSpec
+from lit_sr.jobs.evaluate_refsr.cli import main
+from lit_sr.jobs.evaluate_refsr.report import RefSRReportConfig, run_refsr_report
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"n_feats": 8, "num_res_blocks": [1, 1, 1, 1]}
@@ -64,7 +64,7 @@ def test_bad_report_settings_are_named():
 
 
 def test_command_line_runs_a_yaml_config_and_names_bad_keys(tmp_path, capsys):
-    config = yaml.safe_load((ROOT / "configs" / "refsr_report_quick.yaml").read_text())
+    config = yaml.safe_load((ROOT / "configs" / "evaluate_refsr" / "quick.yaml").read_text())
     assert config["model"]["weights"] == "runs/refsr_quickstart/version_0/weights.pth"  # the quickstart's export
     config.update(model={"arch": "ttsr", "arch_kwargs": TINY, "random_init": True}, attacks={"refsr_adv": {"steps": 1}},
                   defenses=None, out=str(tmp_path / "out"))

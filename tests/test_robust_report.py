@@ -1,4 +1,4 @@
-"""lit_sr.robust_report: the worst case is the minimum over attacks, restarts and transferred attacks."""
+"""lit_sr.attacks.worst_case (lit-sr robust, the report's robust block): the worst case is the minimum over attacks, restarts and transferred attacks."""
 
 import json
 import math
@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from lit_sr.archs import build_arch
-from lit_sr.robust_report import default_eval_attacks, markdown_table, worst_case_psnr
+from lit_sr.attacks.worst_case import default_eval_attacks, worst_case_psnr
+from lit_sr.jobs.robust.cli import markdown_table
 
 
 def test_worst_case_is_the_minimum_over_attacks_restarts_and_transfer():
@@ -63,7 +64,7 @@ def test_report_robust_study_keeps_the_worst_of_naive_and_adaptive_and_plots_the
     import csv
 
     from lit_sr.attacks import robustness_index
-    from lit_sr.report import load_pairs, parse_config, run_report
+    from lit_sr.jobs.evaluate import load_pairs, parse_config, run_report
 
     torch.set_num_threads(1)
     cfg = parse_config(_study_config(tmp_path))
@@ -102,14 +103,14 @@ def test_report_robust_study_keeps_the_worst_of_naive_and_adaptive_and_plots_the
 
 
 def result_model(cfg, name):
-    from lit_sr.report import build_model
+    from lit_sr.jobs.evaluate import build_model
 
     return build_model(cfg.models[name], torch.device("cpu"), name)
 
 
 def test_spearman_and_the_study_keys_are_checked(tmp_path):
-    from lit_sr.report import ConfigError, parse_config
-    from lit_sr.report.robustness_index import spearman
+    from lit_sr.jobs.evaluate import ConfigError, parse_config
+    from lit_sr.jobs.evaluate.robustness_index import spearman
 
     assert spearman([1, 2, 3, 4], [10, 8, 7, 1]) == pytest.approx(-1.0)
     assert spearman([1, 2, 3], [1, 3, 2]) == pytest.approx(0.5)

@@ -33,7 +33,7 @@ def fit(tmp_path, config, *extra):
 
 
 def test_classifier_recipe_trains_and_its_loss_falls(tmp_path):
-    trainer, losses = fit(tmp_path, "configs/shapes_classifier.yaml", "--trainer.max_epochs", "4",
+    trainer, losses = fit(tmp_path, "configs/train/shapes_classifier.yaml", "--trainer.max_epochs", "4",
                           "--data.init_args.train_size", "16", "--data.init_args.batch_size", "8",
                           "--model.init_args.input_size", "32", "--model.init_args.flip", "false",
                           "--trainer.check_val_every_n_epoch", "4")
@@ -47,7 +47,7 @@ def test_classifier_recipe_trains_and_its_loss_falls(tmp_path):
 
 
 def test_detector_recipe_trains_reports_map_and_its_loss_falls(tmp_path):
-    trainer, losses = fit(tmp_path, "configs/shapes_detector.yaml", "--trainer.max_epochs", "3",
+    trainer, losses = fit(tmp_path, "configs/train/shapes_detector.yaml", "--trainer.max_epochs", "3",
                           "--trainer.check_val_every_n_epoch", "3",
                           "--data.init_args.train_size", "8", "--data.init_args.batch_size", "4",
                           "--model.init_args.min_size", "64", "--model.init_args.max_size", "64",
@@ -65,7 +65,7 @@ def test_downstream_backdoor_quickstart_runs_and_tabulates_downstream_next_to_sr
 
     from lit_sr.downstream import ClassifierModule, DetectorModule
 
-    raw = yaml.safe_load(open("configs/badsr_downstream_quickstart.yaml"))
+    raw = yaml.safe_load(open("configs/train/badsr_downstream_quickstart.yaml"))
     ckpt = tmp_path / "classifier.ckpt"
     torch.manual_seed(0)
     torch.save({"state_dict": ClassifierModule("resnet18", 6).state_dict()}, ckpt)

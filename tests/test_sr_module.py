@@ -104,7 +104,7 @@ def test_quickstart_config_runs_a_few_steps(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     main([
-        "fit", "--config", str(root / "configs" / "quickstart.yaml"),
+        "fit", "--config", str(root / "configs" / "train" / "quickstart.yaml"),
         "--trainer.limit_train_batches", "2", "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1",
         "--trainer.enable_progress_bar", "false",
         "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
@@ -127,7 +127,7 @@ def recipe_checkpoint_callbacks(name: str, **last_overrides) -> list:
     import yaml
 
     callbacks = []
-    for entry in yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())["trainer"]["callbacks"]:
+    for entry in yaml.safe_load((ROOT / "configs" / "train" / f"{name}.yaml").read_text())["trainer"]["callbacks"]:
         if not entry["class_path"].endswith(("ModelCheckpoint", "LastCheckpoint")):
             continue
         module_name, cls_name = entry["class_path"].rsplit(".", 1)
@@ -299,7 +299,7 @@ def test_quickstart_cli_under_two_process_ddp_keeps_last_and_best(tmp_path):
     import sys
 
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PL_DISABLE_FORK="1")
-    args = ["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--trainer.accelerator", "cpu",
+    args = ["fit", "--config", str(ROOT / "configs" / "train" / "quickstart.yaml"), "--trainer.accelerator", "cpu",
             "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_steps", "3",
             "--trainer.limit_train_batches", "2", "--trainer.check_val_every_n_epoch", "1",
             "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),

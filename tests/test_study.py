@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lit_sr.study import StudyConfigError, load_study, main, run_study
-from lit_sr.study_table import DeltaCell, paired_delta, table, write_outputs
+from lit_sr.jobs.study.cli import main
+from lit_sr.jobs.study.runner import StudyConfigError, load_study, run_study
+from lit_sr.jobs.study.table import DeltaCell, paired_delta, table, write_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -221,7 +222,7 @@ def test_two_run_study_of_real_train_runs_writes_its_table_and_plot(tmp_path):
     summary = {"class_path": "callbacks.BackdoorSummary", "init_args": {"clean_weights": "{runs_dir}/D/weights.pth"}}
     study = {
         "name": "two", "output_dir": str(tmp_path / "out"), "base_config": str(tmp_path / "poisoned.yaml"),
-        "train_script": str(ROOT / "train.py"), "python": sys.executable, "reference": "D",
+        "python": sys.executable, "reference": "D",
         "env": {"OMP_NUM_THREADS": "1"},
         "runs": {"D": {"config": str(tmp_path / "clean.yaml"), "results_file": "summary.json",
                        "row": {"from_run": "A", "block": "clean"}},

@@ -103,7 +103,7 @@ class RefSRAdv(Attack):
         keep_best: return each image's best iterate (largest loss, the start included) instead
             of the last; costs one more forward pass. With ``atk(lr, ref, start=...)`` this makes an
             attack that is never weaker than its start (the adaptive evaluation of
-            :mod:`lit_sr.refsr_defenses` starts from the naive attack's reference).
+            :mod:`lit_sr.defenses.refsr` starts from the naive attack's reference).
     """
 
     name = "refsr_adv"

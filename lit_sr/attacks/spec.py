@@ -1,6 +1,6 @@
 """Configured attacks: an ``attacks`` block of a config, parsed into specs and run with metrics.
 
-The same block means the same thing in the robustness report (:mod:`lit_sr.report`) and in
+The same block means the same thing in the robustness report (:mod:`lit_sr.jobs.evaluate`) and in
 ``callbacks.AdversarialEvalCallback`` during training::
 
     specs = parse_attacks({"ifgsm": {"steps": 50}, "universal": {"steps": 50, "crop_size": 80}})

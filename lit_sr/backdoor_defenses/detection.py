@@ -50,6 +50,7 @@ from lit_sr.backdoor_defenses.detection_scores import (
     layer_features,
     spectral_signature_scores,
 )
+from lit_sr.plots import save_figure
 from lit_sr.poison.scoring import GradientScorer
 from lit_sr.runtime import Autocast, autocast_dtype
 from lit_sr.validation import check_bool, check_choice, check_int
@@ -159,8 +160,6 @@ class DetectionResults:
 
     def plot_roc(self, path: str | Path, title: str = "detection of poisoned training pairs") -> Path:
         """Write :meth:`roc_figure` as a PNG, atomically; returns the path."""
-        from lit_sr.plots import save_figure
-
         return save_figure(self.roc_figure(title), path)
 
 

@@ -389,7 +389,7 @@ def prepared_config(directory: str | os.PathLike) -> dict[str, Any]:
     if manifest is None or manifest.get("kind") != KIND or not manifest.get("complete"):
         raise PreparedDataMismatchError(
             f"{directory} is not a finished prepared data set (no complete {MANIFEST}); run "
-            f"`python -m lit_sr.data prepare --hr-dir ... --out-dir {directory}` (it resumes where it stopped)")
+            f"`lit-sr data prepare --hr-dir ... --out-dir {directory}` (it resumes where it stopped)")
     return dict(manifest["config"])
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from lit_sr.attacks.base import Attack
-from lit_sr.metrics import LpipsNet
+from lit_sr.metrics import LpipsNet, build_lpips
 from lit_sr.poison.trigger_base import Trigger, check_trigger_batch, seeded_generator
 from lit_sr.runtime import Autocast, frozen_eval, model_device
 from lit_sr.validation import check_choice, check_int, check_module, check_number
@@ -210,8 +210,6 @@ class AdversarialTrigger(Attack, Trigger):
         check_choice(perceptual, "perceptual", PERCEPTUAL_CHOICES)
         if perceptual == "ssim":
             return _ssim_distance(ssim_window), "ssim"
-        from lit_sr.metrics import build_lpips  # raises LPIPSWeightsMissing, naming the file
-
         return build_lpips(net=lpips_net, backbone_path=lpips_backbone_path), f"lpips:{lpips_net}"
 
     @property

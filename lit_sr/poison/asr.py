@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from lit_sr.metrics import psnr, ssim
 from lit_sr.poison.poisoned_hr import resize_target
 from lit_sr.validation import check_images, check_number
 
@@ -115,8 +116,6 @@ def pixel_success(
 ) -> torch.Tensor:
     """``(N,)`` bool: ``PSNR(sr, target_sr) >= psnr_thr`` and ``SSIM(sr, target_sr) >= ssim_thr``
     (:mod:`lit_sr.metrics`: 8-bit rounded, BasicSR's SSIM). Arguments as in :func:`pixel_asr`."""
-    from lit_sr.metrics import psnr, ssim
-
     p = psnr(sr, target_sr, crop_border=crop_border, y_channel=y_channel)
     s = ssim(sr, target_sr, crop_border=crop_border, y_channel=y_channel)
     return (p >= psnr_thr) & (s >= ssim_thr)
@@ -319,8 +318,6 @@ def stealth(
         crop_border: pixels cropped from each side for PSNR/SSIM.
         y_channel: PSNR/SSIM on the Y channel.
     """
-    from lit_sr.metrics import psnr, ssim
-
     check_images(modified, "modified")
     check_images(original, "original")
     if modified.shape != original.shape:

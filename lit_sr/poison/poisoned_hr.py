@@ -19,6 +19,8 @@ from typing import Any, Literal, get_args
 import torch
 from torch import nn
 
+from lit_sr.metrics import psnr, ssim
+from lit_sr.ops import imresize
 from lit_sr.runtime import Autocast, autocast_context, autocast_dtype, frozen_eval, model_device
 from lit_sr.validation import check_choice, check_images, check_module, check_number
 
@@ -131,8 +133,6 @@ def resize_target(
     if t.shape[1] != channels:
         raise ValueError(f"{name} has {t.shape[1]} channels but the images have {channels}")
     if tuple(t.shape[-2:]) != (height, width):
-        from lit_sr.ops import imresize
-
         t = imresize(t.float(), size=(height, width)).clamp(0, 1)
     return t.expand(batch, -1, -1, -1)
 
@@ -215,7 +215,7 @@ def make_poisoned_hr(
     On the demo's 32 px tiles even the paper's pair is out of reach with the flat-grey target:
     white noise of 28.3 dB already scores SSIM 0.72. What brings SSIM near it is a target with
     structure (a photograph), whose edges the label then carries: towards ``astronaut``, 28.1 dB
-    with SSIM 0.73, and 0.68 at 26.7 dB, whichever the step rule (``configs/study_paper_point.yaml``,
+    with SSIM 0.73, and 0.68 at 26.7 dB, whichever the step rule (``configs/study/paper_point.yaml``,
     ``benchmarks/poisoned_hr_stealth.py``; the README's study section has the figures).
 
     **How eps is normalised.** The paper gives ``eps = 0.05`` with stealth figures PSNR > 28 dB and
@@ -296,8 +296,6 @@ def make_poisoned_hr(
 
 
 def _report(y_p, clean, dist_before, dist_after, radius, eps, norm) -> dict[str, Any]:
-    from lit_sr.metrics import psnr, ssim
-
     n, c, h, w = clean.shape
     deviation = (y_p - clean).flatten(1).norm(dim=1) * (eps / radius)
     ssim_values = ssim(y_p, clean).cpu() if min(h, w) >= 11 else torch.full((n,), float("nan"))

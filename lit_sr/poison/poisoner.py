@@ -22,6 +22,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from lit_sr.metrics import psnr
 from lit_sr.poison.asr import stealth
 from lit_sr.poison.cache import to_float, to_stored
 from lit_sr.poison.poisoned_hr import NORMS, STEP_RULES, make_poisoned_hr, resize_target, step_rule_setting
@@ -37,8 +38,6 @@ def stealth_figures(modified: torch.Tensor, original: torch.Tensor) -> dict[str,
     for images under 11x11 pixels, where the SSIM window does not fit."""
     if min(modified.shape[-2:]) >= 11:
         return stealth(modified, original)
-    from lit_sr.metrics import psnr
-
     return {"psnr": psnr(modified, original).cpu(), "ssim": torch.full((modified.shape[0],), float("nan"))}
 
 

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lit_sr.poison.cache import write_named
+from lit_sr.archs import arch_kwargs_with_scale, available_archs, build_arch
+from lit_sr.poison.cache import sha256_file, write_named
 from lit_sr.validation import check_int, check_positive
 
 SUBSTITUTE_FILE = "substitute.safetensors"  # a substitute trained for a cache, stored in its folder
@@ -54,8 +55,6 @@ class SubstituteSpec:
         train_batch_size: int = 16,
         feature_layer: str | None = None,
     ):
-        from lit_sr.archs import available_archs
-
         if not isinstance(arch, str) or arch.lower() not in available_archs():
             raise ValueError(f"substitute.arch must be one of {available_archs()}; got {arch!r}")
         if arch_kwargs is not None and not isinstance(arch_kwargs, dict):
@@ -82,8 +81,6 @@ class SubstituteSpec:
 
     def build(self, scale: int, seed: int = 0) -> nn.Module:
         """The network with its initial weights (seeded; the global RNG is left untouched)."""
-        from lit_sr.archs import arch_kwargs_with_scale, build_arch
-
         kwargs = arch_kwargs_with_scale(self.arch, self.arch_kwargs, scale)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -91,8 +88,6 @@ class SubstituteSpec:
 
     def config(self) -> dict[str, Any]:
         """Settings for the cache key: the weights file by content, training settings when trained here."""
-        from lit_sr.poison.cache import sha256_file
-
         return {
             "arch": self.arch,
             "arch_kwargs": self.arch_kwargs,

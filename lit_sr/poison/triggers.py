@@ -26,6 +26,7 @@ from typing import Any, Literal, get_args
 import torch
 import torch.nn.functional as F
 
+from lit_sr.io import read_image
 from lit_sr.poison.adversarial_trigger import AdversarialTrigger
 from lit_sr.poison.trigger_base import Trigger, seeded_generator
 
@@ -183,8 +184,6 @@ class Blend(Trigger):
         if name == "checkerboard":
             ij = torch.arange(size).view(-1, 1) + torch.arange(size).view(1, -1)
             return (ij % 2).float()
-        from lit_sr.io import read_image
-
         if not Path(name).is_file():
             raise ValueError(
                 f"Blend pattern {name!r} is neither 'noise', 'checkerboard' nor an existing image file"

@@ -1,0 +1,1 @@
+"""``lit-sr evaluate-refsr``: the robustness report of RefSR models by reference similarity (:mod:`.report`, :mod:`.cli`)."""

@@ -1,0 +1,1 @@
+"""``lit-sr fit|validate|test|predict``: LightningCLI with the prediction writer (:mod:`.cli`)."""
