@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from lit_sr.jobs.study.cli import main
-from lit_sr.jobs.study.runner import StudyConfigError, load_study, run_study
-from lit_sr.jobs.study.table import DeltaCell, paired_delta, table, write_outputs
+from lit_sr.jobs.study.runner import Column, StudyConfigError, load_study, run_study
+from lit_sr.jobs.study.table import DeltaCell, RowSource, own_effect_cell, paired_delta, table, write_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -311,8 +311,6 @@ def test_own_effect_column_beside_bars_and_verdict(tmp_path):
 
 
 def test_own_effect_column_needs_the_same_images(tmp_path):
-    from lit_sr.study_table import RowSource, own_effect_cell
-    from lit_sr.study import Column
 
     col = Column("own", "@.a", "paired_delta", baseline="clean.a")
     src = RowSource({"clean": {"a": [0.0, 0.1]}}, {"a": [1.0, 1.0, 1.0]})
@@ -342,6 +340,8 @@ def test_runs_listed_one_by_one_carry_params_for_the_plots_and_need_no_reference
     assert rows["B_r2"]["cells"]["own"].mean == pytest.approx(0.5)
     assert write_outputs(study)[-1] == study.study_dir / "ladder.png"
     assert (study.study_dir / "ladder.png").stat().st_size > 1000
+    md = (study.study_dir / "results.md").read_text()
+    assert "paired within each row" in md and "against `None`" not in md
 
 
 @pytest.mark.parametrize("params", ["[1, 2]", "{run: x}"])

@@ -228,9 +228,12 @@ def markdown(study: Study, rows: list[dict[str, Any]]) -> str:
         lines.append("| " + " | ".join(values) + " |")
     notes = ["", "Rates read successes/included; \"n/a (0 included)\" when no image was included; "
              "\"-\" when the run's results lack the figure."]
-    if any(c.format == "paired_delta" for c in study.columns):
+    if any(c.format == "paired_delta" and c.baseline is None for c in study.columns):
         notes.append(f"Differences are paired over the validation images against `{study.reference}`, "
                      "mean [95% Student-t interval].")
+    if any(c.format == "paired_delta" and c.baseline is not None for c in study.columns):
+        notes.append("Own effects are paired within each row over the validation images (the run's model minus "
+                     "the clean model under the same trigger and label), mean [95% Student-t interval].")
     if study.verdict:
         notes.append("Verdict: " + study.verdict.rule())
     timed = [(r["run"], r["wall_s"]) for r in rows if r["wall_s"] is not None]
