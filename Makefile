@@ -19,13 +19,13 @@ $(STAMP): pyproject.toml Makefile
 venv: $(STAMP)
 
 # The main job: BadSR as a controlled experiment on the embedded photos (configs/study/demo.yaml):
-# a shared substitute, then four arms at equal compute -- D clean, A positive control, B BadSR's
-# stealthy label, C full BadSR -- and one table with a verdict per arm (runs/demo/results.md).
+# a shared substitute, then five arms at equal compute -- D clean, A positive control, B BadSR's
+# stealthy label, C BadSR (paper's threat model), E C selected on the victim -- and one table with a verdict per arm (runs/demo/results.md).
 # Resumable: a finished arm is not rerun (`make clean` or `rm -rf runs/demo` starts over).
 demo: $(STAMP)
 	$(PY) -m lit_sr study --config configs/study/demo.yaml
 
-# The same five runs, shorter (380 steps instead of 950): a first look (runs/demo_quick/results.md).
+# The same six runs, shorter (380 steps instead of 950): a first look (runs/demo_quick/results.md).
 demo-quick: $(STAMP)
 	$(PY) -m lit_sr study --config configs/study/demo_quick.yaml
 

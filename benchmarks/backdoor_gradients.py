@@ -5,7 +5,7 @@ Part 1, in one run on the same model and inputs: :func:`lit_sr.poison.per_sample
 (``functional_call`` + ``vmap(grad)``, ``--chunk-size`` samples per call) against
 :func:`lit_sr.poison.naive_per_sample_grad_stats` (one forward and backward per sample), both
 computing the gradient norm and a ``--sketch-dim`` count sketch per sample, as the
-BackdoorGradientCallback does. The network is EDSR-baseline x4 (``build_arch("edsr")``: 64
+``GradientScorer`` of ``callbacks.PoisonSelectionCallback`` does. The network is EDSR-baseline x4 (``build_arch("edsr")``: 64
 features, 16 blocks, 1.5 M parameters, randomly initialised -- the speed does not depend on the
 weights) on ``--lr-size`` 48 px LR inputs and 192 px targets (random tensors in [0, 1], seeded).
 Reported: samples/s of each, the ratio, the largest relative difference of the norms (vmap vs

@@ -1,26 +1,29 @@
-"""Lightning callbacks of lit-sr, one job each."""
+"""Lightning callbacks of lit-sr, one job each; every one of them is importable from here."""
 
 from callbacks.adversarial_eval import AdversarialEvalCallback
 from callbacks.backdoor_eval import BackdoorEvalCallback, BackdoorSummary
-from callbacks.backdoor_gradients import BackdoorGradientCallback
-from callbacks.genetic_selection import GeneticSelectionCallback
+from callbacks.downstream_eval import DownstreamEvalCallback
 from callbacks.image_logger import SRImageLogger
 from callbacks.last_checkpoint import LastCheckpoint
 from callbacks.poison_selection import PoisonSelectionCallback, SelectionResults, SelectionRun
 from callbacks.prediction_writer import PredictionWriter
+from callbacks.stop_on_nonfinite import NonFiniteLossError, StopOnNonFiniteLoss
+from callbacks.stop_on_signal import StopOnSigterm
 from callbacks.summary import RunSummary
 
 __all__ = [
     "AdversarialEvalCallback",
     "BackdoorEvalCallback",
-    "BackdoorGradientCallback",
     "BackdoorSummary",
-    "GeneticSelectionCallback",
+    "DownstreamEvalCallback",
     "LastCheckpoint",
+    "NonFiniteLossError",
     "PoisonSelectionCallback",
     "PredictionWriter",
     "RunSummary",
     "SRImageLogger",
     "SelectionResults",
     "SelectionRun",
+    "StopOnNonFiniteLoss",
+    "StopOnSigterm",
 ]

@@ -23,6 +23,7 @@ from lit_sr.attacks.refsr_spec import (
     ref_attack_kind,
     refsr_predict,
 )
+from lit_sr.attacks.registry import plain_kinds
 from lit_sr.attacks.spec import (
     AttackRunner,
     AttackSpec,
@@ -271,7 +272,8 @@ class AdversarialEvalCallback(L.Callback):
         if self.ref_specs is None:
             raise TypeError(
                 "AdversarialEvalCallback.attacks holds kinds that cannot run on a RefSR model "
-                f"({sorted(s.kind for s in self.specs)}); use refsr_adv, ref_square, ifgsm, pgd or square"
+                f"({sorted(s.kind for s in self.specs)}); use {sorted(REF_ATTACKS)} (on the reference) or "
+                f"{list(plain_kinds())} (on the LR input)"
             )
         model = pl_module.net
         device = model_device(model) or pl_module.device
@@ -395,7 +397,7 @@ def _parse_blocks(attacks) -> tuple[list[AttackSpec] | None, list[RefSRAttackSpe
     if kinds & set(REF_ATTACKS):
         return None, parse_refsr_attacks(attacks, where)
     specs = parse_attacks(attacks, where)
-    plain = all(spec.kind in ("ifgsm", "pgd", "square") for spec in specs)
+    plain = all(spec.kind in plain_kinds() for spec in specs)
     return specs, parse_refsr_attacks(attacks, where) if plain else None
 
 

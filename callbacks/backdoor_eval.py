@@ -58,13 +58,22 @@ from torch import nn
 from callbacks.backdoor_pictures import backdoor_grid, grid_row, plot_history
 from callbacks.poison_selection import ReportsSelection, SelectionResults
 from callbacks.protocols import PoisonedData, SRModel, require
-from callbacks.summary import format_table, training_record
+from callbacks.summary import training_record
 from lit_sr.archs import arch_kwargs_with_scale, build_arch
 from lit_sr.io import atomic_write, load_weights, read_image, write_image
 from lit_sr.metrics import psnr, ssim
 from lit_sr.ops import imresize
-from lit_sr.poison.asr import Rate, SuccessTally, feature_asr, label_attainment, own_effect
+from lit_sr.poison.asr import (
+    PSNR_THR,
+    SSIM_THR,
+    Rate,
+    SuccessTally,
+    feature_asr,
+    label_attainment,
+    own_effect,
+)
 from lit_sr.runtime import model_device
+from lit_sr.tables import fmt, text_table
 from lit_sr.validation import check_number
 
 MEANS = ("clean_psnr_y", "triggered_psnr_y", "target_psnr", "val_trigger_lr_psnr", "val_trigger_lr_ssim")
@@ -156,14 +165,7 @@ class BackdoorTally:
         """Rates (with their ``_success`` / ``_included`` counts) and means; ``None``, never NaN,
         where nothing was counted (see :class:`lit_sr.poison.asr.SuccessTally`)."""
         flat = self.success.flat()
-        out: dict[str, float | None] = {
-            "asr_pixel": flat["pixel_asr"], "asr_pixel_success": flat["pixel_asr_success"],
-            "asr_pixel_included": flat["pixel_asr_included"],
-            "attainment_mean": flat["attainment_mean"], "attainment_asr": flat["attainment_asr"],
-            "attainment_asr_success": flat["attainment_asr_success"],
-            "attainment_asr_included": flat["attainment_asr_included"],
-            **{k: flat[k] for k in MEANS}, "num_images": flat["num_images"],
-        }
+        out = self.success.figures()
         if with_feature:
             fs, fi = self.feature["feature_success"], self.feature["feature_included"]
             out.update(asr_feature=fs / fi if fi else None, asr_feature_success=fs, asr_feature_included=fi,
@@ -235,8 +237,8 @@ class BackdoorEvalCallback(L.Callback):
     def __init__(
         self,
         every_n_epochs: int = 1,
-        psnr_thr: float = 20.0,
-        ssim_thr: float = 0.7,
+        psnr_thr: float = PSNR_THR,
+        ssim_thr: float = SSIM_THR,
         attainment_thr: float = 0.5,
         max_images: int | None = None,
         num_grid_images: int = 2,
@@ -353,6 +355,14 @@ class BackdoorEvalCallback(L.Callback):
 # --------------------------------------------------------------------------- end-of-run summary
 
 
+def no_selection_line(configured: bool) -> str:
+    """The summary's line when no selection ran: a selection callback may be there and not have fired yet."""
+    if configured:
+        return ("selection: none ran yet (the selection callback is configured but had not reached a selection "
+                "epoch when training ended: see its every_n_epochs / select_every); the initial random set was kept")
+    return "selection: none ran (no PoisonSelectionCallback; the initial random set was kept)"
+
+
 def find_selection_results(trainer: L.Trainer) -> SelectionResults | None:
     """The ``SelectionResults`` of the one callback that reports selections (``ReportsSelection``), if any."""
     found = [cb for cb in trainer.callbacks if isinstance(cb, ReportsSelection)]
@@ -364,12 +374,12 @@ def find_selection_results(trainer: L.Trainer) -> SelectionResults | None:
 
 
 @torch.no_grad()
-def evaluate_backdoor(
+def evaluate_backdoor_on_datamodule(
     sr_fn: Callable[[torch.Tensor], torch.Tensor],
     datamodule: PoisonedData,
     device: torch.device,
-    psnr_thr: float = 20.0,
-    ssim_thr: float = 0.7,
+    psnr_thr: float = PSNR_THR,
+    ssim_thr: float = SSIM_THR,
     scale: int = 4,
     max_images: int | None = None,
     attainment_thr: float = 0.5,
@@ -409,16 +419,17 @@ def evaluate_backdoor(
     return out
 
 
+_FORMATS = {"db": ".2f", "pct": ".1%", "ssim": ".4f", "fit": ".4g", "frac": ".3f"}
+
+
 def _fmt(value: Any, kind: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return {"db": "{:.2f}", "pct": "{:.1%}", "ssim": "{:.4f}", "fit": "{:.4g}", "frac": "{:.3f}"}[kind].format(value)
+    return fmt(value, _FORMATS[kind])
 
 
 class BackdoorSummary(L.Callback):
     """At the end of ``fit``: the BadSR table -- backdoored model vs a clean model vs bicubic.
 
-    On rank 0, evaluates over the whole validation set (:func:`evaluate_backdoor`): the trained
+    On rank 0, evaluates over the whole validation set (:func:`evaluate_backdoor_on_datamodule`): the trained
     (backdoored) model, the clean model read from ``clean_weights`` (the same architecture, trained
     without poisoning by a previous command, e.g. ``runs/badsr_clean/demo/weights.pth``), and
     bicubic upscaling. Prints:
@@ -454,8 +465,8 @@ class BackdoorSummary(L.Callback):
         clean_weights: str | None = None,
         clean_arch: str | None = None,
         clean_arch_kwargs: dict[str, Any] | None = None,
-        psnr_thr: float = 20.0,
-        ssim_thr: float = 0.7,
+        psnr_thr: float = PSNR_THR,
+        ssim_thr: float = SSIM_THR,
         max_images: int | None = None,
         output: str = "backdoor_summary.json",
         selection: SelectionResults | None = None,
@@ -505,18 +516,19 @@ class BackdoorSummary(L.Callback):
         try:
             kwargs = dict(datamodule=dm, device=device, psnr_thr=self.psnr_thr, ssim_thr=self.ssim_thr, scale=scale,
                           max_images=self.max_images, attainment_thr=self.attainment_thr)
-            backdoored = evaluate_backdoor(pl_module.super_resolve, **kwargs)
+            backdoored = evaluate_backdoor_on_datamodule(pl_module.super_resolve, **kwargs)
             clean_net = self._clean_model(pl_module, device)
             clean = None
             if clean_net is not None:
-                clean = evaluate_backdoor(lambda x: clean_net(x).float().clamp(0, 1), **kwargs)
+                clean = evaluate_backdoor_on_datamodule(lambda x: clean_net(x).float().clamp(0, 1), **kwargs)
         finally:
             pl_module.train(was_training)
         selection = self._selection(trainer)
+        configured = self.selection is not None or find_selection_results(trainer) is not None
         self.results = {
             "backdoored": backdoored, "clean": clean, "bicubic_psnr_y": backdoored["bicubic_psnr_y"],
             "own_effect": None if clean is None else self._own_effect(backdoored, clean),
-            "poison_report": dict(dm.poison_report), "selection": selection,
+            "poison_report": dict(dm.poison_report), "selection": selection, "selection_configured": configured,
             "training": training_record(trainer, pl_module),
             "config": {**dict(dm.poison_config()), "poisoned_indices": list(dm.poisoned_indices),
                        "clean_weights": self.clean_weights, "psnr_thr": self.psnr_thr, "ssim_thr": self.ssim_thr,
@@ -568,7 +580,7 @@ class BackdoorSummary(L.Callback):
             ("PSNR (dB), triggered output vs target image", _fmt(b["target_psnr"], "db"), _fmt(c.get("target_psnr"), "db"),
              "-"),
         ]
-        text = [format_table(rows, ("BadSR summary (validation set)", "backdoored", "clean model", "bicubic"))]
+        text = [text_table(rows, ("BadSR summary (validation set)", "backdoored", "clean model", "bicubic"))]
         p = r["poison_report"]
         stealth_rows = [
             ("poisoned HR vs clean HR (train pool)", _fmt(p.get("poisoned_hr_psnr"), "db"),
@@ -578,14 +590,14 @@ class BackdoorSummary(L.Callback):
             ("triggered LR vs clean LR (validation)", _fmt(b.get("val_trigger_lr_psnr"), "db"),
              _fmt(b.get("val_trigger_lr_ssim"), "ssim")),
         ]
-        text.append(format_table(stealth_rows, ("stealth", "PSNR (dB)", "SSIM")))
+        text.append(text_table(stealth_rows, ("stealth", "PSNR (dB)", "SSIM")))
         own = r.get("own_effect")
         if own:
             own_rows = [(name, f"{v['mean']:+.3f}", "-" if v["ci95"][0] is None else
                          f"[{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]", str(v["n"]))
                         for name, v in (("label attainment", own["attainment"]),
                                         (f"attainment-ASR (a >= {self.attainment_thr:g})", own["attainment_asr"]))]
-            text.append(format_table(own_rows, ("own effect: backdoored - clean model, same trigger", "mean",
+            text.append(text_table(own_rows, ("own effect: backdoored - clean model, same trigger", "mean",
                                                 "95% CI (paired)", "images")))
         s = r["selection"]
         if s:
@@ -593,10 +605,10 @@ class BackdoorSummary(L.Callback):
                          _fmt(s["fitness_random"], "fit"), _fmt(s["fitness_topk"], "fit"))]
             note = " (GA seeded with top-k)" if s.get("seeded_with_topk") else ""
             chosen = "GA" if s["selector"] == "genetic" else f"{s['selector']} (chosen)"
-            text.append(format_table(sel_rows, (f"selection of {s['size']}/{s['pool']}{note}", chosen, "random",
+            text.append(text_table(sel_rows, (f"selection of {s['size']}/{s['pool']}{note}", chosen, "random",
                                                 "top-k")))
         else:
-            text.append("selection: none ran (no PoisonSelectionCallback; the initial random set was kept)")
+            text.append(no_selection_line(r.get("selection_configured", False)))
         return "\n\n".join(text)
 
     @staticmethod

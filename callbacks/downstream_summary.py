@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from lit_sr.tables import fmt, markdown_lines
+
 CONDITION_ORDER = ("hr", "bicubic", "sr_clean", "sr_triggered", "backdoor_target")
 CLASSIFIER_COLUMNS = (("top1", "top-1"), ("agreement", "agreement with HR"), ("asr", "downstream ASR"), ("n", "images"))
 DETECTOR_COLUMNS = (("map_50", "mAP@0.5"), ("map", "mAP@[.5:.95]"), ("vanished", "vanished"),
@@ -26,9 +28,7 @@ def _conditions(results: Mapping[str, float], task: str) -> list[str]:
 
 
 def _cell(value: float | None, percent: bool) -> str:
-    if value is None:
-        return "-"
-    return f"{100 * value:.1f}%" if percent else f"{value:.4g}"
+    return fmt(value, (lambda v: f"{100 * v:.1f}%") if percent else ".4g")
 
 
 def summary_markdown(results: Mapping[str, float], backdoor: Mapping[str, float], target: str | None,
@@ -41,17 +41,12 @@ def summary_markdown(results: Mapping[str, float], backdoor: Mapping[str, float]
             continue
         cols = [(k, name) for k, name in columns if any(f"downstream/{task}/{c}/{k}" in results for c in conditions)]
         head = [f"{name}{f' (target {target})' if k == 'asr' and target else ''}" for k, name in cols]
-        lines += [f"{task}:", "", "| condition | " + " | ".join(head) + " |", "|---|" + "---|" * len(cols)]
-        for cond in conditions:
-            cells = [_cell(results.get(f"downstream/{task}/{cond}/{k}"), percent=k != "n") for k, _ in cols]
-            lines.append(f"| {cond} | " + " | ".join(cells) + " |")
-        lines.append("")
+        table = [[cond, *(_cell(results.get(f"downstream/{task}/{cond}/{k}"), percent=k != "n") for k, _ in cols)]
+                 for cond in conditions]
+        lines += [f"{task}:", "", *markdown_lines(["condition", *head], table), ""]
     if backdoor:
-        lines += ["SR-level backdoor metrics (BackdoorEvalCallback, lit_sr.poison.asr):", "", "| metric | value |",
-                  "|---|---|"]
-        for key, name in BACKDOOR_KEYS:
-            value = backdoor.get(f"backdoor/{key}")
-            if value is not None:
-                lines.append(f"| {name} | {_cell(value, percent=key.endswith('asr') or key.startswith('asr'))} |")
-        lines.append("")
+        table = [[name, _cell(backdoor[f"backdoor/{key}"], percent=key.endswith("asr") or key.startswith("asr"))]
+                 for key, name in BACKDOOR_KEYS if backdoor.get(f"backdoor/{key}") is not None]
+        lines += ["SR-level backdoor metrics (BackdoorEvalCallback, lit_sr.poison.asr):", "",
+                  *markdown_lines(["metric", "value"], table), ""]
     return "\n".join(lines)

@@ -22,10 +22,11 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from callbacks.protocols import PixelLossModel, PoisonedData, SRModel, require
+from callbacks.protocols import PixelLossModel, PoisonedData, SRModel, ThreatModelData, require
 from lit_sr.io import atomic_write
 from lit_sr.poison.scoring import GradientScorer, GradientScores
 from lit_sr.poison.selection import GeneticSelector, Selector, random_select, topk_select
+from lit_sr.poison.threat_model import VICTIM_ACCESS
 from lit_sr.validation import check_bool, check_number
 
 
@@ -139,6 +140,18 @@ def check_selector(selector: Selector | None, scorer: GradientScorer) -> None:
                          "give it a sketch_dim or use fitness='sum_of_norms'")
 
 
+def check_victim_access(datamodule: Any, who: str) -> None:
+    """Raise unless the data module's threat model lets a callback change its poisoned set mid-training."""
+    require(datamodule, ThreatModelData, who, "trainer.datamodule")
+    if datamodule.threat_model != VICTIM_ACCESS:
+        raise ValueError(
+            f"{who} selects the poisoned set on the victim's gradients during training, which the data module's "
+            f"threat_model {datamodule.threat_model!r} does not allow (the attacker only hands over a fixed poisoned "
+            f"data set). Set data.init_args.threat_model: victim_access for this stronger threat model, or select "
+            f"on the attacker's model before training (data.init_args.selection: AttackerSelection); "
+            f"see docs/threat_models.md")
+
+
 class PoisonSelectionCallback(L.Callback):
     """Scores the candidate pool by backdoor gradients and installs a new poisoned set.
 
@@ -159,8 +172,13 @@ class PoisonSelectionCallback(L.Callback):
     global rank 0 runs ``selector`` within ``datamodule.budget`` (the pool's size when smaller),
     with seed ``seed + E``, and scores the choice, a random subset and the top-k subset with the
     selector's fitness; the decision is broadcast and every rank calls
-    ``datamodule.set_poisoned_indices``. (:class:`callbacks.BackdoorGradientCallback` is the
-    same callback without a selector: it only scores.)
+    ``datamodule.set_poisoned_indices``.
+
+    **Threat model.** Changing the poisoned set on the victim's own gradients needs the victim's
+    weights mid-training: the ``victim_access`` threat model, stronger than the BadSR paper's
+    data-only attacker (docs/threat_models.md). With a selector, the data module must say
+    ``threat_model: victim_access``, or ``on_fit_start`` raises. Scoring alone (no selector, e.g.
+    :class:`callbacks.BackdoorGradientCallback`) is a measurement and runs under either.
 
     **Resume.** A selection's inputs are the weights it scores and seeds derived from
     ``(seed, epoch)`` (no running generator), and the schedule depends on the epoch alone;
@@ -204,7 +222,7 @@ class PoisonSelectionCallback(L.Callback):
     ):
         super().__init__()
         scorer = GradientScorer() if scorer is None else scorer
-        selector = self._default_selector() if selector is None else selector
+        selector = GeneticSelector() if selector is None else selector
         if not isinstance(scorer, GradientScorer):
             raise TypeError(f"scorer must be a lit_sr.poison.GradientScorer; got {type(scorer).__name__}")
         check_selector(selector, scorer)
@@ -222,9 +240,6 @@ class PoisonSelectionCallback(L.Callback):
         self.scores: GradientScores | None = None
         self.scores_epoch: int | None = None  # epoch of the last scoring
         self.seconds: float | None = None  # wall time of the last scoring (this rank's shard + gather)
-
-    def _default_selector(self) -> Selector | None:
-        return GeneticSelector()
 
     # ------------------------------------------------------------------ schedule
     def is_scoring_epoch(self, trainer: L.Trainer) -> bool:
@@ -244,6 +259,8 @@ class PoisonSelectionCallback(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         who = type(self).__name__
         require(trainer.datamodule, PoisonedData, who, "trainer.datamodule")
+        if self.selector is not None:
+            check_victim_access(trainer.datamodule, who)
         require(pl_module, SRModel, who, "the LightningModule")
         self.scorer.check_network(pl_module.net)
         if self.scorer.uses_module_loss:

@@ -131,6 +131,15 @@ def protocol_members(protocol: type) -> list[str]:
     return sorted(members)
 
 
+@runtime_checkable
+class ThreatModelData(Protocol):
+    """A poisoned data module that says what its attacker may do (``"data_only"`` or ``"victim_access"``,
+    :mod:`lit_sr.poison.threat_model`): a callback that changes the poisoned set during training needs
+    ``"victim_access"``."""
+
+    threat_model: str
+
+
 def require(obj: Any, protocol: type, who: str, role: str) -> None:
     """Raise ``TypeError`` naming the missing members unless ``obj`` satisfies ``protocol``.
 

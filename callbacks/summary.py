@@ -9,6 +9,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_sr.io import atomic_write
+from lit_sr.tables import text_table
 
 
 def training_record(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, int]:
@@ -18,13 +19,6 @@ def training_record(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[st
     params = sum(p.numel() for p in pl_module.parameters())
     return {"steps": int(trainer.global_step), "parameters": int(params),
             "param_steps": int(trainer.global_step) * int(params)}
-
-
-def format_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
-    """A plain-text table with aligned columns."""
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths))  # noqa: E731
-    return "\n".join([line(header), line(tuple("-" * w for w in widths)), *map(line, rows)])
 
 
 class RunSummary(L.Callback):
@@ -48,7 +42,7 @@ class RunSummary(L.Callback):
                          fmt.format(model_v - bic_v) if bic_v is not None else "-"))
         if not trainer.is_global_zero:
             return
-        text = format_table(rows, ("val metric", "model", "bicubic", "gain"))
+        text = text_table(rows, ("val metric", "model", "bicubic", "gain"))
         rank_zero_info(f"\n{text}\n\nTensorBoard:  tensorboard --logdir {Path(log_dir).parent}\n")
         with atomic_write(Path(log_dir) / "summary.json") as tmp:
             tmp.write_text(json.dumps({"val": metrics, "training": training_record(trainer, pl_module)}, indent=2))

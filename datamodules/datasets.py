@@ -24,6 +24,7 @@ from lit_sr.data.images import bicubic_lr, is_eight_bit, lr_partner, read_pixels
 from lit_sr.data.shared import SharedImageStore, StoreEntryError
 from lit_sr.io import ImageReadError, list_images, read_image
 from lit_sr.ops import mod_crop
+from lit_sr.validation import check_patch_size
 
 
 class DataError(ValueError):
@@ -147,8 +148,8 @@ class SRPairDataset(Dataset):
             raise DataError("SRPairDataset got no images")
         if scale < 1:
             raise ValueError(f"scale must be >= 1, got {scale}")
-        if patch_size is not None and patch_size % scale:
-            raise ValueError(f"patch_size {patch_size} is not a multiple of the scale {scale}")
+        if patch_size is not None:
+            patch_size = check_patch_size(patch_size, scale)
         if repeat < 1:
             raise ValueError(f"repeat must be >= 1, got {repeat}")
         if store is not None and len(store) != len(records):

@@ -67,12 +67,14 @@ from lit_sr.poison.cache import (
 from lit_sr.poison.generation import CacheFiller, CachePart, sample_key
 from lit_sr.poison.poisoned_hr import NORMS, STEP_RULES, FeatureExtractor, step_rule_setting
 from lit_sr.poison.poisoner import CleanLabel, FeatureAlignedLabel, Poisoner, TargetLabel, stealth_figures
+from lit_sr.poison import sharding
 from lit_sr.poison.selection import random_select
 from lit_sr.poison.specs import AdversarialTriggerSpec, as_trigger, needs_substitute, trigger_settings
 from lit_sr.poison.substitute import SubstituteSpec, train_substitute
+from lit_sr.poison.threat_model import DATA_ONLY, AttackerSelection, ThreatModel, check_threat_model
 from lit_sr.poison.triggers import AdversarialTrigger, Trigger
 from lit_sr.runtime import AUTOCAST_CHOICES, Autocast
-from lit_sr.validation import check_bool, check_choice, check_fraction, check_int, check_positive
+from lit_sr.validation import check_bool, check_choice, check_eps, check_fraction, check_int, check_positive
 
 __all__ = [
     "CacheMismatchError",
@@ -135,8 +137,16 @@ class PoisonedSRDataModule(L.LightningDataModule):
         generation_autocast: ``"none"`` (fp32) or ``"bf16"``: the substitute under bfloat16 autocast.
         seed: seed of the pool, of the initial active set and of the substitute's initialisation
             and training.
-        selection: the initial active set: ``"random"`` (a seeded random subset of the pool of
-            size ``budget``); a selection callback replaces it during training.
+        selection: the poisoned set the data module starts with: ``"random"`` (a seeded random
+            subset of the pool of size ``budget``), or BadSR's selection on the attacker's own
+            model before the victim trains (:class:`lit_sr.poison.threat_model.AttackerSelection`,
+            ``class_path: lit_sr.poison.AttackerSelection``; needs ``substitute``): the set is
+            written into the poison cache's manifest and read back by every later run.
+        threat_model: what the attacker may do (docs/threat_models.md). ``"data_only"`` (default,
+            the paper's): the poisoned set is fixed once the data are made; a callback that changes
+            it during training (``callbacks.PoisonSelectionCallback`` with a selector) is refused.
+            ``"victim_access"``: the stronger insider who scores the victim's own gradients while
+            it trains and swaps the set (that callback).
     """
 
     def __init__(
@@ -160,7 +170,8 @@ class PoisonedSRDataModule(L.LightningDataModule):
         generation_device: str | None = None,
         generation_autocast: Autocast = "none",
         seed: int = 0,
-        selection: Literal["random"] = "random",
+        selection: Literal["random"] | AttackerSelection = "random",
+        threat_model: ThreatModel = DATA_ONLY,
     ):
         super().__init__()
         if not isinstance(base, SRDataModule):
@@ -171,9 +182,11 @@ class PoisonedSRDataModule(L.LightningDataModule):
         self.poison_rate = check_fraction(poison_rate, "poison_rate", allow_zero=False)
         self.candidate_rate = check_fraction(candidate_rate, "candidate_rate", allow_zero=False)
         self.label = check_choice(label, "label", LABELS)
-        self.eps = check_positive(eps, "eps")
         self.poisoned_hr_steps = check_int(poisoned_hr_steps, "poisoned_hr_steps", 0)
         self.poisoned_hr_norm = check_choice(poisoned_hr_norm, "poisoned_hr_norm", NORMS)
+        # "pixel" and "rms" budgets are on the [0, 1] pixel scale (eps 2 would allow any image at
+        # all: no stealth bound); "l2" is a raw norm that grows with the image size
+        self.eps = check_positive(eps, "eps") if self.poisoned_hr_norm == "l2" else check_eps(eps, "eps")
         self.poisoned_hr_step_rule = check_choice(poisoned_hr_step_rule, "poisoned_hr_step_rule", STEP_RULES)
         self.quantize = check_bool(quantize, "quantize")
         self.rebuild_cache = check_bool(rebuild_cache, "rebuild_cache")
@@ -181,7 +194,11 @@ class PoisonedSRDataModule(L.LightningDataModule):
         self.generation_batch_size = check_int(generation_batch_size, "generation_batch_size", 1)
         self.generation_autocast = check_choice(generation_autocast, "generation_autocast", AUTOCAST_CHOICES)
         self.seed = check_int(seed, "seed", 0)
-        self.selection = check_choice(selection, "selection", ("random",))
+        if not isinstance(selection, AttackerSelection):
+            check_choice(selection, "selection", ("random",))
+        self.selection = selection
+        self.threat_model = check_threat_model(threat_model)
+        self.selection_record: dict[str, Any] | None = None  # the attacker-side selection, after setup
         self.generation_device, self.cache_dir = generation_device, Path(cache_dir)
         self.trigger_spec = as_trigger(trigger)
         self.substitute_spec = self._substitute_spec(substitute)
@@ -211,11 +228,14 @@ class PoisonedSRDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ settings
     def _substitute_spec(self, substitute: SubstituteSpec | Mapping[str, Any] | None) -> SubstituteSpec | None:
-        needed = needs_substitute(self.trigger_spec) or self.label == "badsr"
+        by_attacker = isinstance(self.selection, AttackerSelection)
+        needed = needs_substitute(self.trigger_spec) or self.label == "badsr" or by_attacker
         if substitute is None:
             if needed:
-                raise ValueError(f"trigger {self.trigger_spec.name!r} with label {self.label!r} needs a substitute SR "
-                                 "network: pass substitute={'arch': ..., 'arch_kwargs': ..., 'weights': path or None}")
+                what = "selection AttackerSelection (the attacker's model scores the pool)" if by_attacker else (
+                    f"trigger {self.trigger_spec.name!r} with label {self.label!r}")
+                raise ValueError(f"{what} needs a substitute SR network: pass substitute={{'arch': ..., "
+                                 "'arch_kwargs': ..., 'weights': path or None}")
             return None
         if isinstance(substitute, Mapping):
             accepted = ("arch", "arch_kwargs", "weights", "weights_key", "train_steps", "train_lr",
@@ -387,13 +407,43 @@ class PoisonedSRDataModule(L.LightningDataModule):
         self.poison_report = self._report(self.cache, train_part.keys)
         self._pairs = CachedPairs(self.cache, keep_in_memory=self.base.cache_images)
         self.train_dataset = PoisonedTrainDataset(self.base.train_dataset, self._pairs, self._active)
-        if not self._active.indices:
-            positions = random_select(len(self.candidate_indices), self.budget, seed=self.seed)
-            self._active.indices = frozenset(self.candidate_indices[p] for p in positions)
         self._loaded = True
+        if not self._active.indices:
+            if isinstance(self.selection, AttackerSelection):
+                self.selection_record = self._attacker_selection()
+                self._active.indices = frozenset(self.selection_record["indices"])
+            else:
+                positions = random_select(len(self.candidate_indices), self.budget, seed=self.seed)
+                self._active.indices = frozenset(self.candidate_indices[p] for p in positions)
         if self._pending_state is not None:
             state, self._pending_state = self._pending_state, None
             self.load_state_dict(state)
+
+    def _attacker_selection(self) -> dict[str, Any]:
+        """The attacker-side selection: read from the manifest, or made on global rank 0 and written there.
+
+        The record is keyed by the selection's settings, the pool, the budget and the substitute's
+        SHA-256, so another selector (or substitute) makes another record and never reuses this one.
+        Global rank 0 decides (reads or computes) and broadcasts; it writes a new record into its
+        cache's manifest, where every later run finds it.
+        """
+        key = config_hash({"selection": self.selection.config(), "pool": list(self.candidate_indices),
+                           "budget": self.budget, "substitute_sha256": self.substitute_sha256})[:16]
+        record = None
+        if sharding.rank_and_world()[0] == 0:
+            record = self.cache.extra.get("selections", {}).get(key)
+            if record is None:
+                batches = self.candidate_batches(self.generation_batch_size)
+                record = {"key": key, "substitute_sha256": self.substitute_sha256,
+                          **self.selection.choose(self.substitute, batches, self.candidate_indices, self.budget)}
+                self.cache.extra.setdefault("selections", {})[key] = record
+                self.cache.write_manifest()
+        record = sharding.broadcast_object(record)
+        stale = [i for i in record["indices"] if i not in set(self.candidate_indices)]
+        if stale or len(record["indices"]) > self.budget:
+            raise CacheMismatchError(f"the selection {key} in {self.cache.manifest_path} does not fit this pool "
+                                     f"(indices outside it: {stale[:5]}, or more than the budget {self.budget})")
+        return record
 
     @staticmethod
     def _check_sources(cache: PoisonCache, keys: list[str], dataset: SRPairDataset) -> None:
@@ -526,7 +576,9 @@ class PoisonedSRDataModule(L.LightningDataModule):
         ``"ssim"`` or ``"lpips:alex"``; ``None`` for other triggers), ``poison_rate``,
         ``candidate_rate``, ``budget``, ``pool_size``, ``target``, ``substitute`` (its settings and
         ``sha256``; ``None`` without one), ``quantize``, ``generation_autocast``, ``seed``,
-        ``config_hash`` and ``cache_dir`` (``None`` before ``setup``).
+        ``config_hash`` and ``cache_dir`` (``None`` before ``setup``), ``threat_model`` and
+        ``selection`` (how the starting set was chosen: ``by`` random or by the attacker, with the
+        attacker's selector, fitness, ``lam`` and the fitness of its choice).
         """
         trigger = trigger_settings(self.trigger_spec)
         perceptual = self.trigger.perceptual_used if isinstance(self.trigger, AdversarialTrigger) else None
@@ -550,7 +602,19 @@ class PoisonedSRDataModule(L.LightningDataModule):
             "seed": self.seed,
             "config_hash": None if self.cache is None else self.cache.config_hash,
             "cache_dir": None if self.cache is None else str(self.cache.directory),
+            "threat_model": self.threat_model,
+            "selection": self._selection_summary(),
         }
+
+    def _selection_summary(self) -> dict[str, Any]:
+        """How the starting poisoned set was chosen (the lists of the manifest's record left out)."""
+        if not isinstance(self.selection, AttackerSelection):
+            return {"by": "random", "seed": self.seed}
+        summary = {"by": "attacker (substitute gradients, before training)", **self.selection.config()}
+        if self.selection_record is not None:
+            summary |= {k: v for k, v in self.selection_record.items()
+                        if k not in ("norms", "history", "topk", "indices", "config")}
+        return summary
 
     # ------------------------------------------------------------------ loaders
     def train_dataloader(self) -> DataLoader:

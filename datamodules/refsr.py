@@ -32,6 +32,7 @@ from datamodules.datasets import DataError
 from datamodules.sr import EMBEDDED_TRAIN, EMBEDDED_VAL, load_embedded_photo
 from lit_sr.io import list_images, read_image
 from lit_sr.ops import imresize, mod_crop
+from lit_sr.validation import check_patch_size
 
 LEVELS = (1, 2, 3, 4, 5)
 _CUFED5_NAME = re.compile(r"^(\d+)_([0-5])$")
@@ -157,8 +158,8 @@ class RefSRDataset(Dataset):
     ):
         if not records:
             raise DataError("RefSRDataset got no images")
-        if patch_size is not None and (patch_size <= 0 or patch_size % scale):
-            raise ValueError(f"patch_size {patch_size} must be a positive multiple of the scale {scale}")
+        if patch_size is not None:
+            patch_size = check_patch_size(patch_size, scale)
         if repeat < 1:
             raise ValueError(f"repeat must be >= 1, got {repeat}")
         self.records, self.scale, self.patch_size = list(records), scale, patch_size
@@ -352,8 +353,7 @@ class RefSRDataModule(L.LightningDataModule):
         repeat: int = 1,
     ):
         super().__init__()
-        if patch_size % scale:
-            raise ValueError(f"patch_size {patch_size} must be a multiple of scale {scale}")
+        patch_size = check_patch_size(patch_size, scale)
         self.scale, self.patch_size, self.ref_patch_size = scale, patch_size, ref_patch_size
         self.batch_size, self.val_batch_size, self.num_workers = batch_size, val_batch_size, num_workers
         self.augment, self.repeat = augment, repeat

@@ -37,7 +37,7 @@ from lit_sr.data import (
 )
 from lit_sr.io import write_image
 from lit_sr.ops import imresize
-from lit_sr.validation import check_choice
+from lit_sr.validation import check_choice, check_patch_size
 
 AugmentOn = Literal["cpu", "device"]
 
@@ -152,14 +152,13 @@ class SRDataModule(L.LightningDataModule):
         val_tile: int | None = None,
     ):
         super().__init__()
+        patch_size = check_patch_size(patch_size, scale)
         for name, tile in (("train_tile", train_tile), ("val_tile", val_tile)):
             if tile is not None and (tile <= 0 or tile % scale):
                 raise ValueError(f"{name}={tile} must be a positive multiple of scale {scale}")
         if train_tile is not None and train_tile < patch_size:
             raise ValueError(f"train_tile={train_tile} is smaller than patch_size={patch_size}")
         self.train_tile, self.val_tile = train_tile, val_tile
-        if patch_size % scale:
-            raise ValueError(f"patch_size {patch_size} must be a multiple of scale {scale}")
         self.scale, self.patch_size = scale, patch_size
         if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, int)
                                         or num_workers < 0):

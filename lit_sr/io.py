@@ -9,12 +9,16 @@ umask, as ``open()`` would give), and every error on hostile or broken input nam
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
+import re
 import tempfile
+import warnings
 from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -33,6 +37,10 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
 
 class WeightsMismatchError(RuntimeError):
     """A weights file does not fit the network: missing or unexpected keys, or tensors of other shapes."""
+
+
+class NonFiniteWeightsError(ValueError):
+    """Weights holding NaN or infinite values (a diverged run): never written as a result."""
 
 
 class WeightsReadError(OSError):
@@ -60,9 +68,25 @@ def current_umask() -> int:
     return mask
 
 
-def _naming_target(exc: OSError, path: Path, doing: str) -> OSError:
-    """``exc`` again (same errno, so the same ``OSError`` subclass) with ``path`` as its file."""
-    return OSError(exc.errno, f"{exc.strerror or exc} ({doing}; nothing was written)", str(path))
+# how a Rust writer (safetensors' ``SafetensorError``) words an OS error: "I/O error: No space left
+# on device (os error 28)"; it is not an OSError, so without this the file it was writing goes unnamed
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def os_errno(exc: BaseException) -> int | None:
+    """The OS error number behind ``exc``: an ``OSError``'s ``errno``, or the ``(os error N)`` of a
+    Rust library's error (safetensors); ``None`` for any other exception."""
+    if isinstance(exc, OSError):
+        return exc.errno
+    found = _RUST_OS_ERROR.search(str(exc))
+    return int(found.group(1)) if found else None
+
+
+def _naming_target(exc: BaseException, path: Path, doing: str) -> OSError:
+    """``exc`` again as an ``OSError`` (same errno, so the same subclass) with ``path`` as its file."""
+    number = os_errno(exc)
+    reason = getattr(exc, "strerror", None) or (os.strerror(number) if number else str(exc))
+    return OSError(number, f"{reason} ({doing}; nothing was written)", str(path))
 
 
 @contextmanager
@@ -73,8 +97,10 @@ def atomic_write(path: str | os.PathLike, suffix: str | None = None):
     before the rename, so the artefact has the mode a plain ``open()`` would have given it (a
     cache or ``weights.pth`` shared with a group stays readable by it). If the block raises, the
     temporary file is removed and ``path`` is left as it was; an ``OSError`` from the file system
-    (a full disk, a read-only or vanished folder) is raised again with ``path`` as its file name,
-    with the same errno (so ``PermissionError`` stays a ``PermissionError``).
+    (a full disk, a read-only or vanished folder), or a writer library's error carrying one
+    (safetensors' ``SafetensorError``, see :func:`os_errno`), is raised again as an ``OSError``
+    with ``path`` as its file name and the same errno (so ``PermissionError`` stays a
+    ``PermissionError``).
     """
     path = Path(path)
     try:
@@ -91,7 +117,7 @@ def atomic_write(path: str | os.PathLike, suffix: str | None = None):
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         # errno None: an error of the caller's own (an ImageReadError naming its file), not of this write
-        if isinstance(exc, OSError) and exc.errno is not None:
+        if os_errno(exc) is not None:
             raise _naming_target(exc, path, "while writing") from exc
         raise
 
@@ -113,28 +139,59 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
 
     Grayscale, palette and RGBA images become RGB (alpha is dropped, as SR data sets expect);
     16-bit images are scaled by 65535. A missing, truncated or undecodable file raises
-    :class:`ImageReadError` naming it.
+    :class:`ImageReadError` naming it, and so does an image above ``PIL.Image.MAX_IMAGE_PIXELS``
+    (:func:`open_image`).
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"image file not found: {path}")
     try:
         return _decode_image(path)
-    except Image.DecompressionBombError as exc:
-        raise ImageReadError(
-            f"refusing to read image {path}: {exc} PIL's limit is PIL.Image.MAX_IMAGE_PIXELS = "
-            f"{Image.MAX_IMAGE_PIXELS}; raise it only for a file you trust"
-        ) from exc
+    except ImageReadError:
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(f"cannot read image {path}: {exc}") from exc
 
 
-def _decode_image(path: Path) -> torch.Tensor:
+def _bomb_message(path: Path, size: str, limit: int | None) -> str:
+    return (f"refused: image {path} is {size}, above PIL's limit PIL.Image.MAX_IMAGE_PIXELS = {limit} pixels "
+            "(a decompression-bomb guard: a file of a few hundred bytes can claim an image that exhausts "
+            "memory when decoded). If you trust the file, raise the limit deliberately before reading it: "
+            "PIL.Image.MAX_IMAGE_PIXELS = <pixels> (None disables the check).")
+
+
+@contextmanager
+def open_image(path: str | os.PathLike):
+    """``PIL.Image.open(path)`` as a context manager that refuses a decompression bomb up front.
+
+    PIL raises an error only above twice ``PIL.Image.MAX_IMAGE_PIXELS`` and merely warns between
+    once and twice the limit, while decoding such an image takes gigabytes. Here anything above the
+    limit itself is refused, from the header alone, with :class:`ImageReadError` naming the file,
+    its size and the limit (and how to raise it deliberately).
+    """
     from PIL import Image
 
-    with Image.open(path) as im:  # the header's size is checked here (DecompressionBombError)
+    path = Path(path)
+    limit = Image.MAX_IMAGE_PIXELS
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, with a message
+        try:
+            im = Image.open(path)
+        except Image.DecompressionBombError as exc:
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            raise ImageReadError(_bomb_message(path, f"{found.group(1) if found else 'more than twice the limit'}"
+                                                     " pixels", limit)) from exc
+    with im:
+        width, height = im.size
+        if limit is not None and width * height > limit:
+            raise ImageReadError(_bomb_message(path, f"{width}x{height} = {width * height} pixels", limit))
+        yield im
+
+
+def _decode_image(path: Path) -> torch.Tensor:
+    with open_image(path) as im:  # the header's size is checked here (a decompression bomb is refused)
         im.load()  # decode now so truncation is caught here, not later
         if im.mode in ("I;16", "I;16B", "I;16L", "I"):
             arr = np.asarray(im, dtype=np.float32) / 65535.0
@@ -181,17 +238,80 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 # --------------------------------------------------------------------------- weights
 
 
-def _torch_load_safely(path: Path) -> object:
+def _unsafe_reason(exc: BaseException) -> str:
+    """What torch's weights-only unpickler objected to (``Unsupported global: GLOBAL io.open``), without
+    its advice to retry with ``weights_only=False`` (which would run the file's code)."""
+    text = str(exc)
+    found = re.search(r"WeightsUnpickler error:\s*(.*?)(?: was not an allowed global|\.?\s*(?:Please|\n)|$)", text)
+    if found and found.group(1).strip():
+        return found.group(1).strip()
+    return "an object other than tensors and plain containers"
+
+
+def _torch_load_safely(source: Path | IO[bytes], name: str | os.PathLike | None = None) -> object:
+    """``torch.load(source, weights_only=True)`` whose errors name the file (``name``, else ``source``)."""
+    name = source if name is None else name
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise UnsafeCheckpointError(
-            f"refusing to load {path}: it contains pickled objects other than tensors and plain "
-            f"containers (weights_only=True rejected it: {str(exc).splitlines()[0]}). lit-sr never "
-            "unpickles untrusted files; re-save the weights as a state_dict or .safetensors."
+            f"refused as unsafe: {name} holds a pickled object that is not a tensor or a plain container "
+            f"({_unsafe_reason(exc)}); loading it would run code from the file. lit-sr never unpickles "
+            "untrusted files; re-save the weights as a state_dict of tensors or as .safetensors."
         ) from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:  # torch names no file: a truncated zip, ...
-        raise WeightsReadError(f"cannot read weights file {path}: {_first_line(exc)}") from exc
+        raise WeightsReadError(
+            f"refused as corrupt: cannot read checkpoint/weights file {name}: {_first_line(exc)} "
+            "(truncated, corrupted or not a torch file)"
+        ) from exc
+
+
+def is_remote_path(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a URL or an fsspec path of another file system (``s3://``, ``memory://``, ...)."""
+    text = str(path)
+    return "://" in text and not text.startswith("file://")
+
+
+def _local_path(path: str | os.PathLike) -> Path:
+    text = str(path)
+    return Path(text[len("file://") :] if text.startswith("file://") else text)
+
+
+def _read_remote_bytes(url: str, timeout: float) -> bytes:
+    """The bytes at ``url`` (any fsspec file system), in memory: nothing is written to a cache folder."""
+    import fsspec
+
+    kwargs = {}
+    if url.startswith(("http://", "https://")):
+        import aiohttp
+
+        kwargs["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(total=timeout)}
+    try:
+        with fsspec.open(url, "rb", **kwargs) as f:
+            return f.read()
+    except Exception as exc:  # fsspec and its back ends raise many types; all of them name no file
+        raise WeightsReadError(f"cannot read checkpoint {url}: {_first_line(exc)}") from exc
+
+
+def load_checkpoint(path: str | os.PathLike, timeout: float = 60.0) -> dict:
+    """Read a whole checkpoint (a Lightning ``.ckpt``, a ``.pth``) from a local path, a URL or any fsspec path.
+
+    Always ``torch.load(weights_only=True)``: a checkpoint holding any pickled object other than
+    tensors and plain containers raises :class:`UnsafeCheckpointError` naming it, and nothing in it
+    runs. A remote file is read into memory (``timeout`` seconds at most for http(s)), not into
+    torch hub's cache. Every error names ``path``.
+    """
+    if is_remote_path(path):
+        payload = io.BytesIO(_read_remote_bytes(str(path), timeout))
+        obj = _torch_load_safely(payload, name=str(path))
+    else:
+        local = _local_path(path)
+        if not local.is_file():
+            raise FileNotFoundError(f"checkpoint file not found: {local}")
+        obj = _torch_load_safely(local)
+    if not isinstance(obj, Mapping):
+        raise WeightsReadError(f"refused as corrupt: checkpoint {path} holds a {type(obj).__name__}, expected a dict")
+    return dict(obj)
 
 
 def _safetensors_load(path: Path) -> dict:
@@ -277,7 +397,7 @@ def load_weights(
     or unexpected key raises it too, listing them. Returns the model.
     """
     state = read_state_dict(path, key=key)
-    _check_shapes(model, state, path)
+    check_shapes(model, state, path)
     result = model.load_state_dict(state, strict=False)
     if strict and (result.missing_keys or result.unexpected_keys):
         raise WeightsMismatchError(
@@ -288,7 +408,7 @@ def load_weights(
     return model
 
 
-def _check_shapes(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
+def check_shapes(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike, hint: str = "") -> None:
     """Raise :class:`WeightsMismatchError` listing every tensor of ``state`` whose shape ``model`` does not have."""
     own = model.state_dict()
     wrong = [
@@ -302,8 +422,8 @@ def _check_shapes(model: nn.Module, state: Mapping[str, torch.Tensor], path: str
         more = f" (and {len(wrong) - 10} more)" if len(wrong) > 10 else ""
         raise WeightsMismatchError(
             f"weights in {path} do not fit {type(model).__name__}: {len(wrong)} tensors have other shapes: "
-            f"{'; '.join(wrong[:10])}{more}. Build the network with the arguments it was trained with "
-            "(num_feat, num_block, scale, ...)"
+            f"{'; '.join(wrong[:10])}{more}. "
+            + (hint or "Build the network with the arguments it was trained with (num_feat, num_block, scale, ...)")
         )
 
 
@@ -315,10 +435,19 @@ def save_weights(
     ``.safetensors`` holds one state_dict: the EMA weights when given (what one deploys), else
     the model's. ``meta`` (plain values: which state, step, ...) goes in the ``.pth`` file's
     ``meta`` entry or the ``.safetensors`` header (as strings). The write is atomic.
+
+    Weights holding NaN or infinite values (a run that diverged) raise
+    :class:`NonFiniteWeightsError` naming the file and the first such tensor; nothing is written.
     """
     path = Path(path)
     params = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     ema = None if ema_model is None else {k: v.detach().cpu().contiguous() for k, v in ema_model.state_dict().items()}
+    for which, state in (("params", params), ("params_ema", ema or {})):
+        bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+        if bad is not None:
+            raise NonFiniteWeightsError(
+                f"refused to write {path}: {which} tensor {bad} holds NaN or infinite values (the run diverged: "
+                "lower the learning rate or clip gradients); nothing was written")
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from lit_sr.io import load_checkpoint
 from lit_sr.validation import check_choice, check_positive
 
 # ----------------------------------------------------------------------------------------------
@@ -345,7 +346,7 @@ def _load_torchvision_vgg(vgg_net: nn.Sequential, vgg_type: VggType, weights_pat
             f"{VGG_WEIGHT_FILES[vgg_type]}) in {path.parent} or pass weights_path='/path/to/"
             f"{VGG_WEIGHT_FILES[vgg_type]}'. pretrained=False builds a random VGG (tests only)."
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_checkpoint(path)  # weights_only=True; refusals name the file
     if not isinstance(state, Mapping):
         raise ValueError(f"{path} does not hold a state_dict (got {type(state).__name__})")
     remapped = {}

@@ -174,7 +174,9 @@ def build_lpips(net: LpipsNet = "alex", backbone_path: str | os.PathLike | None 
     import lpips  # heavy import, only when LPIPS is really requested
 
     model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    from lit_sr.io import load_checkpoint  # io is the leaf that reads weights safely (named errors)
+
+    state = load_checkpoint(path)
     features = {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}
     backbone_state = {}
     for name, _ in model.net.named_parameters():

@@ -16,6 +16,8 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
+from lit_sr.errors import ConfigError
+
 Autocast = Literal["none", "bf16"]
 AUTOCAST_CHOICES: tuple[str, ...] = get_args(Autocast)
 _AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16}
@@ -34,6 +36,23 @@ def autocast_context(autocast: Autocast, device: torch.device) -> AbstractContex
     if dtype is None:
         return nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def resolve_device(device: str | torch.device, key: str = "device") -> torch.device:
+    """``"auto"`` (CUDA when available, else CPU) or any ``torch.device`` string, checked before a job starts.
+
+    A string torch cannot read, or a CUDA device on a machine without CUDA, raises
+    :class:`~lit_sr.errors.ConfigError` naming ``key`` (the config key the value came from).
+    """
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{key}: {str(device)!r} was requested but CUDA is not available")
+    return resolved
 
 
 def model_device(model: nn.Module, default: torch.device | None = None) -> torch.device | None:

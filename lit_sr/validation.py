@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -70,6 +70,32 @@ def check_eps(value: Any, name: str = "eps") -> float:
     if math.isnan(float(value)) or not (0 < float(value) <= 1):
         raise ValueError(f"{name} must be in (0, 1] on the [0, 1] pixel scale (8/255 = 0.0314), got {value!r}")
     return float(value)
+
+
+def check_patch_size(value: Any, scale: int, name: str = "patch_size") -> int:
+    """A training patch size: a positive integer multiple of ``scale`` (0 or -8 would fail later as a tensor shape)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0 or value % scale:
+        raise ValueError(f"{name} must be a positive multiple of the scale {scale}; got {value!r}")
+    return int(value)
+
+
+@runtime_checkable
+class HasScale(Protocol):
+    """What :func:`check_same_scale` reads of a data module: its upscaling factor."""
+
+    scale: int
+
+
+def check_same_scale(model_scale: int, datamodule: Any, model_name: str = "model") -> None:
+    """Raise unless a data module that states a ``scale`` serves pairs of ``model_scale``.
+
+    A x2 network trained on x4 pairs fails deep inside the loss with a tensor-shape error (or,
+    with tiling, not at all); this names both settings first.
+    """
+    if isinstance(datamodule, HasScale) and datamodule.scale != model_scale:
+        raise ValueError(f"{model_name} upscales x{model_scale} but the data module {type(datamodule).__name__} "
+                         f"serves x{datamodule.scale} pairs: set model.init_args.scale {datamodule.scale} or "
+                         f"data.init_args.scale {model_scale}")
 
 
 def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:

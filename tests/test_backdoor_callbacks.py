@@ -1,4 +1,4 @@
-"""BackdoorGradientCallback and GeneticSelectionCallback inside real ``Trainer.fit`` runs.
+"""PoisonSelectionCallback (backdoor-gradient scoring and the genetic search) inside real ``Trainer.fit`` runs.
 
 A tiny randomly initialised EDSR (8 features, 1 block, x2) trains on a stand-in poisoned data
 module defined here (random 16 px LR tiles; exactly the members of PoisonedSRDataModule the
@@ -23,17 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from callbacks import (
-    BackdoorGradientCallback,
-    GeneticSelectionCallback,
-    PoisonSelectionCallback,
-    SelectionResults,
-)
-from callbacks.backdoor_gradients import to_pool_order
+from callbacks import PoisonSelectionCallback, SelectionResults
 from lit_sr.modules import SRModule
 from lit_sr.poison import (
     GeneticSelector,
     GradientScorer,
+    GradientScores,
     TopKSelector,
     naive_per_sample_grad_stats,
     random_select,
@@ -91,6 +86,7 @@ class StandInPoisonedDataModule(L.LightningDataModule):
         self.poisoned_indices = sorted(POOL[:BUDGET])
         self.set_calls: list[list[int]] = []
         self.scale = 2
+        self.threat_model = "victim_access"  # the selection callbacks change the set during training
         self.feature_extractor = None
         self.poison_report = {"poisoned_hr_psnr": float(-10 * torch.log10((self.poisoned_hr - self.hr).pow(2).mean()))}
 
@@ -134,23 +130,24 @@ def _state(pl_module, trainer) -> dict:
 
 
 class Snapshot(L.Callback):
-    """Placed before the gradient callback: the model's state just before the pass."""
+    """Placed before the selection callback: the model's state just before the pass."""
 
     def on_train_epoch_end(self, trainer, pl_module):
         self.state = _state(pl_module, trainer)
 
 
 class CheckAfterPass(L.Callback):
-    """Placed after both callbacks: the model is untouched, and the norms equal the naive loop's."""
+    """Placed after the selection callback: the model is untouched, and the norms equal the naive loop's."""
 
-    def __init__(self, snapshot: Snapshot, grads: BackdoorGradientCallback):
-        self.snapshot, self.grads = snapshot, grads
+    def __init__(self, snapshot: Snapshot, sel: PoisonSelectionCallback):
+        self.snapshot, self.sel = snapshot, sel
         self.checked_epochs: list[int] = []
         self.max_rel_diff = 0.0
 
     def on_train_epoch_end(self, trainer, pl_module):
-        if self.grads.epoch != trainer.current_epoch:
+        if self.sel.scores_epoch != trainer.current_epoch:
             return
+        scores = self.sel.scores
         before, after = self.snapshot.state, _state(pl_module, trainer)
         for n in before["params"]:
             assert torch.equal(before["params"][n], after["params"][n]), n
@@ -165,10 +162,10 @@ class CheckAfterPass(L.Callback):
         idx = torch.tensor(dm.candidate_indices)
         ref_norms, ref_sketches = naive_per_sample_grad_stats(pl_module.net, dm.triggered_lr[idx],
                                                               dm.poisoned_hr[idx], sketch_dim=SKETCH_DIM, seed=5)
-        assert self.grads.indices == dm.candidate_indices
-        torch.testing.assert_close(self.grads.norms, ref_norms, rtol=1e-3, atol=0)
-        torch.testing.assert_close(self.grads.sketches, ref_sketches, rtol=1e-3, atol=1e-5 * float(ref_norms.max()))
-        self.max_rel_diff = max(self.max_rel_diff, float(((self.grads.norms - ref_norms).abs() / ref_norms).max()))
+        assert scores.indices == dm.candidate_indices
+        torch.testing.assert_close(scores.norms, ref_norms, rtol=1e-3, atol=0)
+        torch.testing.assert_close(scores.sketches, ref_sketches, rtol=1e-3, atol=1e-5 * float(ref_norms.max()))
+        self.max_rel_diff = max(self.max_rel_diff, float(((scores.norms - ref_norms).abs() / ref_norms).max()))
         self.checked_epochs.append(trainer.current_epoch)
 
 
@@ -197,6 +194,10 @@ def _module() -> SRModule:
                     export_weights=False)
 
 
+def _runs(sel: PoisonSelectionCallback) -> list[dict]:
+    return [run.as_dict() for run in sel.selection_results.runs]
+
+
 def _fit(tmp_path, callbacks, max_epochs: int, data=None, logger=False):
     data = data or StandInPoisonedDataModule()
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=max_epochs, logger=logger,
@@ -211,16 +212,17 @@ def test_gradient_pass_matches_naive_loop_and_ga_sets_next_epochs_poisoned_set(t
     from lightning.pytorch.loggers import TensorBoardLogger
 
     snapshot = Snapshot()
-    grads = BackdoorGradientCallback(batch_size=5, chunk_size=3, sketch_dim=SKETCH_DIM, seed=5)
-    ga = GeneticSelectionCallback(fitness="norm_of_sum", population=12, generations=15, seed=0, seed_with_topk=True)
-    check, recorder = CheckAfterPass(snapshot, grads), BatchRecorder()
+    sel = PoisonSelectionCallback(
+        scorer=GradientScorer(batch_size=5, chunk_size=3, sketch_dim=SKETCH_DIM, seed=5, loss="mse"),
+        selector=GeneticSelector(fitness="norm_of_sum", population=12, generations=15, seed_with_topk=True), seed=0)
+    check, recorder = CheckAfterPass(snapshot, sel), BatchRecorder()
     logger = TensorBoardLogger(str(tmp_path), name="tb")
-    # the GA callback is listed first: it must make the gradient callback score before searching
-    trainer, data = _fit(tmp_path, [snapshot, ga, grads, check, recorder], max_epochs=3, logger=logger)
+    trainer, data = _fit(tmp_path, [snapshot, sel, check, recorder], max_epochs=3, logger=logger)
+    runs, grads = _runs(sel), sel.scores
 
     assert check.checked_epochs == [0, 1], "scored after epochs 0 and 1; not after the final epoch"
-    assert len(ga.runs) == 2 and data.set_calls == [r["chosen"] for r in ga.runs]
-    for run in ga.runs:
+    assert len(runs) == 2 and data.set_calls == [r["chosen"] for r in runs]
+    for run in runs:
         assert 1 <= run["size"] <= BUDGET and len(run["chosen"]) == run["size"]
         assert set(run["chosen"]) <= set(POOL)
         assert run["fitness_ga"] >= run["fitness_topk"] - 1e-6 and run["fitness_ga"] >= run["fitness_random"]
@@ -228,10 +230,10 @@ def test_gradient_pass_matches_naive_loop_and_ga_sets_next_epochs_poisoned_set(t
         assert run["seeded_with_topk"]
     # the set chosen at the end of epoch E is what epoch E + 1 trains on
     assert recorder.poisoned[0] == set(POOL[:BUDGET])
-    assert recorder.poisoned[1] == set(ga.runs[0]["chosen"])
-    assert recorder.poisoned[2] == set(ga.runs[1]["chosen"])
+    assert recorder.poisoned[1] == set(runs[0]["chosen"])
+    assert recorder.poisoned[2] == set(runs[1]["chosen"])
     # logged values are the recomputed fitness of the chosen, random and top-k sets (pool positions)
-    last = ga.results
+    last = runs[-1]
     pos = [POOL.index(i) for i in last["chosen"]]
     assert last["fitness_ga"] == pytest.approx(selection_fitness(pos, grads.sketches, "norm_of_sum"), rel=1e-5)
     topk = topk_select(grads.norms, BUDGET).tolist()
@@ -256,12 +258,13 @@ def test_gradient_pass_matches_naive_loop_and_ga_sets_next_epochs_poisoned_set(t
 
 
 def test_ga_reaches_topk_under_sum_of_norms_without_seeding(tmp_path):
-    grads = BackdoorGradientCallback(batch_size=12, sketch_dim=None, seed=0, autocast="bf16")
-    ga = GeneticSelectionCallback(gradients=grads, fitness="sum_of_norms", population=20, generations=40, seed=1,
-                                  seed_with_topk=False, save_plot=False)
-    _, data = _fit(tmp_path, [grads, ga], max_epochs=2)
-    run = ga.results
-    expected = sorted(POOL[p] for p in topk_select(grads.norms, BUDGET).tolist())
+    sel = PoisonSelectionCallback(
+        scorer=GradientScorer(batch_size=12, sketch_dim=None, seed=0, loss="mse", autocast="bf16"),
+        selector=GeneticSelector(fitness="sum_of_norms", population=20, generations=40, seed_with_topk=False),
+        seed=1, save_plot=False)
+    _, data = _fit(tmp_path, [sel], max_epochs=2)
+    run = _runs(sel)[-1]
+    expected = sorted(POOL[p] for p in topk_select(sel.scores.norms, BUDGET).tolist())
     assert not run["seeded_with_topk"]
     assert run["chosen"] == expected and data.poisoned_indices == expected
     assert run["fitness_ga"] == pytest.approx(run["fitness_topk"], rel=1e-6)
@@ -269,55 +272,31 @@ def test_ga_reaches_topk_under_sum_of_norms_without_seeding(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "kwargs, error",
+    "part, kwargs, error",
     [
-        ({"every_n_epochs": 0}, ValueError),
-        ({"batch_size": 2.5}, TypeError),
-        ({"loss": "huber"}, ValueError),
-        ({"autocast": "fp16"}, ValueError),
-        ({"params": "conv_first.weight"}, TypeError),
-        ({"sketch_dim": 0}, ValueError),
+        (PoisonSelectionCallback, {"every_n_epochs": 0}, ValueError),
+        (GradientScorer, {"batch_size": 2.5}, TypeError),
+        (GradientScorer, {"loss": "huber"}, ValueError),
+        (GradientScorer, {"autocast": "fp16"}, ValueError),
+        (GradientScorer, {"params": "conv_first.weight"}, TypeError),
+        (GradientScorer, {"sketch_dim": 0}, ValueError),
+        (GeneticSelector, {"fitness": "max_norm"}, ValueError),
+        (GeneticSelector, {"population": 1}, ValueError),
+        (GeneticSelector, {"tournament_size": 60}, ValueError),
+        (GeneticSelector, {"cx_prob": 1.5}, ValueError),
     ],
 )
-def test_gradient_callback_validates_arguments(kwargs, error):
+def test_scorer_selector_and_callback_validate_arguments(part, kwargs, error):
     with pytest.raises(error, match=next(iter(kwargs))):
-        BackdoorGradientCallback(**kwargs)
-
-
-@pytest.mark.parametrize(
-    "kwargs, error",
-    [
-        ({"fitness": "max_norm"}, ValueError),
-        ({"population": 1}, ValueError),
-        ({"tournament_size": 60}, ValueError),
-        ({"cx_prob": 1.5}, ValueError),
-        ({"gradients": "grads"}, TypeError),
-    ],
-)
-def test_genetic_callback_validates_arguments(kwargs, error):
-    with pytest.raises(error, match=next(iter(kwargs))):
-        GeneticSelectionCallback(**kwargs)
-
-
-def test_setup_errors_name_what_is_missing(tmp_path):
-    class PlainData(L.LightningDataModule):
-        def train_dataloader(self):
-            return StandInPoisonedDataModule().train_dataloader()
-
-    with pytest.raises(TypeError, match="candidate_batches"):
-        _fit(tmp_path, [BackdoorGradientCallback()], max_epochs=2, data=PlainData())
-    with pytest.raises(ValueError, match="exactly one BackdoorGradientCallback"):
-        _fit(tmp_path, [GeneticSelectionCallback()], max_epochs=2)
-    with pytest.raises(ValueError, match="sketch_dim"):
-        _fit(tmp_path, [BackdoorGradientCallback(sketch_dim=None), GeneticSelectionCallback()], max_epochs=2)
+        part(**kwargs)
 
 
 def test_pool_order_rejects_missing_or_repeated_candidates():
     norms = torch.tensor([3.0, 1.0, 2.0])
-    out, _, order = to_pool_order([5, 9, 7], norms, None, torch.tensor([9, 7, 5]))
-    assert order == [5, 9, 7] and out.tolist() == [2.0, 3.0, 1.0]
+    ordered = GradientScores(norms, None, [9, 7, 5]).to_pool_order([5, 9, 7])
+    assert ordered.indices == [5, 9, 7] and ordered.norms.tolist() == [2.0, 3.0, 1.0]
     with pytest.raises(ValueError, match="exactly once"):
-        to_pool_order([5, 9, 7], norms, None, torch.tensor([9, 9, 5]))
+        GradientScores(norms, None, [9, 9, 5]).to_pool_order([5, 9, 7])
 
 
 # --------------------------------------------------------------------------- PoisonSelectionCallback
@@ -524,8 +503,8 @@ def test_ddp_ranks_gather_the_same_norms_and_install_the_same_set(tmp_path):
 
 
 class _DDPReport(L.Callback):
-    def __init__(self, out: Path, grads: BackdoorGradientCallback, ga: GeneticSelectionCallback):
-        self.out, self.grads, self.ga = out, grads, ga
+    def __init__(self, out: Path, sel: PoisonSelectionCallback):
+        self.out, self.sel = out, sel
         self.report: dict = {"max_rel_diff": None, "epoch1_poisoned": set(), "epoch1_seen": set()}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -534,31 +513,31 @@ class _DDPReport(L.Callback):
             self.report["epoch1_poisoned"].update(int(i) for i, p in zip(batch["index"], batch["poisoned"]) if p)
 
     def on_train_epoch_end(self, trainer, pl_module):
-        if self.grads.epoch != trainer.current_epoch:
+        if self.sel.scores_epoch != trainer.current_epoch:
             return
         dm = trainer.datamodule
         idx = torch.tensor(dm.candidate_indices)
         ref, _ = naive_per_sample_grad_stats(pl_module.net, dm.triggered_lr[idx], dm.poisoned_hr[idx], sketch_dim=None)
-        self.report["max_rel_diff"] = float(((self.grads.norms - ref).abs() / ref).max())
+        self.report["max_rel_diff"] = float(((self.sel.scores.norms - ref).abs() / ref).max())
         self.report["shard"] = [int(i) for b in dm.candidate_batches(100, trainer.global_rank, trainer.world_size)
                                 for i in b["index"]]
 
     def on_fit_end(self, trainer, pl_module):
         r = self.report
-        r.update(world_size=trainer.world_size, norms=self.grads.norms.tolist(), indices=self.grads.indices,
-                 chosen=self.ga.results["chosen"], poisoned_indices=trainer.datamodule.poisoned_indices,
+        r.update(world_size=trainer.world_size, norms=self.sel.scores.norms.tolist(), indices=self.sel.scores.indices,
+                 chosen=self.sel.selection_results.last.as_dict()["chosen"], poisoned_indices=trainer.datamodule.poisoned_indices,
                  epoch1_poisoned=sorted(r["epoch1_poisoned"]), epoch1_seen=sorted(r["epoch1_seen"]))
         (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(r))
 
 
 def _ddp_worker(out: Path) -> None:
     torch.set_num_threads(1)
-    grads = BackdoorGradientCallback(batch_size=4, sketch_dim=32)
-    ga = GeneticSelectionCallback(population=10, generations=10, save_plot=False)
+    sel = PoisonSelectionCallback(scorer=GradientScorer(batch_size=4, sketch_dim=32, loss="mse"),
+                                  selector=GeneticSelector(population=10, generations=10), save_plot=False)
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         reload_dataloaders_every_n_epochs=1, default_root_dir=str(out),
-                        callbacks=[grads, ga, _DDPReport(out, grads, ga)])
+                        callbacks=[sel, _DDPReport(out, sel)])
     trainer.fit(_module(), datamodule=StandInPoisonedDataModule())
     close_process_group()  # gloo aborts at exit with the group left open
 

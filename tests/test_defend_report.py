@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lit_sr.attacks.spec import ConfigError
 from lit_sr.backdoor_defenses import defense_score, evaluate_backdoor
+from lit_sr.errors import ConfigError
 from lit_sr.io import save_weights
 from lit_sr.jobs.defend.cli import main
 from lit_sr.jobs.defend.config import parse_config

@@ -12,7 +12,8 @@ import torchvision
 from datamodules.shapes import export_shapes
 from lit_sr.attacks.spec import AttackRunner
 from lit_sr.downstream import DownstreamClassifier
-from lit_sr.jobs.evaluate import ConfigError, parse_config, run_report
+from lit_sr.errors import ConfigError
+from lit_sr.jobs.evaluate import parse_config, run_report
 from lit_sr.jobs.evaluate.downstream import DOWNSTREAM_FIELDS
 from lit_sr.jobs.evaluate.runner import build_model, load_pairs
 

@@ -22,8 +22,9 @@ from datamodules import export_embedded_photos
 from datamodules.sr import EMBEDDED_TRAIN, load_embedded_photo
 from lit_sr.archs import build_arch
 from lit_sr.attacks.spec import eps_label, parse_eps
+from lit_sr.errors import ConfigError
 from lit_sr.io import read_image, save_weights
-from lit_sr.jobs.evaluate import ConfigError, load_config, parse_config, run_report
+from lit_sr.jobs.evaluate import load_config, parse_config, run_report
 from lit_sr.jobs.evaluate.cli import main
 from lit_sr.ops import imresize
 

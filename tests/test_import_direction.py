@@ -1,4 +1,4 @@
-"""Dependencies point one way (DESIGN.md) and go round in no circle.
+"""Dependencies point one way (docs/design.md, the one-way rule) and go round in no circle.
 
 - The library (``lit_sr`` minus the application layer ``lit_sr.jobs`` and ``lit_sr/__main__.py``)
   never imports ``callbacks`` or ``datamodules``.

@@ -494,6 +494,13 @@ def test_poisoned_data_yaml_names_real_arguments():
         check(data["init_args"][key])
 
 
+def after(cmd: str, token: str) -> list[str]:
+    """The words of a documented command after ``token`` (its subcommand, or a flag's value)."""
+    words = shlex.split(cmd)
+    assert token in words, f"{cmd!r} has no {token!r}"
+    return words[words.index(token) + 1:]
+
+
 def test_data_prepare_commands_run_on_small_folders(tmp_path, monkeypatch):
     # The documented prepare/verify commands, run as written with /data/... moved under tmp_path
     # onto two small synthetic images per data set (DIV2K / Flickr2K naming, official x4 LR files).
@@ -505,9 +512,9 @@ def test_data_prepare_commands_run_on_small_folders(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     rng = np.random.default_rng(0)
     cmds = command("data_prepare")
-    assert [shlex.split(c)[3] for c in cmds].count("prepare") >= 2 and any(" verify " in c for c in cmds)
+    assert [after(c, "data")[0] for c in cmds].count("prepare") >= 2 and any(" verify " in c for c in cmds)
     for cmd in cmds:
-        args = [a.replace("/data/", f"{tmp_path}/data/") for a in shlex.split(cmd)[3:]]
+        args = [a.replace("/data/", f"{tmp_path}/data/") for a in after(cmd, "data")]
         if args[0] == "prepare":
             hr_dir = Path(args[args.index("--hr-dir") + 1])
             lr_dir = Path(args[args.index("--lr-dir") + 1])
@@ -528,7 +535,7 @@ def test_documented_report_configs_load(cmd):
     # Running them needs the trained base and fine-tuned weights (minutes each); their configs must load.
     from lit_sr.jobs.evaluate import load_config
 
-    cfg = load_config(ROOT / shlex.split(cmd)[4])
+    cfg = load_config(ROOT / after(cmd, "--config")[0])
     assert cfg.models and cfg.attacks
 
 
@@ -573,7 +580,7 @@ def test_documented_defense_report_configs_load(cmd):
     # Running them needs make demo's arms (or the DIV2K runs); the configs and every defense in them must validate.
     from lit_sr.jobs.defend.config import load_config
 
-    cfg = load_config(ROOT / shlex.split(cmd)[4])
+    cfg = load_config(ROOT / after(cmd, "--config")[0])
     assert cfg.attacks and {e["defense"] for e in cfg.defenses.values()} == {"ft", "fp", "nad", "ibau", "anp"}
 
 

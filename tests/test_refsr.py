@@ -219,6 +219,26 @@ def test_refsr_adv_on_a_trained_ttsr_hurts_far_more_than_noise(trained_ttsr, sma
     assert (rows["lr_pgd"]["lr_psnr"] >= 20 * math.log10(255 / 8) - 1e-6).all()
 
 
+def test_refsr_adv_ascends_its_loss_more_steps_more_damage_and_beats_sign_noise(trained_ttsr, small_photos):
+    # Sign steps push to the corners of the eps box whether they ascend or descend, so beating uniform
+    # noise does not show that the attack maximises. Pinned here, at one step size (eps / 4) and one
+    # random start: ten steps damage more than one (a descending attack walks back towards the clean
+    # reference), and the result beats +-eps sign noise, which sits at the corners too.
+    lr, ref, _ = _training_crops(small_photos, 4, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        clean = trained_ttsr(lr, ref)
+
+    def damage(adv_ref: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return (trained_ttsr(lr, adv_ref) - clean).flatten(1).norm(dim=1)
+
+    one, ten = (damage(RefSRAdv(trained_ttsr, eps=EPS, steps=n, step_size=EPS / 4, seed=0)(lr, ref)) for n in (1, 10))
+    sign = (torch.rand(ref.shape, generator=torch.Generator().manual_seed(2)) * 2 - 1).sign()
+    corners = damage((ref + EPS * sign).clamp(0, 1))
+    assert (ten > 1.5 * one).all(), (one, ten)
+    assert (ten > 1.5 * corners).all(), (ten, corners)
+
+
 def test_report_adds_the_black_box_row(trained_ttsr, small_photos):
     lr, ref, hr = _training_crops(small_photos, 2, torch.Generator().manual_seed(2))
     rows = refsr_attack_report(trained_ttsr, lr, ref, None, eps=EPS, steps=2, square_queries=20, seed=0)

@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from callbacks import AdversarialEvalCallback
 from callbacks.protocols import RefSRModel
 from datamodules.refsr import EmbeddedRefPairsDataModule
-from lit_sr.attacks.spec import ConfigError
+from lit_sr.errors import ConfigError
 from lit_sr.modules.refsr_module import RefSRModule
 
 TINY = {"n_feats": 8, "num_res_blocks": [1, 1, 1, 1]}

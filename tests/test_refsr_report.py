@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from datamodules.refsr import EmbeddedRefPairsDataModule
-from lit_sr.attacks.spec import ConfigError
+from lit_sr.errors import ConfigError
 from lit_sr.jobs.evaluate.config import ModelSpec
 from lit_sr.jobs.evaluate_refsr.cli import main
 from lit_sr.jobs.evaluate_refsr.report import RefSRReportConfig, run_refsr_report

@@ -109,7 +109,8 @@ def result_model(cfg, name):
 
 
 def test_spearman_and_the_study_keys_are_checked(tmp_path):
-    from lit_sr.jobs.evaluate import ConfigError, parse_config
+    from lit_sr.errors import ConfigError
+    from lit_sr.jobs.evaluate import parse_config
     from lit_sr.jobs.evaluate.robustness_index import spearman
 
     assert spearman([1, 2, 3, 4], [10, 8, 7, 1]) == pytest.approx(-1.0)

@@ -19,6 +19,7 @@ import lit_sr.poison.triggers
 from lit_sr import runtime, validation
 from lit_sr.archs import arch_kwargs_with_scale, build_arch
 from lit_sr.attacks import IFGSM, PGD, Attack, PartialAttack, SquareAttack, TargetedAttack, UniversalAttack
+from lit_sr.errors import ConfigError, RunError
 from lit_sr.losses import GANLoss, PerceptualLoss
 from lit_sr.poison import AdversarialTrigger, FeatureExtractor, make_poisoned_hr, per_sample_grad_stats
 from lit_sr.poison.trigger_base import Trigger
@@ -250,3 +251,14 @@ def test_check_names_takes_a_list_of_names_and_names_the_argument_otherwise():
     for bad in ("body.0", [], ["body.0", ""], ["body.0", 3], None):
         with pytest.raises(ValueError, match=r"layers must be a non-empty list of module names \(e.g. \['body.0'\]\)"):
             check_names(bad, "layers", "module names", "['body.0']")
+
+
+def test_one_config_error_and_one_resolve_device_naming_the_key(monkeypatch):
+    assert issubclass(RunError, ConfigError) and issubclass(ConfigError, ValueError)
+    assert runtime.resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert runtime.resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(ConfigError, match=r"^models\.x\.device: 'cuda:1' was requested but CUDA is not available"):
+        runtime.resolve_device("cuda:1", key="models.x.device")
+    with pytest.raises(ConfigError, match=r"^device: .*gpu"):
+        runtime.resolve_device("gpu")

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lit_sr.errors import ConfigError
 from lit_sr.jobs.study.cli import main
-from lit_sr.jobs.study.runner import Column, StudyConfigError, load_study, run_study
+from lit_sr.jobs.study.runner import Column, load_study, run_study
 from lit_sr.jobs.study.table import DeltaCell, RowSource, own_effect_cell, paired_delta, table, write_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,7 +186,7 @@ def test_paired_delta_interval():
 )
 def test_bad_study_files_name_the_file_and_key(tmp_path, body, match):
     path = write_study(tmp_path, body)
-    with pytest.raises(StudyConfigError, match=match) as info:
+    with pytest.raises(ConfigError, match=match) as info:
         load_study(path)
     assert str(path) in str(info.value)
 
@@ -275,7 +276,7 @@ def test_a_study_extends_another_and_changes_only_what_differs(tmp_path):
     assert study.runs[0].overrides == {"fake": {"included": 4, "success": 1, "psnr": 31.0}}
     loop = tmp_path / "loop.yaml"
     loop.write_text(f"extends: {loop}\n")
-    with pytest.raises(StudyConfigError, match="extends itself"):
+    with pytest.raises(ConfigError, match="extends itself"):
         load_study(loop)
 
 
@@ -351,5 +352,5 @@ def test_run_params_must_be_a_mapping_of_names(tmp_path, params):
           a: {{params: {params}}}
         columns: [{{path: "@.asr_pixel", format: rate}}]
         """)
-    with pytest.raises(StudyConfigError, match=r"runs\.a\.params"):
+    with pytest.raises(ConfigError, match=r"runs\.a\.params"):
         load_study(path)

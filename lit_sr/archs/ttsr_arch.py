@@ -109,7 +109,9 @@ class LTE(nn.Module):
                 f"VGG19 weights not found at {path}; lit-sr never downloads them: place torchvision's "
                 f"{DEFAULT_VGG19_FILE} there, or pass vgg_weights=None for a random init"
             )
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        from lit_sr.io import load_checkpoint  # io is the leaf that reads weights safely (named errors)
+
+        state = load_checkpoint(path)
         own = {}
         for slice_name in ("slice1", "slice2", "slice3"):
             for index, layer in getattr(self, slice_name).named_children():

@@ -13,6 +13,7 @@ bf16 autocast; the model's modes and ``requires_grad`` flags are restored after 
 =====================  ==========================================================
 :class:`IFGSM`         basic attack, Eq. (1)-(3) (reference ``"clean"`` or ``"hr"``)
 :class:`PGD`           IFGSM with a random start and 2.5 eps/T steps
+:class:`FastFGSM`      one FGSM step from a random start (Wong et al. 2020)
 :class:`UniversalAttack`  one perturbation for a data set, Eq. (5)-(7)
 :class:`PartialAttack` perturb the centre, damage the outside, Eq. (8)-(10)
 :class:`TargetedAttack`  pull the output towards a target, Eq. (11)
@@ -21,17 +22,20 @@ bf16 autocast; the model's modes and ``requires_grad`` flags are restored after 
 :func:`transfer_matrix`   source x target PSNR table, Fig. 4
 :func:`attack_metrics`    LR/SR PSNR, SSIM (masked), LPIPS per image
 =====================  ==========================================================
+
+Every attack class registers itself under its ``name`` (:mod:`lit_sr.attacks.registry`); a new
+attack is one module here and one import line below (docs/extending.md).
 """
 
 from lit_sr.attacks.base import LOSSES, Attack, frozen_eval, l2_loss, mse_loss, sse_loss
 from lit_sr.attacks.evaluation import attack_metrics, masked_ssim
-from lit_sr.attacks.ifgsm import IFGSM, PGD, SignGradientAttack, TargetedAttack
+from lit_sr.attacks.ifgsm import IFGSM, PGD, FastFGSM, SignGradientAttack, TargetedAttack
 from lit_sr.attacks.partial import PartialAttack, centre_mask, infer_scale, outer_hr_mask, upscale_mask
+from lit_sr.attacks.registry import ATTACKS, plain_kinds, register_attack
 from lit_sr.attacks.robustness import robustness_index, transfer_matrix
 from lit_sr.attacks.spec import (
     AttackRunner,
     AttackSpec,
-    ConfigError,
     eps_label,
     eps_text,
     make_target,
@@ -47,7 +51,6 @@ from lit_sr.attacks.universal import UniversalAttack, center_crop
 __all__ = [
     "AttackRunner",
     "AttackSpec",
-    "ConfigError",
     "eps_label",
     "eps_text",
     "make_target",
@@ -59,7 +62,9 @@ __all__ = [
     "LOSSES",
     "IFGSM",
     "PGD",
+    "ATTACKS",
     "Attack",
+    "FastFGSM",
     "PartialAttack",
     "SignGradientAttack",
     "SquareAttack",
@@ -74,6 +79,8 @@ __all__ = [
     "masked_ssim",
     "mse_loss",
     "outer_hr_mask",
+    "plain_kinds",
+    "register_attack",
     "robustness_index",
     "square_fraction",
     "sse_loss",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -157,7 +157,11 @@ class Attack:
             the global RNG. With a seed, every call draws the same noise for the same shape.
     """
 
-    name = "attack"
+    name: ClassVar[str] = "attack"
+    # Called as ``atk(lr, hr=hr)`` on whole images, its damage measured on the whole image: such an
+    # attack can run in the transfer matrix, through the input defenses, in robust fine-tuning and
+    # in the worst case (lit_sr.attacks.registry.plain_kinds). Partial, universal and targeted are not.
+    plain: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from lit_sr.attacks.base import Attack, LossFn, LossName, uniform_like
+from lit_sr.attacks.registry import register_attack
 from lit_sr.runtime import Autocast
-from lit_sr.validation import check_bool, check_choice, check_int, check_positive
+from lit_sr.validation import check_bool, check_choice, check_eps, check_int, check_positive
 
 # What the output is pushed away from: the clean output f(X0) (the paper's Eq. 1) or the HR image.
 Reference = Literal["clean", "hr"]
@@ -95,6 +96,7 @@ class SignGradientAttack(Attack):
         return x.detach()
 
 
+@register_attack
 class IFGSM(SignGradientAttack):
     """The basic attack of Choi et al. (Sec. 3.1, Eq. 1-3): I-FGSM on the LR input of an SR model.
 
@@ -118,6 +120,7 @@ class IFGSM(SignGradientAttack):
     """
 
     name = "ifgsm"
+    plain = True
 
     def __init__(
         self,
@@ -162,6 +165,7 @@ class IFGSM(SignGradientAttack):
         return self.iterate(x0, ref, direction=1.0)
 
 
+@register_attack
 class PGD(IFGSM):
     """:class:`IFGSM` with a random start (on by default) and steps of ``2.5 * eps / steps``.
 
@@ -193,6 +197,45 @@ class PGD(IFGSM):
         )  # fmt: skip
 
 
+@register_attack
+class FastFGSM(IFGSM):
+    """One FGSM step of ``step_factor * eps`` from a uniform random start in [-eps, eps].
+
+    The "fast" adversarial training attack of Wong et al. ("Fast is better than free", ICLR 2020):
+    one forward/backward per batch, so robust fine-tuning (``RobustFinetuneModule(attack="fast")``)
+    costs about two clean steps. Being plain, it also runs in any report's ``attacks`` block.
+
+    Args:
+        model: the SR network.
+        eps: L_inf budget in (0, 1].
+        step_factor: the step in units of eps (Wong et al. use 1.25: the step can leave the
+            random start's corner and still reach the boundary of the ball).
+        reference: ``"clean"`` (Eq. 1; fine with the random start) or ``"hr"`` (the HR image).
+        loss, autocast, eot_samples, seed: see :class:`~lit_sr.attacks.base.Attack`.
+    """
+
+    name = "fast"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        eps: float = 8 / 255,
+        step_factor: float = 1.25,
+        reference: Reference = "clean",
+        *,
+        loss: LossName | LossFn = "sse",
+        autocast: Autocast = "none",
+        eot_samples: int | None = None,
+        seed: int | None = None,
+    ):
+        self.step_factor = check_positive(step_factor, "step_factor")
+        super().__init__(
+            model, eps, 1, self.step_factor * check_eps(eps), True, reference,
+            loss=loss, autocast=autocast, eot_samples=eot_samples, seed=seed,
+        )  # fmt: skip
+
+
+@register_attack
 class TargetedAttack(SignGradientAttack):
     """The targeted attack of Choi et al. (Sec. 5.1, Eq. 11): pull f(X) towards a target HR image.
 

@@ -7,6 +7,7 @@ from torch import nn
 
 from lit_sr.attacks.base import LossFn, LossName
 from lit_sr.attacks.ifgsm import IFGSM, Reference
+from lit_sr.attacks.registry import register_attack
 from lit_sr.runtime import Autocast
 
 
@@ -62,6 +63,7 @@ def _validate_mask(mask: torch.Tensor) -> torch.Tensor:
     return mask
 
 
+@register_attack
 class PartialAttack(IFGSM):
     """Perturb only inside a mask M and maximise the damage outside its HR counterpart (Eq. 8-9).
 
@@ -87,6 +89,7 @@ class PartialAttack(IFGSM):
     """
 
     name = "partial"
+    plain = False  # its damage is measured outside the attacked region (Eq. 9), not on the whole image
 
     def __init__(
         self,

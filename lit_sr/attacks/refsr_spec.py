@@ -27,8 +27,10 @@ import torch
 from torch import nn
 
 from lit_sr.attacks.refsr_adv import FixedLR, FixedReference, RefSRAdv, check_pair
-from lit_sr.attacks.spec import PLAIN_KINDS, AttackRunner, AttackSpec, ConfigError, init_params, parse_attacks
+from lit_sr.attacks.registry import plain_kinds
+from lit_sr.attacks.spec import AttackRunner, AttackSpec, init_params, parse_attacks
 from lit_sr.attacks.square import SquareAttack
+from lit_sr.errors import ConfigError
 from lit_sr.metrics import psnr, ssim
 from lit_sr.runtime import Autocast, autocast_context, autocast_dtype, frozen_eval
 
@@ -78,13 +80,13 @@ def parse_refsr_attacks(attacks: Mapping[str, Mapping | None], where: str = "att
         here = f"{where}.{label}"
         if kind in REF_ATTACKS:
             specs.append(RefSRAttackSpec(label, kind, _ref_kwargs(kind, params, here)))
-        elif kind in PLAIN_KINDS:
+        elif kind in plain_kinds():
             lr_spec = parse_attacks({label: params}, where)[0]
             specs.append(RefSRAttackSpec(label, kind, dict(lr_spec.kwargs), lr_spec))
         else:
             raise ConfigError(
                 f"{here}: {kind!r} cannot run on a RefSR model; expected one of {sorted(REF_ATTACKS)} (on the "
-                f"reference) or {list(PLAIN_KINDS)} (on the LR input, reference held fixed)"
+                f"reference) or {list(plain_kinds())} (on the LR input, reference held fixed)"
             )
     return specs
 

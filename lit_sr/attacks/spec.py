@@ -23,20 +23,13 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
-from lit_sr.attacks.base import Attack
 from lit_sr.attacks.evaluation import attack_metrics
-from lit_sr.attacks.ifgsm import IFGSM, PGD, TargetedAttack
-from lit_sr.attacks.partial import PartialAttack, infer_scale
-from lit_sr.attacks.square import SquareAttack
-from lit_sr.attacks.universal import UniversalAttack
+from lit_sr.attacks.partial import infer_scale
+from lit_sr.attacks.registry import ATTACKS
+from lit_sr.errors import ConfigError
 from lit_sr.metrics import psnr
 from lit_sr.runtime import Autocast, autocast_dtype, frozen_eval, model_device
 from lit_sr.validation import check_eps
-
-
-class ConfigError(ValueError):
-    """A robustness config (or a callback's attack settings) is invalid; the message names the key."""
-
 
 # --------------------------------------------------------------------------- eps
 
@@ -98,16 +91,7 @@ def eps_text(eps: float) -> str:
 # --------------------------------------------------------------------------- attacks
 
 
-AttackKind = Literal["ifgsm", "pgd", "partial", "universal", "targeted", "square"]
 TargetKind = Literal["vflip", "hflip", "shift"]
-ATTACKS: dict[str, type[Attack]] = {
-    "ifgsm": IFGSM,
-    "pgd": PGD,
-    "partial": PartialAttack,
-    "universal": UniversalAttack,
-    "targeted": TargetedAttack,
-    "square": SquareAttack,
-}
 # Defaults that differ from the classes': Choi et al.'s official code maximises the distance to the
 # HR image (the class default, Eq. 1's clean reference, needs a random start), and a universal
 # attack inside a report or a callback has no business drawing its own progress bar.
@@ -122,8 +106,6 @@ TARGET_KEYS = ("target_psnr", "clean_target_psnr")
 # The universal attack's SR-side metrics are taken on the attacked centre window (Choi et al.'s
 # measure); these two are the same PSNRs over the whole image, labelled, for comparison.
 UNIVERSAL_KEYS = ("full_sr_psnr", "full_hr_psnr")
-# Attacks whose call is ``atk(lr, hr=hr)`` on full images: what transfer_matrix and evaluate_defense need.
-PLAIN_KINDS = ("ifgsm", "pgd", "square")
 _LABEL = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 
@@ -133,13 +115,13 @@ class AttackSpec:
 
     Args:
         label: the name in metric keys and file names (``attack/<label>/eps8/sr_psnr``).
-        kind: the attack class (a key of :data:`ATTACKS`).
+        kind: the attack class (a key of the registry :data:`lit_sr.attacks.registry.ATTACKS`).
         kwargs: constructor arguments of the class other than ``model`` and ``eps``.
         target: targeted attack only: how the target HR image is made (see :func:`make_target`).
     """
 
     label: str
-    kind: AttackKind
+    kind: str
     kwargs: dict = field(default_factory=dict)
     target: TargetKind = "vflip"
 
@@ -157,8 +139,8 @@ def init_params(cls: type) -> list[str]:
 def parse_attacks(attacks: Mapping[str, Mapping | None], where: str = "attacks") -> list[AttackSpec]:
     """Validate an ``attacks`` block (label -> parameters) and return its :class:`AttackSpec` list.
 
-    The label is the attack kind (``ifgsm``, ``pgd``, ``partial``, ``universal``, ``targeted``,
-    ``square``) unless the parameters hold ``attack: <kind>`` (to run one kind twice, e.g.
+    The label is the attack kind (a name of the registry :data:`~lit_sr.attacks.registry.ATTACKS`:
+    ``ifgsm``, ``pgd``, ``fast``, ``partial``, ``universal``, ``targeted``, ``square``, ...) unless the parameters hold ``attack: <kind>`` (to run one kind twice, e.g.
     ``ifgsm_clean: {attack: ifgsm, reference: clean, random_start: true}``). The other parameters
     are the constructor arguments of the class except ``model`` and ``eps`` (which come from the
     model and the eps list); ``reference`` defaults to ``"hr"`` for ifgsm/partial/universal (the

@@ -15,6 +15,7 @@ from torch import nn
 
 from lit_sr.attacks.base import Attack, LossFn, LossName
 from lit_sr.attacks.ifgsm import REFERENCES, Reference
+from lit_sr.attacks.registry import register_attack
 from lit_sr.runtime import Autocast
 from lit_sr.validation import check_choice, check_int, check_number
 
@@ -33,6 +34,7 @@ def square_fraction(p_init: float, query: int, n_queries: int) -> float:
     return p_init / (2**halvings)
 
 
+@register_attack
 class SquareAttack(Attack):
     """Black-box L_inf attack: random ``+-eps`` squares, accepted per image when the loss grows.
 
@@ -57,6 +59,7 @@ class SquareAttack(Attack):
     """
 
     name = "square"
+    plain = True
 
     def __init__(
         self,

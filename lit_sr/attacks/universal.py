@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from lit_sr.attacks.base import Attack, LossFn, LossName, uniform_like
 from lit_sr.attacks.ifgsm import REFERENCES, Reference, _zero_gradient_error
 from lit_sr.attacks.partial import infer_scale
+from lit_sr.attacks.registry import register_attack
 from lit_sr.runtime import Autocast, model_device
 from lit_sr.validation import check_bool, check_choice, check_int, check_positive
 
@@ -30,6 +31,7 @@ def _as_batch(x: torch.Tensor, name: str) -> torch.Tensor:
     return x.unsqueeze(0) if x.dim() == 3 else x
 
 
+@register_attack
 class UniversalAttack(Attack):
     """One image-agnostic perturbation Delta of shape ``(1, C, h, w)`` for a data set (Eq. 5-7).
 

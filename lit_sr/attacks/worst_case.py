@@ -9,29 +9,62 @@ Used by ``lit-sr robust`` (:mod:`lit_sr.jobs.robust.cli`) and the ``robust`` blo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from lit_sr.attacks.base import Attack
-from lit_sr.attacks.ifgsm import IFGSM, PGD
+from lit_sr.attacks.registry import plain_kinds
+from lit_sr.attacks.spec import AttackRunner, AttackSpec, parse_attacks
+from lit_sr.errors import ConfigError
 from lit_sr.metrics import psnr
+from lit_sr.runtime import Autocast
 
 AttackFactory = Callable[[nn.Module, int], Attack]  # (model, restart index) -> attack
 
 
-def default_eval_attacks(eps: float, train_steps: int = 3, restarts: int = 2) -> dict[str, tuple[AttackFactory, int]]:
-    """The evaluation attacks: the target metric (10-step I-FGSM against the HR image, as
-    configs/evaluate/robustness_quick.yaml) and PGD with ``max(30, 10 * train_steps)`` steps and
-    ``restarts`` random restarts against the clean output (Choi's Eq. 1) and against the HR image.
-    Name -> (factory, number of restarts)."""
+def default_eval_block(train_steps: int = 3) -> dict[str, dict[str, Any]]:
+    """The evaluation attacks as an ``attacks`` block: the target metric (10-step I-FGSM against the HR
+    image, as configs/evaluate/robustness_quick.yaml) and PGD with ``max(30, 10 * train_steps)`` steps
+    against the HR image and against the clean output (Choi's Eq. 1)."""
     strong = max(30, 10 * train_steps)
     return {
-        "ifgsm10_hr": (lambda m, r: IFGSM(m, eps=eps, steps=10, reference="hr"), 1),
-        f"pgd{strong}_hr": (lambda m, r: PGD(m, eps=eps, steps=strong, reference="hr", seed=r), restarts),
-        f"pgd{strong}_clean": (lambda m, r: PGD(m, eps=eps, steps=strong, reference="clean", seed=r), restarts),
+        "ifgsm10_hr": {"attack": "ifgsm", "steps": 10, "reference": "hr"},
+        f"pgd{strong}_hr": {"attack": "pgd", "steps": strong, "reference": "hr"},
+        f"pgd{strong}_clean": {"attack": "pgd", "steps": strong, "reference": "clean"},
     }
+
+
+def restart_factories(specs: Sequence[AttackSpec], eps: float, restarts: int, seed: int = 0,
+                      autocast: Autocast = "none") -> dict[str, tuple[AttackFactory, int]]:
+    """label -> ((model, restart) -> attack, number of runs), built through the attack registry.
+
+    An attack with a random start runs ``restarts`` times with seeds ``seed, seed + 1, ...``; one
+    without (``random_start`` false) runs once, since every run would be the same.
+    """
+    out = {}
+    for spec in specs:
+        def factory(model: nn.Module, r: int, spec: AttackSpec = spec) -> Attack:
+            return AttackRunner(spec, model, eps, seed=seed + r, autocast=autocast).attack
+
+        random = bool(getattr(factory(nn.Identity(), 0), "random_start", True))
+        out[spec.label] = (factory, restarts if random else 1)
+    return out
+
+
+def default_eval_attacks(eps: float, train_steps: int = 3, restarts: int = 2,
+                         attacks: Mapping[str, Mapping | None] | None = None) -> dict[str, tuple[AttackFactory, int]]:
+    """The evaluation attacks of ``lit-sr robust``: ``attacks`` (an ``attacks`` block of any plain
+    registered attacks) or :func:`default_eval_block`, with ``restarts`` random restarts each."""
+    block = default_eval_block(train_steps) if attacks is None else attacks
+    specs = parse_attacks(block, "attacks")
+    for spec in specs:
+        if spec.kind not in plain_kinds():
+            raise ConfigError(f"attacks.{spec.label}: {spec.kind!r} is not a per-image attack; the worst case "
+                              f"takes one of {list(plain_kinds())}")
+    return restart_factories(specs, eps, restarts)
 
 
 def output_psnr(model: nn.Module, lr: torch.Tensor, ref: torch.Tensor, crop_border: int, y_channel: bool) -> torch.Tensor:

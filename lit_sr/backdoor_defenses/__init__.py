@@ -34,8 +34,8 @@ from lit_sr.backdoor_defenses.pruning import FinePruning, FPConfig
 from lit_sr.backdoor_defenses.score import defense_score
 from lit_sr.backdoor_defenses.unlearning import AdversarialUnlearning, UnlearningConfig
 
-DEFENSES: dict[str, type[RepairDefense]] = {
-    cls.kind: cls for cls in (FineTuning, FinePruning, NeuralAttentionDistillation, AdversarialUnlearning,
+REPAIRS: dict[str, type[RepairDefense]] = {
+    cls.name: cls for cls in (FineTuning, FinePruning, NeuralAttentionDistillation, AdversarialUnlearning,
                                AdversarialNeuronPruning)
 }
 
@@ -46,9 +46,9 @@ def build_defense(kind: str, params: Mapping[str, Any] | None = None) -> RepairD
     Unknown kinds and unknown parameter names raise ``ValueError`` naming them and what is accepted;
     bad values raise the config's own named ``TypeError`` / ``ValueError``.
     """
-    if kind not in DEFENSES:
-        raise ValueError(f"unknown defense {kind!r}; expected one of {sorted(DEFENSES)}")
-    cls = DEFENSES[kind]
+    if kind not in REPAIRS:
+        raise ValueError(f"unknown defense {kind!r}; expected one of {sorted(REPAIRS)}")
+    cls = REPAIRS[kind]
     params = dict(params or {})
     accepted = list(cls.config_class.__dataclass_fields__)
     unknown = sorted(set(params) - set(accepted))
@@ -58,7 +58,7 @@ def build_defense(kind: str, params: Mapping[str, Any] | None = None) -> RepairD
 
 
 __all__ = [
-    "ANPConfig", "DEFAULT_CLEAN_FRACTION", "DEFENSES", "AdversarialNeuronPruning", "AdversarialUnlearning", "BackdoorEvalSet", "CleanSubset",
+    "ANPConfig", "DEFAULT_CLEAN_FRACTION", "REPAIRS", "AdversarialNeuronPruning", "AdversarialUnlearning", "BackdoorEvalSet", "CleanSubset",
     "DefenseOutcome", "FPConfig", "FTConfig", "FinePruning", "FineTuning", "FinetuneSettings",
     "NADConfig", "NeuralAttentionDistillation", "RepairDefense", "UnlearningConfig", "attention_map",
     "build_defense", "clean_subset_indices", "defense_score", "evaluate_backdoor", "finetune", "run_defense",

@@ -102,7 +102,7 @@ class _PerturbedChannels:
 class AdversarialNeuronPruning(RepairDefense):
     """ANP: learn per-channel masks under adversarial neuron perturbation, prune the low ones (module docstring)."""
 
-    kind = "anp"
+    name = "anp"
     config_class = ANPConfig
 
     def _repair(self, model: nn.Module, clean: CleanSubset) -> nn.Module:

@@ -1,7 +1,7 @@
 """What every repair defense shares: its fine-tuning settings, the training loop, the defense object,
 and :func:`run_defense`, which measures a repair before and after.
 
-**Why a plain PyTorch loop, not Lightning.** DESIGN keeps Lightning out of the library's attack and
+**Why a plain PyTorch loop, not Lightning.** docs/design.md keeps Lightning out of the library's attack and
 poison code ("no Lightning inside"); a repair is a few hundred optimiser steps on a few clean
 patches held in memory, with per-step hooks (a pruning mask re-applied, an attention-distillation
 term, an unlearning perturbation refreshed) that a Trainer would only hide. It runs on the model's
@@ -151,7 +151,7 @@ def trainable_copy(model: nn.Module) -> nn.Module:
 class RepairDefense:
     """Base of the repair defenses: ``defense.repair(model, clean) -> new model``.
 
-    Subclasses set ``kind`` (the name in configs), ``config_class`` (a dataclass with validated
+    Subclasses set ``name`` (their key in configs and in :data:`lit_sr.backdoor_defenses.REPAIRS`), ``config_class`` (a dataclass with validated
     fields) and implement :meth:`_repair` on a trainable deep copy. After :meth:`repair`,
     :attr:`info` holds what the repair decided (pruned channels, losses), plain values for JSON.
 
@@ -159,7 +159,7 @@ class RepairDefense:
         config: the defense's config object; or its fields as keyword arguments.
     """
 
-    kind: ClassVar[str] = ""
+    name: ClassVar[str] = ""
     config_class: ClassVar[type] = FinetuneSettings
 
     def __init__(self, config: Any = None, **kwargs: Any):

@@ -10,7 +10,7 @@
 The success metrics are those of :mod:`lit_sr.poison.asr` (one definition in the project):
 pixel ASR against the target image (PSNR >= 20 dB and SSIM >= 0.7, clean-success exclusion),
 label attainment and attainment-ASR, summed by :class:`lit_sr.poison.asr.SuccessTally`; the clean
-quality is the Y-channel PSNR with ``crop_border = scale`` (DESIGN's convention).
+quality is the Y-channel PSNR with ``crop_border = scale`` (the convention of docs/design.md).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from lit_sr.metrics import psnr
-from lit_sr.poison.asr import SuccessTally
+from lit_sr.poison.asr import PSNR_THR, SSIM_THR, SuccessTally
 from lit_sr.runtime import Autocast, autocast_context, frozen_eval, model_device
 from lit_sr.validation import check_fraction, check_images, check_int
 
@@ -140,8 +140,8 @@ def evaluate_backdoor(
     data: BackdoorEvalSet,
     batch_size: int = 16,
     autocast: Autocast = "none",
-    psnr_thr: float = 20.0,
-    ssim_thr: float = 0.7,
+    psnr_thr: float = PSNR_THR,
+    ssim_thr: float = SSIM_THR,
     attainment_thr: float = 0.5,
 ) -> dict[str, float | None]:
     """The backdoor figures of ``model`` on ``data`` (the model is left as it was).
@@ -162,12 +162,7 @@ def evaluate_backdoor(
         sl = slice(start, start + batch_size)
         tally.update(clean_sr[sl], triggered_sr[sl], data.hr[sl], data.poisoned_hr[sl], target[sl],
                      means={"clean_psnr_y": psnr(clean_sr[sl], data.hr[sl], data.scale, y_channel=True)})
-    flat = tally.flat()
-    return {"clean_psnr_y": flat["clean_psnr_y"], "asr_pixel": flat["pixel_asr"],
-            "asr_pixel_success": flat["pixel_asr_success"], "asr_pixel_included": flat["pixel_asr_included"],
-            "attainment_mean": flat["attainment_mean"], "attainment_asr": flat["attainment_asr"],
-            "attainment_asr_success": flat["attainment_asr_success"],
-            "attainment_asr_included": flat["attainment_asr_included"], "num_images": flat["num_images"]}
+    return tally.figures()
 
 
 def stack_pairs(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], name: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -97,7 +97,7 @@ class FeatureTap:
 class NeuralAttentionDistillation(RepairDefense):
     """NAD: FT a teacher, then distil its attention maps into the backdoored student (module docstring)."""
 
-    kind = "nad"
+    name = "nad"
     config_class = NADConfig
 
     def _repair(self, model: nn.Module, clean: CleanSubset) -> nn.Module:

@@ -23,7 +23,7 @@ class FTConfig(FinetuneSettings):
 class FineTuning(RepairDefense):
     """FT: ``steps`` Adam steps of the pixel loss on the clean subset (see :class:`FTConfig`)."""
 
-    kind = "ft"
+    name = "ft"
     config_class = FTConfig
 
     def _repair(self, model: nn.Module, clean: CleanSubset) -> nn.Module:

@@ -168,7 +168,7 @@ def remove_channels(model: nn.Module, layer: str, next_layer: str, pruned: list[
 class FinePruning(RepairDefense):
     """FP: prune the least clean-active channels of ``layer``, then fine-tune (see the module docstring)."""
 
-    kind = "fp"
+    name = "fp"
     config_class = FPConfig
 
     def _repair(self, model: nn.Module, clean: CleanSubset) -> nn.Module:

@@ -67,7 +67,7 @@ class UnlearningConfig(FinetuneSettings):
 class AdversarialUnlearning(RepairDefense):
     """Alternate a universal output-changing perturbation with updates that undo it (module docstring)."""
 
-    kind = "ibau"
+    name = "ibau"
     config_class = UnlearningConfig
 
     def _repair(self, model: nn.Module, clean: CleanSubset) -> nn.Module:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lit_sr.io import ImageReadError, read_image
+from lit_sr.io import ImageReadError, open_image, read_image
 from lit_sr.ops import make_lr
 
 NPY_SUFFIX = ".npy"
@@ -31,12 +31,12 @@ def read_pixels(path: str | os.PathLike) -> torch.Tensor:
     path = Path(path)
     if path.suffix == NPY_SUFFIX:
         return _read_npy(path)
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     if not path.is_file():
         raise ImageReadError(f"image file not found: {path}")
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:  # a decompression bomb is refused from its header
             if im.mode not in _EIGHT_BIT_MODES:
                 return read_image(path)  # 16-bit / 32-bit: float, scaled as read_image does
             im.load()  # decode now so truncation is caught here, not later

@@ -428,6 +428,11 @@ def read_prepared(directory: str | os.PathLike, scale: int | None = None, verify
 
 
 def _check_file(path: Path, sub: dict[str, Any], key: str, verify: bool, directory: Path) -> None:
+    # the manifest is data: a name with "..", an absolute path or a symlink leading out is refused
+    if not path.resolve().is_relative_to(directory.resolve()):
+        raise PreparedDataMismatchError(
+            f"sub-image {sub.get('name')!r} of {directory / MANIFEST}: its {key} file {sub[key]!r} leads to "
+            f"{path.resolve()}, outside {directory}: refused (a prepared folder reads only its own files)")
     if not path.is_file():
         raise PreparedDataMismatchError(f"{path} is listed in {directory / MANIFEST} but missing: prepare again "
                                         "(finished images are kept)")

@@ -7,6 +7,7 @@ reference purification and similarity gate of TTSR (:class:`SimilarityGatedTTSR`
 """
 
 from lit_sr.defenses.image import (
+    INPUT_DEFENSES,
     BitDepthReduction,
     Defense,
     JPEGDefense,
@@ -24,6 +25,7 @@ from lit_sr.defenses.refsr import (
 )
 
 __all__ = [
+    "INPUT_DEFENSES",
     "PURIFY_CHOICES",
     "BitDepthReduction",
     "Defense",

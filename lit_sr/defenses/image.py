@@ -17,6 +17,7 @@ holds up.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -30,9 +31,14 @@ from lit_sr.validation import check_images, check_int, check_module
 class Defense(nn.Module):
     """A model preceded by an input transformation; the wrapped network is ``self.model``.
 
+    Subclasses declare ``name``, their key in a report's ``defenses`` block
+    (:data:`INPUT_DEFENSES`).
+
     Args:
         model: the SR network to protect.
     """
+
+    name: ClassVar[str] = "identity"
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -72,6 +78,8 @@ class ResizeDefense(Defense):
         antialiasing: MATLAB's antialiasing when shrinking.
     """
 
+    name: ClassVar[str] = "resize"
+
     def __init__(self, model: nn.Module, shrink: int = 1, antialiasing: bool = True):
         super().__init__(model)
         self.shrink = check_int(shrink, "shrink", 1)
@@ -97,6 +105,8 @@ class RandomResizeDefense(Defense):
         seed: seed of this module's own random stream (``None``: the global RNG).
         antialiasing: MATLAB's antialiasing when shrinking.
     """
+
+    name: ClassVar[str] = "random_resize"
 
     def __init__(
         self,
@@ -141,6 +151,8 @@ class SelfEnsemble(Defense):
         model: the SR network.
     """
 
+    name: ClassVar[str] = "self_ensemble"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         groups = [_VIEWS] if h == w else [tuple(v for v in _VIEWS if v[0] % 2 == parity) for parity in (0, 1)]
@@ -169,6 +181,8 @@ class JPEGDefense(Defense):
         quality: JPEG quality in [1, 100].
         differentiable: kornia's differentiable codec (True) or the real codec with BPDA (False).
     """
+
+    name: ClassVar[str] = "jpeg"
 
     def __init__(self, model: nn.Module, quality: int = 75, differentiable: bool = True):
         super().__init__(model)
@@ -204,6 +218,8 @@ class BitDepthReduction(Defense):
         bits: bits per channel in [1, 8].
         bpda: straight-through gradient (True) or the true, zero gradient of rounding (False).
     """
+
+    name: ClassVar[str] = "bit_depth"
 
     def __init__(self, model: nn.Module, bits: int = 4, bpda: bool = True):
         super().__init__(model)
@@ -273,3 +289,9 @@ def evaluate_defense(
             clean_hr_psnr=naive["clean_hr_psnr"],
         )
     return out
+
+
+INPUT_DEFENSES: dict[str, type[Defense]] = {
+    cls.name: cls for cls in (ResizeDefense, RandomResizeDefense, SelfEnsemble, JPEGDefense, BitDepthReduction)
+}
+"""The input defenses a report's ``defenses`` block names, by their own ``name`` (a new one: one class, one entry)."""

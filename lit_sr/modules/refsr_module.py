@@ -29,7 +29,8 @@ from lit_sr.io import atomic_write, load_weights, save_weights
 from lit_sr.losses import PERCEPTUAL_PREFIX, PerceptualLoss, drop_frozen_perceptual, restore_frozen_perceptual
 from lit_sr.modules.sr_module import EVAL_METRICS, arch_kwargs_with_scale, sr_metrics
 from lit_sr.runtime import Autocast, grad_enabled_outside_inference
-from lit_sr.validation import check_eps, check_int, check_number
+from lit_sr.tables import fmt, markdown_lines
+from lit_sr.validation import check_eps, check_int, check_number, check_positive, check_same_scale
 
 _PERCEPTUAL_PREFIX = PERCEPTUAL_PREFIX
 _ALL = "all"  # the set name of the means over every evaluation loader
@@ -129,6 +130,8 @@ class RefSRModule(L.LightningModule):
             check_number(getattr(self.hparams, name), name, low=0)
         check_int(warmup_epochs, "warmup_epochs", 0)
         check_int(disc_steps, "disc_steps", 1)
+        for name in ("lr", "lr_texture", "lr_disc"):  # a YAML ".nan" is a float too
+            check_positive(getattr(self.hparams, name), name)
         check_eps(attack_eps, "attack_eps")
         check_int(attack_steps, "attack_steps", 1)
         check_int(attack_square_queries, "attack_square_queries", 0)
@@ -147,6 +150,10 @@ class RefSRModule(L.LightningModule):
         self.eval_metrics = nn.ModuleDict()
 
     # ------------------------------------------------------------------ forward
+    def setup(self, stage: str) -> None:
+        # before any step: a data module of another scale would fail inside the loss (a shape error)
+        check_same_scale(self.scale, self.trainer.datamodule, type(self).__name__)
+
     def forward(self, lr: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         return self.net(lr, ref)
 
@@ -349,13 +356,9 @@ def write_attack_table(values: Mapping[str, float], path: Path, eps: float) -> P
         ("lr_pgd_sr_psnr", "LR-PGD PSNR vs clean SR"),
         ("lr_pgd_lr_psnr", "LR stealth PSNR"),
     ]
+    cells = [[set_name, *(fmt(table[set_name].get(k), ".4g") for k, _ in columns)] for set_name in sorted(table)]
     lines = [f"RefSR-Adv, eps = {eps * 255:.3g}/255, Y-channel PSNR (dB) / SSIM, means per test set", "",
-             "| set | " + " | ".join(title for _, title in columns) + " |",
-             "|---" * (len(columns) + 1) + "|"]
-    for set_name in sorted(table):
-        row = table[set_name]
-        cells = [f"{row[k]:.4g}" if k in row else "-" for k, _ in columns]
-        lines.append(f"| {set_name} | " + " | ".join(cells) + " |")
+             *markdown_lines(["set", *(title for _, title in columns)], cells)]
     with atomic_write(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     return path

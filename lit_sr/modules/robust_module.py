@@ -1,8 +1,8 @@
 """RobustFinetuneModule: adversarial fine-tuning of an SR network on its own LR-input attacks.
 
-Each training step crafts adversarial LR inputs with the attack objects of :mod:`lit_sr.attacks`
-(PGD / I-FGSM, or the one-step "fast" FGSM with a random start of Wong et al., "Fast is better
-than free", ICLR 2020) on a fraction of the batch, and trains on them together with the clean
+Each training step crafts adversarial LR inputs with an attack of the registry
+(:mod:`lit_sr.attacks.registry`: PGD / I-FGSM, the one-step "fast" FGSM with a random start of
+Wong et al., "Fast is better than free", ICLR 2020, or any other plain attack) on a fraction of the batch, and trains on them together with the clean
 inputs::
 
     loss = clean_weight * L(f(x), y)                      # all images of the batch
@@ -23,7 +23,9 @@ from typing import Any, Literal
 
 import torch
 
-from lit_sr.attacks import IFGSM, PGD
+from lit_sr.attacks import Attack
+from lit_sr.attacks.registry import ATTACKS, plain_kinds
+from lit_sr.attacks.spec import init_params
 from lit_sr.io import load_weights
 from lit_sr.modules.sr_module import SRModule
 from lit_sr.runtime import Autocast
@@ -37,8 +39,6 @@ from lit_sr.validation import (
     check_positive,
 )
 
-TrainAttack = Literal["pgd", "ifgsm", "fast"]
-TRAIN_ATTACKS: tuple[str, ...] = ("pgd", "ifgsm", "fast")
 Reference = Literal["clean", "hr"]
 
 
@@ -55,14 +55,19 @@ class RobustFinetuneModule(SRModule):
             construction; a resumed run (``--ckpt_path``) then overwrites it with the checkpoint's
             state, so resuming does not restart from the base weights.
         weights_key: ``params`` / ``params_ema`` / ``None`` (EMA when present).
-        attack: ``"pgd"`` (random start, steps of ``2.5 * eps / steps``), ``"ifgsm"`` (Choi et
-            al.'s I-FGSM, ``eps / steps``) or ``"fast"`` (one FGSM step of ``fast_step_factor *
-            eps`` from a uniform random start: the attack's cost is one forward/backward).
+        attack: a plain attack of the registry (:func:`lit_sr.attacks.registry.plain_kinds`):
+            ``"pgd"`` (random start, steps of ``2.5 * eps / steps``), ``"ifgsm"`` (Choi et al.'s
+            I-FGSM, ``eps / steps``), ``"fast"`` (:class:`~lit_sr.attacks.FastFGSM`: one FGSM step
+            of ``fast_step_factor * eps`` from a uniform random start: the attack's cost is one
+            forward/backward), ``"square"`` or any attack registered since. ``steps``,
+            ``step_size``, ``random_start``, ``reference`` and ``fast_step_factor`` (as
+            ``step_factor``) go to the attack's constructor where it takes them; ``attack_kwargs``
+            gives it anything else.
         eps: the L_inf budget on the [0, 1] scale once the ramp is over (8/255 = 0.0314).
-        steps: attack iterations for ``pgd`` / ``ifgsm`` (ignored by ``fast``: one step).
+        steps: attack iterations for ``pgd`` / ``ifgsm`` (``fast`` takes one step).
         step_size: ``None`` for the attack's default (see ``attack``).
-        random_start: uniform start in [-eps, eps] for ``ifgsm`` (``pgd`` and ``fast`` always
-            start randomly).
+        random_start: uniform start in [-eps, eps] for the attacks that take it (``pgd``,
+            ``ifgsm``); ``fast`` always starts randomly.
         reference: what the attack pushes the output away from: ``"hr"`` (the training target:
             Madry-style inner maximisation of the pixel loss) or ``"clean"`` (the clean output
             f(x), the paper's Eq. 1; needs a random start).
@@ -78,6 +83,8 @@ class RobustFinetuneModule(SRModule):
         fast_step_factor: step of the ``fast`` attack in units of eps (Wong et al. use 1.25).
         attack_autocast: ``None`` follows the trainer's precision (bf16 autocast under
             ``bf16-mixed`` / ``bf16-true``), else ``"none"`` or ``"bf16"``.
+        attack_kwargs: further constructor arguments of the attack class (e.g. ``{loss: l2}``,
+            ``{n_queries: 100}`` for ``square``); checked against its signature at construction.
         attack_seed: seed of the attack's random starts; the seed of each step is
             ``attack_seed + global_step * world_size + global_rank`` (reproducible, different per
             step and rank). ``None`` uses the global RNG.
@@ -88,7 +95,7 @@ class RobustFinetuneModule(SRModule):
         self,
         weights: str | None = None,
         weights_key: str | None = None,
-        attack: TrainAttack = "pgd",
+        attack: str = "pgd",
         eps: float = 8 / 255,
         steps: int = 3,
         step_size: float | None = None,
@@ -101,11 +108,12 @@ class RobustFinetuneModule(SRModule):
         consistency_weight: float = 0.0,
         fast_step_factor: float = 1.25,
         attack_autocast: Autocast | None = None,
+        attack_kwargs: dict[str, Any] | None = None,
         attack_seed: int | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
-        self.attack_kind = check_choice(attack, "attack", TRAIN_ATTACKS)
+        self.attack_kind = check_choice(attack, "attack", plain_kinds())
         self.max_eps = check_eps(eps)
         self.steps = check_int(steps, "steps", 1)
         self.step_size = None if step_size is None else check_positive(step_size, "step_size")
@@ -125,6 +133,7 @@ class RobustFinetuneModule(SRModule):
         if attack_seed is not None:
             check_int(attack_seed, "attack_seed", 0)
         self.attack_seed = attack_seed
+        self.attack_kwargs = self._check_attack_kwargs(attack_kwargs)
         if weights:
             if kwargs.get("pretrained"):
                 raise ValueError("give either weights or pretrained, not both (they load the same network)")
@@ -168,16 +177,31 @@ class RobustFinetuneModule(SRModule):
             return self.attack_seed
         return self.attack_seed + self.trainer.global_step * self.trainer.world_size + self.trainer.global_rank
 
-    def build_attack(self, eps: float) -> IFGSM:
+    def _check_attack_kwargs(self, attack_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+        """``attack_kwargs`` checked against the attack's signature, and the attack built once on a dummy model."""
+        cls = ATTACKS[self.attack_kind]
+        kwargs = dict(attack_kwargs or {})
+        taken = {"eps", "seed", "autocast", *self._hyper_parameters()}
+        unknown = sorted(set(kwargs) - set(init_params(cls)) | set(kwargs) & taken)
+        if unknown:
+            raise ValueError(f"attack_kwargs: {unknown} are not constructor arguments of {cls.__name__} left to set "
+                             f"here; expected some of {sorted(set(init_params(cls)) - taken)}")
+        self._build(torch.nn.Identity(), self.max_eps, kwargs)
+        return kwargs
+
+    def _hyper_parameters(self) -> dict[str, Any]:
+        """The module's attack arguments that the attack class takes (by its constructor's names)."""
+        ours = {"steps": self.steps, "step_size": self.step_size, "random_start": self.random_start,
+                "reference": self.reference, "step_factor": self.fast_step_factor}
+        return {k: v for k, v in ours.items() if k in init_params(ATTACKS[self.attack_kind])}
+
+    def _build(self, model: torch.nn.Module, eps: float, extra: dict[str, Any]) -> Attack:
+        return ATTACKS[self.attack_kind](model, eps=eps, autocast=self._autocast(), seed=self._seed(),
+                                         **self._hyper_parameters(), **extra)
+
+    def build_attack(self, eps: float) -> Attack:
         """The attack object of this step, on ``self.net`` (the bare network)."""
-        common = {"reference": self.reference, "autocast": self._autocast(), "seed": self._seed()}
-        if self.attack_kind == "fast":
-            return IFGSM(self.net, eps=eps, steps=1, step_size=self.fast_step_factor * eps, random_start=True,
-                         **common)
-        cls = PGD if self.attack_kind == "pgd" else IFGSM
-        random_start = True if self.attack_kind == "pgd" else self.random_start
-        return cls(self.net, eps=eps, steps=self.steps, step_size=self.step_size, random_start=random_start,
-                   **common)
+        return self._build(self.net, eps, self.attack_kwargs)
 
     def craft(self, lr: torch.Tensor, hr: torch.Tensor) -> tuple[torch.Tensor, float]:
         """Adversarial versions of ``lr`` (against ``hr``) and the seconds the attack took."""

@@ -22,6 +22,7 @@ from lit_sr.losses import build_pixel_loss
 from lit_sr.metrics import psnr, ssim
 from lit_sr.modules.ema import make_ema_copy, update_ema
 from lit_sr.ops import imresize, tiled_forward
+from lit_sr.validation import check_int, check_positive, check_same_scale
 
 EVAL_METRICS = ("psnr_rgb", "psnr_y", "ssim_y")
 # Logged metrics that the TensorBoard HPARAMS tab shows next to the hyper-parameters.
@@ -112,7 +113,8 @@ class SRModule(L.LightningModule):
             raise ValueError(f"scheduler must be 'multistep', 'cosine' or 'none', got {scheduler!r}")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1), got {ema_decay}")
-        self.scale = scale
+        check_positive(lr, "lr")  # a YAML ".nan" or "-1e-4" is a float too: refused here, not at the first step
+        self.scale = check_int(scale, "scale", 1)
         self.net = build_arch(arch, **arch_kwargs_with_scale(arch, arch_kwargs, scale))
         if pretrained:
             load_weights(self.net, pretrained, key=pretrained_key, strict=strict_load)
@@ -136,6 +138,10 @@ class SRModule(L.LightningModule):
     # ------------------------------------------------------------------ forward
     def _prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
+
+    def setup(self, stage: str) -> None:
+        # before any step: a data module of another scale would fail inside the loss (a shape error)
+        check_same_scale(self.scale, self.trainer.datamodule, type(self).__name__)
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         net = self._compiled if self._compiled is not None else self.net

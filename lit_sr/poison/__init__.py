@@ -9,6 +9,8 @@ arXiv 2505.15308) on any ``nn.Module``; nothing here depends on Lightning.
 * :mod:`~lit_sr.poison.scoring`: :class:`GradientScorer`, the pool's backdoor-gradient scores.
 * :mod:`~lit_sr.poison.selection`: genetic (DEAP), random and top-k selection of poisoned samples
   (functions and the selector objects ``GeneticSelector``, ``RandomSelector``, ``TopKSelector``).
+* :mod:`~lit_sr.poison.threat_model`: the two threat models (``data_only``, the paper's;
+  ``victim_access``) and :class:`AttackerSelection`, the selection on the attacker's substitute.
 * :mod:`~lit_sr.poison.asr`: success metrics (pixel ASR, label attainment, feature shift, the
   backdoor's own effect over a clean model), stealth.
 """
@@ -48,6 +50,7 @@ from lit_sr.poison.selection import (
     selection_fitness,
     topk_select,
 )
+from lit_sr.poison.threat_model import THREAT_MODELS, AttackerSelection, ThreatModel, paper_selector
 from lit_sr.poison.triggers import (
     SIG,
     AdversarialTrigger,
@@ -71,6 +74,10 @@ __all__ = [
     "paired_difference",
     "strategy_sum",
     "AdversarialTrigger",
+    "AttackerSelection",
+    "THREAT_MODELS",
+    "ThreatModel",
+    "paper_selector",
     "BadNet",
     "Blend",
     "FeatureExtractor",

@@ -43,6 +43,10 @@ from lit_sr.poison.poisoned_hr import resize_target
 from lit_sr.validation import check_images, check_number
 
 NOT_APPLICABLE = "n/a (0 included)"
+# The pixel-ASR criterion of the SR-backdoor literature (BadSR and earlier): within 20 dB PSNR and 0.7
+# SSIM of the target image. The one definition every default below, callback and report uses.
+PSNR_THR = 20.0
+SSIM_THR = 0.7
 
 
 class Rate(NamedTuple):
@@ -109,8 +113,8 @@ def _check_same_shape(x: torch.Tensor, name: str, like: torch.Tensor, like_name:
 def pixel_success(
     sr: torch.Tensor,
     target_sr: torch.Tensor,
-    psnr_thr: float = 20.0,
-    ssim_thr: float = 0.7,
+    psnr_thr: float = PSNR_THR,
+    ssim_thr: float = SSIM_THR,
     crop_border: int = 0,
     y_channel: bool = False,
 ) -> torch.Tensor:
@@ -125,8 +129,8 @@ def pixel_asr(
     triggered_sr: torch.Tensor,
     target_sr: torch.Tensor,
     clean_sr: torch.Tensor | None = None,
-    psnr_thr: float = 20.0,
-    ssim_thr: float = 0.7,
+    psnr_thr: float = PSNR_THR,
+    ssim_thr: float = SSIM_THR,
     crop_border: int = 0,
     y_channel: bool = False,
 ) -> ASRResult:
@@ -496,8 +500,8 @@ class SuccessTally:
 
     def __init__(
         self,
-        psnr_thr: float = 20.0,
-        ssim_thr: float = 0.7,
+        psnr_thr: float = PSNR_THR,
+        ssim_thr: float = SSIM_THR,
         attainment_thr: float = 0.5,
         crop_border: int = 0,
         means: Sequence[str] = (),
@@ -613,6 +617,22 @@ class SuccessTally:
                             f"{name}_included": value.num_included})
             else:
                 out[name] = value
+        return out
+
+    def figures(self) -> dict[str, float | None]:
+        """The backdoor figures under the names every report and summary uses (one place renames
+        :meth:`flat`'s keys): ``asr_pixel`` (with ``_success`` / ``_included``), ``attainment_mean``,
+        ``attainment_asr`` (with its counts), each declared mean, and ``num_images``."""
+        flat = self.flat()
+        rates = {"asr_pixel": "pixel_asr", "attainment_asr": "attainment_asr"}
+        out: dict[str, float | None] = {}
+        for name, source in rates.items():
+            out.update({name: flat[source], f"{name}_success": flat[f"{source}_success"],
+                        f"{name}_included": flat[f"{source}_included"]})
+            if name == "asr_pixel":
+                out["attainment_mean"] = flat["attainment_mean"]
+        out.update({k: flat[k] for k in self.mean_names})
+        out["num_images"] = flat["num_images"]
         return out
 
     def formatted(self) -> dict[str, str]:

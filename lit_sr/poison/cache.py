@@ -99,17 +99,18 @@ def to_stored(img: torch.Tensor, quantize: bool) -> torch.Tensor:
 def write_named(path: Path, write: Callable[[Path], None]) -> None:
     """``write(tmp)`` to a hidden temporary file renamed onto ``path``; an OS error names ``path``.
 
-    A full disk (``ENOSPC``) or a read-only folder raised by the writer would otherwise name the
-    temporary file or nothing at all.
+    A full disk (``ENOSPC``) or a read-only folder raised by the writer (an ``OSError``, or
+    safetensors' own ``SafetensorError`` carrying the OS error) would otherwise name the temporary
+    file or nothing at all.
     """
     try:
         with atomic_write(path) as tmp:
             write(tmp)
     except OSError as exc:
-        if str(path) in str(exc):
+        hint = " (the disk is full: free space or move cache_dir)" if exc.errno == errno.ENOSPC else ""
+        if str(path) in str(exc) and not hint:
             raise
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        hint = " (the disk is full: free space or move cache_dir)" if exc.errno == errno.ENOSPC else ""
         raise OSError(exc.errno, f"cannot write {path}: {reason}{hint}") from exc
 
 
@@ -167,6 +168,28 @@ class PoisonCache:
     def sample_path(self, key: str) -> Path:
         return self.directory / f"{key}.safetensors"
 
+    def entry_path(self, key: str, entry: Mapping[str, Any] | None = None) -> Path:
+        """The file of sample ``key``'s entry, checked to lie inside the cache folder.
+
+        A manifest is data, not a list of paths to trust: its ``file`` must be a plain file name
+        in this folder (no ``/``, no ``..``), and the file must not be a link that leads out of it
+        (a sample replaced by a symlink to another file). Raises :class:`CacheMismatchError`
+        naming the entry otherwise. Every read of a sample goes through here.
+        """
+        entry = self.entries.get(key) if entry is None else entry
+        if entry is None:
+            raise KeyError(f"sample {key!r} is not in the poison cache {self.directory}")
+        name = entry.get("file") if isinstance(entry, Mapping) else None
+        where = f"entry {key!r} of {self.manifest_path}"
+        if not isinstance(name, str) or not name or name != Path(name).name or name in (".", ".."):
+            raise CacheMismatchError(f"{where} names the file {name!r}, which is not a plain file name in the "
+                                     f"cache folder {self.directory}: refused (a cache reads only its own files)")
+        path = self.directory / name
+        if path.is_symlink() and not path.resolve().is_relative_to(self.directory.resolve()):
+            raise CacheMismatchError(f"{where}: {path} is a symbolic link to {path.resolve()}, outside the cache "
+                                     f"folder {self.directory}: refused (a cache reads only its own files)")
+        return path
+
     # ---------------------------------------------------------------- reading (never writes)
     def read_manifest(self) -> dict[str, Any] | None:
         """The manifest as a dict, or ``None`` when there is none yet."""
@@ -175,8 +198,13 @@ class PoisonCache:
     def load(self) -> None:
         """Read the manifest (only reads). A manifest of another configuration is recorded in
         :attr:`mismatch` and raised unless ``rebuild`` (then :meth:`prepare` clears the folder)."""
-        manifest = self.read_manifest()
         self.mismatch = None
+        try:
+            manifest = self.read_manifest()
+        except CacheMismatchError as exc:  # unreadable (truncated by a full disk, edited by hand)
+            if not self.rebuild:
+                raise
+            self.mismatch, manifest = str(exc), None  # prepare() clears the folder, as for another config
         if manifest is not None and (manifest.get("config_hash") != self.config_hash
                                      or manifest.get("format") != FORMAT_VERSION):
             diffs = config_diff(manifest.get("config", {}), self.config)
@@ -222,7 +250,10 @@ class PoisonCache:
         entry = self.entries.get(key) if entry is None else entry
         if entry is None:
             return f"sample {key} is not listed in {self.manifest_path}"
-        path = self.directory / entry["file"]
+        try:
+            path = self.entry_path(key, entry)
+        except CacheMismatchError as exc:
+            return str(exc)
         if not path.is_file():
             return f"{path} is listed in {self.manifest_path} but missing"
         if check_hash and sha256_file(path) != entry["sha256"]:
@@ -259,9 +290,7 @@ class PoisonCache:
         """The tensors of one listed sample."""
         from safetensors.torch import load_file
 
-        if key not in self.entries:
-            raise KeyError(f"sample {key!r} is not in the poison cache {self.directory}")
-        return load_file(str(self.directory / self.entries[key]["file"]))
+        return load_file(str(self.entry_path(key)))
 
     def read_region(self, key: str, boxes: Mapping[str, tuple[int, int, int, int]]) -> dict[str, torch.Tensor]:
         """Only the ``(top, left, height, width)`` box of each named ``(C, H, W)`` tensor of one sample.
@@ -273,9 +302,7 @@ class PoisonCache:
         """
         from safetensors import safe_open
 
-        if key not in self.entries:
-            raise KeyError(f"sample {key!r} is not in the poison cache {self.directory}")
-        path = self.directory / self.entries[key]["file"]
+        path = self.entry_path(key)
         out = {}
         with safe_open(str(path), framework="pt") as handle:
             for name, (top, left, height, width) in boxes.items():
@@ -290,9 +317,7 @@ class PoisonCache:
         """The stored shape of each tensor of one sample, read from the file's header only."""
         from safetensors import safe_open
 
-        if key not in self.entries:
-            raise KeyError(f"sample {key!r} is not in the poison cache {self.directory}")
-        with safe_open(str(self.directory / self.entries[key]["file"]), framework="pt") as handle:
+        with safe_open(str(self.entry_path(key)), framework="pt") as handle:
             return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
 
     # ---------------------------------------------------------------- writing (leader)

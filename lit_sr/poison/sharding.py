@@ -5,7 +5,8 @@ with gloo (CPU tensors) and with NCCL (tensors on the current CUDA device).
 
 **Shared or per-node cache folders.** :func:`folder_group` finds which ranks see the same cache
 folder: each rank drops a token file named after itself into ``<cache_dir>/.peers/<run id>/``,
-then, after a barrier, reports which tokens it sees; ranks that see each other form a group, led by
+then, after a barrier, reports which tokens it sees (and removes its token at once, so a rank that
+crashes later leaves none behind); ranks that see each other form a group, led by
 its lowest rank. With one shared folder (one node, or nodes on a shared filesystem) that is one
 group of every rank: generation is sharded over all of them and global rank 0 merges. With
 node-local folders (``/tmp`` or a local SSD per node) each node is a group: the node's ranks
@@ -18,6 +19,7 @@ identical bytes and atomic renames.
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ from torch import nn
 
 T = TypeVar("T")
 TOKEN_BYTES = 16
+STALE_TOKEN_S = 3600.0  # a token folder older than this was left by a crash (see sweep_stale_tokens)
 
 
 def distributed() -> bool:
@@ -85,6 +88,15 @@ def broadcast_module(net: nn.Module, src: int = 0) -> None:
             tensor.copy_(moved.to(tensor.device))
 
 
+def broadcast_object(obj: T, src: int = 0) -> T:
+    """``src``'s ``obj`` (any picklable value made by this program) on every rank; ``obj`` itself with one process."""
+    if not distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src, device=collective_device())
+    return box[0]
+
+
 @dataclass(frozen=True)
 class FolderGroup:
     """The ranks that write one cache folder, and this rank's place among them.
@@ -131,14 +143,20 @@ def folder_group(token_root: str | Path) -> tuple[FolderGroup, Path | None]:
     if not distributed():
         return single_group(), None
     rank, world = rank_and_world()
+    sweep_stale_tokens(token_root)
     folder = Path(token_root) / broadcast_token()
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"rank{rank:05d}").write_text(str(rank))
+    token = folder / f"rank{rank:05d}"
+    token.write_text(str(rank))
     barrier()
     seen = torch.tensor([int((folder / f"rank{r:05d}").is_file()) for r in range(world)], dtype=torch.int32,
                         device=collective_device())
     views = [torch.zeros_like(seen) for _ in range(world)]
     dist.all_gather(views, seen)
+    # every rank has looked once the gather returns: the token has done its job. Removing it now,
+    # not at the end of generation, leaves nothing behind when a rank crashes during generation.
+    token.unlink(missing_ok=True)
+    _remove_if_empty(folder)
     sees = torch.stack([v.cpu() for v in views]).bool()  # sees[r, s]: rank r sees rank s's token
     mutual = sees & sees.T
 
@@ -151,12 +169,42 @@ def folder_group(token_root: str | Path) -> tuple[FolderGroup, Path | None]:
 
 
 def drop_tokens(folder: Path | None, group: FolderGroup) -> None:
-    """Leader only, after a barrier: remove this run's token folder."""
-    if folder is None or not group.is_leader:
+    """Leader only, after a barrier: remove what is left of this run's token folder (normally nothing:
+    each rank removes its own token as soon as the groups are known)."""
+    if folder is None or not group.is_leader or not folder.is_dir():
         return
     for token in folder.glob("rank*"):
         token.unlink(missing_ok=True)
+    _remove_if_empty(folder)
+
+
+def _remove_if_empty(folder: Path) -> None:
     try:
         folder.rmdir()
-    except OSError:  # another group's tokens on a shared parent are removed by their leader
+    except OSError:  # not empty yet (another rank's token), or already removed by another rank
         pass
+
+
+def sweep_stale_tokens(token_root: str | Path, older_than_s: float = STALE_TOKEN_S) -> list[Path]:
+    """Remove token folders under ``token_root`` not touched for ``older_than_s`` seconds; returns them.
+
+    A token lives from its rank's write to the all-gather a moment later, so a folder an hour old
+    was left by a rank that died in that moment (or by a version that kept tokens until the end of
+    generation). A live run's folder is seconds old and is never touched.
+    """
+    root = Path(token_root)
+    if not root.is_dir():
+        return []
+    removed = []
+    deadline = time.time() - older_than_s
+    for folder in root.iterdir():
+        try:
+            if not folder.is_dir() or folder.stat().st_mtime > deadline:
+                continue
+            for token in folder.glob("rank*"):
+                token.unlink(missing_ok=True)
+            folder.rmdir()
+            removed.append(folder)
+        except OSError:  # raced by another rank sweeping the same folder, or not ours to remove
+            continue
+    return removed

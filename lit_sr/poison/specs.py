@@ -32,8 +32,6 @@ LPIPSNet = Literal["alex", "vgg", "squeeze"]
 TriggerInit = Literal["uniform", "zero"]
 TriggerReference = Literal["hr", "clean_output"]
 
-ADVERSARIAL_NAMES = ("badsr", "adversarial")
-
 
 class AdversarialTriggerSpec:
     """BadSR's adversarial trigger (:class:`lit_sr.poison.AdversarialTrigger`) before its substitute exists.
@@ -138,7 +136,7 @@ def trigger_from_dict(spec: Mapping[str, Any]) -> Trigger | AdversarialTriggerSp
     if "substitute" in settings:
         raise ValueError("trigger must not contain 'substitute': the BadSR trigger uses the data module's "
                          "substitute (its 'substitute' argument)")
-    target = AdversarialTriggerSpec if name in ADVERSARIAL_NAMES else TRIGGERS[name]
+    target = AdversarialTriggerSpec if TRIGGERS[name] is AdversarialTrigger else TRIGGERS[name]
     accepted = [p for p in inspect.signature(target.__init__).parameters if p not in ("self", "substitute")]
     unknown = sorted(set(settings) - set(accepted))
     if unknown:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from lit_sr.archs import arch_kwargs_with_scale, available_archs, build_arch
+from lit_sr.io import check_shapes
 from lit_sr.poison.cache import sha256_file, write_named
 from lit_sr.validation import check_int, check_positive
 
@@ -123,7 +124,12 @@ def save_substitute(net: nn.Module, path: Path) -> str:
 
 
 def load_substitute(net: nn.Module, path: Path, sha256: str) -> bool:
-    """Load ``path`` into ``net`` when its SHA-256 is ``sha256``; ``False`` (``net`` untouched) otherwise."""
+    """Load ``path`` into ``net`` when its SHA-256 is ``sha256``; ``False`` (``net`` untouched) otherwise.
+
+    A file with the recorded SHA-256 whose tensors do not fit ``net`` (put there by hand, or by a
+    run with other substitute settings) raises :class:`lit_sr.io.WeightsMismatchError` naming the
+    file and the tensors, not torch's bare ``size mismatch``.
+    """
     from safetensors.torch import load
 
     path = Path(path)
@@ -132,7 +138,10 @@ def load_substitute(net: nn.Module, path: Path, sha256: str) -> bool:
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != sha256:
         return False
-    net.load_state_dict(load(data), strict=True)
+    state = load(data)
+    check_shapes(net, state, path, hint="This substitute does not belong to these substitute settings: delete the "
+                 "file (the substitute is then trained again)")
+    net.load_state_dict(state, strict=True)
     return True
 
 

@@ -336,19 +336,13 @@ class WaNet(Trigger):
 
 # --------------------------------------------------------------------------- factory
 
-TRIGGERS: dict[str, type[Trigger]] = {
-    "badnet": BadNet,
-    "blend": Blend,
-    "sig": SIG,
-    "wanet": WaNet,
-    "badsr": AdversarialTrigger,
-    "adversarial": AdversarialTrigger,
-}
+TRIGGERS: dict[str, type[Trigger]] = {cls.name: cls for cls in (BadNet, Blend, SIG, WaNet, AdversarialTrigger)}
+"""The triggers a poison config names, by their own ``name`` (a new one: one class, one entry)."""
 
 
 def build_trigger(name: str, **kwargs: Any) -> Trigger:
     """Build a trigger by name (case-insensitive): ``badnet``, ``blend``, ``sig``, ``wanet``,
-    ``badsr`` (alias ``adversarial``, needs ``substitute=``).
+    ``badsr`` (needs ``substitute=``).
 
     Args:
         name: the trigger's name.

@@ -18,10 +18,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from lit_sr.attacks.spec import ConfigError
+from lit_sr.errors import ConfigError
 from lit_sr.jobs.defend.config import load_config
 from lit_sr.jobs.defend.report import run_report
-from lit_sr.jobs.defend.runs import RunError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.output_dir is not None:
             cfg.output_dir = args.output_dir
         result = run_report(cfg, progress=not args.no_progress)
-    except (ConfigError, RunError, FileNotFoundError) as exc:
+    except (ConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(Path(result["files"]["markdown"]).read_text())

@@ -36,8 +36,8 @@ from typing import Any, Literal, get_args
 
 import yaml
 
-from lit_sr.attacks.spec import ConfigError
-from lit_sr.backdoor_defenses import DEFAULT_CLEAN_FRACTION, DEFENSES, build_defense
+from lit_sr.backdoor_defenses import DEFAULT_CLEAN_FRACTION, REPAIRS, build_defense
+from lit_sr.errors import ConfigError
 from lit_sr.jobs.defend.detection import detection_kwargs
 from lit_sr.validation import check_choice, check_fraction, check_int, check_positive
 
@@ -132,8 +132,8 @@ def _defenses(raw: Any, seed: int) -> dict[str, dict[str, Any]]:
         where = f"defenses.{label}"
         entry = dict(_mapping(entry, where))
         kind = entry.pop("defense", None)
-        if kind not in DEFENSES:
-            raise ConfigError(f"{where}.defense must be one of {sorted(DEFENSES)}; got {kind!r}")
+        if kind not in REPAIRS:
+            raise ConfigError(f"{where}.defense must be one of {sorted(REPAIRS)}; got {kind!r}")
         entry.setdefault("seed", seed)
         try:
             build_defense(kind, entry)  # validates every parameter now, before any work

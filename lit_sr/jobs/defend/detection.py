@@ -20,10 +20,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lit_sr.attacks.spec import ConfigError
 from lit_sr.backdoor_defenses.detection import METHODS, run_detection
+from lit_sr.errors import ConfigError
 from lit_sr.jobs.defend.runs import TrainedRun, build_datamodule
-from lit_sr.jobs.evaluate.writers import write_csv
+from lit_sr.tables import fmt, markdown_lines, write_csv
 
 if TYPE_CHECKING:
     from lit_sr.jobs.defend.config import DefenseReportConfig
@@ -60,7 +60,7 @@ def poisoned_truth(run_dir: Path, datamodule: Any) -> list[int]:
 
 
 def _fmt(v: Any) -> str:
-    return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+    return fmt(v, lambda x: f"{x:.3f}" if isinstance(x, float) else str(x))
 
 
 def run_detection_section(cfg: DefenseReportConfig, runs: Mapping[str, TrainedRun], out: Path,
@@ -83,13 +83,10 @@ def run_detection_section(cfg: DefenseReportConfig, runs: Mapping[str, TrainedRu
         files[f"roc_{name}"] = str(res.plot_roc(out / f"roc_{name}.png", title=f"{name}: detection of poisoned pairs"))
     files["detection_csv"] = str(write_csv(out / "detection.csv", rows, DETECTION_FIELDS))
     head = ["attack", "method", "ROC-AUC", "precision", "recall", "flagged", "poisoned / pairs", "time (s)"]
-    lines = ["### Detection of poisoned training pairs (label-free)", "", "| " + " | ".join(head) + " |",
-             "|" + "---|" * len(head)]
-    for r in rows:
-        lines.append("| " + " | ".join([r["attack"], r["method"], _fmt(r["roc_auc"]), _fmt(r["precision"]),
-                                        _fmt(r["recall"]), str(r["flagged"]), f"{r['n_poisoned']} / {r['n_pairs']}",
-                                        f"{r['seconds']:.1f}"]) + " |")
-    lines += ["", "ROC-AUC 0.5 is chance; precision and recall are of the top-k flagged pairs "
-              "(lit_sr.backdoor_defenses.detection). ROC curves: " +
+    table = [[r["attack"], r["method"], _fmt(r["roc_auc"]), _fmt(r["precision"]), _fmt(r["recall"]),
+              str(r["flagged"]), f"{r['n_poisoned']} / {r['n_pairs']}", f"{r['seconds']:.1f}"] for r in rows]
+    lines = ["### Detection of poisoned training pairs (label-free)", "", *markdown_lines(head, table), "",
+             "ROC-AUC 0.5 is chance; precision and recall are of the top-k flagged pairs "
+             "(lit_sr.backdoor_defenses.detection). ROC curves: " +
               ", ".join(f"`roc_{n}.png`" for n in names) + ".", ""]
     return {"rows": rows, "results": results, "files": files, "markdown": "\n".join(lines)}

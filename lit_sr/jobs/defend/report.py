@@ -19,7 +19,6 @@ The score is
 
 from __future__ import annotations
 
-import math
 import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -30,14 +29,15 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lit_sr.attacks.spec import ConfigError
 from lit_sr.backdoor_defenses import build_defense, defense_score, evaluate_backdoor, run_defense
 from lit_sr.io import atomic_write
 from lit_sr.jobs.defend.config import DefenseReportConfig
 from lit_sr.jobs.defend.detection import run_detection_section
 from lit_sr.jobs.defend.runs import backdoor_eval_set, clean_subset, load_run
-from lit_sr.jobs.evaluate.writers import write_csv, write_json
+from lit_sr.jobs.evaluate.writers import write_json
 from lit_sr.plots import _agg_figure, save_figure
+from lit_sr.runtime import resolve_device
+from lit_sr.tables import fmt, markdown_lines, write_csv
 
 FIGURES = ("clean_psnr_y", "asr_pixel", "attainment_mean", "attainment_asr")
 CSV_FIELDS = ("attack", "defense", "kind", "seconds", "clean_pairs", "clean_fraction",
@@ -46,14 +46,6 @@ CSV_FIELDS = ("attack", "defense", "kind", "seconds", "clean_pairs", "clean_frac
 
 # The detection section: (config, the attack runs, output folder, progress) -> {"rows", "markdown", "files", ...}
 DetectionRunner = Callable[[DefenseReportConfig, Mapping[str, Any], Path, bool], dict[str, Any]]
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: 'cuda' was requested but CUDA is not available")
-    return torch.device(device)
 
 
 def _row(cfg: DefenseReportConfig, attack: str, label: str, kind: str, outcome: Mapping[str, Any],
@@ -130,11 +122,11 @@ def run_report(cfg: DefenseReportConfig, progress: bool = True,
 
 
 def _pct(v: float | None) -> str:
-    return "n/a" if v is None else f"{100 * v:.0f}%"
+    return fmt(v, lambda x: f"{100 * x:.0f}%", missing="n/a")
 
 
 def _num(v: float | None, digits: int = 2) -> str:
-    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
+    return fmt(v, f".{digits}f")
 
 
 def markdown_table(cfg: DefenseReportConfig, rows: Sequence[Mapping[str, Any]], measured: Mapping[str, Any],
@@ -143,18 +135,15 @@ def markdown_table(cfg: DefenseReportConfig, rows: Sequence[Mapping[str, Any]], 
     ref = cfg.reference[0] if cfg.reference else None
     head = ["attack", "defense", "clean PSNR-Y (dB) before → after", "pixel ASR vs target", "label attainment",
             "attainment-ASR", f"score ({cfg.score_metric})", "time (s)", "clean pairs"]
-    lines = [f"## Defense report `{cfg.name}` ({cfg.source})", "", "| " + " | ".join(head) + " |",
-             "|" + "---|" * len(head)]
-    for r in rows:
-        lines.append("| " + " | ".join([
+    table = [[
             r["attack"], f"{r['defense']} ({r['kind']})",
             f"{_num(r['clean_psnr_y_before'])} → {_num(r['clean_psnr_y_after'])} ({-r['psnr_drop']:+.2f})",
             f"{_pct(r['asr_pixel_before'])} → {_pct(r['asr_pixel_after'])}",
             f"{_num(r['attainment_mean_before'], 3)} → {_num(r['attainment_mean_after'], 3)}",
             f"{_pct(r['attainment_asr_before'])} → {_pct(r['attainment_asr_after'])}",
             _num(r["score"], 3), f"{r['seconds']:.1f}", f"{r['clean_pairs']} ({_pct(r['clean_fraction'])})",
-        ]) + " |")
-    lines.append("")
+        ] for r in rows]
+    lines = [f"## Defense report `{cfg.name}` ({cfg.source})", "", *markdown_lines(head, table), ""]
     if ref:
         lines.append(f"Clean reference `{ref}` under each attack's trigger (the level a repair can hope to reach):")
         for name, m in measured.items():

@@ -29,11 +29,8 @@ from torch import nn
 
 from lit_sr.archs import arch_kwargs_with_scale, build_arch
 from lit_sr.backdoor_defenses.data import BackdoorEvalSet, CleanSubset, clean_subset_indices, stack_pairs
+from lit_sr.errors import RunError
 from lit_sr.io import load_weights
-
-
-class RunError(ValueError):
-    """A run folder that cannot be read (a missing file, a config without a model or data section)."""
 
 
 @dataclass

@@ -16,8 +16,7 @@ data set x attack x eps with the mean metrics), ``plots/psnr_vs_eps_<dataset>_<a
 ``plots/transfer_<dataset>.png``, ``defenses.csv`` and ``summary.md``.
 """
 
-from lit_sr.attacks.spec import ConfigError
-from lit_sr.jobs.evaluate.config import DEFENSES, DefenseStudy, ModelSpec, ReportConfig, TransferSpec
+from lit_sr.jobs.evaluate.config import DefenseStudy, ModelSpec, ReportConfig, TransferSpec
 from lit_sr.jobs.evaluate.parsing import (
     check_dotted_key,
     check_keys,
@@ -33,7 +32,6 @@ from lit_sr.jobs.evaluate.runner import (
     check_paths,
     evaluate_attack,
     load_pairs,
-    resolve_device,
     run_defense,
     run_report,
     run_transfer,
@@ -49,10 +47,8 @@ from lit_sr.jobs.evaluate.writers import (
 )
 
 __all__ = [
-    "DEFENSES",
     "DEFENSE_FIELDS",
     "ROW_FIELDS",
-    "ConfigError",
     "DefenseStudy",
     "ImagePair",
     "ModelSpec",
@@ -69,7 +65,6 @@ __all__ = [
     "load_pairs",
     "parse_args",
     "parse_config",
-    "resolve_device",
     "robustness_ranking",
     "run_defense",
     "run_report",

@@ -18,7 +18,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from lit_sr.jobs.evaluate import ConfigError, config_from_namespace, config_parser, parse_args, run_report
+from lit_sr.errors import ConfigError
+from lit_sr.jobs.evaluate import config_from_namespace, config_parser, parse_args, run_report
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,7 +3,7 @@
 jsonargparse reads YAML and command-line flags into these dataclasses (:mod:`lit_sr.jobs.evaluate.parsing`);
 :class:`ReportConfig` then checks what types cannot say (ranges, the attack and defense blocks,
 cross-field references such as the transfer study's attack) and fills the defaults that depend
-on other keys. A bad value raises :class:`~lit_sr.attacks.spec.ConfigError` naming its dotted key.
+on other keys. A bad value raises :class:`~lit_sr.errors.ConfigError` naming its dotted key.
 """
 
 from __future__ import annotations
@@ -13,16 +13,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lit_sr.archs import get_arch_class
+from lit_sr.attacks.registry import plain_kinds
 from lit_sr.attacks.spec import (
-    PLAIN_KINDS,
     AttackSpec,
-    ConfigError,
     parse_attacks,
     parse_eps,
     parse_eps_list,
 )
+from lit_sr.defenses import INPUT_DEFENSES
+from lit_sr.errors import ConfigError
 from lit_sr.jobs.evaluate.downstream import DownstreamSpec, check_downstream
-from lit_sr.jobs.evaluate.input_defenses import DEFENSES, parse_defense
+from lit_sr.jobs.evaluate.input_defenses import parse_defense
 from lit_sr.jobs.evaluate.robust import RobustStudy, resolve_robust_study
 from lit_sr.jobs.evaluate.robustness_index import IndexStudy, resolve_index_study
 from lit_sr.runtime import AUTOCAST_CHOICES, Autocast
@@ -181,15 +182,15 @@ class ReportConfig:
             spec.scale = _int(self.scale if spec.scale is None else spec.scale, f"{where}.scale", 1)
 
     def _default_attack(self) -> str | None:
-        plain = [a.label for a in self.attacks if a.kind in PLAIN_KINDS]
+        plain = [a.label for a in self.attacks if a.kind in plain_kinds()]
         return plain[0] if plain else None
 
     def _check_plain_attack(self, label, where: str) -> str:
         kinds = {a.label: a.kind for a in self.attacks}
         if label not in kinds:
             raise ConfigError(f"{where}: {label!r} is not an attack label of the attacks block {list(kinds)}")
-        if kinds[label] not in PLAIN_KINDS:
-            raise ConfigError(f"{where}: {label!r} is a {kinds[label]} attack; expected one of the kinds {list(PLAIN_KINDS)}")
+        if kinds[label] not in plain_kinds():
+            raise ConfigError(f"{where}: {label!r} is a {kinds[label]} attack; expected one of the kinds {list(plain_kinds())}")
         return label
 
     def _check_dataset(self, name, where: str) -> str:
@@ -222,7 +223,7 @@ class ReportConfig:
         if not isinstance(study, DefenseStudy):
             raise ConfigError(f"defenses: expected a mapping with methods, attack, eps, datasets, got {study!r}")
         if not isinstance(study.methods, Mapping) or not study.methods:
-            raise ConfigError(f"defenses.methods: expected a mapping label -> parameters with kinds {sorted(DEFENSES)}")
+            raise ConfigError(f"defenses.methods: expected a mapping label -> parameters with kinds {sorted(INPUT_DEFENSES)}")
         methods = {label: parse_defense(label, params) for label, params in study.methods.items()}
         attack = self._check_plain_attack(self._default_attack() if study.attack is None else study.attack,
                                           "defenses.attack")

@@ -38,7 +38,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from lit_sr.attacks.spec import ConfigError, eps_text, init_params
+from lit_sr.attacks.spec import eps_text, init_params
+from lit_sr.errors import ConfigError
+from lit_sr.tables import fmt, markdown_lines
 
 DOWNSTREAM_FIELDS = (
     "down_hr_top1", "down_clean_top1", "down_top1", "down_agreement",
@@ -226,18 +228,17 @@ def downstream_markdown(cfg, rows: Sequence[Mapping]) -> list[str]:
                 what = "top-1" if key == "down_top1" else "mAP@0.5"
                 base = "down_hr_top1" if key == "down_top1" else "down_hr_map_50"
                 clean = "down_clean_top1" if key == "down_top1" else "down_clean_map_50"
-                lines += [f"### {dataset}: {spec.label}, {what}", "",
-                          "| model | HR | clean | " + " | ".join(f"eps {eps_text(e)}" for e in cfg.eps) + " |",
-                          "|" + "---|" * (3 + len(cfg.eps))]
+                table = []
                 for model in cfg.models:
                     cells = {round(r["eps"], 8): r for r in sel if r["model"] == model}
                     first = next(iter(cells.values()), {})
                     row = [model, _pct(first.get(base)), _pct(first.get(clean))]
                     row += [_pct(cells.get(round(e, 8), {}).get(key)) for e in cfg.eps]
-                    lines.append("| " + " | ".join(row) + " |")
-                lines.append("")
+                    table.append(row)
+                header = ["model", "HR", "clean", *(f"eps {eps_text(e)}" for e in cfg.eps)]
+                lines += [f"### {dataset}: {spec.label}, {what}", "", *markdown_lines(header, table), ""]
     return lines
 
 
 def _pct(value) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
+    return fmt(value, lambda v: f"{100 * v:.1f}%")

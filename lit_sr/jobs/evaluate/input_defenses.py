@@ -1,5 +1,5 @@
-"""The input defenses a report can put in front of a model: the registry (kind -> class) and the
-check of one ``defenses.methods`` entry. Shared by the ``defenses`` block (:mod:`.config`) and the
+"""The check of one ``defenses.methods`` entry against the input-defense registry
+(:data:`lit_sr.defenses.INPUT_DEFENSES`). Shared by the ``defenses`` block (:mod:`.config`) and the
 robust study (:mod:`.robust`)."""
 
 from __future__ import annotations
@@ -9,16 +9,9 @@ from typing import Any
 
 from torch import nn
 
-from lit_sr.attacks.spec import ConfigError, init_params
-from lit_sr.defenses import BitDepthReduction, JPEGDefense, RandomResizeDefense, ResizeDefense, SelfEnsemble
-
-DEFENSES: dict[str, type[nn.Module]] = {
-    "resize": ResizeDefense,
-    "random_resize": RandomResizeDefense,
-    "self_ensemble": SelfEnsemble,
-    "jpeg": JPEGDefense,
-    "bit_depth": BitDepthReduction,
-}
+from lit_sr.attacks.spec import init_params
+from lit_sr.defenses import INPUT_DEFENSES
+from lit_sr.errors import ConfigError
 
 
 def parse_defense(label: str, params: Mapping | None) -> dict[str, Any]:
@@ -28,14 +21,14 @@ def parse_defense(label: str, params: Mapping | None) -> dict[str, Any]:
         raise ConfigError(f"{where}: expected a mapping of parameters, got {params!r}")
     params = dict(params or {})
     kind = params.pop("defense", label)
-    if kind not in DEFENSES:
-        raise ConfigError(f"{where}: unknown defense {kind!r}; expected one of {sorted(DEFENSES)}")
-    allowed = init_params(DEFENSES[kind])
+    if kind not in INPUT_DEFENSES:
+        raise ConfigError(f"{where}: unknown defense {kind!r}; expected one of {sorted(INPUT_DEFENSES)}")
+    allowed = init_params(INPUT_DEFENSES[kind])
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         raise ConfigError(f"{where}: unknown parameter(s) {unknown}; expected some of {allowed}")
     try:
-        DEFENSES[kind](nn.Identity(), **params)
+        INPUT_DEFENSES[kind](nn.Identity(), **params)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
     return {"defense": kind, **params}

@@ -25,7 +25,6 @@ training-eps sweep joined in order of their training eps, the goal region marked
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,20 +35,19 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from lit_sr.attacks.registry import plain_kinds
 from lit_sr.attacks.spec import (
-    PLAIN_KINDS,
-    AttackRunner,
-    AttackSpec,
-    ConfigError,
     eps_text,
     parse_eps,
     shape_batches,
 )
-from lit_sr.attacks.worst_case import AttackFactory, output_psnr, worst_case_psnr
+from lit_sr.attacks.worst_case import output_psnr, restart_factories, worst_case_psnr
+from lit_sr.defenses import INPUT_DEFENSES
+from lit_sr.errors import ConfigError
 from lit_sr.io import atomic_write
-from lit_sr.jobs.evaluate.input_defenses import DEFENSES, parse_defense
-from lit_sr.jobs.evaluate.writers import write_csv
+from lit_sr.jobs.evaluate.input_defenses import parse_defense
 from lit_sr.plots import save_figure, tradeoff_figure
+from lit_sr.tables import Column, markdown_table, write_csv
 from lit_sr.validation import check_int, check_number
 
 if TYPE_CHECKING:
@@ -112,12 +110,12 @@ def resolve_robust_study(cfg: ReportConfig, study: RobustStudy | None) -> Robust
         # 0 is allowed here (and only here): the base model as the sweep's first point
         train_eps[name] = 0.0 if value in (0, "0", "0/255") else parse_eps(value, f"robust.train_eps.{name}")
     kinds = {a.label: a.kind for a in cfg.attacks}
-    labels = [a for a, k in kinds.items() if k in PLAIN_KINDS] if study.attacks is None else list(study.attacks)
+    labels = [a for a, k in kinds.items() if k in plain_kinds()] if study.attacks is None else list(study.attacks)
     if not labels:
-        raise ConfigError(f"robust.attacks: the attacks block has no per-image attack (kinds {list(PLAIN_KINDS)})")
+        raise ConfigError(f"robust.attacks: the attacks block has no per-image attack (kinds {list(plain_kinds())})")
     for label in labels:
-        if kinds.get(label) not in PLAIN_KINDS:
-            raise ConfigError(f"robust.attacks: {label!r} is not a per-image attack label ({list(PLAIN_KINDS)}) "
+        if kinds.get(label) not in plain_kinds():
+            raise ConfigError(f"robust.attacks: {label!r} is not a per-image attack label ({list(plain_kinds())}) "
                               f"of the attacks block {list(kinds)}")
     eps = list(cfg.eps) if study.eps is None else [parse_eps(e, "robust.eps") for e in study.eps]
     dataset = next(iter(cfg.datasets)) if study.dataset is None else study.dataset
@@ -155,19 +153,6 @@ def _resolve_defenses(cfg: ReportConfig, defenses) -> dict[str, dict[str, Any]]:
 # --------------------------------------------------------------------------- running
 
 
-def study_attacks(specs: Sequence[AttackSpec], eps: float, restarts: int, seed: int, autocast: str
-                  ) -> dict[str, tuple[AttackFactory, int]]:
-    """label -> ((model, restart) -> attack, number of runs): random-start attacks run ``restarts`` times."""
-    out = {}
-    for spec in specs:
-        def factory(model: nn.Module, r: int, spec: AttackSpec = spec) -> Any:
-            return AttackRunner(spec, model, eps, seed=seed + r, autocast=autocast).attack
-
-        random = bool(getattr(factory(nn.Identity(), 0), "random_start", True))
-        out[spec.label] = (factory, restarts if random else 1)
-    return out
-
-
 def _entries(name: str, kind: str, target: nn.Module, naive_source: nn.Module | None) -> dict:
     return {"name": name, "kind": kind, "target": target, "naive": naive_source}
 
@@ -184,7 +169,7 @@ def _targets(cfg: ReportConfig, study: RobustStudy, models: Mapping[str, nn.Modu
     if study.defenses:
         for label, params in study.defenses.items():
             params = dict(params)
-            defense = DEFENSES[params.pop("defense")](base, **params).to(device)
+            defense = INPUT_DEFENSES[params.pop("defense")](base, **params).to(device)
             entries.append(_entries(f"{study.base} + {label}", "defense", defense, base))
     return entries
 
@@ -199,7 +184,7 @@ def run_robust_study(cfg: ReportConfig, models: Mapping[str, nn.Module], pairs: 
     rows = []
     jobs = [(e, eps) for eps in study.eps for e in entries]
     for entry, eps in tqdm(jobs, desc="robust study", disable=not progress):
-        attacks = study_attacks(specs, eps, study.restarts, cfg.seed, cfg.autocast)
+        attacks = restart_factories(specs, eps, study.restarts, cfg.seed, cfg.autocast)
         per_image: dict[str, list[torch.Tensor]] = defaultdict(list)
         for idx in shape_batches([p.lr.shape for p in pairs], range(len(pairs)), cfg.batch_size):
             lr = torch.stack([pairs[i].lr for i in idx]).to(device)
@@ -251,10 +236,7 @@ def _mark_goal(rows: list[dict], study: RobustStudy) -> None:
 # --------------------------------------------------------------------------- writing
 
 
-def _fmt(value, digits: int = 2) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    return f"{value:.{digits}f}"
+GOAL_TEXT = {True: "**met**", False: "not met"}
 
 
 def robust_markdown(result: dict, plots: Mapping[float, str]) -> str:
@@ -269,16 +251,11 @@ def robust_markdown(result: dict, plots: Mapping[float, str]) -> str:
              "clean PSNR-Y against the base.", ""]
     for eps in sorted({r["eps"] for r in result["rows"]}):
         rows = [r for r in result["rows"] if r["eps"] == eps]
-        header = ["model", "train eps", "clean PSNR-Y", "clean drop", *[f"{a} adaptive" for a in labels],
-                  "naive", "worst", "goal"]
-        lines += [f"### eps {eps_text(eps)}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for r in rows:
-            train = "-" if r["train_eps_255"] is None else f"{r['train_eps_255']:g}/255"
-            goal = {True: "**met**", False: "not met", None: "-"}[r["goal_met"]]
-            cells = [r["name"], train, _fmt(r["clean_hr_psnr"]), _fmt(r["clean_drop"]),
-                     *[_fmt(r.get(f"{a}/sr_psnr")) for a in labels], _fmt(r["naive_sr_psnr"]),
-                     _fmt(r["worst_sr_psnr"]), goal]
-            lines.append("| " + " | ".join(cells) + " |")
+        columns = [Column("model", "name", "s"), Column("train eps", "train_eps_255", lambda v: f"{v:g}/255"),
+                   Column("clean PSNR-Y", "clean_hr_psnr"), Column("clean drop", "clean_drop"),
+                   *[Column(f"{a} adaptive", f"{a}/sr_psnr") for a in labels], Column("naive", "naive_sr_psnr"),
+                   Column("worst", "worst_sr_psnr"), Column("goal", "goal_met", GOAL_TEXT.get)]
+        lines += [f"### eps {eps_text(eps)}", "", *markdown_table(rows, columns)]
         if eps in plots:
             lines += ["", f"![clean vs robust PSNR at {eps_text(eps)}]({plots[eps]})"]
         lines.append("")

@@ -13,7 +13,6 @@ finds a larger index goes with a lower PSNR). YAML::
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +23,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lit_sr.attacks import robustness_index
-from lit_sr.attacks.spec import PLAIN_KINDS, AttackRunner, ConfigError, eps_text, parse_eps, shape_batches
-from lit_sr.jobs.evaluate.writers import write_csv
+from lit_sr.attacks.registry import plain_kinds
+from lit_sr.attacks.spec import AttackRunner, eps_text, parse_eps, shape_batches
+from lit_sr.errors import ConfigError
 from lit_sr.plots import index_scatter_figure, save_figure
+from lit_sr.tables import fmt, markdown_lines, write_csv
 from lit_sr.validation import check_int
 
 if TYPE_CHECKING:
@@ -68,11 +69,11 @@ def resolve_index_study(cfg: ReportConfig, study: IndexStudy | None) -> IndexStu
     if not isinstance(study, IndexStudy):
         raise ConfigError(f"robustness_index: expected a mapping with alpha, n_samples, attack, eps, got {study!r}")
     kinds = {a.label: a.kind for a in cfg.attacks}
-    plain = [a for a, k in kinds.items() if k in PLAIN_KINDS]
+    plain = [a for a, k in kinds.items() if k in plain_kinds()]
     attack = (plain[0] if plain else None) if study.attack is None else study.attack
-    if kinds.get(attack) not in PLAIN_KINDS:
+    if kinds.get(attack) not in plain_kinds():
         raise ConfigError(f"robustness_index.attack: {attack!r} is not a per-image attack label "
-                          f"({list(PLAIN_KINDS)}) of the attacks block {list(kinds)}")
+                          f"({list(plain_kinds())}) of the attacks block {list(kinds)}")
     eps = min(cfg.eps, key=lambda e: abs(e - 8 / 255)) if study.eps is None else parse_eps(study.eps, "robustness_index.eps")
     dataset = next(iter(cfg.datasets)) if study.dataset is None else study.dataset
     if dataset not in cfg.datasets:
@@ -138,12 +139,6 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return float((rx * ry).sum() / denom) if denom > 0 else float("nan")
 
 
-def _fmt(value, digits: int = 2) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    return f"{value:.{digits}f}"
-
-
 def write_index_study(out: Path, result: dict) -> tuple[dict[str, str], str]:
     """``robustness_index.csv`` and the scatter plot under ``out``; the written files and the summary section."""
     files = {"index_csv": str(write_csv(out / "robustness_index.csv", result["rows"], INDEX_FIELDS))}
@@ -156,13 +151,14 @@ def write_index_study(out: Path, result: dict) -> tuple[dict[str, str], str]:
     lines = [f"## Robustness index (Choi et al. Sec. 5.2) on {result['dataset']}", "",
              f"Per image: max over {result['n_samples']} uniform perturbations in +-{result['alpha'] * 255:g}/255 of "
              "the L1 norm of the input gradient of ||f(X) - f(X0)||_2 (larger = more sensitive), and the SR PSNR "
-             f"under {result['attack']} at {eps_text(result['eps'])}. Means over the images:", "",
-             "| model | robustness index | SR PSNR (dB) | images |", "|---|---|---|---|"]
+             f"under {result['attack']} at {eps_text(result['eps'])}. Means over the images:", ""]
+    table = []
     for m in models:
         idx = [r["index"] for r in result["rows"] if r["model"] == m]
         ps = [r["sr_psnr"] for r in result["rows"] if r["model"] == m]
-        lines.append(f"| {m} | {_fmt(sum(idx) / len(idx), 1)} | {_fmt(sum(ps) / len(ps))} | {len(idx)} |")
-    lines += ["", f"Spearman rank correlation of index and SR PSNR over all points: {_fmt(result['spearman'])} "
+        table.append([m, fmt(sum(idx) / len(idx), ".1f"), fmt(sum(ps) / len(ps)), str(len(idx))])
+    lines += markdown_lines(["model", "robustness index", "SR PSNR (dB)", "images"], table)
+    lines += ["", f"Spearman rank correlation of index and SR PSNR over all points: {fmt(result['spearman'])} "
                   "(the paper: negative, a larger index goes with a lower PSNR).", "",
               f"![SR PSNR vs robustness index](plots/{name})", ""]
     return files, "\n".join(lines)

@@ -17,15 +17,16 @@ from tqdm.auto import tqdm
 
 from lit_sr.archs import arch_kwargs_with_scale, build_arch, count_parameters
 from lit_sr.attacks import Attack, transfer_matrix
-from lit_sr.attacks.spec import AttackRunner, AttackSpec, ConfigError, eps_label, shape_batches
-from lit_sr.defenses import evaluate_defense
+from lit_sr.attacks.spec import AttackRunner, AttackSpec, eps_label, shape_batches
+from lit_sr.defenses import INPUT_DEFENSES, evaluate_defense
+from lit_sr.errors import ConfigError
 from lit_sr.io import list_images, load_weights, read_image
-from lit_sr.jobs.evaluate.config import DEFENSES, ModelSpec, ReportConfig
+from lit_sr.jobs.evaluate.config import ModelSpec, ReportConfig
 from lit_sr.jobs.evaluate.downstream import DownstreamModels
 from lit_sr.jobs.evaluate.studies import run_robust_studies, write_robust_studies
 from lit_sr.jobs.evaluate.writers import write_report
 from lit_sr.ops import make_lr, mod_crop
-from lit_sr.runtime import Autocast
+from lit_sr.runtime import Autocast, resolve_device
 
 
 def check_paths(cfg: ReportConfig) -> None:
@@ -41,21 +42,6 @@ def check_paths(cfg: ReportConfig) -> None:
                 f"models.{name}.weights: file not found: {spec.weights} (model-zoo weights are never "
                 f"downloaded; put the file there, change the path or pass --models.{name}.weights PATH)"
             )
-
-
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` (CUDA when available, else CPU) or any ``torch.device`` string."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise ConfigError(f"device: {exc}") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device: {device!r} was requested but CUDA is not available")
-    return resolved
 
 
 def build_model(spec: ModelSpec, device: torch.device, name: str = "model") -> nn.Module:
@@ -200,7 +186,7 @@ def run_defense(model: nn.Module, pairs: Sequence[ImagePair], kind: str, params:
                 *, device: torch.device, batch_size: int, seed: int, autocast: Autocast, crop_border: int,
                 y_channel: bool) -> dict:
     """Mean naive / adaptive / worst-case metrics of one defense (:func:`lit_sr.defenses.evaluate_defense`)."""
-    defense = DEFENSES[kind](model, **params).to(device)
+    defense = INPUT_DEFENSES[kind](model, **params).to(device)
 
     def factory(target: nn.Module) -> Attack:
         return AttackRunner(spec, target, eps, seed=seed, autocast=autocast).attack

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from lit_sr.attacks.spec import ConfigError
+from lit_sr.errors import ConfigError
 from lit_sr.jobs.evaluate.robust import append_to_summary, run_robust_study, write_robust_study
 from lit_sr.jobs.evaluate.robustness_index import run_index_study, write_index_study
 from lit_sr.jobs.evaluate.writers import write_json

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import re
@@ -15,6 +14,7 @@ from lit_sr.attacks.spec import METRIC_KEYS, TARGET_KEYS, UNIVERSAL_KEYS, eps_la
 from lit_sr.io import atomic_write
 from lit_sr.jobs.evaluate.downstream import DOWNSTREAM_FIELDS, downstream_markdown
 from lit_sr.plots import psnr_vs_eps_figure, save_figure, transfer_figure
+from lit_sr.tables import Column, fmt, markdown_lines, markdown_table, write_csv
 
 if TYPE_CHECKING:  # annotations only: config imports the studies, which import these writers
     from lit_sr.jobs.evaluate.config import ReportConfig
@@ -34,21 +34,12 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text)
 
 
-def _fmt(value, digits: int = 2) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    return f"{value:.{digits}f}"
-
-
-def write_csv(path: str | Path, rows: Sequence[Mapping], fields: Sequence[str]) -> Path:
-    """Write ``rows`` as CSV with the columns ``fields`` (others ignored), atomically; NaN and inf as empty cells."""
-    path = Path(path)
-    with atomic_write(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(fields), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()})
-    return path
+DEFENSE_COLUMNS = (
+    Column("model", "model", "s"), Column("dataset", "dataset", "s"), Column("defense", "defense", "s"),
+    Column("eps", lambda r: eps_text(r["eps"]), "s"), Column("undefended", "undefended_sr_psnr"),
+    Column("naive", "naive_sr_psnr"), Column("adaptive", "adaptive_sr_psnr"), Column("worst", "worst_sr_psnr"),
+    Column("clean HR PSNR", "clean_hr_psnr"),
+)
 
 
 def write_json(path: str | Path, payload) -> Path:
@@ -136,15 +127,16 @@ def summary_markdown(cfg: ReportConfig, rows, transfer, defense_rows, meta, plot
             params = ", ".join(f"{k}={v}" for k, v in spec.kwargs.items())
             lines += [f"## {dataset}: {spec.label} ({spec.kind}; {params})", ""]
             header = ["model", "clean HR PSNR", *[f"eps {eps_text(e)}" for e in cfg.eps]]
-            lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            table = []
             for model in cfg.models:
                 cells = {eps_label(r["eps"]): r for r in sel if r["model"] == model}
                 clean = next((r["clean_hr_psnr"] for r in cells.values()), None)
-                row = [model, _fmt(clean)]
+                row = [model, fmt(clean)]
                 for e in cfg.eps:
                     r = cells.get(eps_label(e))
-                    row.append("-" if r is None else f"{_fmt(r['sr_psnr'])} / {_fmt(r['hr_psnr'])}")
-                lines.append("| " + " | ".join(row) + " |")
+                    row.append("-" if r is None else f"{fmt(r['sr_psnr'])} / {fmt(r['hr_psnr'])}")
+                table.append(row)
+            lines += markdown_lines(header, table)
             n = {r["n_images"] for r in sel}
             lines += ["", f"Images: {', '.join(map(str, sorted(n)))}."]
             if spec.kind == "targeted":
@@ -161,19 +153,13 @@ def summary_markdown(cfg: ReportConfig, rows, transfer, defense_rows, meta, plot
         lines += [f"## Transferability: {transfer['attack']} at {eps_text(transfer['eps'])} on "
                   f"{transfer['dataset']} ({transfer['n_images']} images)", "",
                   "SR PSNR of each target model on inputs attacked on each source model (rows: source, "
-                  "columns: target; the diagonal is white-box; lower = the attack transfers).", "",
-                  "| source \\ target | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
-        for name, values in zip(names, transfer["sr_psnr"]):
-            lines.append(f"| {name} | " + " | ".join(_fmt(v) for v in values) + " |")
+                  "columns: target; the diagonal is white-box; lower = the attack transfers).", ""]
+        lines += markdown_lines(["source \\ target", *names],
+                                ([name, *map(fmt, values)] for name, values in zip(names, transfer["sr_psnr"])))
         lines += ["", f"![transfer](plots/transfer_{_slug(transfer['dataset'])}.png)", ""]
     if defense_rows:
-        lines += ["## Defenses (naive: attack computed on the bare model; adaptive: through the defense)", "",
-                  "| model | dataset | defense | eps | undefended | naive | adaptive | worst | clean HR PSNR |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for r in defense_rows:
-            lines.append(f"| {r['model']} | {r['dataset']} | {r['defense']} | {eps_text(r['eps'])} | "
-                         f"{_fmt(r['undefended_sr_psnr'])} | {_fmt(r['naive_sr_psnr'])} | "
-                         f"{_fmt(r['adaptive_sr_psnr'])} | {_fmt(r['worst_sr_psnr'])} | {_fmt(r.get('clean_hr_psnr'))} |")
+        lines += ["## Defenses (naive: attack computed on the bare model; adaptive: through the defense)", ""]
+        lines += markdown_table(defense_rows, DEFENSE_COLUMNS)
         lines += ["", "Values are SR PSNR vs the defended model's clean output (dB); report the worst case.", ""]
     lines += downstream_markdown(cfg, rows)
     return "\n".join(lines)

@@ -23,7 +23,7 @@ from typing import Any
 import lightning as L
 from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
 
-from lit_sr.attacks.spec import ConfigError
+from lit_sr.errors import ConfigError
 from lit_sr.jobs.evaluate.config import ModelSpec
 from lit_sr.jobs.evaluate_refsr.report import DEFAULT_REFSR_ATTACKS, RefSRReportConfig, run_refsr_report
 from lit_sr.runtime import Autocast

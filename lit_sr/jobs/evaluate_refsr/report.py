@@ -33,15 +33,17 @@ from tqdm.auto import tqdm
 
 from lit_sr.attacks.refsr_adv import uniform_noise
 from lit_sr.attacks.refsr_spec import RefSRAttackRunner, parse_refsr_attacks, refsr_predict
-from lit_sr.attacks.spec import ConfigError, eps_text, parse_eps_list
+from lit_sr.attacks.spec import eps_text, parse_eps_list
 from lit_sr.defenses.refsr import SimilarityGatedTTSR, evaluate_refsr_defense
+from lit_sr.errors import ConfigError
 from lit_sr.io import atomic_write
 from lit_sr.jobs.evaluate.config import ModelSpec
-from lit_sr.jobs.evaluate.runner import build_model, resolve_device
-from lit_sr.jobs.evaluate.writers import write_csv, write_json
+from lit_sr.jobs.evaluate.runner import build_model
+from lit_sr.jobs.evaluate.writers import write_json
 from lit_sr.metrics import psnr, ssim
 from lit_sr.plots import save_figure
-from lit_sr.runtime import AUTOCAST_CHOICES, Autocast
+from lit_sr.runtime import AUTOCAST_CHOICES, Autocast, resolve_device
+from lit_sr.tables import fmt, markdown_lines, write_csv
 from lit_sr.validation import check_int
 
 DEFAULT_REFSR_ATTACKS = {
@@ -223,8 +225,7 @@ def run_refsr_report(cfg: RefSRReportConfig, out_dir: str | Path | None = None, 
 
 
 def _cell(row: Mapping | None, key: str, digits: int = 2) -> str:
-    value = None if row is None else row.get(key)
-    return "-" if value is None else f"{value:.{digits}f}"
+    return fmt(None if row is None else row.get(key), f".{digits}f")
 
 
 def refsr_table(rows: list[dict], eps: float) -> list[str]:
@@ -241,7 +242,7 @@ def refsr_table(rows: list[dict], eps: float) -> list[str]:
         header.append(f"{name} ({sample['kind']}{suffix})")
     for name in defense_rows:
         header += [f"{name}: clean PSNR vs HR", f"{name}: naive", f"{name}: adaptive"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    table = []
     for level in levels:
         cells = [str(level), _cell(by.get((level, "clean")), "hr_psnr")]
         for name in attack_rows:
@@ -251,8 +252,8 @@ def refsr_table(rows: list[dict], eps: float) -> list[str]:
         for name in defense_rows:
             d = by.get((level, name))
             cells += [_cell(d, "defended_clean_hr_psnr"), _cell(d, "naive_sr_psnr"), _cell(d, "adaptive_sr_psnr")]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+        table.append(cells)
+    return markdown_lines(header, table)
 
 
 def by_kind(rows: list[dict], name: str) -> str:

@@ -32,6 +32,7 @@ from lit_sr.archs import arch_kwargs_with_scale, build_arch
 from lit_sr.attacks.worst_case import default_eval_attacks, output_psnr, worst_case_psnr
 from lit_sr.io import atomic_write, load_weights
 from lit_sr.jobs.evaluate.runner import load_pairs
+from lit_sr.tables import fmt, markdown_lines
 
 
 def evaluate_models(
@@ -42,9 +43,14 @@ def evaluate_models(
     train_steps: int = 3,
     restarts: int = 2,
     transfer_source: str | None = None,
+    attacks: Mapping[str, Mapping | None] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Mean clean PSNR-Y (vs HR) and attacked PSNR-Y of each model over ``pairs`` (one image per batch)."""
-    attacks = default_eval_attacks(eps, train_steps, restarts)
+    """Mean clean PSNR-Y (vs HR) and attacked PSNR-Y of each model over ``pairs`` (one image per batch).
+
+    ``attacks``: an ``attacks`` block of plain registered attacks (label -> parameters); ``None``
+    for :func:`~lit_sr.attacks.worst_case.default_eval_block`.
+    """
+    factories = default_eval_attacks(eps, train_steps, restarts, attacks)
     table: dict[str, dict[str, list[float]]] = {}
     for lr, hr in pairs:
         lr, hr = lr.unsqueeze(0), hr.unsqueeze(0)
@@ -54,7 +60,7 @@ def evaluate_models(
             transfer = None
             if transfer_source is not None and transfer_source != name and any(p.numel() for p in model.parameters()):
                 transfer = {transfer_source: models[transfer_source]}
-            for key, value in worst_case_psnr(model, lr, hr, attacks, scale, True, transfer).items():
+            for key, value in worst_case_psnr(model, lr, hr, factories, scale, True, transfer).items():
                 row.setdefault(key, []).append(float(value))
     return {m: {k: sum(v) / len(v) for k, v in row.items()} for m, row in table.items()}
 
@@ -63,14 +69,11 @@ def markdown_table(results: Mapping[str, Mapping[str, float]], eps: float) -> st
     """One row per model and metric: clean PSNR-Y vs HR, then each attack, the worst case last."""
     keys = sorted({k.split("/")[0] for row in results.values() for k in row} - {"clean", "worst"})
     header = ["model", "metric", "clean", *keys, "worst"]
+    table = [[name, metric, fmt(row["clean/hr_psnr"]) if metric == "hr_psnr" else "-",
+              *(fmt(row.get(f"{k}/{metric}")) for k in [*keys, "worst"])]
+             for name, row in results.items() for metric in ("sr_psnr", "hr_psnr")]
     lines = [f"PSNR-Y (dB) at eps = {eps * 255:g}/255, per image the minimum over restarts, then the mean. "
-             "sr_psnr: attacked SR vs clean SR (Choi et al.); hr_psnr: SR vs HR.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, row in results.items():
-        for metric in ("sr_psnr", "hr_psnr"):
-            clean = f"{row['clean/hr_psnr']:.2f}" if metric == "hr_psnr" else "-"
-            cells = [f"{row[f'{k}/{metric}']:.2f}" if f"{k}/{metric}" in row else "-" for k in [*keys, "worst"]]
-            lines.append("| " + " | ".join([name, metric, clean, *cells]) + " |")
+             "sr_psnr: attacked SR vs clean SR (Choi et al.); hr_psnr: SR vs HR.", "", *markdown_lines(header, table)]
     return "\n".join(lines) + "\n"
 
 

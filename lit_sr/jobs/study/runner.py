@@ -11,7 +11,9 @@ TensorBoard logger pointed at ``<output_dir>/<name>/runs/<run>/``, its output in
 there. A tqdm bar counts the runs.
 
 **Resumable.** A run is finished when ``study_run.json`` in its folder says ``"status": "ok"``
-with the same overrides hash and its ``results_file`` exists; a finished run is not rerun
+with the same hash and its ``results_file`` exists; the hash covers the config file names and
+contents, the overrides and the contents of every file they name (weights, nested configs;
+:mod:`lit_sr.jobs.study.inputs`), so an edited base config or a retrained substitute reruns what read it; a finished run is not rerun
 (``--force`` reruns). An unfinished run's folder is cleared before it starts again. A failed run
 is recorded and the study goes on with the others; the exit code is 1 when any run failed.
 
@@ -49,7 +51,6 @@ import itertools
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -57,7 +58,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lit_sr.child_process import run_child
+from lit_sr.errors import ConfigError
 from lit_sr.io import atomic_write
+from lit_sr.jobs.study.inputs import changed_inputs, input_digests
+from lit_sr.run_folder import RunFolderLock, RunFolderLockedError
 
 FORMATS = ("rate", "pct", "db", "float", "int", "text", "paired_delta")
 STUDY_KEYS = {"name", "output_dir", "base_config", "train_script", "subcommand", "overrides", "runs", "grid",
@@ -65,10 +70,6 @@ STUDY_KEYS = {"name", "output_dir", "base_config", "train_script", "subcommand",
 RUN_KEYS = {"overrides", "config", "results_file", "row", "in_table", "grid", "params"}
 NOT_APPLICABLE = "n/a (0 included)"
 MISSING = "-"
-
-
-class StudyConfigError(ValueError):
-    """A study YAML file that cannot be run; the message names the file and the key."""
 
 
 # --------------------------------------------------------------------------- configuration
@@ -159,8 +160,8 @@ class Study:
         return self.study_dir / "runs"
 
 
-def _fail(source: Path, key: str, message: str) -> StudyConfigError:
-    return StudyConfigError(f"{source}: {key}: {message}")
+def _fail(source: Path, key: str, message: str) -> ConfigError:
+    return ConfigError(f"{source}: {key}: {message}")
 
 
 def expand_dotted(flat: dict[str, Any], source: Path, key: str) -> dict[str, Any]:
@@ -398,10 +399,20 @@ def run_overrides(study: Study, run: Run) -> dict[str, Any]:
     return merge(_substitute(run.overrides, study), logger)
 
 
-def run_hash(study: Study, run: Run) -> str:
-    """What decides a run's result: its configs, overrides and command (12 hex digits)."""
+def run_inputs(study: Study, run: Run) -> dict[str, str]:
+    """sha256 of every file the run reads: its config files and the files they and its overrides name.
+
+    See :mod:`lit_sr.jobs.study.inputs`; the run's own folder (its outputs) is left out.
+    """
+    return input_digests(run.configs, run_overrides(study, run), exclude=[study.runs_dir / run.name])
+
+
+def run_hash(study: Study, run: Run, inputs: dict[str, str] | None = None) -> str:
+    """What decides a run's result: its configs (names and contents), overrides, the files they
+    name (contents) and the command (12 hex digits)."""
+    inputs = run_inputs(study, run) if inputs is None else inputs
     blob = json.dumps({"configs": run.configs, "overrides": run_overrides(study, run), "script": study.train_script or "-m lit_sr",
-                       "subcommand": study.subcommand}, sort_keys=True, default=str)
+                       "subcommand": study.subcommand, "inputs": inputs}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -412,12 +423,25 @@ def run_command(study: Study, run: Run) -> list[str]:
             "--config", str(study.runs_dir / run.name / "overrides.yaml")]
 
 
-def is_finished(study: Study, run: Run) -> bool:
-    """``study_run.json`` says ok for the same overrides hash, and the results file exists."""
+def why_rerun(study: Study, run: Run) -> str:
+    """Why ``run`` is not finished ("" when it is): never run, failed, or which of its inputs changed.
+
+    A run is finished when ``study_run.json`` says ok for the same hash (configs, overrides,
+    inputs) and its results file exists.
+    """
     folder = study.runs_dir / run.name
     meta = read_json(folder / "study_run.json")
-    return bool(meta and meta.get("status") == "ok" and meta.get("hash") == run_hash(study, run)
-                and (folder / run.results_file).is_file())
+    if not meta:
+        return "not run before"
+    if meta.get("status") != "ok":
+        return f"its last try {meta.get('status')}"
+    if not (folder / run.results_file).is_file():
+        return f"its {run.results_file} is gone"
+    inputs = run_inputs(study, run)
+    if meta.get("hash") == run_hash(study, run, inputs):
+        return ""
+    changed = changed_inputs(meta.get("inputs", {}), inputs) if "inputs" in meta else []
+    return ("changed since its last run: " + ", ".join(changed)) if changed else "its configs or overrides changed"
 
 
 def read_json(path: Path) -> Any:
@@ -430,10 +454,20 @@ def read_json(path: Path) -> Any:
 
 
 def execute(study: Study, run: Run) -> dict[str, Any]:
-    """Run one ``train.py`` subprocess; returns (and writes) its ``study_run.json``."""
+    """Run one ``train.py`` subprocess; returns (and writes) its ``study_run.json``.
+
+    The run folder is locked first (:class:`lit_sr.run_folder.RunFolderLock`, held by the child
+    too): a second runner on it raises :class:`lit_sr.run_folder.RunFolderLockedError` before
+    anything is deleted. The child dies with this process (:func:`lit_sr.child_process.run_child`).
+    """
+    folder = study.runs_dir / run.name
+    with RunFolderLock(folder) as lock:
+        return _execute_locked(study, run, folder, lock)
+
+
+def _execute_locked(study: Study, run: Run, folder: Path, lock: RunFolderLock) -> dict[str, Any]:
     import yaml
 
-    folder = study.runs_dir / run.name
     if folder.exists():  # an unfinished or outdated run: start clean (TensorBoard would append)
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
@@ -441,13 +475,15 @@ def execute(study: Study, run: Run) -> dict[str, Any]:
         tmp.write_text(yaml.safe_dump(run_overrides(study, run), sort_keys=False))
     command = run_command(study, run)
     env = dict(os.environ, **study.env)
+    inputs = run_inputs(study, run)  # before the run: what it read, not what it may have rewritten
+    digest = run_hash(study, run, inputs)
     start = time.perf_counter()
     with open(folder / "train.log", "w") as log:
-        rc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        rc = run_child(command, stdout=log, env=env, pass_fds=lock.fds)
     wall = time.perf_counter() - start
     ok = rc == 0 and (folder / run.results_file).is_file()
     meta = {"run": run.name, "status": "ok" if ok else "failed", "returncode": rc, "wall_s": round(wall, 1),
-            "hash": run_hash(study, run), "command": command, "params": run.params,
+            "hash": digest, "inputs": inputs, "command": command, "params": run.params,
             "results_file": run.results_file}
     if rc == 0 and not ok:
         meta["error"] = f"train.py exited 0 but wrote no {run.results_file}"
@@ -475,12 +511,20 @@ def run_study(study: Study, force: bool = False, only: Sequence[str] = (), dry_r
         if dry_run:
             print(" ".join(run_command(study, run)))
             continue
-        if not force and is_finished(study, run):
+        reason = "--force" if force else why_rerun(study, run)
+        if not reason:
             bar.write(f"{run.name}: finished before, not rerun")
             metas.append(read_json(study.runs_dir / run.name / "study_run.json"))
             continue
+        if reason.startswith("changed"):
+            bar.write(f"{run.name}: rerun, {reason}")
         bar.set_postfix_str(run.name)
-        meta = execute(study, run)
+        try:
+            meta = execute(study, run)
+        except RunFolderLockedError as error:  # another runner owns it: touch nothing, say so
+            bar.write(f"{run.name}: {error}")
+            metas.append({"run": run.name, "status": "locked", "error": str(error)})
+            continue
         bar.write(f"{run.name}: {meta['status']} in {meta['wall_s']:.0f} s "
                   f"(log: {study.runs_dir / run.name / 'train.log'})")
         if meta["status"] != "ok":

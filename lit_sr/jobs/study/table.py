@@ -19,6 +19,7 @@ from typing import Any
 
 from lit_sr.io import atomic_write
 from lit_sr.jobs.study.runner import MISSING, NOT_APPLICABLE, Column, Plot, Run, Study, read_json
+from lit_sr.tables import markdown_lines
 
 
 @dataclass(frozen=True)
@@ -219,13 +220,10 @@ def _json_cell(v: Any) -> Any:
 
 def markdown(study: Study, rows: list[dict[str, Any]]) -> str:
     headers = ["run", *[c.header for c in study.columns], *(["verdict"] if study.verdict else [])]
-    lines = [f"## Study `{study.name}` ({study.source})", "", "| " + " | ".join(headers) + " |",
-             "|" + "---|" * len(headers)]
-    for row in rows:
-        values = [row["run"] + ("" if row["status"] == "ok" else f" ({row['status']})"),
-                  *[fmt(row["cells"][c.header], c.format) for c in study.columns],
-                  *([row["verdict"]] if study.verdict else [])]
-        lines.append("| " + " | ".join(values) + " |")
+    table = [[row["run"] + ("" if row["status"] == "ok" else f" ({row['status']})"),
+              *[fmt(row["cells"][c.header], c.format) for c in study.columns],
+              *([row["verdict"]] if study.verdict else [])] for row in rows]
+    lines = [f"## Study `{study.name}` ({study.source})", "", *markdown_lines(headers, table)]
     notes = ["", "Rates read successes/included; \"n/a (0 included)\" when no image was included; "
              "\"-\" when the run's results lack the figure."]
     if any(c.format == "paired_delta" and c.baseline is None for c in study.columns):

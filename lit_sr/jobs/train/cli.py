@@ -19,14 +19,21 @@ from __future__ import annotations
 import copy
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 
 import lightning as L
 from jsonargparse import Namespace
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 
 from callbacks.prediction_writer import PredictionWriter
+from callbacks.stop_on_nonfinite import StopOnNonFiniteLoss
+from callbacks.stop_on_signal import StopOnSigterm
+from lit_sr.checkpoint_io import UnsafeCheckpointSettingError, install_safe_checkpoint_io
+from lit_sr.io import is_remote_path, load_checkpoint
+from lit_sr.run_folder import RunFolderClashError, clash_message, first_clash
 from lit_sr.runtime import close_process_group
+from lit_sr.validation import HasScale, check_same_scale
 
 
 def explicit_model_keys(argv: Iterable[str]) -> list[str]:
@@ -55,6 +62,26 @@ def _resolve(namespace: Namespace, key: str) -> str | None:
     return None
 
 
+class RunFolderSaveConfig(SaveConfigCallback):
+    """Lightning's config saver that first checks the run folder holds none of the run's artefacts.
+
+    A run writes only into its own folder and never over a file it did not create (docs/trust.md):
+    before ``config.yaml`` is written, every file this run would write there (for ``fit`` also the
+    weights exports, summaries and checkpoints) is looked for, and the first one found is refused
+    with :class:`lit_sr.run_folder.RunFolderClashError` naming it. Nothing has been written then.
+    """
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.already_saved or not self.save_to_log_dir:
+            return super().setup(trainer, pl_module, stage)
+        log_dir = trainer.log_dir  # a collective call under DDP: every rank makes it
+        clash = first_clash(log_dir, stage, self.config_filename) if trainer.is_global_zero else None
+        clash = trainer.strategy.broadcast(None if clash is None else str(clash))
+        if clash is not None:
+            raise RunFolderClashError(clash_message(Path(clash), log_dir))
+        return super().setup(trainer, pl_module, stage)
+
+
 class SRLightningCLI(LightningCLI):
     """:class:`LightningCLI` whose explicit ``--model.*`` arguments survive ``--ckpt_path``.
 
@@ -62,6 +89,12 @@ class SRLightningCLI(LightningCLI):
     file) as itself, message first, instead of inside the parser's "Does not validate against any
     of the Union subtypes" listing (see :func:`model_construction_error`).
     """
+
+    def __init__(self, *args, **kwargs) -> None:
+        # a run never writes over a file it did not create (RunFolderSaveConfig refuses first)
+        kwargs.setdefault("save_config_callback", RunFolderSaveConfig)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": False})
+        super().__init__(*args, **kwargs)
 
     def parse_arguments(self, parser, args) -> None:
         argv = [] if isinstance(args, (dict, Namespace)) else list(sys.argv[1:] if args is None else args)
@@ -71,10 +104,10 @@ class SRLightningCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         subcommand = self.config.get("subcommand")
         if not subcommand or not self._explicit_model_keys:
-            super()._parse_ckpt_path()
+            self._apply_checkpoint_hparams()
             return
         given = copy.deepcopy(self.config[subcommand])
-        super()._parse_ckpt_path()
+        self._apply_checkpoint_hparams()
         merged = self.config[subcommand]
         for key in self._explicit_model_keys:
             stored = _resolve(given, key)
@@ -85,6 +118,48 @@ class SRLightningCLI(LightningCLI):
                 merged[stored] = value
                 rank_zero_warn(f"--{key} {value!r} given on the command line overrides the value "
                                f"{from_ckpt!r} saved in {given.get('ckpt_path')}", category=UserWarning)
+
+    def _apply_checkpoint_hparams(self) -> None:
+        """LightningCLI's own step, reading the checkpoint through :func:`lit_sr.io.load_checkpoint`.
+
+        Lightning reads only a local file here, with a raw ``torch.load`` whose error advises
+        ``weights_only=False``; a URL or any fsspec path is skipped and later unpickled by the
+        Trainer with ``weights_only=False``. Here every path is read safely (the Trainer's read goes
+        through :class:`lit_sr.checkpoint_io.SafeCheckpointIO`), and errors name the file.
+        """
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        ckpt_path = self.config[subcommand].get("ckpt_path")
+        if self.config[subcommand].get("weights_only") is False:
+            raise UnsafeCheckpointSettingError(
+                f"refused: --weights_only false would unpickle {ckpt_path or 'the checkpoint'} with code "
+                "execution allowed; lit-sr reads checkpoints with weights_only=True only")
+        if not ckpt_path or not (is_remote_path(ckpt_path) or Path(str(ckpt_path)).is_file()):
+            return  # none, or Lightning's "last"/"best"/"hpc" (resolved, then read safely, by the Trainer)
+        hparams = load_checkpoint(ckpt_path).get("hyper_parameters", {})
+        hparams = dict(hparams) if isinstance(hparams, dict) else {}
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write(f"Parsing of the hyper-parameters saved in {ckpt_path} failed!\n")
+            raise
+
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        install_safe_checkpoint_io(trainer)
+        return trainer
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if "weights_only" in self._subcommand_method_arguments.get(subcommand, ()):
+            kwargs["weights_only"] = True  # refused above when the user set it to false
+        return kwargs
 
     def instantiate_classes(self) -> None:
         try:
@@ -101,6 +176,8 @@ class SRLightningCLI(LightningCLI):
             except Exception:  # an exception class with another constructor: show it unchanged
                 raise cause from error
             raise surfaced from cause
+        if isinstance(self.model, HasScale):  # before the data module's setup (poison generation) runs
+            check_same_scale(self.model.scale, self.datamodule, type(self.model).__name__)
 
 
 UNION_ERROR = "Does not validate against any of the Union subtypes"
@@ -110,8 +187,13 @@ def model_construction_error(error: BaseException) -> BaseException | None:
     """The exception behind jsonargparse's union-subtype error, or ``None`` for any other error.
 
     jsonargparse wraps an exception raised while building a ``class_path`` (a missing VGG file: a
-    ``FileNotFoundError`` naming it) in a long error about union subtypes, whose actionable part
-    is at the end. The deepest exception of its cause/context chain is the one to show first.
+    ``FileNotFoundError`` naming it; ``trigger.steps must be in [1, inf]; got -5``) in a long error
+    about union subtypes that lists what every member of the union said, and chains only the
+    *first* member's error. For ``trigger: Trigger | AdversarialTriggerSpec`` that first error is
+    the irrelevant "AdversarialTriggerSpec does not correspond to a subclass of Trigger". So: the
+    deepest exception of the cause/context chain when it is a real construction error, else the
+    first listed error that is not a type mismatch (as a ``ValueError``, the type jsonargparse
+    reports it with).
     """
     if UNION_ERROR not in str(error):
         return None
@@ -122,7 +204,44 @@ def model_construction_error(error: BaseException) -> BaseException | None:
         if UNION_ERROR not in str(current):
             found = current
         current = current.__cause__ or current.__context__
-    return found
+    if found is not None and not _is_type_mismatch(str(found)):
+        return found
+    listed = [m for m in union_errors(str(error)) if not _is_type_mismatch(m)]
+    return ValueError(listed[0]) if listed else found
+
+
+# what jsonargparse says of a union member the value is not an instance of: not the user's error
+TYPE_MISMATCHES = ("does not correspond to a subclass of", "does not implement protocol", "Expected a <class",
+                   "is not a subclass of")
+
+
+def _is_type_mismatch(message: str) -> bool:
+    return any(m in message for m in TYPE_MISMATCHES)
+
+
+def union_errors(text: str) -> list[str]:
+    """The errors a union-subtype message lists, nested unions flattened, in order."""
+    lines = text.splitlines()
+    if "Errors:" not in (line.strip() for line in lines):
+        return [text.strip()] if text.strip() else []
+    start = [line.strip() for line in lines].index("Errors:") + 1
+    entries: list[list[str]] = []
+    indent = None
+    for line in lines[start:]:
+        stripped = line.lstrip()
+        depth = len(line) - len(stripped)
+        if indent is None and stripped.startswith("- "):
+            indent = depth
+        if indent is None or (depth < indent and stripped):
+            break  # "Given value type: ...": the list is over
+        if depth == indent and stripped.startswith("- "):
+            entries.append([stripped[2:]])
+        elif entries:
+            entries[-1].append(line[indent + 2:])
+    out: list[str] = []
+    for entry in entries:
+        out += union_errors("\n".join(entry)) if UNION_ERROR in entry[0] else ["\n".join(entry).strip()]
+    return out
 
 
 class TrainCLI(SRLightningCLI):
@@ -138,6 +257,12 @@ class TrainCLI(SRLightningCLI):
             parser.set_defaults(return_predictions=False)
         return parser
 
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks.append(StopOnSigterm())  # Lightning's predict loop ignores SIGTERM otherwise
+        trainer.callbacks.append(StopOnNonFiniteLoss())  # a diverged run fails with a message
+        return trainer
+
 
 def train_cli(args: list[str] | None = None, run: bool = True, prog: str | None = None) -> TrainCLI:
     """Build (and by default run) the CLI; ``args`` replaces ``sys.argv[1:]`` (tests use it)."""
@@ -146,7 +271,6 @@ def train_cli(args: list[str] | None = None, run: bool = True, prog: str | None 
         L.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
         parser_kwargs={"prog": prog} if prog else None,
         args=args,
         run=run,
