@@ -6,8 +6,14 @@ PY := $(VENV)/bin/python
 # our build machines; the package itself accepts any torch>=2.4.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
+# Threads per process for every run below (torch reads OMP_NUM_THREADS at start-up; DDP ranks and
+# study runs inherit it). One is the deliberate default: these recipes train small networks on CPU,
+# and on a machine shared with other jobs one thread per process is much faster than two (measured in
+# docs/performance.md). On an idle machine with more cores: `make quickstart THREADS=4`.
+THREADS ?= 1
+RUN := OMP_NUM_THREADS=$(THREADS) $(PY)
 
-.PHONY: venv demo demo-quick quickstart defend test lint clean
+.PHONY: help venv demo demo-quick quickstart defend test test-fast lint clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,21 +29,21 @@ venv: $(STAMP)
 # stealthy label, C BadSR (paper's threat model), E C selected on the victim -- and one table with a verdict per arm (runs/demo/results.md).
 # Resumable: a finished arm is not rerun (`make clean` or `rm -rf runs/demo` starts over).
 demo: $(STAMP)
-	$(PY) -m lit_sr study --config configs/study/demo.yaml
+	$(RUN) -m lit_sr study --config configs/study/demo.yaml
 
 # The same six runs, shorter (380 steps instead of 950): a first look (runs/demo_quick/results.md).
 demo-quick: $(STAMP)
-	$(PY) -m lit_sr study --config configs/study/demo_quick.yaml
+	$(RUN) -m lit_sr study --config configs/study/demo_quick.yaml
 
 # The defense report on the demo's arms (configs/defend/quickstart.yaml): A, B and C x FT, fine-pruning,
 # NAD, adversarial unlearning and ANP, each given 5% of the training tiles, clean; D is the clean reference.
 # Needs runs/demo (make demo); writes runs/defend_quickstart/results.{md,csv,json} and tradeoff.png.
 defend: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m lit_sr defend --config configs/defend/quickstart.yaml
+	$(RUN) -m lit_sr defend --config configs/defend/quickstart.yaml
 
 # The clean quickstart alone (beats bicubic in a few minutes on two CPU cores).
 quickstart: $(STAMP)
-	$(PY) train.py fit --config configs/train/quickstart.yaml
+	$(RUN) train.py fit --config configs/train/quickstart.yaml
 
 # The robustness report of the quickstart EDSR against bicubic (configs/evaluate/robustness_quick.yaml): the
 # embedded validation photos as PNG files, the quickstart trained into a fixed logger version when its
@@ -46,10 +52,10 @@ QUICKSTART_VERSION ?= quickstart
 QUICKSTART_WEIGHTS := runs/quickstart/$(QUICKSTART_VERSION)/weights.pth
 .PHONY: robustness
 robustness: $(STAMP)
-	$(PY) -c "from datamodules import export_embedded_photos; export_embedded_photos('data/embedded_val', 'val', max_side=256)"
-	test -f $(QUICKSTART_WEIGHTS) || $(PY) train.py fit --config configs/train/quickstart.yaml \
+	$(RUN) -c "from datamodules import export_embedded_photos; export_embedded_photos('data/embedded_val', 'val', max_side=256)"
+	test -f $(QUICKSTART_WEIGHTS) || $(RUN) train.py fit --config configs/train/quickstart.yaml \
 	  --trainer.logger.init_args.version $(QUICKSTART_VERSION)
-	$(PY) -m lit_sr evaluate --config configs/evaluate/robustness_quick.yaml \
+	$(RUN) -m lit_sr evaluate --config configs/evaluate/robustness_quick.yaml \
 	  --models.EDSR-quickstart.weights $(QUICKSTART_WEIGHTS)
 
 # The robust fine-tuning report (configs/evaluate/robust_report_quick.yaml): the quickstart EDSR fine-tuned
@@ -59,18 +65,29 @@ robustness: $(STAMP)
 ROBUST_EPS ?= 4:0.0156862745 7:0.0274509804 8:0.0313725490 12:0.0470588235
 .PHONY: robust
 robust: $(STAMP)
-	$(PY) -c "from datamodules import export_embedded_photos; export_embedded_photos('data/embedded_val', 'val', max_side=256)"
-	test -f $(QUICKSTART_WEIGHTS) || $(PY) train.py fit --config configs/train/quickstart.yaml \
+	$(RUN) -c "from datamodules import export_embedded_photos; export_embedded_photos('data/embedded_val', 'val', max_side=256)"
+	test -f $(QUICKSTART_WEIGHTS) || $(RUN) train.py fit --config configs/train/quickstart.yaml \
 	  --trainer.logger.init_args.version $(QUICKSTART_VERSION)
 	for pair in $(ROBUST_EPS); do k=$${pair%%:*}; eps=$${pair#*:}; \
-	  test -f runs/robust_quickstart/eps$$k/weights.pth || $(PY) train.py fit --config configs/train/robust_quickstart.yaml \
+	  test -f runs/robust_quickstart/eps$$k/weights.pth || $(RUN) train.py fit --config configs/train/robust_quickstart.yaml \
 	    --model.init_args.weights $(QUICKSTART_WEIGHTS) --model.init_args.eps $$eps \
 	    --trainer.logger.init_args.version eps$$k || exit 1; done
-	$(PY) -m lit_sr evaluate --config configs/evaluate/robust_report_quick.yaml \
+	$(RUN) -m lit_sr evaluate --config configs/evaluate/robust_report_quick.yaml \
 	  --models.EDSR-quickstart.weights $(QUICKSTART_WEIGHTS)
 
+# The whole suite (CI runs it; goal: under 8 minutes on two cores).
 test: $(STAMP)
 	$(PY) -m pytest tests -x --durations=15
+
+# The edit loop: the suite without the tests marked slow (those that start interpreters -- DDP
+# ranks, CLI subprocesses -- or train a fixture for long; pyproject.toml [tool.pytest] markers).
+test-fast: $(STAMP)
+	$(PY) -m pytest tests -x -m "not slow" --durations=10
+
+# The targets and what they do (the comment block above each target, first line).
+help:
+	@awk '/^# /{if(!c)c=substr($$0,3)} /^[a-z-]+:/{if(c){split($$1,t,":");printf "  make %-12s %s\n",t[1],c};c=""} /^$$/{c=""}' Makefile
+	@echo "  THREADS=N: torch threads per process of every run (default 1; see docs/performance.md)"
 
 lint: $(STAMP)
 	$(PY) -m ruff check lit_sr datamodules callbacks tests benchmarks train.py

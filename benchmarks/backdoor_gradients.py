@@ -16,10 +16,10 @@ synchronised around each.
 
 Part 2: :func:`lit_sr.poison.genetic_select` (population 50, 100 generations: the defaults) on
 random float32 sketches ``(N, --sketch-dim)`` for pools of 1,000, 10,000 and 100,000 candidates
-and a budget of 10%, for both fitness functions, with the sparse evaluation (sums over the
-members, the default) and, as the baseline in the same run, the dense one (a ``(population, N)``
-membership matrix times the scores), skipped where its matrix would not fit in a quarter of the
-available memory. Each search runs in its own process (spawned), so that its peak RSS
+and a budget of 10%, for both fitness functions, with the incremental evaluation (the default: an
+offspring's sum is its parent's plus what changed), the sparse one (sums over all members) and,
+as the naive baseline in the same run, the dense one (a ``(population, N)`` membership matrix
+times the scores), skipped where its matrix would not fit in a quarter of the available memory. Each search runs in its own process (spawned), so that its peak RSS
 (``ru_maxrss``) is its own; the RSS of that process after its imports and before the sketches
 exist is reported too (``import torch`` alone is ~0.7 GB here), as are the sketches' bytes. Also
 the fitness of top-k by norm and of a random subset, for scale.
@@ -148,12 +148,14 @@ def selection_rows(args) -> list[dict]:
             row = worker.apply(one_search, (pool, fitness, evaluation, args.sketch_dim, args.budget_rate,
                                             args.population, args.generations))
         rows.append(row)
-    for row in rows:  # the baseline's time over the sparse one's, and whether they chose the same set
-        dense = [r for r in rows if r["evaluation"] == "dense" and (r["pool"], r["fitness"]) == (row["pool"],
-                                                                                                  row["fitness"])]
-        if row["evaluation"] == "sparse" and dense:
-            row["dense_over_sparse"] = dense[0]["seconds"] / row["seconds"]
-            row["same_choice_as_dense"] = dense[0]["chosen"] == row["chosen"]
+    baselines = {"incremental": ("dense", "sparse"), "sparse": ("dense",), "dense": ()}
+    for row in rows:  # each baseline's time over this one's, and whether they chose the same set
+        for baseline in baselines[row["evaluation"]]:
+            same = [r for r in rows if r["evaluation"] == baseline and (r["pool"], r["fitness"]) == (row["pool"],
+                                                                                                     row["fitness"])]
+            if same:
+                row[f"{baseline}_over_this"] = same[0]["seconds"] / row["seconds"]
+                row[f"same_choice_as_{baseline}"] = same[0]["chosen"] == row["chosen"]
     for row in rows:
         row.pop("chosen")
     return rows
@@ -181,13 +183,15 @@ def print_gradient_table(info: dict, grad_rows: list[dict]) -> None:
 def print_selection_table(info: dict, sel_rows: list[dict]) -> None:
     print(f"\ngenetic selection (population {sel_rows[0]['population']}, {sel_rows[0]['generations']} generations, "
           f"random float32 sketches of {info['sketch_dim']}, budget {info['budget_rate']:.0%}; one process each)")
-    print(f"{'pool':>7} {'fitness':>13} {'eval':>6} {'seconds':>8} {'ms/gen':>7} {'dense/sparse':>12} {'same':>5} "
-          f"{'peak GiB':>8} {'imports':>7} {'sketch':>6} {'GA':>10} {'top-k':>10} {'random':>10}")
+    print(f"{'pool':>7} {'fitness':>13} {'eval':>11} {'seconds':>8} {'ms/gen':>7} {'dense/this':>10} "
+          f"{'sparse/this':>11} {'same':>5} {'peak GiB':>8} {'imports':>7} {'sketch':>6} {'GA':>10} {'top-k':>10} "
+          f"{'random':>10}")
     for r in sel_rows:
-        ratio = f"{r['dense_over_sparse']:.2f}x" if "dense_over_sparse" in r else "-"
-        same = str(r["same_choice_as_dense"]) if "same_choice_as_dense" in r else "-"
-        print(f"{r['pool']:>7} {r['fitness']:>13} {r['evaluation']:>6} {r['seconds']:>8.2f} "
-              f"{r['ms_per_generation']:>7.1f} {ratio:>12} {same:>5} {r['peak_rss_gib']:>8.2f} "
+        ratios = [f"{r[k]:.2f}x" if k in r else "-" for k in ("dense_over_this", "sparse_over_this")]
+        same = [r[k] for k in ("same_choice_as_dense", "same_choice_as_sparse") if k in r]
+        same = str(all(same)) if same else "-"
+        print(f"{r['pool']:>7} {r['fitness']:>13} {r['evaluation']:>11} {r['seconds']:>8.2f} "
+              f"{r['ms_per_generation']:>7.1f} {ratios[0]:>10} {ratios[1]:>11} {same:>5} {r['peak_rss_gib']:>8.2f} "
               f"{r['rss_after_imports_gib']:>7.2f} {r['sketch_gib']:>6.2f} {r['fitness_ga']:>10.4g} "
               f"{r['fitness_topk']:>10.4g} {r['fitness_random']:>10.4g}")
 
@@ -204,8 +208,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--bf16", action="store_true", help="also run both under bfloat16 autocast")
     p.add_argument("--pools", type=int, nargs="+", default=[1000, 10000, 100000])
     p.add_argument("--selection-only", action="store_true", help="only part 2 (the genetic selection)")
-    p.add_argument("--evaluations", nargs="+", choices=["sparse", "dense"], default=["sparse", "dense"],
-                   help="GA fitness evaluations to time (dense: the baseline)")
+    p.add_argument("--evaluations", nargs="+", choices=["incremental", "sparse", "dense"],
+                   default=["incremental", "sparse", "dense"],
+                   help="GA fitness evaluations to time (dense: the naive baseline; sparse: sums all members)")
     p.add_argument("--budget-rate", type=float, default=0.1)
     p.add_argument("--population", type=int, default=50)
     p.add_argument("--generations", type=int, default=100)

@@ -77,17 +77,35 @@ def random_crop_pair(
     Any dtype (the loaders crop uint8 pixels); the crops are views. ``name`` (the file path) goes
     into the error for an image smaller than the patch.
     """
+    box = random_box(tuple(lr.shape[-2:]), tuple(hr.shape[-2:]), patch_size, scale, rng, name)
+    return crop_box(lr, hr, box, scale)
+
+
+def random_box(lr_hw: tuple[int, int], hr_hw: tuple[int, int], patch_size: int, scale: int, rng: random.Random,
+               name: str = "?") -> tuple[int, int, int]:
+    """The LR ``(top, left, size)`` of an aligned random crop of an LR image of ``lr_hw`` (two ``rng`` draws).
+
+    Only the sizes are needed, so a reader can draw the box first and then read just the patch.
+    """
     lr_patch = patch_size // scale
-    h, w = lr.shape[-2:]
+    h, w = lr_hw
     if h < lr_patch or w < lr_patch:
         raise DataError(
-            f"image {name} is too small for the patch: LR is {h}x{w}, HR {hr.shape[-2]}x{hr.shape[-1]}; "
+            f"image {name} is too small for the patch: LR is {h}x{w}, HR {hr_hw[0]}x{hr_hw[1]}; "
             f"expected at least LR {lr_patch}x{lr_patch} (HR patch_size {patch_size} at x{scale})"
         )
-    top, left = rng.randint(0, h - lr_patch), rng.randint(0, w - lr_patch)
-    lr = lr[..., top : top + lr_patch, left : left + lr_patch]
-    hr = hr[..., top * scale : (top + lr_patch) * scale, left * scale : (left + lr_patch) * scale]
-    return lr, hr
+    return rng.randint(0, h - lr_patch), rng.randint(0, w - lr_patch), lr_patch
+
+
+def crop_box(lr, hr, box: tuple[int, int, int], scale: int):
+    """The LR patch ``box = (top, left, size)`` of ``lr`` and the aligned ``size * scale`` patch of ``hr``.
+
+    Works on anything sliceable as ``[:, rows, cols]`` with (C, H, W) layout: tensors (views) and
+    safetensors slices (only the patch's rows are read from the file).
+    """
+    top, left, size = box
+    return (lr[:, top : top + size, left : left + size],
+            hr[:, top * scale : (top + size) * scale, left * scale : (left + size) * scale])
 
 
 def augment_draws(rng: random.Random, hflip: bool = True, rot: bool = True) -> dict[str, bool]:
@@ -223,15 +241,28 @@ class SRPairDataset(Dataset):
         Takes pixels of any dtype (uint8 or float) and returns float32 in [0, 1]: the crop is cut
         first, so only the patch is converted.
         """
-        if self.patch_size is None and not self.augment:
-            return to_float(lr), to_float(hr)  # evaluation: whole images, and no draw from the global generator
-        rng = random.Random(int(torch.randint(0, 2**62, (1,)).item()))
-        if self.patch_size is not None:
-            lr, hr = random_crop_pair(lr, hr, self.patch_size, self.scale, rng,
-                                      self.records[index % len(self.records)].label)
-        flips = augment_draws(rng) if self.augment else {}
+        box, flips = self.draw_patch(tuple(lr.shape[-2:]), tuple(hr.shape[-2:]), index)
+        if box is not None:
+            lr, hr = crop_box(lr, hr, box, self.scale)
         # the flips are applied inside the float conversion of the patch: one pass, no extra copies
         return to_float(lr, **flips), to_float(hr, **flips)
+
+    def draw_patch(self, lr_hw: tuple[int, int], hr_hw: tuple[int, int],
+                   index: int) -> tuple[tuple[int, int, int] | None, dict[str, bool]]:
+        """The random draws of :meth:`crop_and_augment` for a pair of these sizes: the LR box or ``None``, the flips.
+
+        Drawn from torch's global generator exactly as :meth:`crop_and_augment` draws them, so a reader
+        that knows only the sizes (the poison cache's file header) can read just the patch and get the
+        same sample. Evaluation (no patch, no augmentation) draws nothing.
+        """
+        if self.patch_size is None and not self.augment:
+            return None, {}  # evaluation: whole images, and no draw from the global generator
+        rng = random.Random(int(torch.randint(0, 2**62, (1,)).item()))
+        box = None
+        if self.patch_size is not None:
+            box = random_box(lr_hw, hr_hw, self.patch_size, self.scale, rng,
+                             self.records[index % len(self.records)].label)
+        return box, (augment_draws(rng) if self.augment else {})
 
     def _sample(self, index: int, lr: torch.Tensor, hr: torch.Tensor) -> dict:
         rec = self.records[index % len(self.records)]

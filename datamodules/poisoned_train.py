@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.datasets import SRPairDataset
+from datamodules.datasets import SRPairDataset, crop_box
+from lit_sr.data.images import to_float as images_to_float
 from lit_sr.poison.cache import PoisonCache, sha256_tensors, to_float
 from lit_sr.poison.generation import sample_key
 
@@ -26,31 +27,58 @@ class ActiveSet:
 
 
 class CachedPairs:
-    """``index -> (triggered lr, poisoned hr)`` (float32, whole images) read from a poison cache.
+    """``index -> (triggered lr, poisoned hr)`` (float32, whole images) read from a poison cache;
+    :meth:`training_patch` reads only a training patch.
 
     A small picklable object, so loader workers get it without the data module.
 
     Args:
         cache: the (verified) cache.
-        keep_in_memory: keep pairs after their first read (small data sets); otherwise every call
-            reads the file (large images).
+        keep_in_memory: keep pairs (as stored: uint8 with ``quantize``) after their first read (small
+            data sets); otherwise every call reads the file (large images).
     """
 
     def __init__(self, cache: PoisonCache, keep_in_memory: bool):
         self.cache, self.keep_in_memory = cache, keep_in_memory
         self._memory: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def __call__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if index in self._memory:
-            return self._memory[index]
+    def _key(self, index: int) -> str:
         key = sample_key("train_", index)
         if key not in self.cache.entries:
             raise KeyError(f"sample {index} is not in the candidate pool of the poison cache {self.cache.directory}")
-        tensors = self.cache.read(key)
-        pair = (to_float(tensors["lr"]), to_float(tensors["hr"]))
+        return key
+
+    def stored(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole pair as stored (uint8 with ``quantize``, else float32); kept with ``keep_in_memory``."""
+        if index in self._memory:
+            return self._memory[index]
+        tensors = self.cache.read(self._key(index))
+        pair = (tensors["lr"], tensors["hr"])
         if self.keep_in_memory:
             self._memory[index] = pair
         return pair
+
+    def __call__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        lr, hr = self.stored(index)
+        return to_float(lr), to_float(hr)
+
+    def training_patch(self, index: int, base: SRPairDataset) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pool sample ``index`` cropped and augmented as ``base`` crops a clean sample, float32.
+
+        Crop first: the box is drawn from the stored sizes (:meth:`SRPairDataset.draw_patch`, the same
+        draws as :meth:`SRPairDataset.crop_and_augment`), only the patch is read from the file
+        (safetensors slices read just its rows) and only the patch is converted to float, so the
+        sample is the one the whole-image path gives for the same seed, at the cost of a patch.
+        """
+        if self.keep_in_memory or index in self._memory:
+            return base.crop_and_augment(*self.stored(index), index)
+        from safetensors import safe_open
+
+        with safe_open(str(self.cache.sample_file(self._key(index))), framework="pt") as handle:
+            lr, hr = handle.get_slice("lr"), handle.get_slice("hr")
+            box, flips = base.draw_patch(tuple(lr.get_shape()[-2:]), tuple(hr.get_shape()[-2:]), index)
+            lr, hr = crop_box(lr, hr, box, base.scale) if box is not None else (lr[:], hr[:])
+        return images_to_float(lr, **flips), images_to_float(hr, **flips)
 
     def centre_crop(self, index: int, lr_size: int, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The centre ``lr_size`` LR patch of pool sample ``index`` and its HR partner, float32.
@@ -59,9 +87,7 @@ class CachedPairs:
         """
         if index in self._memory or self.keep_in_memory:
             return centre_crop_pair(*self(index), lr_size, scale, index)
-        key = sample_key("train_", index)
-        if key not in self.cache.entries:
-            raise KeyError(f"sample {index} is not in the candidate pool of the poison cache {self.cache.directory}")
+        key = self._key(index)
         _, h, w = self.cache.shapes(key)["lr"]
         top, left = centre_box(h, w, lr_size, index, scale)
         s = scale
@@ -108,8 +134,7 @@ class PoisonedTrainDataset(Dataset):
             sample = self.base[index]
             sample["poisoned"] = False
             return sample
-        lr, hr = self.pairs(i)
-        lr, hr = self.base.crop_and_augment(lr, hr, i)  # cropped and augmented exactly as a clean sample
+        lr, hr = self.pairs.training_patch(i, self.base)  # cropped and augmented exactly as a clean sample
         sample = self.base._sample(i, lr, hr)
         sample["poisoned"] = True
         return sample

@@ -28,6 +28,7 @@ COMMANDS: dict[str, Command] = {
     "predict": Command(_TRAIN, "write the SR images of a model as PNG files (LightningCLI predict)", True),
     "evaluate": Command("lit_sr.jobs.evaluate.cli", "robustness report: attacks x eps x models, transfer, input defenses"),
     "evaluate-refsr": Command("lit_sr.jobs.evaluate_refsr.cli", "RefSR robustness report: attacks on the reference by similarity level"),
+    "refsr-claims": Command("lit_sr.jobs.refsr_claims.cli", "RefSR-Adv's claims measured: architectures, losses, transfer"),
     "robust": Command("lit_sr.jobs.robust.cli", "worst-case PSNR of (robustly fine-tuned) models over attacks and restarts"),
     "defend": Command("lit_sr.jobs.defend.cli", "defense report: backdoored runs x repair defenses, before and after"),
     "study": Command("lit_sr.jobs.study.cli", "run many training runs from one study file and write one table"),

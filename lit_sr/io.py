@@ -339,7 +339,8 @@ def read_state_dict(path: str | os.PathLike, key: str | None = None, prefix: str
         prefix: for Lightning checkpoints, the attribute holding the network (default: ``net.``,
             or ``net_ema.`` for EMA weights when present and ``key`` allows it).
 
-    A ``module.`` prefix left by (Distributed)DataParallel is stripped.
+    A ``module.`` prefix left by (Distributed)DataParallel is stripped. The authors' LIIF files,
+    ``{'model': {'name', 'args', 'sd'}, ...}``, give ``model['sd']``.
     """
     path = Path(path)
     if not path.is_file():
@@ -351,6 +352,9 @@ def read_state_dict(path: str | os.PathLike, key: str | None = None, prefix: str
         raise ValueError(f"{path} holds a {type(obj).__name__}, expected a dict of weights")
     if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):  # Lightning checkpoint
         return _from_lightning(obj["state_dict"], path, key, prefix)
+    model = obj.get("model")
+    if key is None and isinstance(model, Mapping) and isinstance(model.get("sd"), Mapping):
+        obj = model["sd"]  # yinboc/liif's {'model': {'name', 'args', 'sd'}} (lit_sr.archs.liif_arch reads the args)
     if key is not None:
         if key not in obj:
             raise KeyError(f"{path} has no key {key!r}; it has {sorted(obj)[:10]}")

@@ -58,24 +58,53 @@ def psnr_vs_eps_figure(panels: Mapping[str, Mapping[str, Sequence[tuple[float, f
     return fig
 
 
-def transfer_figure(names: Sequence[str], matrix: Sequence[Sequence[float]], title: str):
-    """Heat map of a source x target PSNR matrix (lower = the attack transfers better), values written in."""
-    size = 1.2 + 0.9 * len(names)
-    fig = _agg_figure((size + 1.5, size))
+def transfer_figure(names: Sequence[str], matrix: Sequence[Sequence[float]], title: str,
+                    sources: Sequence[str] | None = None, value_label: str = "SR PSNR vs clean output (dB)"):
+    """Heat map of a source x target matrix, values written in.
+
+    ``names`` are the targets (columns); ``sources`` the rows, ``names`` again by default (a square
+    model x model matrix; lower PSNR = the attack transfers better). ``value_label`` names the colour bar.
+    """
+    sources = list(names if sources is None else sources)
+    fig = _agg_figure((2.7 + 0.9 * len(names), 1.2 + 0.9 * len(sources)))
     ax = fig.subplots()
     values = torch.tensor(matrix, dtype=torch.float64).numpy()
+    if values.shape != (len(sources), len(names)):
+        raise ValueError(f"matrix of shape {values.shape} for {len(sources)} sources x {len(names)} targets")
     image = ax.imshow(values, cmap="viridis")
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    ax.set_yticks(range(len(names)), names)
+    ax.set_yticks(range(len(sources)), sources)
     ax.set_xlabel("target model")
     ax.set_ylabel("source model (attacked)")
     middle = (values.max() + values.min()) / 2
-    for i in range(len(names)):
+    for i in range(len(sources)):
         for j in range(len(names)):
             colour = "black" if values[i, j] > middle else "white"
             ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center", color=colour, fontsize=8)
-    fig.colorbar(image, ax=ax, label="SR PSNR vs clean output (dB)")
+    fig.colorbar(image, ax=ax, label=value_label)
     ax.set_title(title, fontsize=10)
+    return fig
+
+
+def grouped_bars_figure(groups: Sequence[str], series: Mapping[str, Sequence[tuple[float, float]]], ylabel: str,
+                        title: str):
+    """Bars per group (x axis), one bar per series side by side: ``series[name][i] = (value, error)``
+    for ``groups[i]`` (the error drawn as a bar of +-error; 0 for none)."""
+    fig = _agg_figure((1.8 + 1.4 * len(groups), 3.8))
+    ax = fig.subplots()
+    width = 0.8 / max(len(series), 1)
+    for k, (name, points) in enumerate(series.items()):
+        if len(points) != len(groups):
+            raise ValueError(f"series {name!r} has {len(points)} values for {len(groups)} groups")
+        offset = (k - (len(series) - 1) / 2) * width
+        ax.bar([i + offset for i in range(len(groups))], [p[0] for p in points], width=width, label=name,
+               yerr=[p[1] for p in points], capsize=3)
+    ax.set_xticks(range(len(groups)), list(groups))
+    ax.set_ylabel(ylabel)
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
     return fig
 
 

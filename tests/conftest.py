@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
 
-# Tiny test tensors run fastest on one thread (measured 9x faster than two on the CI box).
+# Tiny test tensors run fastest on one thread (measured 9x faster than two on the CI box); the
+# environment says so too, for the CLIs built in-process (lit_sr.runtime.configure_threads) and the
+# interpreters the tests start.
+os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 
 
@@ -15,6 +20,17 @@ def _private_image_store(tmp_path_factory):
     """Shared image stores (cache_images) go to this session's temp folder, not the node's /tmp/lit_sr_cache."""
     mp = pytest.MonkeyPatch()
     mp.setenv("LIT_SR_CACHE_DIR", str(tmp_path_factory.mktemp("lit_sr_cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _emulated_bf16():
+    """bf16 autocast really runs in the tests, also on a CPU without native bf16 (where users get float32,
+    lit_sr.runtime.bf16_fallback): the tests check bf16 numerics on tiny tensors, where emulation costs
+    little. tests/test_runtime_bf16.py removes the setting to test the fallback itself."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LIT_SR_CPU_BF16", "emulate")
     yield
     mp.undo()
 

@@ -99,8 +99,8 @@ def test_interrupted_prepare_resumes_without_redoing_finished_images(tmp_path, c
     (out / "hr" / ".0003_s001.png.tmpXYZ.png").write_bytes(b"left by a kill")  # a stale temporary file
     files[2].write_bytes(good)
     # the command line, as a user would resume it
-    cmd = ["data", "prepare", "--hr-dir", str(tmp_path / "hr"), "--out-dir", str(out),
-           "--scale", "2", "--crop-size", "32", "--step", "16", "--workers", "1", "--no-progress"]
+    cmd = ["data", "prepare", "--hr_dir", str(tmp_path / "hr"), "--out_dir", str(out),
+           "--scale", "2", "--crop_size", "32", "--step", "16", "--workers", "1", "--no-progress"]
     assert lit_sr_main(cmd) == 0
     assert "1 prepared now, 2 already finished" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in finished} == stamps  # nothing finished was written again
@@ -110,7 +110,7 @@ def test_interrupted_prepare_resumes_without_redoing_finished_images(tmp_path, c
     # exit code 2, not a traceback; verify re-checks every SHA-256
     assert cli_main([*cmd[1:-4], "24", "--workers", "1", "--no-progress"]) == 2
     assert "another configuration (step: 16 there vs 24 now)" in capsys.readouterr().err
-    assert cli_main(["verify", str(out)]) == 0
+    assert cli_main(["verify", "--directory", str(out)]) == 0
     assert "27 sub-image pairs, every SHA-256 matches" in capsys.readouterr().out
 
 

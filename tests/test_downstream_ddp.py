@@ -15,6 +15,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # starts interpreters (DDP ranks): left out by make test-fast
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -11,7 +11,7 @@ import pytest
 from lit_sr.__main__ import COMMANDS, main
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPECTED = ["fit", "validate", "test", "predict", "evaluate", "evaluate-refsr", "robust", "defend", "study", "data"]
+EXPECTED = ["fit", "validate", "test", "predict", "evaluate", "evaluate-refsr", "refsr-claims", "robust", "defend", "study", "data"]
 
 
 def _help(argv: list[str], capsys) -> str:
@@ -58,6 +58,7 @@ def test_a_job_gets_its_arguments_and_its_exit_code(tmp_path, capsys):
     assert str(missing) in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_console_script_and_the_module_entry():
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert '[project.scripts]\nlit-sr = "lit_sr.__main__:main"\n' in pyproject

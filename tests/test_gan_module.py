@@ -215,6 +215,7 @@ def _ddp_worker(out: Path) -> None:
     close_process_group()  # gloo aborts at exit with the group left open
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_keep_g_and_d_in_sync(tmp_path):
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, OMP_NUM_THREADS="1", PL_DISABLE_FORK="1", PYTHONPATH=str(root))

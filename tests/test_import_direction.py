@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("lit_sr", "callbacks", "datamodules")
 JOBS = "lit_sr.jobs"
@@ -199,6 +201,7 @@ def _fresh_interpreter(script: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_importing_the_library_loads_neither_callbacks_nor_a_job():
     modules = sorted(_module_name(p) for p in _library())
     seen = _fresh_interpreter(

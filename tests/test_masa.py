@@ -60,21 +60,28 @@ def _features(net: MASA, lr: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Ten
 
 
 def naive_coarse(lr_feat: torch.Tensor, reflr: torch.Tensor, k: int, dilations) -> torch.Tensor:
-    """The authors' formulation: unfold the reference at each dilation, loop over the blocks."""
+    """The authors' ``MASA.forward`` + ``MASA.search`` (dvlab-research/MASA-SR, models/archs/MASA_arch.py),
+    re-written from their definition, not from ours: the replicate-padded features are unfolded
+    into (k+2) x (k+2) blocks at stride k and ``search`` is given those blocks, so the centre it
+    takes, ``k_y // 2`` of the block it receives, is ``(k + 2) // 2``; the reference is unfolded
+    at each dilation (zero padding = dilation) and the cosine scores are summed; one block at a time.
+    """
     n, c, h, w = lr_feat.shape
     padded = F.pad(lr_feat, (1, 1, 1, 1), mode="replicate")
-    score = 0
-    for d in dilations:
-        keys = F.normalize(F.unfold(reflr, 3, padding=d, dilation=d), dim=1)  # (N, 9C, Hr*Wr)
-        queries = []
-        for by in range(h // k):
-            for bx in range(w // k):
-                block = padded[:, :, by * k : by * k + k + 2, bx * k : bx * k + k + 2]
-                y = x = k // 2
-                queries.append(block[:, :, y - d : y + d + 1 : d, x - d : x + d + 1 : d].reshape(n, -1))
-        q = F.normalize(torch.stack(queries, dim=1), dim=2)  # (N, P, 9C)
-        score = score + torch.bmm(q, keys)
-    return score.argmax(dim=2)
+    blocks = F.unfold(padded, kernel_size=(k + 2, k + 2), stride=(k, k))  # (N, C*(k+2)^2, P)
+    blocks = blocks.view(n, c, k + 2, k + 2, -1).permute(0, 4, 1, 2, 3)  # (N, P, C, k+2, k+2)
+    k_y, k_x = blocks.shape[-2:]
+    y, x = k_y // 2, k_x // 2  # the authors' centre of the block they are given
+    best = torch.empty(n, blocks.shape[1], dtype=torch.long)
+    for i in range(n):
+        for b in range(blocks.shape[1]):
+            score = 0
+            for d in dilations:
+                keys = F.normalize(F.unfold(reflr[i : i + 1], 3, padding=d, dilation=d)[0], dim=0)  # (9C, Hr*Wr)
+                query = blocks[i, b, :, y - d : y + d + 1 : d, x - d : x + d + 1 : d].reshape(-1)
+                score = score + F.normalize(query, dim=0) @ keys
+            best[i, b] = score.argmax()
+    return best
 
 
 def naive_fine(lr_feat, reflr, match: Match, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,9 +144,10 @@ def test_matching_finds_the_lr_content_at_its_offset_in_the_reference(photos):
         match = net.match(lr, ref)
     wr, (oy, ox) = ref.shape[-1] // 4, (8, 12)
     blocks = torch.arange(16)
-    # block centres (LR px k//2 - 1 = 3 within the block) found at their place (interior blocks:
+    # block centres (LR px k//2 = 4 within the block, the authors' (k+2)//2 of the padded block)
+    # found at their place (interior blocks:
     # at the LR border MATLAB's symmetric padding makes LR differ from the crop of a larger image)
-    cy, cx = (blocks // 4) * 8 + 3 + oy, (blocks % 4) * 8 + 3 + ox
+    cy, cx = (blocks // 4) * 8 + 4 + oy, (blocks % 4) * 8 + 4 + ox
     interior = ((blocks // 4) % 3 != 0) & ((blocks % 4) % 3 != 0)
     assert torch.equal(match.centre[0][interior], (cy * wr + cx)[interior])
     # ... so their regions hold the true place, and every position of those blocks finds its own

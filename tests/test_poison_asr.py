@@ -242,6 +242,7 @@ def _gloo_worker(rank: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_tally_reduce_over_a_two_process_gloo_group(tmp_path):
     import json
     import socket

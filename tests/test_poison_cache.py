@@ -133,6 +133,7 @@ def test_a_bad_trigger_setting_fails_before_any_work(tmp_path, trigger, message)
     assert not (tmp_path / "cache").exists()
 
 
+@pytest.mark.slow
 def test_a_misspelt_yaml_trigger_key_fails_at_parse_time_leaving_no_cache(tmp_path):
     # (a bad value, steps: -5, fails in the same constructor as the dict case above, at instantiation)
     recipe = (ROOT / "configs" / "train" / "badsr_quickstart.yaml").read_text()

@@ -70,6 +70,7 @@ def test_poisoner_rejects_bad_input():
         Poisoner(Blend(), CleanLabel(), trigger_reference="lr")
 
 
+@pytest.mark.slow
 def test_the_poison_library_imports_no_lightning():
     code = ("import sys, lit_sr.poison.poisoner, lit_sr.poison.cache, lit_sr.poison.generation, lit_sr.poison.specs,"
             " lit_sr.poison.sharding, lit_sr.poison.substitute; "

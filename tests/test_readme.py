@@ -516,8 +516,8 @@ def test_data_prepare_commands_run_on_small_folders(tmp_path, monkeypatch):
     for cmd in cmds:
         args = [a.replace("/data/", f"{tmp_path}/data/") for a in after(cmd, "data")]
         if args[0] == "prepare":
-            hr_dir = Path(args[args.index("--hr-dir") + 1])
-            lr_dir = Path(args[args.index("--lr-dir") + 1])
+            hr_dir = Path(args[args.index("--hr_dir") + 1])
+            lr_dir = Path(args[args.index("--lr_dir") + 1])
             hr_dir.mkdir(parents=True)
             lr_dir.mkdir(parents=True)
             for stem in ("0001", "0002"):
@@ -526,7 +526,7 @@ def test_data_prepare_commands_run_on_small_folders(tmp_path, monkeypatch):
                 Image.fromarray(hr[::4, ::4]).save(lr_dir / f"{stem}x4.png")
         assert data_main([*args, "--no-progress"] if args[0] == "prepare" else args) == 0, cmd
         if args[0] == "prepare":
-            out = Path(args[args.index("--out-dir") + 1])
+            out = Path(args[args.index("--out_dir") + 1])
             assert (out / "manifest.json").is_file()
 
 

@@ -200,6 +200,7 @@ def trained_ttsr(small_photos):
     return net.eval()
 
 
+@pytest.mark.slow
 def test_refsr_adv_on_a_trained_ttsr_hurts_far_more_than_noise(trained_ttsr, small_photos):
     lr, ref, hr = _training_crops(small_photos, 4, torch.Generator().manual_seed(1))
     rows = refsr_attack_report(trained_ttsr, lr, ref, hr, eps=EPS, steps=10, seed=0)
@@ -239,6 +240,7 @@ def test_refsr_adv_ascends_its_loss_more_steps_more_damage_and_beats_sign_noise(
     assert (ten > 1.5 * corners).all(), (ten, corners)
 
 
+@pytest.mark.slow
 def test_report_adds_the_black_box_row(trained_ttsr, small_photos):
     lr, ref, hr = _training_crops(small_photos, 2, torch.Generator().manual_seed(2))
     rows = refsr_attack_report(trained_ttsr, lr, ref, None, eps=EPS, steps=2, square_queries=20, seed=0)
@@ -290,6 +292,7 @@ def test_bit_depth_purification_keeps_a_gradient_for_the_adaptive_attack():
     assert ref.grad.abs().sum() > 0  # BPDA: rounding and the step gate pass the surrogate's gradient
 
 
+@pytest.mark.slow
 def test_adaptive_attack_is_at_least_as_strong_and_clean_quality_is_kept(trained_ttsr, small_photos):
     lr, ref, hr = _training_crops(small_photos, 2, torch.Generator().manual_seed(3))
     defended = SimilarityGatedTTSR(trained_ttsr, threshold=None, purify="resize", purify_scale=4.0)

@@ -76,6 +76,7 @@ def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow
 def test_ddp_fit_and_attack_test_of_the_quickstart(tmp_path):
     _cli(tmp_path, "fit", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
          "--trainer.check_val_every_n_epoch", "1")

@@ -167,6 +167,7 @@ def test_robust_finetuning_raises_psnr_under_attack_against_a_clean_finetuning_c
     assert clean_psnr(robust, lr, hr) > clean_psnr(control, lr, hr) - 1.0
 
 
+@pytest.mark.slow
 def test_ddp_robust_fit_syncs_weights_and_metrics(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PL_DISABLE_FORK="1")
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "robust_ddp_fit_script.py"), "--out", str(tmp_path)],

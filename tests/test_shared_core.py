@@ -224,6 +224,7 @@ POISON_MODULES = ["lit_sr.poison.adversarial_trigger", "lit_sr.poison.triggers",
                   "lit_sr.poison", "lit_sr.poison.poisoned_hr", "lit_sr.poison.gradients"]
 
 
+@pytest.mark.slow
 def test_poison_modules_import_first_without_a_cycle_and_without_lightning():
     # One fresh interpreter; lit_sr is dropped from sys.modules before each import, so each module is
     # imported first in its turn (a cycle shows as an ImportError on a partly initialised module).

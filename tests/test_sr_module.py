@@ -292,6 +292,7 @@ def test_hparams_go_to_tensorboard_with_val_and_backdoor_metrics(tmp_path, photo
     assert {"val/psnr_y", "backdoor/asr_pixel"} <= set(events.Tags()["scalars"])
 
 
+@pytest.mark.slow
 def test_quickstart_cli_under_two_process_ddp_keeps_last_and_best(tmp_path):
     """`train.py fit` on 2 gloo ranks: LastCheckpoint's end-of-fit save, the exports and the hparams are collective-safe."""
     import os

@@ -182,6 +182,9 @@ def test_paired_delta_interval():
         ("columns: [{header: h, path: a}]\nverdict: {success_columns: [nope]}\n", "nope"),
         ("columns: [{path: a, baseline: b}]\n", "paired_delta"),
         ("columns: [{header: h, path: a}]\nplots: [{name: p, y: [h], beside: {h: nope}}]\n", "beside"),
+        ("columns: [{header: h, path: a}]\nplots: [{name: p, y: [h], x: h, beside: {h: h}}]\n", "x: run"),
+        ("columns: [{path: a, format: paired_delta, threshold: 0.5}]\nreference: run\n", "needs a baseline"),
+        ("columns: [{path: a, format: paired_delta, baseline: b, threshold: yes}]\n", "threshold"),
     ],
 )
 def test_bad_study_files_name_the_file_and_key(tmp_path, body, match):
@@ -313,7 +316,7 @@ def test_own_effect_column_beside_bars_and_verdict(tmp_path):
 
 def test_own_effect_column_needs_the_same_images(tmp_path):
 
-    col = Column("own", "@.a", "paired_delta", baseline="clean.a")
+    col = Column(path="@.a", header="own", format="paired_delta", baseline="clean.a")
     src = RowSource({"clean": {"a": [0.0, 0.1]}}, {"a": [1.0, 1.0, 1.0]})
     with pytest.raises(ValueError, match="same images"):
         own_effect_cell(col, src, False)

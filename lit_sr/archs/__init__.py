@@ -23,8 +23,11 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "carn_m": ("lit_sr.archs.carn_arch", "CARNM"),
     "ttsr": ("lit_sr.archs.ttsr_arch", "TTSR"),
     "masa": ("lit_sr.archs.masa_arch", "MASA"),
+    "liif": ("lit_sr.archs.liif_arch", "LIIF"),
+    "datsr": ("lit_sr.archs.datsr_arch", "DATSR"),
     "vgg_discriminator": ("lit_sr.archs.discriminator_arch", "VGGStyleDiscriminator"),
     "unet_discriminator": ("lit_sr.archs.discriminator_arch", "UNetDiscriminatorSN"),
+    "image_discriminator": ("lit_sr.archs.discriminator_arch", "ImageDiscriminator"),
 }
 
 

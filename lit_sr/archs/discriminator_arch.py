@@ -128,3 +128,50 @@ def _lrelu(x: torch.Tensor) -> torch.Tensor:
 
 def _up2(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+
+
+class ImageDiscriminator(nn.Module):
+    """DATSR's (and SRNTT's / C2-Matching's) discriminator, with the authors' keys (caojiezhang/DATSR).
+
+    Five blocks of (3x3 conv, batch norm, LeakyReLU(0.2), stride-2 3x3 conv, batch norm,
+    LeakyReLU(0.2)), then global average pooling, a 1x1 conv to 1024, LeakyReLU(0.2), a 1x1 conv to
+    one score and a sigmoid: ``(N, 3, H, W) -> (N, 1, 1, 1)`` in (0, 1), any input size. The authors
+    train it with the WGAN-GP loss despite the batch norm and the sigmoid; kept as they have it.
+    Keys: ``conv_block1.0.weight`` ... ``conv_block5.4.running_var``, ``out_block.1``, ``out_block.3``.
+    Init: N(0, 0.02) for conv weights, zero biases, batch-norm scales N(1, 0.02) (their
+    ``srntt_init_weights``).
+
+    Args:
+        in_nc: input channels (3).
+        ndf: channels of the first block, doubled per block (32).
+    """
+
+    def __init__(self, in_nc: int = 3, ndf: int = 32):
+        super().__init__()
+        if in_nc < 1 or ndf < 1:
+            raise ValueError(f"in_nc and ndf must be positive, got {in_nc!r}, {ndf!r}")
+
+        def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 3, 1, 1), nn.BatchNorm2d(out_channels), nn.LeakyReLU(0.2, True),
+                nn.Conv2d(out_channels, out_channels, 3, 2, 1), nn.BatchNorm2d(out_channels), nn.LeakyReLU(0.2, True),
+            )
+
+        widths = [ndf * 2**k for k in range(5)]
+        for i, (cin, cout) in enumerate(zip([in_nc] + widths[:-1], widths), start=1):
+            setattr(self, f"conv_block{i}", conv_block(cin, cout))
+        self.out_block = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(widths[-1], 1024, kernel_size=1),
+                                       nn.LeakyReLU(0.2), nn.Conv2d(1024, 1, kernel_size=1), nn.Sigmoid())
+        with torch.no_grad():
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.normal_(m.weight, 0.0, 0.02)
+                    nn.init.zeros_(m.bias)
+                elif isinstance(m, nn.BatchNorm2d):
+                    nn.init.normal_(m.weight, 1.0, 0.02)
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i in range(1, 6):
+            x = getattr(self, f"conv_block{i}")(x)
+        return self.out_block(x)

@@ -73,8 +73,66 @@ def parse_num_res_blocks(num_res_blocks: Sequence[int] | str) -> tuple[int, int,
     return blocks  # type: ignore[return-value]
 
 
+def _accept_authors_mean_shift(module, state_dict, prefix, *_args) -> None:
+    """Take the authors' ``sub_mean.weight`` / ``sub_mean.bias`` out of ``state_dict``, checked.
+
+    The authors' LTE normalises with a frozen 1x1 conv (``utils.MeanShift``: weight diag(1/std),
+    bias -mean/std, ``requires_grad=False``), which their trainer saves; lit-sr normalises with the
+    same constants held as non-persistent buffers. A file's conv is accepted when it is that
+    frozen conv (to 1e-5) and refused otherwise, naming the key: a different conv cannot be
+    expressed as a per-channel mean/std.
+    """
+    expected = {
+        "weight": torch.diag(1 / torch.tensor(_VGG_STD)).view(3, 3, 1, 1),
+        "bias": -torch.tensor(_VGG_MEAN) / torch.tensor(_VGG_STD),
+    }
+    for name, value in expected.items():
+        key = f"{prefix}sub_mean.{name}"
+        if key not in state_dict:
+            continue
+        given = state_dict.pop(key)
+        if tuple(given.shape) != tuple(value.shape) or not torch.allclose(given.float().cpu(), value, atol=1e-5):
+            raise ValueError(
+                f"{key}: expected the authors' frozen ImageNet mean-shift conv ({name} {value.flatten().tolist()}), "
+                f"got shape {tuple(given.shape)} values {given.flatten()[:9].tolist()}; lit-sr's texture "
+                "extractor normalises with that fixed mean/std and cannot load another conv"
+            )
+
+
+def _accept_authors_lte_copy(module, state_dict, prefix, *_args) -> None:
+    """Accept the ``LTE_copy.*`` entries of a full authors' ``nn.Module`` state, checked, then drop them.
+
+    The authors' TTSR holds a second extractor, ``LTE_copy``, for the transferal perceptual loss,
+    and overwrites it with ``LTE``'s weights (``load_state_dict``) before every use: its stored
+    values are never read (and lag ``LTE`` by one optimiser step), and their trainer leaves it out
+    of the files it saves. lit-sr has no copy (:meth:`TTSR.texture_features` runs ``LTE`` with
+    detached weights), so the entries are accepted when they are exactly ``LTE``'s key set with
+    ``LTE``'s shapes (the same network) and dropped; anything else is refused, naming the keys.
+    """
+    copy_prefix = f"{prefix}LTE_copy."
+    keys = [k for k in state_dict if k.startswith(copy_prefix)]
+    if not keys:
+        return
+    own = {f"{copy_prefix}{k}": v.shape for k, v in module.LTE.state_dict().items()}
+    own.update({f"{copy_prefix}sub_mean.weight": torch.Size((3, 3, 1, 1)), f"{copy_prefix}sub_mean.bias": torch.Size((3,))})
+    unknown = sorted(k for k in keys if k not in own)
+    wrong = sorted(k for k in keys if k in own and tuple(state_dict[k].shape) != tuple(own[k]))
+    missing = sorted(k for k in own if k not in state_dict and not k.startswith(f"{copy_prefix}sub_mean."))
+    if unknown or wrong or missing:
+        raise ValueError(
+            f"the authors' LTE_copy entries do not describe TTSR's texture extractor: unknown {unknown[:5]}, "
+            f"other shapes {wrong[:5]}, missing {missing[:5]}. LTE_copy is the authors' frozen copy of LTE "
+            "for the transferal perceptual loss (re-copied from LTE before each use), so it must mirror LTE"
+        )
+    for key in keys:
+        del state_dict[key]
+
+
 class LTE(nn.Module):
     """Learnable texture extractor: VGG19's layers up to relu3_1, returning relu1_1, relu2_1, relu3_1.
+
+    Loads the authors' state too: their frozen mean-shift conv ``sub_mean.weight``/``.bias`` is
+    checked against the constants and accepted (see :func:`_accept_authors_mean_shift`).
 
     Args:
         vgg_weights: torchvision's VGG19 state_dict file (``vgg19-dcbb9e9d.pth``, keys
@@ -92,6 +150,7 @@ class LTE(nn.Module):
             setattr(self, name, block)
         self.register_buffer("mean", torch.tensor(_VGG_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_VGG_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_load_state_dict_pre_hook(_accept_authors_mean_shift)
         if vgg_weights is not None:
             self.load_vgg19(vgg_weights)
         else:
@@ -401,6 +460,24 @@ class TTSR(nn.Module):
 
     Parameter count (n_feats 64, 16+16+8+4): 6,729,603, of which 555,328 in the extractor (the
     paper: 6.7 M).
+
+    The authors' files load strictly (``lit_sr.io.load_weights(net, path)``): the ``model_*.pt``
+    their trainer saves (a flat state_dict with ``LTE.sub_mean.weight``/``.bias``, the frozen
+    mean-shift conv, accepted when it holds the ImageNet constants) and the full ``nn.Module``
+    state with the ``LTE_copy.*`` entries (accepted when they mirror ``LTE``, then dropped: the
+    authors re-copy ``LTE`` into it before each use, so the stored values are never read).
+    Anything else in those names is refused with a ``ValueError`` naming the keys.
+
+    Resizing: lit-sr makes LR-up and Ref-down-up with MATLAB bicubic (:func:`lit_sr.ops.imresize`,
+    antialiased when downscaling) on float tensors, inside the network; the authors' CUFED loader
+    makes them with PIL bicubic on uint8 images. MATLAB's because it is differentiable and batched
+    on the model's device (an attack on ``ref`` goes through Ref-down-up), it is the resize that
+    made the benchmarks' LR images (CUFED5 included), and it is lit-sr's one resize everywhere.
+    Measured on 160 px crops of the scikit-image photos (``benchmarks/resize_pil_vs_matlab.py``,
+    [0, 1] scale): /4 differs by at most 0.016 inside (mean 0.0004 after uint8 rounding: PIL
+    rounds to uint8 between its two passes) and up to 0.071 in the 2-px border (PIL renormalises
+    the truncated kernel, MATLAB mirrors the image); /4 then x4 by up to 0.047 inside and 0.082 at
+    the border. So weights trained on the authors' pipeline see slightly other inputs here.
     """
 
     def __init__(
@@ -422,6 +499,7 @@ class TTSR(nn.Module):
         self.LTE = LTE(vgg_weights)
         self.SearchTransfer = SearchTransfer(chunk_size)
         self.MainNet = MainNet(self.num_res_blocks, n_feats, res_scale)
+        self.register_load_state_dict_pre_hook(_accept_authors_lte_copy)
 
     def texture_features(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """LTE features of ``img`` (e.g. the SR output) with the extractor's weights held constant.

@@ -1,7 +1,7 @@
 """The SR data pipeline's library side: prepared sub-images, a shared uint8 image store, uint8 pixels,
 device-side augmentation. No Lightning here; the data modules in ``datamodules/`` use it.
 
-Command line: ``lit-sr data prepare --hr-dir ... --out-dir ...`` (see :mod:`lit_sr.jobs.data.cli`).
+Command line: ``lit-sr data prepare --hr_dir ... --out_dir ...`` (see :mod:`lit_sr.jobs.data.cli`).
 """
 
 from lit_sr.data.augment import augment_batch

@@ -240,7 +240,7 @@ def _check_config(out_dir: Path, config: PrepareConfig, overwrite: bool) -> None
         diffs = [f"{k}: {old.get(k)!r} there vs {v!r} now" for k, v in config.to_json().items() if old.get(k) != v]
         raise PreparedDataMismatchError(
             f"{out_dir} holds sub-images prepared with another configuration ({'; '.join(diffs)}); "
-            "refusing to mix them: use another output folder or pass --overwrite")
+            "refusing to mix them: use another output folder or pass --overwrite true (lit-sr data prepare)")
     for name in (MANIFEST, CONFIG, PARTS, "hr", config.lr_folder, *(f"lr_x{k}" for k in range(1, 9))):
         target = out_dir / name
         if target.is_dir():
@@ -389,7 +389,7 @@ def prepared_config(directory: str | os.PathLike) -> dict[str, Any]:
     if manifest is None or manifest.get("kind") != KIND or not manifest.get("complete"):
         raise PreparedDataMismatchError(
             f"{directory} is not a finished prepared data set (no complete {MANIFEST}); run "
-            f"`lit-sr data prepare --hr-dir ... --out-dir {directory}` (it resumes where it stopped)")
+            f"`lit-sr data prepare --hr_dir ... --out_dir {directory}` (it resumes where it stopped)")
     return dict(manifest["config"])
 
 

@@ -1,4 +1,4 @@
-"""RefSRModule: train, validate and test reference-based SR networks (TTSR) with Lightning.
+"""RefSRModule: train, validate and test reference-based SR networks (TTSR, MASA, DATSR) with Lightning.
 
 Batches are ``{"lr", "ref", "hr"}`` (see :mod:`datamodules.refsr`). Two loss sets, as the RefSR
 literature: ``"rec"`` (L1 only, the "-rec" models) or ``"full"`` (L1 + perceptual +
@@ -13,6 +13,7 @@ the table by set (``refsr_adv_by_set.md``) into the log directory.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,7 +27,13 @@ from lit_sr.archs import build_arch
 from lit_sr.archs.ttsr_arch import TTSRDiscriminator
 from lit_sr.attacks.refsr_adv import refsr_attack_report
 from lit_sr.io import atomic_write, load_weights, save_weights
-from lit_sr.losses import PERCEPTUAL_PREFIX, PerceptualLoss, drop_frozen_perceptual, restore_frozen_perceptual
+from lit_sr.losses import (
+    PERCEPTUAL_PREFIX,
+    Criterion,
+    PerceptualLoss,
+    drop_frozen_perceptual,
+    restore_frozen_perceptual,
+)
 from lit_sr.modules.sr_module import EVAL_METRICS, arch_kwargs_with_scale, sr_metrics
 from lit_sr.runtime import Autocast, grad_enabled_outside_inference
 from lit_sr.tables import fmt, markdown_lines
@@ -61,7 +68,7 @@ class RefSRModule(L.LightningModule):
     """Reference-based SR with a network of the registry called as ``net(lr, ref)``.
 
     Args:
-        arch: registry name (``ttsr``).
+        arch: registry name (``ttsr``, ``masa``, ``datsr``).
         arch_kwargs: constructor arguments (``n_feats``, ``num_res_blocks``, ``vgg_weights`` ...);
             its ``upscale`` is filled from ``scale``.
         scale: upscaling factor (4), also the metrics' crop_border.
@@ -72,11 +79,20 @@ class RefSRModule(L.LightningModule):
         warmup_epochs: with ``"full"``, the first epochs train on L1 only (TTSR's num_init_epochs, 2).
         vgg_weights: torchvision VGG19 file of the perceptual loss (relu5_1, MSE, as TTSR); default
             the torch hub cache. Missing with ``losses="full"``: ``FileNotFoundError`` naming it.
+        perceptual_criterion: distance of the perceptual loss on relu5_1: ``"l2"`` (TTSR's MSE),
+            ``"fro"`` (DATSR's Frobenius norm of the difference over the batch) or ``"l1"``.
         perceptual_pretrained: ``False`` builds the perceptual VGG at random (tests only: its
             "perceptual" loss then measures nothing).
-        disc_size: input side of the discriminator (the HR training patch).
+        disc_size: input side of the discriminator (the HR training patch; TTSR's discriminator).
+        disc_arch: registry name of another discriminator (``image_discriminator``, DATSR's);
+            ``None``: TTSR's (:class:`~lit_sr.archs.ttsr_arch.TTSRDiscriminator`).
+        disc_kwargs: its constructor arguments.
         lr: learning rate of the backbone; ``lr_texture``: of the texture extractor (TTSR: 1e-5);
             ``lr_disc``: of the discriminator.
+        lr_groups: ``{pattern: lr}``: parameters of the network whose name matches a pattern
+            (``fnmatch``, the first match wins) get that rate, e.g. DATSR's offset rates
+            ``{"*small*offset*": 1e-6, "*medium*offset*": 1e-5}``. Frozen parameters
+            (``requires_grad=False``: DATSR's VGG and extractor) are never optimised.
         betas: Adam betas of the network (TTSR: 0.9, 0.999).
         disc_betas: Adam betas of the discriminator (TTSR's WGAN-GP: 0, 0.9).
         disc_steps: critic updates per iteration, on the same generated batch (TTSR's GAN_k: 2).
@@ -104,10 +120,14 @@ class RefSRModule(L.LightningModule):
         warmup_epochs: int = 2,
         vgg_weights: str | None = None,
         perceptual_pretrained: bool = True,
+        perceptual_criterion: Criterion = "l2",
         disc_size: int = 160,
+        disc_arch: str | None = None,
+        disc_kwargs: dict[str, Any] | None = None,
         lr: float = 1e-4,
         lr_texture: float = 1e-5,
         lr_disc: float = 1e-4,
+        lr_groups: dict[str, float] | None = None,
         betas: tuple[float, float] = (0.9, 0.999),
         disc_betas: tuple[float, float] = (0.0, 0.9),
         disc_steps: int = 2,
@@ -141,9 +161,17 @@ class RefSRModule(L.LightningModule):
         if pretrained:
             load_weights(self.net, pretrained, strict=strict_load)
         self.full = losses == "full"
-        self.net_d = TTSRDiscriminator(disc_size) if self.full and adv_weight > 0 else None
+        for pattern, rate in (lr_groups or {}).items():
+            check_number(rate, f"lr_groups[{pattern!r}]", low=0)
+        if self.full and tpl_weight > 0 and not callable(getattr(self.net, "forward_with_textures", None)):
+            raise ValueError(f"tpl_weight={tpl_weight} needs a network with TTSR's transferred textures "
+                             f"(forward_with_textures); arch {arch!r} has none: set tpl_weight: 0")
+        self.net_d = None
+        if self.full and adv_weight > 0:
+            self.net_d = (TTSRDiscriminator(disc_size) if disc_arch is None
+                          else build_arch(disc_arch, **(disc_kwargs or {})))
         self.perceptual_loss = (
-            PerceptualLoss({"relu5_1": 1.0}, perceptual_weight=1.0, criterion="l2", weights_path=vgg_weights,
+            PerceptualLoss({"relu5_1": 1.0}, perceptual_weight=1.0, criterion=perceptual_criterion, weights_path=vgg_weights,
                            pretrained=perceptual_pretrained)
             if self.full and perceptual_weight > 0 else None
         )
@@ -165,9 +193,11 @@ class RefSRModule(L.LightningModule):
     # ------------------------------------------------------------------ optimisers
     def configure_optimizers(self):
         hp = self.hparams
-        texture = [p for n, p in self.net.named_parameters() if n.startswith("LTE.")]
-        rest = [p for n, p in self.net.named_parameters() if not n.startswith("LTE.")]
-        groups = [{"params": rest, "lr": hp.lr}] + ([{"params": texture, "lr": hp.lr_texture}] if texture else [])
+        rates: dict[float, list] = {}
+        for name, param in self.net.named_parameters():
+            if param.requires_grad:
+                rates.setdefault(self._param_lr(name), []).append(param)
+        groups = [{"params": params, "lr": rate} for rate, params in rates.items()]
         optimisers = [torch.optim.Adam(groups, betas=tuple(hp.betas))]
         if self.net_d is not None:
             optimisers.append(torch.optim.Adam(self.net_d.parameters(), lr=hp.lr_disc, betas=tuple(hp.disc_betas)))
@@ -176,6 +206,14 @@ class RefSRModule(L.LightningModule):
             sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(hp.milestones or []), gamma=hp.gamma)
             configs.append({"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}})
         return configs
+
+    def _param_lr(self, name: str) -> float:
+        """Learning rate of one network parameter: ``lr_groups``' first match, the texture extractor's, or ``lr``."""
+        hp = self.hparams
+        for pattern, rate in (hp.lr_groups or {}).items():
+            if fnmatchcase(name, pattern):
+                return float(rate)
+        return float(hp.lr_texture if name.startswith("LTE.") else hp.lr)
 
     # ------------------------------------------------------------------ training
     def in_warmup(self) -> bool:

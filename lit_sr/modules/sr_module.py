@@ -21,6 +21,7 @@ from lit_sr.io import load_weights, read_state_dict, save_weights
 from lit_sr.losses import build_pixel_loss
 from lit_sr.metrics import psnr, ssim
 from lit_sr.modules.ema import make_ema_copy, update_ema
+from lit_sr.modules.step_logs import step_logs_due
 from lit_sr.ops import imresize, tiled_forward
 from lit_sr.validation import check_int, check_positive, check_same_scale
 
@@ -167,7 +168,8 @@ class SRModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         sr = self(batch["lr"])
         loss = self.pixel_loss(sr.float(), batch["hr"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["lr"].shape[0])
+        if step_logs_due(self):  # the logger's points only: a log call costs more than a tiny step
+            self.log("train/loss", loss, prog_bar=True, batch_size=batch["lr"].shape[0])
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:

@@ -286,6 +286,12 @@ class PoisonCache:
             raise CacheMismatchError(f"{problems[key]} ({len(problems)} broken samples in {self.directory}); "
                                      "set rebuild_cache: true to regenerate, or rerun with a writable cache_dir")
 
+    def sample_file(self, key: str) -> Path:
+        """The safetensors file of one listed sample (a ``KeyError`` naming the cache for another key)."""
+        if key not in self.entries:
+            raise KeyError(f"sample {key!r} is not in the poison cache {self.directory}")
+        return self.directory / self.entries[key]["file"]
+
     def read(self, key: str) -> dict[str, torch.Tensor]:
         """The tensors of one listed sample."""
         from safetensors.torch import load_file

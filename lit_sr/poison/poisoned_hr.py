@@ -30,6 +30,8 @@ DEFAULT_FEATURE_LAYERS = {
     "EDSR": "conv_after_body",
     "RCAN": "conv_after_body",
     "SwinIR": "conv_after_body",
+    "LIIF": "encoder",  # the latent codes (LR resolution)
+    "LIIFAtScale": "net.encoder",
 }
 
 # How eps is normalised into an L2 radius (see make_poisoned_hr).
@@ -64,7 +66,7 @@ class FeatureExtractor(nn.Module):
         layer: the submodule's name in ``model.named_modules()`` (e.g. ``"conv_body"``,
             ``"body.3"``). ``None`` picks the trunk of a registered family
             (:data:`DEFAULT_FEATURE_LAYERS`: RRDBNet ``conv_body``, EDSR/RCAN/SwinIR
-            ``conv_after_body``) and raises for other networks.
+            ``conv_after_body``, LIIF its encoder's latent codes) and raises for other networks.
         stop_early: end the forward pass as soon as the layer has run (default ``True``); the
             layers after it are skipped, which saves the upsampler's cost.
 

@@ -27,7 +27,9 @@ Representation and operators (our choices; the paper gives none):
 **Fitness at pool scale.** A population's fitness is computed by gathering each individual's
 members: ``torch.nn.functional.embedding_bag(mode="sum")`` sums the chosen sketch rows of every
 individual without materialising them (``"norm_of_sum"``), and ``numpy.add.reduceat`` sums the
-chosen norms (``"sum_of_norms"``). Work and memory grow with the members (``population x
+chosen norms (``"sum_of_norms"``). For sketches the default evaluation is incremental
+(:class:`IncrementalFitness`): an offspring's sum is its parent's plus the rows it gained minus
+those it lost, and a crossover pair costs one such sum, not two. Work and memory grow with the members (``population x
 budget`` rows), not with ``population x pool`` as a dense membership-matrix product would
 (:func:`dense_fitness`, kept as the reference the tests and the benchmark compare against).
 Sketches stay in the dtype they come in (float32 or float16; float64 input is brought down to
@@ -59,9 +61,9 @@ from deap import algorithms, base, tools
 from lit_sr.validation import check_bool, check_choice, check_number
 
 Fitness = Literal["norm_of_sum", "sum_of_norms"]
-Evaluation = Literal["sparse", "dense"]
+Evaluation = Literal["incremental", "sparse", "dense"]
 FITNESSES: tuple[str, ...] = ("norm_of_sum", "sum_of_norms")
-EVALUATIONS: tuple[str, ...] = ("sparse", "dense")
+EVALUATIONS: tuple[str, ...] = ("incremental", "sparse", "dense")
 _CHECK_ROWS = 8192  # rows per block of the finiteness check: bounds its temporary memory
 
 
@@ -70,17 +72,38 @@ class _SubsetFitness(base.Fitness):
 
 
 class _Subset(list):
-    """A DEAP individual: distinct pool indices with a fitness attribute."""
+    """A DEAP individual: distinct pool indices with a fitness attribute.
+
+    For the incremental evaluation it also carries where it came from: ``ref`` = (members, sum of
+    their sketch rows) of the last evaluated state it was cloned from, and after a crossover
+    ``pair`` = (the pair's shared record, its slot) (see :class:`IncrementalFitness`).
+    """
 
     def __init__(self, iterable: Any = ()):
         super().__init__(iterable)
         self.fitness = _SubsetFitness()
+        self.ref: tuple[np.ndarray, torch.Tensor] | None = None
+        self.pair: tuple[_CrossRecord, int] | None = None
+
+
+@dataclass
+class _CrossRecord:
+    """One crossover: the parents' evaluated states and the children's members right after it."""
+
+    parent_a: tuple[np.ndarray, torch.Tensor]
+    parent_b: tuple[np.ndarray, torch.Tensor]
+    child_a: np.ndarray
+    child_b: np.ndarray
 
 
 def _clone(ind: _Subset) -> _Subset:
-    """What DEAP's ``toolbox.clone`` (``deepcopy``) does for a list of ints, 50x faster at 10k members."""
+    """What DEAP's ``toolbox.clone`` (``deepcopy``) does for a list of ints, 50x faster at 10k members.
+
+    The evaluated state (``ref``) is shared, not copied: it is never modified, only replaced.
+    """
     out = _Subset(ind)
     out.fitness.values = ind.fitness.values
+    out.ref = ind.ref
     return out
 
 
@@ -180,6 +203,96 @@ def dense_fitness(subsets: Sequence[Sequence[int]], scores: np.ndarray, fitness:
     return value.astype(np.float64) - lam * sizes
 
 
+class IncrementalFitness(SparseFitness):
+    """:class:`SparseFitness` for ``"norm_of_sum"`` that sums only what changed since a known state.
+
+    An offspring's sketch sum is its parent's (kept with the parent) plus the rows it gained minus
+    the rows it lost: a mutation swaps a member or two, so it costs a few rows instead of ``|S|``.
+    A crossover's two children together hold exactly their parents' members, so the second child's
+    sum is ``sum(parent a) + sum(parent b) - sum(child a)``: the pair costs one difference (or one
+    full sum, whichever has fewer rows) instead of two full sums. All of a generation's sums are
+    one ``embedding_bag`` call with +1/-1 weights. Sums are kept in float64, so the float32 sums of
+    the differences do not drift over generations: the fitness equals the full (and the dense)
+    evaluation to float32 rounding, which the tests check against :func:`dense_fitness`.
+    """
+
+    def __init__(self, scores: np.ndarray, fitness: str, lam: float):
+        super().__init__(scores, fitness, lam)
+        if self._table is None:
+            raise ValueError("the incremental evaluation is for sketches (fitness='norm_of_sum')")
+        self._mask = np.zeros(scores.shape[0], dtype=bool)  # scratch membership mask, always left all False
+        self._empty = np.zeros(0, dtype=np.int64)
+
+    def _difference(self, ref: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Rows (indices, +1/-1 weights) taking ``sum(ref)`` to ``sum(cur)``; None when ``cur`` alone is fewer."""
+        mask = self._mask
+        mask[ref] = True
+        added = cur[~mask[cur]]
+        mask[ref] = False
+        mask[cur] = True
+        removed = ref[~mask[ref]]
+        mask[cur] = False
+        if len(added) + len(removed) >= len(cur):
+            return None
+        weights = np.concatenate([np.ones(len(added), np.float32), -np.ones(len(removed), np.float32)])
+        return np.concatenate([added, removed]), weights
+
+    def _bag(self, ref: np.ndarray | None, cur: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(indices, weights, is a difference): the cheaper of the difference from ``ref`` and the full sum."""
+        diff = None if ref is None else self._difference(ref, cur)
+        if diff is None:
+            return cur, np.ones(len(cur), np.float32), False
+        return diff[0], diff[1], True
+
+    def __call__(self, subsets: Sequence[Sequence[int]]) -> np.ndarray:
+        flat, offsets, sizes = _members(subsets)
+        bags, plan = [], []
+        crossings: dict[int, tuple[int, bool]] = {}  # id(_CrossRecord) -> (bag of its child a, is a difference)
+        for ind, start, size in zip(subsets, offsets, sizes):
+            cur = flat[start : start + size]
+            pair = getattr(ind, "pair", None)
+            if pair is not None:
+                record, slot = pair
+                if id(record) not in crossings:
+                    idx, w, diff = self._bag(record.parent_a[0], record.child_a)
+                    crossings[id(record)] = (len(bags), diff)
+                    bags.append((idx, w))
+                idx, w, diff = self._bag(record.child_a if slot == 0 else record.child_b, cur)
+                plan.append((len(bags), diff, record, slot))
+            else:
+                ref = getattr(ind, "ref", None)
+                idx, w, diff = self._bag(None if ref is None else ref[0], cur)
+                plan.append((len(bags), diff, ref[1] if diff else None, None))
+            bags.append((idx, w))
+        sums = self._sum_bags(bags)
+        out = np.empty(len(subsets), dtype=np.float64)
+        for k, (ind, start, size, (own, diff, origin, slot)) in enumerate(zip(subsets, offsets, sizes, plan)):
+            if slot is not None:  # after a crossover: the state right after it, from the pair's one sum
+                record = origin
+                first, first_diff = crossings[id(record)]
+                child_a = sums[first] + record.parent_a[1] if first_diff else sums[first]
+                origin = child_a if slot == 0 else record.parent_a[1] + record.parent_b[1] - child_a
+            total = sums[own] + origin if diff else sums[own]
+            if isinstance(ind, _Subset):
+                ind.ref, ind.pair = (flat[start : start + size].copy(), total), None
+            out[k] = float(torch.linalg.vector_norm(total))
+        # float32 values like the other evaluations; the float64 sums make them the exact sum's, rounded
+        out = out.astype(np.float32).astype(np.float64)
+        return out - self.lam * sizes
+
+    def _sum_bags(self, bags) -> list[torch.Tensor]:
+        """Each bag's weighted row sum in one ``embedding_bag`` call, as float64 vectors."""
+        sizes = np.fromiter((len(b[0]) for b in bags), dtype=np.int64, count=len(bags))
+        offsets = np.zeros(len(bags), dtype=np.int64)
+        np.cumsum(sizes[:-1], out=offsets[1:])
+        index = np.concatenate([b[0] for b in bags]) if bags else self._empty
+        weights = np.concatenate([b[1] for b in bags]) if bags else np.zeros(0, np.float32)
+        table = self._table
+        sums = F.embedding_bag(torch.from_numpy(index), table, torch.from_numpy(offsets), mode="sum",
+                               per_sample_weights=torch.from_numpy(weights).to(table.dtype))
+        return list(sums.double().unbind(0))
+
+
 class _DenseFitness:
     def __init__(self, scores: np.ndarray, fitness: str, lam: float):
         self.scores, self.fitness, self.lam = scores, fitness, float(lam)
@@ -190,7 +303,9 @@ class _DenseFitness:
 
 def _evaluator(scores: np.ndarray, fitness: str, lam: float, evaluation: str):
     check_choice(evaluation, "evaluation", EVALUATIONS)
-    return (SparseFitness if evaluation == "sparse" else _DenseFitness)(scores, fitness, lam)
+    if evaluation == "incremental" and scores.ndim == 2:
+        return IncrementalFitness(scores, fitness, lam)
+    return (_DenseFitness if evaluation == "dense" else SparseFitness)(scores, fitness, lam)
 
 
 def selection_fitness(
@@ -292,9 +407,12 @@ class _Operators:
         rest = np.setxor1d(arr_a, arr_b, assume_unique=True)
         self.rng.shuffle(rest)
         keep_a = len(a) - len(common)
-        common_list = common.tolist()
-        a[:] = common_list + rest[:keep_a].tolist()
-        b[:] = common_list + rest[keep_a:].tolist()
+        child_a, child_b = np.concatenate([common, rest[:keep_a]]), np.concatenate([common, rest[keep_a:]])
+        if a.ref is not None and b.ref is not None:  # what the incremental evaluation needs to sum one child only
+            record = _CrossRecord(a.ref, b.ref, child_a, child_b)
+            a.pair, b.pair = (record, 0), (record, 1)
+        a[:] = child_a.tolist()
+        b[:] = child_b.tolist()
         return a, b
 
     def mutate(self, ind: _Subset) -> tuple[_Subset]:
@@ -371,7 +489,7 @@ def genetic_select(
     guided: float = 0.5,
     seed: int = 0,
     initial: Sequence[Sequence[int]] | None = None,
-    evaluation: str = "sparse",
+    evaluation: str = "incremental",
 ) -> tuple[np.ndarray, list[float]]:
     """Genetic search (DEAP) for the subset of at most ``budget`` candidates with the best fitness.
 
@@ -395,8 +513,10 @@ def genetic_select(
         seed: seed of the whole run.
         initial: optional subsets placed in the initial population (e.g. the top-k); the rest are
             random subsets of size ``budget``.
-        evaluation: ``"sparse"`` (default; sums over the members) or ``"dense"`` (the membership
-            matrix product, the reference; same values to float32 rounding).
+        evaluation: ``"incremental"`` (default; sums only the rows an offspring changed,
+            :class:`IncrementalFitness`; for ``"sum_of_norms"`` the same as ``"sparse"``),
+            ``"sparse"`` (sums over all members) or ``"dense"`` (the membership matrix product,
+            the reference); the same values to float32 rounding.
 
     Returns:
         ``(selected, history)``: the best subset as sorted int64 indices, and the best fitness of
@@ -509,7 +629,8 @@ class GeneticSelector(Selector):
         guided: probability that a new member is drawn in proportion to its gradient norm.
         seed_with_topk: put the top-k subset into the initial population; with elitism the
             result is then at least as fit as top-k *by construction*.
-        evaluation: ``"sparse"`` (default) or ``"dense"`` (the reference; see :func:`genetic_select`).
+        evaluation: ``"incremental"`` (default), ``"sparse"`` or ``"dense"`` (the reference; see
+            :func:`genetic_select`).
     """
 
     name = "genetic"
@@ -527,7 +648,7 @@ class GeneticSelector(Selector):
         resize_prob: float = 0.2,
         guided: float = 0.5,
         seed_with_topk: bool = True,
-        evaluation: Evaluation = "sparse",
+        evaluation: Evaluation = "incremental",
     ):
         super().__init__(fitness, lam)
         _validate_ga(1, 1, lam, population, generations, cx_prob, mut_prob, tournament_size, elite, resize_prob, 0)

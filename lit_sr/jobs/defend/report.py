@@ -55,12 +55,12 @@ def _row(cfg: DefenseReportConfig, attack: str, label: str, kind: str, outcome: 
                            "clean_pairs": outcome["clean"]["num_pairs"], "clean_fraction": outcome["clean"]["fraction"]}
     for f in FIGURES:
         row[f"{f}_before"], row[f"{f}_after"] = before[f], after[f]
-    metric = cfg.score_metric
+    metric = cfg.score.metric
     row["psnr_drop"] = before["clean_psnr_y"] - after["clean_psnr_y"]
     row["asr_drop"] = (None if before[metric] is None or after[metric] is None else before[metric] - after[metric])
     row["score_metric"] = metric
     row["score"] = defense_score(before[metric], after[metric], before["clean_psnr_y"], after["clean_psnr_y"],
-                                 cfg.psnr_tolerance)
+                                 cfg.score.psnr_tolerance)
     row["reference_attainment_asr"] = None if reference is None else reference["attainment_asr"]
     row["reference_clean_psnr_y"] = None if reference is None else reference["clean_psnr_y"]
     return row
@@ -81,7 +81,7 @@ def run_report(cfg: DefenseReportConfig, progress: bool = True,
     start = time.perf_counter()
     reference = None
     if cfg.reference is not None:
-        ref_name, ref = cfg.reference
+        ref_name, ref = cfg.reference.name, cfg.reference
         reference = load_run(ref_name, ref.run_dir, "reference", device, ref.weights)
     runs = {name: load_run(name, ref.run_dir, f"attacks.{name}", device, ref.weights) for name, ref in cfg.attacks.items()}
     rows, outcomes, measured = [], [], {}
@@ -132,9 +132,9 @@ def _num(v: float | None, digits: int = 2) -> str:
 def markdown_table(cfg: DefenseReportConfig, rows: Sequence[Mapping[str, Any]], measured: Mapping[str, Any],
                    meta: Mapping[str, Any]) -> str:
     """The report's Markdown: one table of attack x defense, then how to read it."""
-    ref = cfg.reference[0] if cfg.reference else None
+    ref = cfg.reference.name if cfg.reference else None
     head = ["attack", "defense", "clean PSNR-Y (dB) before → after", "pixel ASR vs target", "label attainment",
-            "attainment-ASR", f"score ({cfg.score_metric})", "time (s)", "clean pairs"]
+            "attainment-ASR", f"score ({cfg.score.metric})", "time (s)", "clean pairs"]
     table = [[
             r["attack"], f"{r['defense']} ({r['kind']})",
             f"{_num(r['clean_psnr_y_before'])} → {_num(r['clean_psnr_y_after'])} ({-r['psnr_drop']:+.2f})",
@@ -158,8 +158,8 @@ def markdown_table(cfg: DefenseReportConfig, rows: Sequence[Mapping[str, Any]], 
         "Pixel ASR: triggered output within 20 dB PSNR and 0.7 SSIM of the target image; label attainment: the share "
         "of the poisoned label's displacement the trigger reproduces; attainment-ASR: images with attainment >= 0.5 "
         "(lit_sr.poison.asr).",
-        f"Score = (max(ASR drop, 0) - min(max(PSNR-Y drop, 0) / {cfg.psnr_tolerance:g} dB, 1) + 1) / 2 on "
-        f"{cfg.score_metric}: 0.5 changes nothing, 1 removes the backdoor at no clean cost.",
+        f"Score = (max(ASR drop, 0) - min(max(PSNR-Y drop, 0) / {cfg.score.psnr_tolerance:g} dB, 1) + 1) / 2 on "
+        f"{cfg.score.metric}: 0.5 changes nothing, 1 removes the backdoor at no clean cost.",
         f"Time: the repair alone, {meta['device']}, {meta['threads']} thread(s); whole report {meta['seconds']:.0f} s "
         f"({meta['date']}).",
     ]
@@ -171,7 +171,7 @@ def tradeoff_figure(cfg: DefenseReportConfig, rows: Sequence[Mapping[str, Any]])
     attacks = list(dict.fromkeys(r["attack"] for r in rows))
     fig = _agg_figure((4.6 * len(attacks), 3.8))
     axes = fig.subplots(1, len(attacks), squeeze=False)[0]
-    metric = cfg.score_metric
+    metric = cfg.score.metric
     for ax, attack in zip(axes, attacks):
         for i, r in enumerate(x for x in rows if x["attack"] == attack):
             b, a = r[f"{metric}_before"], r[f"{metric}_after"]

@@ -7,7 +7,7 @@ transferability matrix and the input defenses, written as tables, plots and a Ma
     result = run_report(cfg)          # rows, transfer, defenses, meta, written files
 
 The config's schema is :class:`ReportConfig` and the dataclasses it holds (:mod:`.config`);
-jsonargparse reads YAML and command-line overrides into them (:mod:`.parsing`), so a typo'd key fails with its dotted
+jsonargparse reads YAML and command-line overrides into them (:mod:`lit_sr.jobs.parser`), so a typo'd key fails with its dotted
 name (``models.EDSR.weigths``) and a bad value is named before anything runs. The command line is
 ``lit-sr evaluate`` (see ``configs/evaluate/robustness_choi2019.yaml`` for every key, documented).
 
@@ -16,14 +16,13 @@ data set x attack x eps with the mean metrics), ``plots/psnr_vs_eps_<dataset>_<a
 ``plots/transfer_<dataset>.png``, ``defenses.csv`` and ``summary.md``.
 """
 
-from lit_sr.jobs.evaluate.config import DefenseStudy, ModelSpec, ReportConfig, TransferSpec
-from lit_sr.jobs.evaluate.parsing import (
-    check_dotted_key,
-    check_keys,
-    config_from_namespace,
+from lit_sr.jobs.evaluate.config import (
+    DefenseStudy,
+    ModelSpec,
+    ReportConfig,
+    TransferSpec,
     config_parser,
     load_config,
-    parse_args,
     parse_config,
 )
 from lit_sr.jobs.evaluate.runner import (
@@ -55,15 +54,11 @@ __all__ = [
     "ReportConfig",
     "TransferSpec",
     "build_model",
-    "check_dotted_key",
-    "check_keys",
     "check_paths",
-    "config_from_namespace",
     "config_parser",
     "evaluate_attack",
     "load_config",
     "load_pairs",
-    "parse_args",
     "parse_config",
     "robustness_ranking",
     "run_defense",

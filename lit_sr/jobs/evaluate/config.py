@@ -1,6 +1,7 @@
 """The robustness report's schema: :class:`ReportConfig` and the dataclasses it holds, validated on construction.
 
-jsonargparse reads YAML and command-line flags into these dataclasses (:mod:`lit_sr.jobs.evaluate.parsing`);
+jsonargparse reads YAML and command-line flags into these dataclasses (:func:`config_parser`, the
+dialect of every job: :mod:`lit_sr.jobs.parser`);
 :class:`ReportConfig` then checks what types cannot say (ranges, the attack and defense blocks,
 cross-field references such as the transfer study's attack) and fills the defaults that depend
 on other keys. A bad value raises :class:`~lit_sr.errors.ConfigError` naming its dotted key.
@@ -10,7 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from jsonargparse import ArgumentParser
 
 from lit_sr.archs import get_arch_class
 from lit_sr.attacks.registry import plain_kinds
@@ -26,6 +30,7 @@ from lit_sr.jobs.evaluate.downstream import DownstreamSpec, check_downstream
 from lit_sr.jobs.evaluate.input_defenses import parse_defense
 from lit_sr.jobs.evaluate.robust import RobustStudy, resolve_robust_study
 from lit_sr.jobs.evaluate.robustness_index import IndexStudy, resolve_index_study
+from lit_sr.jobs.parser import job_parser, load_job_config, parse_mapping
 from lit_sr.runtime import AUTOCAST_CHOICES, Autocast
 from lit_sr.validation import check_int
 
@@ -119,7 +124,7 @@ class ReportConfig:
         out: output folder.
 
     ``raw`` (the config as given, for ``results.json``) and ``source`` (where it came from) are
-    set by :func:`parse_config` / :func:`load_config`.
+    set by the parser (:func:`parse_config`, :func:`load_config`, ``lit-sr evaluate``).
     """
 
     models: dict[str, ModelSpec]
@@ -255,3 +260,27 @@ def _attack_block(attacks) -> Mapping:
 def _middle_eps(eps: Sequence[float]) -> float:
     # 8/255 is the paper's reference budget; otherwise the middle of the grid.
     return min(eps, key=lambda e: abs(e - 8 / 255)) if eps else 8 / 255
+
+
+def config_parser(prog: str = "lit-sr evaluate", description: str | None = None) -> ArgumentParser:
+    """The parser of :class:`ReportConfig`: ``--config FILE`` (repeatable) and one flag per key, nested keys dotted."""
+    return job_parser(ReportConfig, prog, description or "Robustness report of SR models against adversarial attacks.",
+                      "YAML robustness config (configs/evaluate/*.yaml)")
+
+
+def parse_config(raw: Mapping, source: str = "<dict>") -> ReportConfig:
+    """Validate a robustness config given as a mapping (e.g. loaded YAML); errors name ``source`` and the dotted key.
+
+    Paths are checked when the report starts (:func:`lit_sr.jobs.evaluate.runner.check_paths`), so
+    a config can be parsed anywhere.
+    """
+    return parse_mapping(config_parser(), raw, source)
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ReportConfig:
+    """Read and validate a YAML robustness config, then apply command-line style ``overrides``.
+
+    ``overrides`` are flags as ``lit-sr evaluate`` takes them, e.g.
+    ``["--models.EDSR-quickstart.weights", "runs/quickstart/quickstart/weights.pth", "--max_images", "2"]``.
+    """
+    return load_job_config(config_parser(), path, overrides)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning import LightningDataModule
 from tqdm.auto import tqdm
 
 from lit_sr.attacks.refsr_adv import uniform_noise
@@ -85,7 +86,7 @@ class RefSRReportConfig:
     """
 
     model: ModelSpec
-    data: Any
+    data: LightningDataModule
     attacks: dict[str, dict[str, Any] | None] = field(default_factory=lambda: dict(DEFAULT_REFSR_ATTACKS))
     eps: list[float | str] = field(default_factory=lambda: ["8/255"])
     noise: bool = True

@@ -4,11 +4,7 @@ Robust training is judged by an attack stronger than the one it trained against,
 masking cannot pass for robustness: for every image the SR PSNR kept is the *minimum* over every
 evaluation attack and every random restart (and over transfer attacks crafted on another model).
 
-    lit-sr robust --data data/embedded_val --scale 4 \
-        --model base=edsr:runs/quickstart/version_0/weights.pth \
-        --model robust=edsr:runs/robust_quickstart/version_0/weights.pth \
-        --model bicubic=bicubic: --arch_kwargs '{"num_feat": 32, "num_block": 4}' \
-        --transfer_source base --out runs/robust_report
+    lit-sr robust --config configs/robust/quickstart.yaml [--models.robust.weights PATH] [--out DIR]
 
 writes ``robust_report.json`` and ``robust_report.md`` (a table per model: clean PSNR-Y, bicubic,
 SR PSNR-Y under each attack, the worst case last).
@@ -20,19 +16,69 @@ clean-vs-robust trade-off plot over a sweep of training eps (``configs/evaluate/
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from lit_sr.archs import arch_kwargs_with_scale, build_arch
+from lit_sr.attacks.spec import parse_eps
 from lit_sr.attacks.worst_case import default_eval_attacks, output_psnr, worst_case_psnr
-from lit_sr.io import atomic_write, load_weights
-from lit_sr.jobs.evaluate.runner import load_pairs
+from lit_sr.errors import ConfigError
+from lit_sr.io import atomic_write
+from lit_sr.jobs.evaluate.config import ModelSpec
+from lit_sr.jobs.evaluate.runner import build_model, load_pairs
+from lit_sr.jobs.parser import job_parser, run_job
 from lit_sr.tables import fmt, markdown_lines
+from lit_sr.validation import check_int
+
+
+@dataclass
+class RobustConfig:
+    """The worst-case report's config (``lit-sr robust``; docs/configs.md).
+
+    Args:
+        data: folder of HR images (LR made by MATLAB bicubic).
+        models: name -> :class:`~lit_sr.jobs.evaluate.config.ModelSpec` (``arch``, ``arch_kwargs``,
+            ``weights`` ...; a network with parameters needs its weights).
+        out: output folder (``robust_report.json``, ``robust_report.md``).
+        scale: upscaling factor of the models that do not set their own.
+        eps: the budget on the [0, 1] scale, a number or a string like ``"8/255"``.
+        train_steps: steps of the training attack; the evaluation's PGD takes ``max(30, 10 x train_steps)``.
+        restarts: random restarts of each PGD.
+        transfer_source: a model whose attacks are also transferred to every other model; ``None``: none.
+        seed: the attacks' random starts.
+        attacks: an ``attacks`` block of plain registered attacks (label -> parameters), each run with
+            ``restarts`` restarts; ``None``: :func:`~lit_sr.attacks.worst_case.default_eval_block`.
+    """
+
+    data: str
+    models: dict[str, ModelSpec]
+    out: str = "runs/robust_report"
+    scale: int = 4
+    eps: float | str = "8/255"
+    train_steps: int = 3
+    restarts: int = 2
+    transfer_source: str | None = None
+    seed: int = 0
+    attacks: dict[str, dict[str, Any] | None] | None = None
+
+    def __post_init__(self) -> None:
+        for key, minimum in (("scale", 1), ("train_steps", 1), ("restarts", 1), ("seed", 0)):
+            try:
+                setattr(self, key, check_int(getattr(self, key), key, minimum))
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(str(exc)) from None
+        self.eps = parse_eps(self.eps, "eps")
+        if not self.models:
+            raise ConfigError("models: expected a non-empty mapping name -> {arch, arch_kwargs, weights}")
+        for spec in self.models.values():
+            spec.scale = self.scale if spec.scale is None else spec.scale
+        if self.transfer_source is not None and self.transfer_source not in self.models:
+            raise ConfigError(f"transfer_source: {self.transfer_source!r} is not one of the models {list(self.models)}")
 
 
 def evaluate_models(
@@ -84,41 +130,23 @@ def write_text(path: Path, text: str) -> Path:
     return path
 
 
-def _load_model(spec: str, arch_kwargs: dict, scale: int) -> tuple[str, nn.Module]:
-    if "=" not in spec or ":" not in spec.split("=", 1)[1]:
-        raise ValueError(f"--model must be NAME=ARCH:WEIGHTS, got {spec!r}")
-    name, rest = spec.split("=", 1)
-    arch, weights = rest.split(":", 1)
-    net = build_arch(arch, **arch_kwargs_with_scale(arch, arch_kwargs if arch != "bicubic" else {}, scale))
-    if weights:
-        load_weights(net, weights)
-    elif any(p.numel() for p in net.parameters()):
-        raise ValueError(f"--model {spec!r}: a network with parameters needs a weights file (NAME=ARCH:WEIGHTS)")
-    return name, net.eval()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lit-sr robust", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="folder of HR images (LR made by bicubic)")
-    parser.add_argument("--scale", type=int, default=4)
-    parser.add_argument("--model", action="append", required=True, help="NAME=ARCH:WEIGHTS (repeatable)")
-    parser.add_argument("--arch_kwargs", default="{}", help="JSON constructor arguments of the networks")
-    parser.add_argument("--eps", type=float, default=8 / 255)
-    parser.add_argument("--train_steps", type=int, default=3, help="steps of the training attack (eval uses >= 5x)")
-    parser.add_argument("--restarts", type=int, default=2)
-    parser.add_argument("--transfer_source", default=None, help="model whose attacks are also transferred")
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args(argv)
-    torch.manual_seed(0)
-    models = dict(_load_model(s, json.loads(args.arch_kwargs), args.scale) for s in args.model)
-    pairs = [(p.lr, p.hr) for p in load_pairs(args.data, args.scale)]
-    results = evaluate_models(models, pairs, args.scale, args.eps, args.train_steps, args.restarts,
-                              args.transfer_source)
-    out = Path(args.out)
+def _run(cfg: RobustConfig, namespace=None) -> int:
+    torch.manual_seed(cfg.seed)
+    models = {name: build_model(spec, torch.device("cpu"), name) for name, spec in cfg.models.items()}
+    pairs = [(p.lr, p.hr) for p in load_pairs(cfg.data, cfg.scale)]
+    results = evaluate_models(models, pairs, cfg.scale, cfg.eps, cfg.train_steps, cfg.restarts, cfg.transfer_source,
+                              cfg.attacks)
+    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(results, args.eps)
+    table = markdown_table(results, cfg.eps)
     write_text(out / "robust_report.json", json.dumps(results, indent=2))
     write_text(out / "robust_report.md", table)
     print(table)
     return 0
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line (:class:`RobustConfig`), run the worst case, print its table; return the exit code."""
+    parser = job_parser(RobustConfig, "lit-sr robust", __doc__.split("\n\n")[0],
+                        "YAML config of the worst-case report (configs/robust/*.yaml)")
+    return run_job(parser, argv, _run)

@@ -2,6 +2,9 @@
 
 ``lit-sr study --config configs/study/<name>.yaml [--dry-run] [--force] [--only RUN ...]``
 
+The file's schema is :class:`lit_sr.jobs.study.config.StudyConfig` (``lit-sr study --print_config``
+prints it filled in; dotted flags override it, docs/configs.md).
+
 A study is a base ``train.py`` config plus a set of runs, each a nested dict of overrides:
 explicit ``runs`` (name -> overrides), a ``grid`` (dotted key -> list of values, every
 combination a run), or both (every explicit run crossed with every grid point). Each run is a
@@ -47,335 +50,36 @@ folder and its ``runs`` folder (so a run can name another run's ``weights.pth``)
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 import shutil
-import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lit_sr.child_process import run_child
-from lit_sr.errors import ConfigError
 from lit_sr.io import atomic_write
+from lit_sr.jobs.study.config import (
+    FORMATS,
+    Column,
+    Plot,
+    Run,
+    Study,
+    Verdict,
+    expand_dotted,
+    load_study,
+    merge,
+    read_raw,
+)
 from lit_sr.jobs.study.inputs import changed_inputs, input_digests
 from lit_sr.run_folder import RunFolderLock, RunFolderLockedError
 
-FORMATS = ("rate", "pct", "db", "float", "int", "text", "paired_delta")
-STUDY_KEYS = {"name", "output_dir", "base_config", "train_script", "subcommand", "overrides", "runs", "grid",
-              "results_file", "block", "reference", "columns", "plots", "verdict", "python", "env", "anchors"}
-RUN_KEYS = {"overrides", "config", "results_file", "row", "in_table", "grid", "params"}
+__all__ = ["FORMATS", "MISSING", "NOT_APPLICABLE", "Column", "Plot", "Run", "Study", "Verdict", "execute",
+           "expand_dotted", "load_study", "merge", "read_raw", "run_study", "why_rerun"]
+
 NOT_APPLICABLE = "n/a (0 included)"
 MISSING = "-"
-
-
-# --------------------------------------------------------------------------- configuration
-
-
-@dataclass
-class Column:
-    header: str
-    path: str
-    format: str = "float"
-    baseline: str | None = None
-    threshold: float | None = None
-
-
-@dataclass
-class Run:
-    name: str
-    overrides: dict[str, Any]
-    params: dict[str, Any]
-    configs: list[str]
-    results_file: str
-    from_run: str | None = None
-    block: str | None = None
-    in_table: bool = True
-
-
-@dataclass
-class Verdict:
-    success_columns: list[str]
-    min_success: float
-    quality_column: str | None
-    max_quality_change: float
-    false_positive_columns: list[str] = field(default_factory=list)
-    max_false_positive: float = 0.2
-    positive: str = "implanted"
-    negative: str = "not implanted at this scale"
-    own_effect_columns: list[str] = field(default_factory=list)
-    min_own_effect: float = 0.0
-
-    def rule(self) -> str:
-        success = " or ".join(f"`{c}`" for c in self.success_columns)
-        text = f"**{self.positive}** when {success} is at least {self.min_success:.0%}"
-        if self.false_positive_columns:
-            fp = ", ".join(f"`{c}`" for c in self.false_positive_columns)
-            text += f" while {fp} (the clean model under the same trigger) stays below {self.max_false_positive:.0%}"
-        if self.own_effect_columns:
-            own = ", ".join(f"`{c}`" for c in self.own_effect_columns)
-            text += f", the 95% interval of {own} lies above {self.min_own_effect:g}"
-        if self.quality_column:
-            text += f" and `{self.quality_column}` is within ±{self.max_quality_change:g} dB"
-        return text + f"; otherwise **{self.negative}**. The reference run gets no verdict."
-
-
-@dataclass
-class Plot:
-    name: str
-    y: list[str]
-    x: str = "run"
-    group: str | None = None
-    # y header -> the header of a reference level drawn beside each bar (x: run only), e.g. the
-    # clean model's figure under the same trigger beside the arm's own
-    beside: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class Study:
-    name: str
-    source: Path
-    output_dir: Path
-    base_configs: list[str]
-    train_script: str | None  # None: ``python -m lit_sr``; a script path (a test's stand-in) replaces it
-    subcommand: str
-    runs: list[Run]
-    columns: list[Column]
-    block: str
-    reference: str | None
-    plots: list[Plot]
-    verdict: Verdict | None
-    python: str
-    env: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def study_dir(self) -> Path:
-        return self.output_dir / self.name
-
-    @property
-    def runs_dir(self) -> Path:
-        return self.study_dir / "runs"
-
-
-def _fail(source: Path, key: str, message: str) -> ConfigError:
-    return ConfigError(f"{source}: {key}: {message}")
-
-
-def expand_dotted(flat: dict[str, Any], source: Path, key: str) -> dict[str, Any]:
-    """``{"data.init_args.eps": 0.1}`` -> ``{"data": {"init_args": {"eps": 0.1}}}`` (nested dicts kept,
-    dotted and nested forms merged)."""
-    out: dict[str, Any] = {}
-    for dotted, value in flat.items():
-        if not isinstance(dotted, str) or not dotted:
-            raise _fail(source, key, f"override keys must be non-empty strings; got {dotted!r}")
-        parts = dotted.split(".")
-        node = out
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise _fail(source, key, f"{dotted!r} sets a key below a value that is not a mapping")
-        value = expand_dotted(value, source, f"{key}.{dotted}") if isinstance(value, dict) else value
-        leaf = parts[-1]
-        if isinstance(value, dict) and isinstance(node.get(leaf), dict):
-            node[leaf] = merge(node[leaf], value)
-        else:
-            node[leaf] = value
-    return out
-
-
-def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge: ``extra`` wins; lists and scalars are replaced, not merged."""
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def _as_list(value: Any, source: Path, key: str) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-        return list(value)
-    raise _fail(source, key, f"expected a file name or a list of them; got {value!r}")
-
-
-def _grid_points(grid: Any, source: Path) -> list[dict[str, Any]]:
-    if grid is None:
-        return [{}]
-    if not isinstance(grid, dict) or not grid:
-        raise _fail(source, "grid", f"expected a mapping of dotted keys to lists of values; got {grid!r}")
-    for k, values in grid.items():
-        if not isinstance(values, list) or not values:
-            raise _fail(source, f"grid.{k}", f"expected a non-empty list of values; got {values!r}")
-    keys = list(grid)
-    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
-
-
-def _point_name(point: dict[str, Any]) -> str:
-    return ",".join(f"{k.split('.')[-1]}={v}" for k, v in point.items())
-
-
-def _columns(raw: Any, source: Path) -> list[Column]:
-    if not isinstance(raw, list) or not raw:
-        raise _fail(source, "columns", "expected a non-empty list of {header, path, format}")
-    cols = []
-    for i, c in enumerate(raw):
-        if not isinstance(c, dict) or set(c) - {"header", "path", "format", "baseline", "threshold"} or "path" not in c:
-            raise _fail(source, f"columns[{i}]", f"expected {{header, path, format[, baseline, threshold]}}; got {c!r}")
-        fmt = c.get("format", "float")
-        if fmt not in FORMATS:
-            raise _fail(source, f"columns[{i}].format", f"must be one of {list(FORMATS)}; got {fmt!r}")
-        baseline, threshold = c.get("baseline"), c.get("threshold")
-        if (baseline is not None or threshold is not None) and fmt != "paired_delta":
-            raise _fail(source, f"columns[{i}]", "baseline and threshold belong to a paired_delta column")
-        if baseline is not None and (not isinstance(baseline, str) or not baseline):
-            raise _fail(source, f"columns[{i}].baseline", f"expected a dotted path; got {baseline!r}")
-        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
-            raise _fail(source, f"columns[{i}].threshold", f"expected a number; got {threshold!r}")
-        cols.append(Column(str(c.get("header", c["path"])), str(c["path"]), fmt, baseline,
-                           None if threshold is None else float(threshold)))
-    headers = [c.header for c in cols]
-    if len(set(headers)) != len(headers):
-        raise _fail(source, "columns", f"headers must be distinct; got {headers}")
-    return cols
-
-
-def _verdict(raw: Any, source: Path, headers: list[str]) -> Verdict | None:
-    if raw is None:
-        return None
-    allowed = {"success_columns", "min_success", "quality_column", "max_quality_change", "false_positive_columns",
-               "max_false_positive", "positive", "negative", "own_effect_columns", "min_own_effect"}
-    if not isinstance(raw, dict) or set(raw) - allowed or "success_columns" not in raw:
-        raise _fail(source, "verdict", f"expected a mapping with keys {sorted(allowed)} (success_columns required)")
-    v = Verdict(list(raw["success_columns"]), float(raw.get("min_success", 0.8)), raw.get("quality_column"),
-                float(raw.get("max_quality_change", 0.5)), list(raw.get("false_positive_columns") or []),
-                float(raw.get("max_false_positive", 0.2)), raw.get("positive", "implanted"),
-                raw.get("negative", "not implanted at this scale"), list(raw.get("own_effect_columns") or []),
-                float(raw.get("min_own_effect", 0.0)))
-    for name in (v.success_columns + v.false_positive_columns + v.own_effect_columns
-                 + ([v.quality_column] if v.quality_column else [])):
-        if name not in headers:
-            raise _fail(source, "verdict", f"column {name!r} is not one of the table's headers {headers}")
-    return v
-
-
-def _plots(raw: Any, source: Path, headers: list[str]) -> list[Plot]:
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        raise _fail(source, "plots", "expected a list of {name, y, x, group}")
-    plots = []
-    for i, p in enumerate(raw):
-        if not isinstance(p, dict) or set(p) - {"name", "x", "y", "group", "beside"} or "y" not in p or "name" not in p:
-            raise _fail(source, f"plots[{i}]", f"expected {{name, y, x, group, beside}}; got {p!r}")
-        ys = [p["y"]] if isinstance(p["y"], str) else list(p["y"])
-        for y in ys:
-            if y not in headers:
-                raise _fail(source, f"plots[{i}].y", f"{y!r} is not one of the table's headers {headers}")
-        beside = p.get("beside") or {}
-        if not isinstance(beside, dict):
-            raise _fail(source, f"plots[{i}].beside", f"expected a mapping of y headers to headers; got {beside!r}")
-        for y, ref in beside.items():
-            if y not in ys or ref not in headers:
-                raise _fail(source, f"plots[{i}].beside", f"{y!r}: {ref!r} must map one of the plot's y {ys} to one "
-                                                          f"of the table's headers {headers}")
-        if beside and p.get("x", "run") != "run":
-            raise _fail(source, f"plots[{i}].beside", "beside bars need x: run")
-        plots.append(Plot(str(p["name"]), ys, str(p.get("x", "run")), p.get("group"), dict(beside)))
-        # x and group: "run", a run parameter (a grid key) or a column header (checked when plotting)
-    return plots
-
-
-def read_raw(source: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """The YAML mapping of a study file, with the study it ``extends`` merged under it (the child's
-    keys win; ``runs`` merge by name, overrides key by key; the path is read from the current folder,
-    else beside the file)."""
-    import yaml
-
-    if not source.is_file():
-        raise FileNotFoundError(f"study config not found: {source}")
-    raw = yaml.safe_load(source.read_text())
-    if not isinstance(raw, dict):
-        raise _fail(source, "<top level>", "expected a mapping")
-    parent = raw.pop("extends", None)
-    if parent is None:
-        return raw
-    if not isinstance(parent, str):
-        raise _fail(source, "extends", f"expected a study file name; got {parent!r}")
-    parent_path = Path(parent) if Path(parent).is_file() else source.parent / parent
-    if parent_path.resolve() in seen:
-        raise _fail(source, "extends", f"{parent} extends itself (through {[str(p) for p in seen]})")
-    base = read_raw(parent_path, (*seen, source.resolve()))
-    return merge(base, raw)
-
-
-def load_study(path: str | os.PathLike) -> Study:
-    """Read and check a study YAML file (errors name the file and the key)."""
-    source = Path(path)
-    raw = read_raw(source)
-    unknown = set(raw) - STUDY_KEYS
-    if unknown:
-        raise _fail(source, ", ".join(sorted(unknown)), f"unknown key(s); allowed: {sorted(STUDY_KEYS)}")
-    for key in ("name", "base_config", "columns"):
-        if key not in raw:
-            raise _fail(source, key, "missing (required)")
-    name = raw["name"]
-    if not isinstance(name, str) or not name or "/" in name:
-        raise _fail(source, "name", f"expected a folder name; got {name!r}")
-    base_configs = _as_list(raw["base_config"], source, "base_config")
-    common = expand_dotted(raw.get("overrides") or {}, source, "overrides")
-    results_file = raw.get("results_file", "backdoor_summary.json")
-    explicit = raw.get("runs") or {None: {}}
-    if not isinstance(explicit, dict):
-        raise _fail(source, "runs", "expected a mapping of run names to {overrides, config, results_file, row}")
-    runs = []
-    for run_name, spec in explicit.items():
-        spec = spec or {}
-        key = f"runs.{run_name}"
-        if not isinstance(spec, dict) or set(spec) - RUN_KEYS:
-            raise _fail(source, key, f"expected a mapping with keys among {sorted(RUN_KEYS)}; got {spec!r}")
-        row = spec.get("row") or {}
-        if not isinstance(row, dict) or set(row) - {"from_run", "block"}:
-            raise _fail(source, f"{key}.row", f"expected {{from_run, block}}; got {row!r}")
-        labels = spec.get("params") or {}
-        if not isinstance(labels, dict) or not all(isinstance(k, str) and k not in ("run",) for k in labels):
-            raise _fail(source, f"{key}.params", f"expected a mapping of parameter names (not 'run') to values, "
-                                                 f"e.g. {{arm: B, rung: 2}}; got {labels!r}")
-        crossed = spec.get("grid", True)
-        if not isinstance(crossed, bool):
-            raise _fail(source, f"{key}.grid", f"expected true or false; got {crossed!r}")
-        for point in _grid_points(raw.get("grid") if crossed else None, source):
-            parts = [p for p in (run_name, _point_name(point)) if p]
-            overrides = merge(merge(common, expand_dotted(spec.get("overrides") or {}, source, key)),
-                              expand_dotted(point, source, "grid"))
-            params = {"run": "__".join(parts) or "run", **({"arm": run_name} if run_name else {}), **labels, **point}
-            configs = _as_list(spec["config"], source, f"{key}.config") if "config" in spec else base_configs
-            in_table = spec.get("in_table", True)
-            if not isinstance(in_table, bool):
-                raise _fail(source, f"{key}.in_table", f"expected true or false; got {in_table!r}")
-            runs.append(Run("__".join(parts) or "run", overrides, params, configs,
-                            spec.get("results_file", results_file), row.get("from_run"), row.get("block"), in_table))
-    names = [r.name for r in runs]
-    if len(set(names)) != len(names):
-        raise _fail(source, "runs/grid", f"run names must be distinct; got {names}")
-    for r in runs:
-        if r.from_run is not None and r.from_run not in names:
-            raise _fail(source, f"runs.{r.name}.row.from_run", f"{r.from_run!r} is not a run of this study {names}")
-    reference = raw.get("reference")
-    if reference is not None and reference not in names:
-        raise _fail(source, "reference", f"{reference!r} is not a run of this study {names}")
-    columns = _columns(raw["columns"], source)
-    headers = [c.header for c in columns]
-    if any(c.format == "paired_delta" and c.baseline is None for c in columns) and reference is None:
-        raise _fail(source, "reference", "a paired_delta column without a baseline needs a reference run")
-    return Study(name, source, Path(raw.get("output_dir", "runs/study")), base_configs,
-                 raw.get("train_script"), raw.get("subcommand", "fit"), runs, columns,
-                 raw.get("block", "backdoored"), reference, _plots(raw.get("plots"), source, headers),
-                 _verdict(raw.get("verdict"), source, headers), raw.get("python") or sys.executable,
-                 {str(k): str(v) for k, v in (raw.get("env") or {}).items()})
 
 
 # --------------------------------------------------------------------------- running

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import lightning as L
 from jsonargparse import Namespace
+from jsonargparse.typing import PositiveInt
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -32,7 +33,7 @@ from callbacks.stop_on_signal import StopOnSigterm
 from lit_sr.checkpoint_io import UnsafeCheckpointSettingError, install_safe_checkpoint_io
 from lit_sr.io import is_remote_path, load_checkpoint
 from lit_sr.run_folder import RunFolderClashError, clash_message, first_clash
-from lit_sr.runtime import close_process_group
+from lit_sr.runtime import close_process_group, configure_threads, trainer_precision
 from lit_sr.validation import HasScale, check_same_scale
 
 
@@ -161,6 +162,17 @@ class SRLightningCLI(LightningCLI):
             kwargs["weights_only"] = True  # refused above when the user set it to false
         return kwargs
 
+    def before_instantiate_classes(self) -> None:
+        """Threads first (:func:`lit_sr.runtime.configure_threads`: ``--threads``, else ``OMP_NUM_THREADS``,
+        else the cores divided among the node's processes); bf16 precision on a CPU without native bf16
+        runs float32 instead (:func:`lit_sr.runtime.trainer_precision`)."""
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        configure_threads(config.get("threads"))
+        trainer = config.get("trainer")
+        if trainer is not None and "precision" in trainer:
+            trainer["precision"] = trainer_precision(trainer["precision"], trainer.get("accelerator", "auto"))
+
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
@@ -249,6 +261,10 @@ class TrainCLI(SRLightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(PredictionWriter, "prediction")
+        parser.add_argument("--threads", type=PositiveInt | None, default=None,
+                            help="torch intra-op threads of this process (default: OMP_NUM_THREADS when set, else "
+                                 "the cores this process may use divided among the node's processes; 1 is "
+                                 "usually fastest on a machine shared with other jobs, see docs/performance.md)")
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs):
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
