@@ -177,8 +177,8 @@ class PoisonSelectionCallback(L.Callback):
     **Threat model.** Changing the poisoned set on the victim's own gradients needs the victim's
     weights mid-training: the ``victim_access`` threat model, stronger than the BadSR paper's
     data-only attacker (docs/threat_models.md). With a selector, the data module must say
-    ``threat_model: victim_access``, or ``on_fit_start`` raises. Scoring alone (no selector, e.g.
-    :class:`callbacks.BackdoorGradientCallback`) is a measurement and runs under either.
+    ``threat_model: victim_access``, or ``on_fit_start`` raises. Scoring alone (no selector) is a
+    measurement and runs under either.
 
     **Resume.** A selection's inputs are the weights it scores and seeds derived from
     ``(seed, epoch)`` (no running generator), and the schedule depends on the epoch alone;

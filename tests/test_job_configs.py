@@ -25,6 +25,7 @@ CONFIGS = {
     "robust": "configs/robust/quickstart.yaml",
     "defend": "configs/defend/quickstart.yaml",
     "study": "configs/study/demo_quick.yaml",
+    "refsr-claims": "configs/refsr_claims/cpu.yaml",
 }
 JOBS = [*CONFIGS, "data prepare", "data verify"]
 
@@ -72,7 +73,7 @@ def _misspelt(job: str, tmp_path: Path) -> tuple[list[str], str]:
     raw = yaml.safe_load((ROOT / CONFIGS[job]).read_text())
     key = {"evaluate": "models.EDSR-quickstart.weigths", "evaluate-refsr": "data.init_args.max_sid",
            "robust": "models.base.weigths", "defend": "reference.run_dri",
-           "study": "runs.C_badsr.row.from_rum"}[job]
+           "study": "runs.C_badsr.row.from_rum", "refsr-claims": "models.masa.arch_kwags"}[job]
     node = raw
     for part in key.split(".")[:-1]:
         node = node.setdefault(part, {})
@@ -123,12 +124,14 @@ def recorded(monkeypatch):
     import lit_sr.jobs.defend.cli as defend
     import lit_sr.jobs.evaluate.cli as evaluate
     import lit_sr.jobs.evaluate_refsr.cli as refsr
+    import lit_sr.jobs.refsr_claims.cli as claims
     import lit_sr.jobs.study.cli as study
 
     monkeypatch.setattr(evaluate, "run_report", recorder("evaluate"))
     monkeypatch.setattr(refsr, "run_refsr_report", recorder("evaluate-refsr"))
     monkeypatch.setattr(defend, "run_report", recorder("defend"))
     monkeypatch.setattr(study.runner, "run_study", recorder("study"))
+    monkeypatch.setattr(claims, "run_claims", recorder("refsr-claims"))
     return seen
 
 
@@ -149,6 +152,14 @@ def test_dotted_overrides_reach_the_reports(recorded):
     cfg = recorded["defend"]
     assert cfg.defenses["FT"]["steps"] == 7 and cfg.defenses["FT"]["lr"] == 1e-3 and cfg.defenses["FP"]["steps"] == 200
     assert str(cfg.out_dir) == "/tmp/elsewhere/defend_quickstart"
+
+
+def test_dotted_overrides_reach_the_refsr_claims(recorded):
+    _exit(["refsr-claims", "--config", CONFIGS["refsr-claims"], "--models.masa.arch_kwargs.num_res_blocks", "[1, 1, 1]",
+           "--attack_steps", "3", "--full_reference", "[datsr, masa]"])
+    cfg = recorded["refsr-claims"]
+    assert cfg.models["masa"].arch_kwargs["num_res_blocks"] == [1, 1, 1] and cfg.attack_steps == 3
+    assert cfg.full_reference == ["datsr", "masa"] and cfg.models["masa"].arch == "masa"  # the entry's other keys kept
 
 
 def test_a_dotted_override_reaches_the_study_runs(recorded):

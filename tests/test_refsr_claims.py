@@ -133,11 +133,12 @@ def test_bad_claims_settings_are_named(tmp_path, capsys):
 def test_the_shipped_cpu_config_builds_the_three_claims():
     from pathlib import Path
 
-    from lit_sr.jobs.refsr_claims.cli import build_config
+    from lit_sr.jobs.parser import load_job_config
+    from lit_sr.jobs.refsr_claims.cli import build_parser
 
     path = Path(__file__).resolve().parents[1] / "configs" / "refsr_claims" / "cpu.yaml"
-    cfg, full_reference, _ = build_config(["--config", str(path)])
-    assert list(cfg.models) == ["ttsr", "masa", "datsr"] and full_reference == ["datsr"]
+    cfg = load_job_config(build_parser(), path)
+    assert list(cfg.models) == ["ttsr", "masa", "datsr"] and cfg.full_reference == ["datsr"]
     assert cfg.loss_model == "datsr" and cfg.ensemble == ["ttsr", "masa", "datsr"]
     assert cfg.eps == pytest.approx(8 / 255) and cfg.test_data is not cfg.data
     assert not cfg.perceptual  # no VGG19 file in the CPU config: the report says the term is left out

@@ -88,10 +88,13 @@ def test_data_only_selects_on_the_substitute_before_training_and_fixes_the_set(t
 
 
 class WeightsAtEpochEnd(L.Callback):
-    """Placed before the selection callback: a copy of the victim at the end of each epoch."""
+    """Placed before the selection callback: a copy of the victim at the end of each epoch, by epoch."""
+
+    def __init__(self):
+        self.nets = {}
 
     def on_train_epoch_end(self, trainer, pl_module):
-        self.net = copy.deepcopy(pl_module.net)
+        self.nets[trainer.current_epoch] = copy.deepcopy(pl_module.net)
 
 
 def test_victim_access_swaps_the_set_by_the_victims_gradients_during_training(tmp_path):
@@ -105,7 +108,7 @@ def test_victim_access_swaps_the_set_by_the_victims_gradients_during_training(tm
     assert run is not None and run.epoch == 0 and dm.poisoned_indices == run.chosen
     # the top-k of the *victim's* backdoor gradients after epoch 0 (its own L1 loss), installed for epoch 1
     batch = next(dm.candidate_batches(len(dm.candidate_indices)))
-    norms = naive_per_sample_grad_norms(snapshot.net, batch["lr"], batch["hr"], loss="l1").numpy()
+    norms = naive_per_sample_grad_norms(snapshot.nets[run.epoch], batch["lr"], batch["hr"], loss="l1").numpy()
     top = sorted(dm.candidate_indices[p] for p in np.argsort(-norms, kind="stable")[:dm.budget])
     assert run.chosen == top and len(top) == dm.budget
     assert dm.poison_config()["threat_model"] == "victim_access"

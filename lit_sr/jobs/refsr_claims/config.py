@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from lightning import LightningDataModule
+
 from lit_sr.attacks.spec import parse_eps_list
 from lit_sr.errors import ConfigError
 from lit_sr.validation import check_int, check_number
@@ -60,6 +62,8 @@ class ClaimsConfig:
             discriminator, ``vgg_weights`` and ``perceptual_weight`` ...). Without ``vgg_weights``
             the perceptual term is left out (its VGG would be random, measuring nothing) and the
             report says so; ``tpl_weight`` is 0 unless given (TTSR's transferal loss only).
+        full_reference: the labels of ``models`` that transfer from the full-resolution reference
+            (claim a compares each of them with every other model; default ``[datsr]``).
         ensemble: labels of ``models`` attacked together for claim (c) (default all).
         eps: the L_inf budget of every attack and of the noise (the paper's 8/255).
         attack_steps: RefSR-Adv's PGD steps (the same for every model).
@@ -78,8 +82,9 @@ class ClaimsConfig:
     """
 
     models: dict[str, ModelEntry]
-    data: Any
-    test_data: Any = None
+    data: LightningDataModule
+    test_data: LightningDataModule | None = None
+    full_reference: list[str] = field(default_factory=lambda: ["datsr"])
     steps: int = 60
     lr: float = 1e-3
     loss_model: str = "datsr"
@@ -112,6 +117,9 @@ class ClaimsConfig:
         self.eps = parse_eps_list([self.eps])[0]
         if self.loss_model not in self.models:
             raise ConfigError(f"loss_model: {self.loss_model!r} is not a label of models ({sorted(self.models)})")
+        unknown = [label for label in self.full_reference if label not in self.models]
+        if unknown:
+            raise ConfigError(f"full_reference: {unknown} are not labels of models ({sorted(self.models)})")
         self.ensemble = list(self.models) if self.ensemble is None else list(self.ensemble)
         unknown = [label for label in self.ensemble if label not in self.models]
         if len(self.ensemble) < 2 or unknown:
