@@ -45,7 +45,9 @@ else
   ATTACK_ARGS=(--train-steps 2 --steps 2 --batch 2 --num-feat 8 --num-block 1)
   GRAD_ARGS=(--samples 4 --naive-samples 2 --pools 100 --generations 2 --population 4 --repeats 1 --evaluations sparse)
   DATA_ARGS=(--images 1 --height 96 --width 96 --patch 32 --batch 2 --modes raw --workers 0 --batches 2 --no-train)
-  STANDIN=(div2k_size="(96, 96)" div2k_train=10 div2k_val=1 weights=True)   # poison_rate 0.1: one poisoned sample
+  # 144 px HR: the trigger's LPIPS (AlexNet: a stride-4 conv, then two 3x3/2 max-pools) needs an LR of at
+  # least 31 px; 96 px (24 px LR at x4) pools to nothing and the slice fails. poison_rate 0.1: one poisoned sample
+  STANDIN=(div2k_size="(144, 144)" div2k_train=10 div2k_val=1 weights=True)
   # the recipe's network and schedule; only the sizes a CPU cannot carry are cut
   SLICE_ARGS=(--data.init_args.base.init_args.batch_size 1 --data.init_args.base.init_args.patch_size 32
               --data.init_args.base.init_args.num_workers 0 --data.init_args.trigger.init_args.steps 2
