@@ -5,6 +5,8 @@ window 8) one run measures images/s of
 
   (a) a plain loop: forward, L1, backward, Adam (lr 1e-4, betas (0.9, 0.99)), fp32;
   (b) the same loop with bf16 autocast and channels-last weights and input;
+  (e) with --bf16-plain: the loop with bf16 autocast alone (contiguous layout): b/e is what
+      channels-last adds on top of bf16;
   (c) SRModule.training_step driven by a Lightning Trainer with the settings of (b)
       (precision "bf16-mixed", channels_last=True, no scheduler, no logger, no progress bar);
   (d) with --compile: (c) with compile=True (torch.compile of the network).
@@ -74,6 +76,7 @@ MODES = {
     "b": "plain bf16+CL",
     "c": "Lightning bf16+CL",
     "d": "Lightning bf16+CL+compile",
+    "e": "plain bf16",
 }
 
 
@@ -112,15 +115,17 @@ def count_step_flops(spec: Net, kwargs: dict, lr: torch.Tensor, hr: torch.Tensor
 
 # ------------------------------------------------------------------------------------------------ (a), (b)
 def plain_loop(net: torch.nn.Module, lr: torch.Tensor, hr: torch.Tensor, steps: int, warmup: int,
-               fast: bool) -> float:
-    """Seconds for ``steps`` training steps after ``warmup`` (fast: bf16 autocast + channels-last)."""
+               fast: bool, channels_last: bool | None = None) -> float:
+    """Seconds for ``steps`` training steps after ``warmup`` (fast: bf16 autocast, with channels-last
+    unless ``channels_last`` says otherwise)."""
     device = lr.device
-    if fast:
+    cl = fast if channels_last is None else channels_last
+    if cl:
         net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4, betas=(0.9, 0.99))
 
     def step() -> None:
-        x = lr.contiguous(memory_format=torch.channels_last) if fast else lr
+        x = lr.contiguous(memory_format=torch.channels_last) if cl else lr
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast):
             sr = net(x)
             loss = F.l1_loss(sr.float(), hr)
@@ -197,8 +202,9 @@ def run_mode(mode: str, spec: Net, kwargs: dict, lr, hr, args) -> tuple[float | 
     device = lr.device
     free_memory(device)
     try:
-        if mode in ("a", "b"):
-            seconds = plain_loop(build_net(spec, kwargs, device), lr, hr, args.steps, args.warmup, fast=mode == "b")
+        if mode in ("a", "b", "e"):
+            seconds = plain_loop(build_net(spec, kwargs, device), lr, hr, args.steps, args.warmup,
+                                 fast=mode in ("b", "e"), channels_last=mode == "b")
         else:
             seconds = lightning_loop(spec, kwargs, lr, hr, args.steps, args.warmup, compile=mode == "d")
     except torch.OutOfMemoryError:
@@ -208,7 +214,7 @@ def run_mode(mode: str, spec: Net, kwargs: dict, lr, hr, args) -> tuple[float | 
 
 def benchmark(args) -> dict:
     device = torch.device(args.device)
-    modes = ["a", "b", "c"] + (["d"] if args.compile else [])
+    modes = ["a"] + (["e"] if args.bf16_plain else []) + ["b", "c"] + (["d"] if args.compile else [])
     rows = []
     jobs = [(name, mode) for name in args.archs for mode in modes]
     bar = tqdm(jobs, desc="train throughput", unit="run")
@@ -237,6 +243,9 @@ def benchmark(args) -> dict:
         row["tflops"] = {m: (v * steps_per_img / 1e12 if v else None) for m, v in row["img_s"].items()}
         a, b, c = (row["img_s"].get(m) for m in "abc")
         row["ratios"] = {"c/a": c / a if a and c else None, "c/b": c / b if b and c else None}
+        if "e" in row["img_s"]:
+            e = row["img_s"]["e"]
+            row["ratios"]["b/e"] = b / e if b and e else None
         if "d" in row["img_s"]:
             d = row["img_s"]["d"]
             row["ratios"].update({"d/a": d / a if a and d else None, "d/c": d / c if c and d else None})
@@ -254,6 +263,7 @@ def benchmark(args) -> dict:
         "warmup": args.warmup,
         "quick": args.quick,
         "compile": args.compile,
+        "bf16_plain": args.bf16_plain,
         "cudnn_benchmark": torch.backends.cudnn.benchmark,
         # PyTorch's defaults: "fp32" convolutions may run in TF32 on Ampere+ GPUs; fp32 matmuls do not.
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
@@ -268,12 +278,14 @@ def fmt(value: float | None, spec: str) -> str:
 
 
 def print_table(report: dict) -> None:
-    modes = ["a", "b", "c"] + (["d"] if report["compile"] else [])
+    plain = report.get("bf16_plain", False)
+    modes = ["a"] + (["e"] if plain else []) + ["b", "c"] + (["d"] if report["compile"] else [])
     print(f"\ntraining throughput, x{report['scale']}, batch {report['batch']}, LR {report['lr_size']}px, "
           f"{report['steps']} timed steps after {report['warmup']}, {report['device']} ({report['machine']})")
     print("  " + "   ".join(f"({m}) {MODES[m]}" for m in modes))
     header = ["arch", "params", "GFLOP/step", *(f"({m}) img/s" for m in modes), "c/a", "c/b"]
     header += ["d/a"] if report["compile"] else []
+    header += ["b/e (CL)"] if plain else []
     header += [f"({m}) TFLOP/s" for m in modes]
     lines = [header]
     for row in report["rows"]:
@@ -281,6 +293,7 @@ def print_table(report: dict) -> None:
         line += [fmt(row["img_s"].get(m), ".1f") for m in modes]
         line += [fmt(row["ratios"]["c/a"], ".2f"), fmt(row["ratios"]["c/b"], ".3f")]
         line += [fmt(row["ratios"].get("d/a"), ".2f")] if report["compile"] else []
+        line += [fmt(row["ratios"].get("b/e"), ".2f")] if plain else []
         line += [fmt(row["tflops"].get(m), ".3g") for m in modes]
         lines.append(line)
     widths = [max(len(str(r[i])) for r in lines) for i in range(len(header))]
@@ -302,6 +315,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=None, help="batch size (default 16; 2 with --quick)")
     p.add_argument("--lr-size", type=int, default=None, help="LR patch side (default 48; 16 with --quick)")
     p.add_argument("--compile", action="store_true", help="add mode (d): SRModule with compile=True")
+    p.add_argument("--bf16-plain", action="store_true", help="add mode (e): plain bf16 without channels-last")
     p.add_argument("--quick", action="store_true", help="tiny networks and sizes: a CPU smoke run")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)

@@ -58,12 +58,21 @@ from torch import nn
 from callbacks.backdoor_pictures import backdoor_grid, grid_row, plot_history
 from callbacks.poison_selection import ReportsSelection, SelectionResults
 from callbacks.protocols import PoisonedData, SRModel, require
+from callbacks.summary import training_record
 from lit_sr.archs import arch_kwargs_with_scale, build_arch
 from lit_sr.image_logging import log_image, logger_hints
 from lit_sr.io import atomic_write, load_weights, read_image
 from lit_sr.metrics import psnr, ssim
 from lit_sr.ops import imresize
-from lit_sr.poison.asr import PSNR_THR, SSIM_THR, Rate, SuccessTally, feature_asr
+from lit_sr.poison.asr import (
+    PSNR_THR,
+    SSIM_THR,
+    Rate,
+    SuccessTally,
+    feature_asr,
+    label_attainment,
+    own_effect,
+)
 from lit_sr.runtime import model_device
 from lit_sr.tables import fmt, text_table
 from lit_sr.validation import check_number
@@ -98,8 +107,9 @@ class BackdoorTally:
         ssim_thr: pixel-ASR SSIM threshold.
         scale: the SR scale (``crop_border`` of the Y-channel PSNR).
         attainment_thr: attainment-ASR threshold.
-        keep_per_image: also keep each image's clean PSNR-Y, in order (one process only: the
-            end-of-run summary's paired comparisons; not reduced over ranks).
+        keep_per_image: also keep each image's clean PSNR-Y and label attainment (``None`` where
+            undefined), in order (one process only: the end-of-run summary's paired comparisons,
+            e.g. the backdoor's own effect over the clean model; not reduced over ranks).
     """
 
     def __init__(self, psnr_thr: float, ssim_thr: float, scale: int, attainment_thr: float = 0.5,
@@ -108,6 +118,7 @@ class BackdoorTally:
         self.scale = scale
         self.feature = dict.fromkeys(FEATURE_ASR_FIELDS, 0.0)
         self.per_image: list[float] | None = [] if keep_per_image else None
+        self.attainment_per_image: list[float | None] = []
 
     @property
     def count(self) -> int:
@@ -139,6 +150,8 @@ class BackdoorTally:
             self.feature["feature_included"] += feat.num_included
         if self.per_image is not None:
             self.per_image.extend(float(v) for v in clean_y.cpu())
+            a = label_attainment(clean_sr, triggered_sr, hr, target_out).cpu().tolist()
+            self.attainment_per_image.extend(v if math.isfinite(v) else None for v in a)
 
     def as_tensor(self, device: torch.device) -> torch.Tensor:
         extra = torch.tensor([self.feature[k] for k in FEATURE_ASR_FIELDS], dtype=torch.float64, device=device)
@@ -161,6 +174,7 @@ class BackdoorTally:
                        feature_shift_ratio=flat["feature_shift_ratio"])
         if self.per_image is not None:
             out["clean_psnr_y_per_image"] = list(self.per_image)
+            out["attainment_per_image"] = list(self.attainment_per_image)
         return out
 
 
@@ -374,8 +388,9 @@ def evaluate_backdoor_on_datamodule(
         attainment_thr: attainment-ASR threshold.
 
     Returns:
-        :meth:`BackdoorTally.metrics` with ``clean_psnr_y_per_image`` (in validation order, for
-        paired comparisons between models), plus ``bicubic_psnr_y`` (bicubic upscaling of the
+        :meth:`BackdoorTally.metrics` with ``clean_psnr_y_per_image`` and
+        ``attainment_per_image`` (in validation order, for paired comparisons between models:
+        :func:`lit_sr.poison.asr.own_effect`), plus ``bicubic_psnr_y`` (bicubic upscaling of the
         clean LR; ``None`` without images).
     """
     tally = BackdoorTally(psnr_thr, ssim_thr, scale, attainment_thr, keep_per_image=True)
@@ -504,7 +519,9 @@ class BackdoorSummary(L.Callback):
         configured = self.selection is not None or find_selection_results(trainer) is not None
         self.results = {
             "backdoored": backdoored, "clean": clean, "bicubic_psnr_y": backdoored["bicubic_psnr_y"],
+            "own_effect": None if clean is None else self._own_effect(backdoored, clean),
             "poison_report": dict(dm.poison_report), "selection": selection, "selection_configured": configured,
+            "training": training_record(trainer, pl_module),
             "config": {**dict(dm.poison_config()), "poisoned_indices": list(dm.poisoned_indices),
                        "clean_weights": self.clean_weights, "psnr_thr": self.psnr_thr, "ssim_thr": self.ssim_thr,
                        "attainment_thr": self.attainment_thr},
@@ -513,6 +530,18 @@ class BackdoorSummary(L.Callback):
         rank_zero_info("\n" + self.table() + "\n" + (f"\n{hints}\n" if hints else ""))
         with atomic_write(log_dir / self.output) as tmp:
             tmp.write_text(json.dumps(self.results, indent=2, default=float))
+
+    def _own_effect(self, backdoored: dict[str, Any], clean: dict[str, Any]) -> dict[str, Any] | None:
+        """The backdoor's own attainment and attainment-ASR over the clean model's under the same
+        trigger and label (:func:`lit_sr.poison.asr.own_effect`); ``None`` without a defined pair."""
+        out: dict[str, Any] = {}
+        for key, threshold in (("attainment", None), ("attainment_asr", self.attainment_thr)):
+            try:
+                d = own_effect(backdoored["attainment_per_image"], clean["attainment_per_image"], threshold)
+            except ValueError:  # no image with a defined attainment in both models
+                return None
+            out[key] = {"mean": d.mean, "ci95": [d.low, d.high], "n": d.n}
+        return out
 
     def _selection(self, trainer: L.Trainer) -> dict[str, Any] | None:
         results = self.selection if self.selection is not None else find_selection_results(trainer)
@@ -555,6 +584,14 @@ class BackdoorSummary(L.Callback):
              _fmt(b.get("val_trigger_lr_ssim"), "ssim")),
         ]
         text.append(text_table(stealth_rows, ("stealth", "PSNR (dB)", "SSIM")))
+        own = r.get("own_effect")
+        if own:
+            own_rows = [(name, f"{v['mean']:+.3f}", "-" if v["ci95"][0] is None else
+                         f"[{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]", str(v["n"]))
+                        for name, v in (("label attainment", own["attainment"]),
+                                        (f"attainment-ASR (a >= {self.attainment_thr:g})", own["attainment_asr"]))]
+            text.append(text_table(own_rows, ("own effect: backdoored - clean model, same trigger", "mean",
+                                                "95% CI (paired)", "images")))
         s = r["selection"]
         if s:
             sel_rows = [(f"fitness ({s['fitness']}), epoch {s['epoch']}", _fmt(s["fitness_selected"], "fit"),

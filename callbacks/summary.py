@@ -13,6 +13,15 @@ from lit_sr.io import atomic_write
 from lit_sr.tables import text_table
 
 
+def training_record(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, int]:
+    """How much training a run had: optimiser steps, the module's parameters (an ``SRModule``'s are
+    its network's) and their product (``param_steps``, the compute axis of a study's scale ladder: at
+    a fixed batch and patch size a convolutional network's training FLOPs are proportional to it)."""
+    params = sum(p.numel() for p in pl_module.parameters())
+    return {"steps": int(trainer.global_step), "parameters": int(params),
+            "param_steps": int(trainer.global_step) * int(params)}
+
+
 class RunSummary(L.Callback):
     """At the end of ``fit``, prints model vs bicubic PSNR/SSIM on val and how to open the logs.
 
@@ -41,4 +50,4 @@ class RunSummary(L.Callback):
         hints = logger_hints(trainer.loggers, log_dir)
         rank_zero_info(f"\n{text}\n" + (f"\n{hints}\n" if hints else ""))
         with atomic_write(Path(log_dir) / "summary.json") as tmp:
-            tmp.write_text(json.dumps({"val": metrics}, indent=2))
+            tmp.write_text(json.dumps({"val": metrics, "training": training_record(trainer, pl_module)}, indent=2))

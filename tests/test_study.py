@@ -14,8 +14,8 @@ import yaml
 
 from lit_sr.errors import ConfigError
 from lit_sr.jobs.study.cli import main
-from lit_sr.jobs.study.runner import load_study, run_study
-from lit_sr.jobs.study.table import DeltaCell, paired_delta, table
+from lit_sr.jobs.study.runner import Column, load_study, run_study
+from lit_sr.jobs.study.table import DeltaCell, RowSource, own_effect_cell, paired_delta, table, write_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,9 +41,11 @@ out.mkdir(parents=True, exist_ok=True)
 with open(out.parent.parent / "calls.txt", "a") as f:
     f.write(log["version"] + "\\n")
 n = 4
-block = lambda q, s, i: {"clean_psnr_y": q, "clean_psnr_y_per_image": [q + 0.1 * k for k in range(n)],
-                         "asr_pixel": s / i if i else None, "asr_pixel_success": s, "asr_pixel_included": i}
-res = {"backdoored": block(fake["psnr"], fake["success"], fake["included"]), "clean": block(30.0, fake.get("clean_success", 0), 4),
+block = lambda q, s, i, a: {"clean_psnr_y": q, "clean_psnr_y_per_image": [q + 0.1 * k for k in range(n)],
+                            "asr_pixel": s / i if i else None, "asr_pixel_success": s, "asr_pixel_included": i,
+                            "attainment_per_image": [a + 0.1 * (k % 2) for k in range(n)]}
+res = {"backdoored": block(fake["psnr"], fake["success"], fake["included"], fake.get("att", 0.0)),
+       "clean": block(30.0, fake.get("clean_success", 0), 4, fake.get("clean_att", 0.0)),
        "poison_report": {"poisoned_hr_psnr": fake.get("hr_psnr")}, "clean_weights": fake.get("clean_weights")}
 (out / "backdoor_summary.json").write_text(json.dumps(res))
 '''
@@ -178,6 +180,11 @@ def test_paired_delta_interval():
         ("columns: [{path: a, format: paired_delta}]\n", "needs a reference"),
         ("columns: [{path: a}]\nruns: {x: {row: {from_run: y}}}\n", "from_run"),
         ("columns: [{header: h, path: a}]\nverdict: {success_columns: [nope]}\n", "nope"),
+        ("columns: [{path: a, baseline: b}]\n", "paired_delta"),
+        ("columns: [{header: h, path: a}]\nplots: [{name: p, y: [h], beside: {h: nope}}]\n", "beside"),
+        ("columns: [{header: h, path: a}]\nplots: [{name: p, y: [h], x: h, beside: {h: h}}]\n", "x: run"),
+        ("columns: [{path: a, format: paired_delta, threshold: 0.5}]\nreference: run\n", "needs a baseline"),
+        ("columns: [{path: a, format: paired_delta, baseline: b, threshold: yes}]\n", "threshold"),
     ],
 )
 def test_bad_study_files_name_the_file_and_key(tmp_path, body, match):
@@ -319,3 +326,79 @@ def test_dry_run_writes_the_override_files_its_commands_name(tmp_path, capsys):
         assert overrides.name == "overrides.yaml" and overrides.is_file()
         assert yaml.safe_load(overrides.read_text())["trainer"]["logger"]["init_args"]["version"] in command
     assert not (tmp_path / "out" / "fake" / "results.md").exists()  # nothing trained
+
+
+def test_own_effect_column_beside_bars_and_verdict(tmp_path):
+    """The backdoor's own effect (arm minus the clean model under the same trigger, per image):
+    an arm whose high attainment the clean model matches scores ~0 and is not implanted."""
+    path = write_study(tmp_path, """\
+        reference: D
+        runs:
+          D: {row: {from_run: A, block: clean}}
+          A: {overrides: {fake: {success: 4, att: 1.0, clean_att: 0.05}}}
+          B: {overrides: {fake: {success: 4, att: 0.9, clean_att: 0.9}}}
+        """, COLUMNS, """\
+          - {header: clean model ASR, path: clean.asr_pixel, format: rate}
+          - {header: own attainment, path: "@.attainment_per_image", baseline: clean.attainment_per_image,
+             format: paired_delta}
+          - {header: own attainment-ASR, path: "@.attainment_per_image", baseline: clean.attainment_per_image,
+             threshold: 0.5, format: paired_delta}
+        verdict: {success_columns: [pixel ASR], own_effect_columns: [own attainment], min_own_effect: 0.0}
+        plots: [{name: arms, y: [pixel ASR, own attainment], beside: {pixel ASR: clean model ASR}}]
+        """)
+    assert main(["--config", str(path)]) == 0
+    rows = {r["run"]: r for r in table(load_study(path))}
+    own_a, own_b = rows["A"]["cells"]["own attainment"], rows["B"]["cells"]["own attainment"]
+    assert own_a.mean == pytest.approx(0.95) and own_a.low == pytest.approx(0.95)  # identical pairs: no spread
+    assert own_b.mean == pytest.approx(0.0) and rows["B"]["cells"]["own attainment-ASR"].mean == 0.0
+    assert rows["A"]["cells"]["own attainment-ASR"].mean == pytest.approx(1.0)
+    assert str(rows["D"]["cells"]["own attainment"]) == "0 (reference)"
+    assert rows["A"]["verdict"] == "implanted" and rows["B"]["verdict"] == "not implanted at this scale"
+    md = (tmp_path / "out" / "fake" / "results.md").read_text()
+    assert "the 95% interval of `own attainment` lies above 0" in md
+    assert (tmp_path / "out" / "fake" / "arms.png").stat().st_size > 1000
+
+
+def test_own_effect_column_needs_the_same_images(tmp_path):
+
+    col = Column(path="@.a", header="own", format="paired_delta", baseline="clean.a")
+    src = RowSource({"clean": {"a": [0.0, 0.1]}}, {"a": [1.0, 1.0, 1.0]})
+    with pytest.raises(ValueError, match="same images"):
+        own_effect_cell(col, src, False)
+    assert own_effect_cell(col, RowSource({}, {"a": [1.0]}), False) is None  # no baseline: "-"
+
+
+def test_runs_listed_one_by_one_carry_params_for_the_plots_and_need_no_reference(tmp_path):
+    # a ladder: each arm at two rungs, no single reference run; the own effect is taken within the row
+    path = write_study(tmp_path, """\
+        overrides: {fake.included: 4, fake.clean_att: 0.2}
+        runs:
+          B_r1: {params: {arm: B, rung: 1}, overrides: {fake.att: 0.2}}
+          B_r2: {params: {arm: B, rung: 2}, overrides: {fake.att: 0.7}}
+        columns:
+          - {header: own, path: "@.attainment_per_image", baseline: clean.attainment_per_image, format: paired_delta}
+        plots: [{name: ladder, x: rung, group: arm, y: [own]}]
+        """)
+    study = load_study(path)
+    assert [r.params for r in study.runs] == [{"run": "B_r1", "arm": "B", "rung": 1},
+                                             {"run": "B_r2", "arm": "B", "rung": 2}]
+    assert study.reference is None
+    run_study(study)
+    rows = {r["run"]: r for r in table(study)}
+    assert rows["B_r1"]["cells"]["own"].mean == pytest.approx(0.0, abs=1e-9)  # only the trigger's push
+    assert rows["B_r2"]["cells"]["own"].mean == pytest.approx(0.5)
+    assert write_outputs(study)[-1] == study.study_dir / "ladder.png"
+    assert (study.study_dir / "ladder.png").stat().st_size > 1000
+    md = (study.study_dir / "results.md").read_text()
+    assert "paired within each row" in md and "against `None`" not in md
+
+
+@pytest.mark.parametrize("params", ["[1, 2]", "{run: x}"])
+def test_run_params_must_be_a_mapping_of_names(tmp_path, params):
+    path = write_study(tmp_path, f"""\
+        runs:
+          a: {{params: {params}}}
+        columns: [{{path: "@.asr_pixel", format: rate}}]
+        """)
+    with pytest.raises(ConfigError, match=r"runs\.a\.params"):
+        load_study(path)

@@ -11,11 +11,13 @@ arXiv 2505.15308) on any ``nn.Module``; nothing here depends on Lightning.
   (functions and the selector objects ``GeneticSelector``, ``RandomSelector``, ``TopKSelector``).
 * :mod:`~lit_sr.poison.threat_model`: the two threat models (``data_only``, the paper's;
   ``victim_access``) and :class:`AttackerSelection`, the selection on the attacker's substitute.
-* :mod:`~lit_sr.poison.asr`: success metrics (pixel ASR, label attainment, feature shift), stealth.
+* :mod:`~lit_sr.poison.asr`: success metrics (pixel ASR, label attainment, feature shift, the
+  backdoor's own effect over a clean model), stealth.
 """
 
 from lit_sr.poison.asr import (
     ASRResult,
+    PairedDifference,
     Rate,
     SuccessTally,
     attainment_asr,
@@ -23,6 +25,8 @@ from lit_sr.poison.asr import (
     feature_asr,
     feature_shift,
     label_attainment,
+    own_effect,
+    paired_difference,
     pixel_asr,
     stealth,
     strategy_sum,
@@ -59,12 +63,15 @@ from lit_sr.poison.triggers import (
 
 __all__ = [
     "ASRResult",
+    "PairedDifference",
     "Rate",
     "SuccessTally",
     "attainment_asr",
     "distributed_sum",
     "feature_shift",
     "label_attainment",
+    "own_effect",
+    "paired_difference",
     "strategy_sum",
     "AdversarialTrigger",
     "AttackerSelection",

@@ -20,6 +20,11 @@ target image ``y_t*``:
   feature space, how far the trigger moves the output towards the target's features, divided by
   how far the poisoned labels themselves move the HR: the share of the labels' own shift the
   victim learnt (the plain feature shift has a ceiling far below 1 for ``eps``-bounded labels).
+* **own effect** (:func:`own_effect`): a figure of the backdoored model minus the same figure of
+  the *clean* model under the same trigger and label, paired over the validation images, with a
+  95% Student-t interval. A trigger moves any model's output (a blend pulls it towards the
+  pattern), so a model that learnt nothing can score a high attainment or ASR when the label
+  points where the trigger pushes; the own effect is what only the backdoor explains.
 
 Rates never read NaN: a rate with nothing included is ``None`` and prints ``"n/a (0 included)"``
 (:class:`Rate`). Each rate carries its counts so a distributed run sums counts, not rates.
@@ -328,6 +333,111 @@ def stealth(
         "linf": diff.abs().amax(dim=1).cpu(),
         "rms": diff.pow(2).mean(dim=1).sqrt().cpu(),
     }
+
+
+# --------------------------------------------------------------------------- own effect
+
+
+class PairedDifference(NamedTuple):
+    """Mean of paired differences with its two-sided Student-t interval.
+
+    Attributes:
+        mean: mean over the pairs of ``value - reference``.
+        low, high: the interval's bounds; ``None`` with fewer than two pairs.
+        n: the number of pairs used (non-finite pairs are left out).
+        confidence: the interval's level.
+    """
+
+    mean: float
+    low: float | None
+    high: float | None
+    n: int
+    confidence: float = 0.95
+
+    def __str__(self) -> str:
+        if self.low is None:
+            return f"{self.mean:+.2f} (n={self.n})"
+        return f"{self.mean:+.2f} [{self.low:+.2f}, {self.high:+.2f}]"
+
+
+def _as_floats(values: Sequence[float | None] | torch.Tensor, name: str) -> list[float]:
+    if isinstance(values, torch.Tensor):
+        if values.dim() != 1:
+            raise ValueError(f"{name} must be a (N,) tensor of per-image values; got shape {tuple(values.shape)}")
+        values = values.detach().double().cpu().tolist()
+    if not isinstance(values, (list, tuple)):
+        raise TypeError(f"{name} must be a list or (N,) tensor of per-image values; got {type(values).__name__}")
+    return [math.nan if v is None else float(v) for v in values]
+
+
+def paired_difference(
+    values: Sequence[float | None] | torch.Tensor,
+    reference: Sequence[float | None] | torch.Tensor,
+    confidence: float = 0.95,
+) -> PairedDifference:
+    """Mean of ``values[i] - reference[i]`` over the images and its Student-t interval (``n - 1``
+    degrees of freedom; no interval for one pair). Pairs with a non-finite or ``None`` member (an
+    infinite PSNR, an undefined attainment) are left out.
+
+    Args:
+        values, reference: per-image values of the same images in the same order.
+        confidence: the interval's level, in (0, 1). Default 0.95.
+
+    Raises:
+        ValueError: different lengths, or no finite pair.
+    """
+    from scipy.stats import t as student_t
+
+    check_number(confidence, "confidence", 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+    a, b = _as_floats(values, "values"), _as_floats(reference, "reference")
+    if len(a) != len(b):
+        raise ValueError(f"paired values need the same images: {len(a)} values vs {len(b)} in the reference")
+    d = [x - y for x, y in zip(a, b) if math.isfinite(x) and math.isfinite(y)]
+    if not d:
+        raise ValueError(f"no finite paired values among {len(a)} pairs")
+    n = len(d)
+    mean = sum(d) / n
+    if n < 2:
+        return PairedDifference(mean, None, None, n, confidence)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))
+    half = float(student_t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
+    return PairedDifference(mean, mean - half, mean + half, n, confidence)
+
+
+def own_effect(
+    backdoored: Sequence[float | None] | torch.Tensor,
+    clean: Sequence[float | None] | torch.Tensor,
+    threshold: float | None = None,
+    confidence: float = 0.95,
+) -> PairedDifference:
+    """The backdoor's own effect: a per-image figure of the backdoored model minus the clean
+    model's, both measured under the same trigger and label, paired over the validation images.
+
+    With per-image :func:`label_attainment` values it is the *own attainment*: about 0 when the
+    trigger alone explains the backdoored model's attainment (the clean model, which learnt no
+    backdoor, reaches the same), about 1 for a backdoor that reproduces the poisoned label beyond
+    what the trigger does to any model. With ``threshold`` each value becomes the indicator
+    ``value >= threshold`` first, so the result is the *own attainment-ASR* (a difference of two
+    rates over the same images). Images whose value is undefined in either model (NaN or ``None``:
+    the label equals the HR) are left out.
+
+    Args:
+        backdoored: per-image values of the backdoored model (e.g. ``attainment_per_image`` of
+            :func:`callbacks.backdoor_eval.evaluate_backdoor`).
+        clean: the clean model's values on the same images in the same order, under the same
+            trigger and label.
+        threshold: turn values into success indicators at this threshold (``None``: the values).
+        confidence: the interval's level. Default 0.95.
+
+    Returns:
+        :class:`PairedDifference`.
+    """
+    a, b = _as_floats(backdoored, "backdoored"), _as_floats(clean, "clean")
+    if threshold is not None:
+        thr = check_number(threshold, "threshold")
+        a = [float(v >= thr) if math.isfinite(v) else math.nan for v in a]
+        b = [float(v >= thr) if math.isfinite(v) else math.nan for v in b]
+    return paired_difference(a, b, confidence)
 
 
 # --------------------------------------------------------------------------- tally and DDP sums

@@ -44,14 +44,29 @@ class Column:
         path: ``a.b.c`` into the results file, or ``@.c`` into the row block.
         header: the column's header (default: ``path``).
         format: how a cell reads (:mod:`lit_sr.jobs.study.table`).
+        baseline: ``paired_delta`` only: the difference is taken within the row, from the per-image
+            values at this path of the same run (the backdoor's *own effect*, e.g.
+            ``clean.attainment_per_image``: the clean model under the same trigger and label;
+            :func:`lit_sr.poison.asr.own_effect`) instead of from the ``reference`` run's row.
+        threshold: ``paired_delta`` with a ``baseline`` only: values at or above it count as successes
+            before the difference is taken; ``None``: the values as they are.
     """
 
     path: str
     header: str | None = None
     format: Format = "float"
+    baseline: str | None = None
+    threshold: float | None = None
 
     def __post_init__(self) -> None:
         self.header = self.path if self.header is None else str(self.header)
+        if (self.baseline is not None or self.threshold is not None) and self.format != "paired_delta":
+            raise ConfigError(f"columns[{self.header}]: baseline and threshold belong to a paired_delta column; "
+                              f"got format {self.format!r}")
+        if self.baseline is not None and not str(self.baseline):
+            raise ConfigError(f"columns[{self.header}].baseline: expected a dotted path; got {self.baseline!r}")
+        if self.threshold is not None and self.baseline is None:
+            raise ConfigError(f"columns[{self.header}].threshold: a threshold needs a baseline (an own-effect column)")
 
 
 @dataclass
@@ -67,6 +82,9 @@ class Verdict:
         max_false_positive: their threshold (a fraction).
         positive: the verdict when the rule holds.
         negative: the verdict when it does not.
+        own_effect_columns: own-effect columns (``paired_delta`` with a ``baseline``) whose 95% interval
+            (its mean where one image gave no interval) must lie above ``min_own_effect``.
+        min_own_effect: their threshold.
     """
 
     success_columns: list[str]
@@ -77,6 +95,8 @@ class Verdict:
     max_false_positive: float = 0.2
     positive: str = "implanted"
     negative: str = "not implanted at this scale"
+    own_effect_columns: list[str] = field(default_factory=list)
+    min_own_effect: float = 0.0
 
     def __post_init__(self) -> None:
         self.min_success = _checked(check_fraction, self.min_success, "verdict.min_success")
@@ -84,7 +104,8 @@ class Verdict:
         self.max_quality_change = _checked(check_positive, self.max_quality_change, "verdict.max_quality_change")
 
     def columns(self) -> list[str]:
-        return [*self.success_columns, *self.false_positive_columns, *([self.quality_column] if self.quality_column else [])]
+        return [*self.success_columns, *self.false_positive_columns, *self.own_effect_columns,
+                *([self.quality_column] if self.quality_column else [])]
 
     def rule(self) -> str:
         success = " or ".join(f"`{c}`" for c in self.success_columns)
@@ -92,6 +113,9 @@ class Verdict:
         if self.false_positive_columns:
             fp = ", ".join(f"`{c}`" for c in self.false_positive_columns)
             text += f" while {fp} (the clean model under the same trigger) stays below {self.max_false_positive:.0%}"
+        if self.own_effect_columns:
+            own = ", ".join(f"`{c}`" for c in self.own_effect_columns)
+            text += f", the 95% interval of {own} lies above {self.min_own_effect:g}"
         if self.quality_column:
             text += f" and `{self.quality_column}` is within ±{self.max_quality_change:g} dB"
         return text + f"; otherwise **{self.negative}**. The reference run gets no verdict."
@@ -101,16 +125,26 @@ class Verdict:
 class Plot:
     """A PNG plot of the table: columns ``y`` against ``x``, one line per value of ``group``.
 
-    ``x`` and ``group``: ``run``, a run parameter (a grid key) or a column header (checked when plotting).
+    ``x`` and ``group``: ``run``, a run parameter (a grid key or a run's ``params``) or a column header
+    (checked when plotting). ``beside``: y header -> the header of a reference level drawn as a hatched
+    bar beside each of its bars (``x: run`` only), e.g. the clean model's figure under the same trigger
+    beside the arm's own.
     """
 
     name: str
     y: str | list[str]
     x: str = "run"
     group: str | None = None
+    beside: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.y = [self.y] if isinstance(self.y, str) else list(self.y)
+        self.beside = {str(k): str(v) for k, v in (self.beside or {}).items()}
+        if self.beside and self.x != "run":
+            raise ConfigError(f"plots[{self.name}].beside: beside bars need x: run; got x: {self.x!r}")
+        for y in self.beside:
+            if y not in self.y:
+                raise ConfigError(f"plots[{self.name}].beside: {y!r} is not one of the plot's y {self.y}")
 
 
 @dataclass
@@ -132,6 +166,8 @@ class RunSpec:
         row: where its row reads its block.
         in_table: ``false``: run it without a row (e.g. a substitute network the other runs share).
         grid: ``false``: keep it out of the grid (run once, e.g. a clean reference).
+        params: labels of the run for the plots' ``x`` and ``group`` (as a grid key would give), e.g.
+            ``{arm: B, rung: 2}`` when the runs are listed one by one; ``run`` is reserved.
     """
 
     overrides: dict = field(default_factory=dict)
@@ -140,6 +176,7 @@ class RunSpec:
     row: Row = field(default_factory=Row)
     in_table: bool = True
     grid: bool = True
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -223,8 +260,8 @@ class StudyConfig:
         headers = [c.header for c in self.columns]
         if len(set(headers)) != len(headers):
             raise ConfigError(f"columns: headers must be distinct; got {headers}")
-        if any(c.format == "paired_delta" for c in self.columns) and self.reference is None:
-            raise ConfigError("reference: a paired_delta column needs a reference run")
+        if any(c.format == "paired_delta" and c.baseline is None for c in self.columns) and self.reference is None:
+            raise ConfigError("reference: a paired_delta column without a baseline needs a reference run")
         for name in self.verdict.columns() if self.verdict else []:
             if name not in headers:
                 raise ConfigError(f"verdict: column {name!r} is not one of the table's headers {headers}")
@@ -232,6 +269,9 @@ class StudyConfig:
             for y in plot.y:
                 if y not in headers:
                     raise ConfigError(f"plots[{i}].y: {y!r} is not one of the table's headers {headers}")
+            for y, ref in plot.beside.items():
+                if ref not in headers:
+                    raise ConfigError(f"plots[{i}].beside.{y}: {ref!r} is not one of the table's headers {headers}")
 
 
 @dataclass
@@ -314,10 +354,13 @@ def expand_runs(cfg: StudyConfig) -> list[Run]:
         key = f"runs.{run_name}"
         configs = ([resolve_config(c, "train") for c in _as_list(spec.config, f"{key}.config")]
                    if spec.config is not None else list(cfg.base_config))
+        if "run" in spec.params:
+            raise ConfigError(f"{key}.params: 'run' is reserved (the run's name); expected labels such as "
+                              f"{{arm: B, rung: 2}}; got {spec.params!r}")
         for point in _grid_points(cfg.grid if spec.grid else None):
             name = "__".join(p for p in (run_name, _point_name(point)) if p) or "run"
             overrides = merge(merge(common, expand_dotted(spec.overrides, key)), expand_dotted(point, "grid"))
-            params = {"run": name, **({"arm": run_name} if run_name else {}), **point}
+            params = {"run": name, **({"arm": run_name} if run_name else {}), **spec.params, **point}
             runs.append(Run(name, overrides, params, configs, spec.results_file or cfg.results_file,
                             spec.row.from_run, spec.row.block, spec.in_table))
     return runs

@@ -30,11 +30,16 @@ results file, or, starting with ``@.``, into the run's *row block* (``block``, d
 ``row: {from_run: A, block: clean}``, as the clean reference of a demo does; a run's own
 ``config`` replaces ``base_config`` for it; ``in_table: false`` runs it without a row, e.g. the
 training of a substitute network the other runs share; ``grid: false`` keeps a run out of the
-grid, run once, e.g. a clean reference). Formats: ``rate``
+grid, run once, e.g. a clean reference; ``params: {arm: B, rung: 2}`` labels a run for the plots'
+``x`` and ``group``, as a grid key would, when the runs are listed one by one). Formats: ``rate``
 (reads ``<path>``, ``<path>_success``, ``<path>_included``: "85.7% (6/7)" or
 "n/a (0 included)"), ``pct``, ``db``, ``float``, ``int``, ``text`` and ``paired_delta`` (``path``
 holds per-image values; the column is the mean difference from the ``reference`` run's row, with
-a paired 95% Student-t interval over the images). An optional ``verdict`` rule adds a last
+a paired 95% Student-t interval over the images; with ``baseline: <path>`` the difference is
+taken within the row, from the per-image values at that path of the same run, e.g. the
+backdoor's *own effect*, ``@.attainment_per_image`` minus ``clean.attainment_per_image``, the
+clean model under the same trigger and label (:func:`lit_sr.poison.asr.own_effect`;
+``threshold: 0.5`` turns the values into successes first). An optional ``verdict`` rule adds a last
 column and states the rule under the Markdown table.
 
 A study may ``extends: <another study file>`` and change only what differs (a quick variant).

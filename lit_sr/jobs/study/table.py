@@ -61,23 +61,13 @@ class DeltaCell:
 
 
 def paired_delta(values: list[float], reference: list[float], confidence: float = 0.95) -> DeltaCell:
-    """Mean of ``values[i] - reference[i]`` and its two-sided Student-t interval (``n - 1`` degrees
-    of freedom; no interval for one image). Non-finite pairs (an infinite PSNR) are left out."""
-    from scipy.stats import t as student_t
+    """Mean of ``values[i] - reference[i]`` and its two-sided Student-t interval
+    (:func:`lit_sr.poison.asr.paired_difference`; no interval for one image). Non-finite pairs (an
+    infinite PSNR) are left out."""
+    from lit_sr.poison.asr import paired_difference
 
-    if len(values) != len(reference):
-        raise ValueError(f"paired values need the same images: {len(values)} values vs {len(reference)} in the "
-                         "reference run")
-    d = [a - b for a, b in zip(values, reference) if math.isfinite(a) and math.isfinite(b)]
-    if not d:
-        raise ValueError("no finite paired values")
-    n = len(d)
-    mean = sum(d) / n
-    if n < 2:
-        return DeltaCell(mean, None, None, n)
-    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))
-    half = float(student_t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
-    return DeltaCell(mean, mean - half, mean + half, n)
+    d = paired_difference(values, reference, confidence)
+    return DeltaCell(d.mean, d.low, d.high, d.n)
 
 
 def lookup(tree: Any, path: str) -> Any:
@@ -129,6 +119,8 @@ def cell(column: Column, source: RowSource, reference: RowSource | None, is_refe
         if _number(included) is not None and _number(success) is not None:
             return RateCell(float(success), float(included))
         return _number(value)
+    if column.format == "paired_delta" and column.baseline is not None:
+        return own_effect_cell(column, source, is_reference)
     if column.format == "paired_delta":
         if not isinstance(value, list) or reference is None:
             return None
@@ -140,6 +132,29 @@ def cell(column: Column, source: RowSource, reference: RowSource | None, is_refe
     if column.format == "text":
         return None if value is None else str(value)
     return _number(value)
+
+
+def own_effect_cell(column: Column, source: RowSource, is_reference: bool) -> DeltaCell | None:
+    """A within-row paired difference: the per-image values at ``column.path`` minus those at
+    ``column.baseline`` (:func:`lit_sr.poison.asr.own_effect`, e.g. the backdoored model's
+    attainment minus the clean model's under the same trigger). The reference row reads
+    "0 (reference)"; a row without both lists (or without a defined pair) reads "-"; lists of
+    different lengths are an error."""
+    from lit_sr.poison.asr import own_effect
+
+    if is_reference:
+        return DeltaCell(0.0, 0.0, 0.0, 0, True)
+    values, base = source.get(column.path), source.get(column.baseline)
+    if not isinstance(values, list) or not isinstance(base, list):
+        return None
+    if len(values) != len(base):
+        raise ValueError(f"column {column.header!r}: {column.path} has {len(values)} images but {column.baseline} "
+                         f"has {len(base)}; a paired difference needs the same images")
+    if not any(isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isfinite(a) and math.isfinite(b)
+               for a, b in zip(values, base)):
+        return None  # no image with a defined value in both: nothing to compare
+    d = own_effect(values, base, column.threshold)
+    return DeltaCell(d.mean, d.low, d.high, d.n)
 
 
 def fmt(value: Any, format: str) -> str:
@@ -169,7 +184,14 @@ def verdict(study: Study, cells: dict[str, Any], is_reference: bool) -> str:
         return "n/a (no success figure)"
     false_positives = [r for r in (_numeric(cells[h]) for h in v.false_positive_columns) if r is not None]
     fp_ok = all(r < v.max_false_positive for r in false_positives)
-    return v.positive if max(rates) >= v.min_success and quality_ok and fp_ok else v.negative
+    own_ok = True
+    for header in v.own_effect_columns:
+        own = cells[header]
+        if not isinstance(own, DeltaCell):
+            return f"n/a (no {header})"
+        # the interval's lower bound (the mean where one image gave no interval)
+        own_ok &= (own.mean if own.low is None else own.low) > v.min_own_effect
+    return v.positive if max(rates) >= v.min_success and quality_ok and fp_ok and own_ok else v.negative
 
 
 def table(study: Study) -> list[dict[str, Any]]:
@@ -205,9 +227,12 @@ def markdown(study: Study, rows: list[dict[str, Any]]) -> str:
     lines = [f"## Study `{study.name}` ({study.source})", "", *markdown_lines(headers, table)]
     notes = ["", "Rates read successes/included; \"n/a (0 included)\" when no image was included; "
              "\"-\" when the run's results lack the figure."]
-    if any(c.format == "paired_delta" for c in study.columns):
+    if any(c.format == "paired_delta" and c.baseline is None for c in study.columns):
         notes.append(f"Differences are paired over the validation images against `{study.reference}`, "
                      "mean [95% Student-t interval].")
+    if any(c.format == "paired_delta" and c.baseline is not None for c in study.columns):
+        notes.append("Own effects are paired within each row over the validation images (the run's model minus "
+                     "the clean model under the same trigger and label), mean [95% Student-t interval].")
     if study.verdict:
         notes.append("Verdict: " + study.verdict.rule())
     timed = [(r["run"], r["wall_s"]) for r in rows if r["wall_s"] is not None]
@@ -270,12 +295,7 @@ def plot(study: Study, rows: list[dict[str, Any]], spec: Plot, path: Path) -> Pa
     axes = fig.subplots(1, len(spec.y), squeeze=False)[0]
     for ax, header in zip(axes, spec.y):
         if spec.x == "run":
-            values = [_numeric(r["cells"][header]) for r in rows]
-            ax.bar(range(len(rows)), [0 if v is None else v for v in values], color="tab:blue")
-            for i, v in enumerate(values):
-                if v is None:
-                    ax.text(i, 0, "n/a", ha="center", va="bottom", fontsize=8)
-            ax.set_xticks(range(len(rows)), [r["run"] for r in rows], rotation=30, ha="right", fontsize=8)
+            _bars(ax, rows, header, spec.beside.get(header))
         else:
             groups = dict.fromkeys(_param(r, spec.group, spec) if spec.group else None for r in rows)
             for g in groups:
@@ -301,6 +321,32 @@ def plot(study: Study, rows: list[dict[str, Any]], spec: Plot, path: Path) -> Pa
     with atomic_write(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     return path
+
+
+def _bars(ax: Any, rows: list[dict[str, Any]], header: str, beside: str | None) -> None:
+    """Bars over the runs (paired deltas with their 95% interval); with ``beside``, a hatched grey
+    bar of that column next to each (a reference level, e.g. the clean model under the same trigger)."""
+    width = 0.4 if beside else 0.8
+    series = [(header, 0.0, "tab:blue", None)]
+    if beside:
+        series = [(header, -width / 2, "tab:blue", None), (beside, width / 2, "0.7", "//")]
+    for column, shift, color, hatch in series:
+        cells = [r["cells"][column] for r in rows]
+        values = [_numeric(c) for c in cells]
+        xs = [i + shift for i in range(len(rows))]
+        ax.bar(xs, [0 if v is None else v for v in values], width=width, color=color, hatch=hatch,
+               label=column if beside else None)
+        err = [(i, c) for i, c in zip(xs, cells) if isinstance(c, DeltaCell) and c.low is not None]
+        if err:
+            ax.errorbar([i for i, _ in err], [c.mean for _, c in err],
+                        yerr=[[c.mean - c.low for _, c in err], [c.high - c.mean for _, c in err]],
+                        fmt="none", ecolor="black", capsize=3)
+        for x, v in zip(xs, values):
+            if v is None:
+                ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(rows)), [r["run"] for r in rows], rotation=30, ha="right", fontsize=8)
+    if beside:
+        ax.legend(fontsize=7)
 
 
 def default_plot(study: Study) -> Plot:
