@@ -301,6 +301,7 @@ class TrainCLI(SRLightningCLI):
     """
 
     def before_instantiate_classes(self) -> None:
+        super().before_instantiate_classes()  # threads and the bf16 precision first
         subcommand = self.config.get("subcommand")
         if subcommand is None:  # built without running (tests, notebooks): nothing is started
             return
