@@ -10,7 +10,10 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 ROOT = Path(__file__).resolve().parent
-RECIPES = ["lit_sr.configs"] + [f"lit_sr.configs.{p.name}" for p in sorted((ROOT / "configs").iterdir()) if p.is_dir()]
+# every folder under configs/ (also nested ones such as train/targets/) is a package of the recipes
+RECIPES = ["lit_sr.configs"] + [
+    "lit_sr.configs." + ".".join(p.relative_to(ROOT / "configs").parts)
+    for p in sorted((ROOT / "configs").rglob("*")) if p.is_dir()]
 
 setup(
     packages=find_packages(include=["lit_sr", "lit_sr.*", "datamodules", "datamodules.*", "callbacks", "callbacks.*"])
