@@ -37,22 +37,28 @@ if [[ $MODE == gpu ]]; then
   DATA_ARGS=(--images 4 --modes raw shared_cache --workers 0 8 --train-steps 40 --train-warmup 10)
   STANDIN=(div2k_size="(480, 480)" div2k_train=24 div2k_val=2)
   SLICE_ARGS=(--data.init_args.base.init_args.batch_size 16)
+  SUBSTITUTE="dict(num_feat=64, num_block=16, res_scale=1.0, img_range=255.0, rgb_mean=[0.4488, 0.4371, 0.4040])"
 else
   DEV=cpu; Q=(--quick); SLICE_S=20
   # CPU limits are a safety net only (a loaded shared CPU runs these toy steps 10x slower than idle)
-  T_TRAIN=900; T_COMPILE=0; T_ATTACK=900; T_GRAD=900; T_DATA=900; T_SLICE=900
+  T_TRAIN=300; T_COMPILE=0; T_ATTACK=300; T_GRAD=300; T_DATA=300; T_SLICE=300
   TRAIN_ARGS=(--archs edsr --steps 1 --warmup 0)   # RCAN's tiny variant adds only time here
   ATTACK_ARGS=(--train-steps 2 --steps 2 --batch 2 --num-feat 8 --num-block 1)
   GRAD_ARGS=(--samples 4 --naive-samples 2 --pools 100 --generations 2 --population 4 --repeats 1 --evaluations sparse)
   DATA_ARGS=(--images 1 --height 96 --width 96 --patch 32 --batch 2 --modes raw --workers 0 --batches 2 --no-train)
-  # 144 px HR: the trigger's LPIPS (AlexNet: a stride-4 conv, then two 3x3/2 max-pools) needs an LR of at
-  # least 31 px; 96 px (24 px LR at x4) pools to nothing and the slice fails. poison_rate 0.1: one poisoned sample
-  STANDIN=(div2k_size="(144, 144)" div2k_train=10 div2k_val=1 weights=True)
-  # the recipe's network and schedule; only the sizes a CPU cannot carry are cut
+  # toy size: 128 px HR (the trigger's LPIPS -- AlexNet: a stride-4 conv, then two 3x3/2 max-pools -- needs an
+  # LR of at least 31 px), 10 training images (poison_rate 0.1: one poisoned image, candidate_rate 0.25: 3
+  # candidates), and the recipe's EDSR-baseline (victim, substitute, clean reference) cut to 8 features x 1
+  # block: the slice runs the recipe's whole pipeline (trigger, labels, selection callbacks, summary) in seconds.
+  # The recipe at its own network size on CPU: tests/test_every_recipe.py.
+  STANDIN=(div2k_size="(128, 128)" div2k_train=10 div2k_val=1 scales="(4,)" weights=True)
+  SUBSTITUTE="dict(num_feat=8, num_block=1, res_scale=1.0, img_range=255.0, rgb_mean=[0.4488, 0.4371, 0.4040])"
+  TOY="{num_feat: 8, num_block: 1, res_scale: 1.0, img_range: 255.0, rgb_mean: [0.4488, 0.4371, 0.4040]}"
   SLICE_ARGS=(--data.init_args.base.init_args.batch_size 1 --data.init_args.base.init_args.patch_size 32
-              --data.init_args.base.init_args.num_workers 0 --data.init_args.trigger.init_args.steps 2
-              --data.init_args.poisoned_hr_steps 2 --trainer.precision 32-true --trainer.limit_val_batches 1
-              --trainer.max_steps 2)
+              --data.init_args.base.init_args.num_workers 0 --data.init_args.trigger.init_args.steps 1
+              --data.init_args.poisoned_hr_steps 1 --trainer.precision 32-true --trainer.limit_val_batches 1
+              --trainer.max_steps 2 --model.init_args.arch_kwargs "$TOY"
+              --data.init_args.substitute.init_args.arch_kwargs "$TOY")
 fi
 
 FAILED=()
@@ -94,8 +100,7 @@ ARGS=$(IFS=,; echo "${STANDIN[*]}")
 if "$PY" -c "
 from lit_sr.standins import write_standins, write_random_weights
 write_standins('data', $ARGS)
-write_random_weights('runs/edsr_x4_div2k/version_0/weights.pth', 'edsr',
-                     dict(num_feat=64, num_block=16, res_scale=1.0, img_range=255.0, rgb_mean=[0.4488, 0.4371, 0.4040]))
+write_random_weights('runs/edsr_x4_div2k/version_0/weights.pth', 'edsr', $SUBSTITUTE)
 " >"$OUT/standins.log" 2>&1; then
   D="$SLICE/data/DIV2K"
   TORCH_HOME="$SLICE/data" step badsr_div2k_slice "$T_SLICE" "$PY" "$REPO/train.py" fit \

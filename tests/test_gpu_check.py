@@ -1,6 +1,8 @@
 """scripts/gpu_check.sh --cpu: the GPU check runs end to end at toy size on the CPU (every step of
 it, the DIV2K BadSR recipe's slice on stand-in data included), so the day it runs on a GPU only the
-device and the sizes differ. Timings are printed, never asserted."""
+device and the sizes differ. Timings are printed, never asserted. Toy size: each step is one
+interpreter's start-up plus seconds of work (the slice's EDSR is 8 features x 1 block); the recipe at its
+own size is tests/test_every_recipe.py's."""
 
 from __future__ import annotations
 
@@ -19,14 +21,11 @@ STEPS = ("train_throughput", "ifgsm_batched_vs_per_image", "per_sample_grads_vma
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("LIT_SR_TEST_GPU_CHECK") != "1",
-                    reason="runs every step of scripts/gpu_check.sh --cpu (tens of minutes on two cores): set "
-                           "LIT_SR_TEST_GPU_CHECK=1 to run it")
 def test_gpu_check_cpu_mode_runs_every_step(tmp_path):
     env = dict(os.environ, OUT=str(tmp_path / "out"), PYTHON=sys.executable, OMP_NUM_THREADS="1",
                PYTHONPATH=str(ROOT))
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--cpu"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=5000)
+                          capture_output=True, text=True, timeout=900)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     summary = out[out.index("gpu_check (cpu) summary:"):]
