@@ -123,16 +123,16 @@ def _write_benchmarks(root: Path, photos, g, side: int) -> None:
                   {4: root / name / "LR_bicubic" / "X4"}, "{stem}x{s}.png")
 
 
-def _write_cufed(root: Path, photos, g, n_train: int, n_groups: int) -> None:
+def _write_cufed(root: Path, photos, g, n_train: int, n_groups: int, size: tuple[int, int]) -> None:
     for i in range(n_train):
         big = _crop(photos, g, 176, 176)
         write_image(big[:, :160, :160], root / "train" / "input" / f"{i:06d}.png")
         write_image(big[:, 16:, 16:], root / "train" / "ref" / f"{i:06d}.png")  # overlapping: a similar reference
     for k in range(n_groups):
-        hr = _crop(photos, g, 120, 160)
+        hr = _crop(photos, g, *size)
         write_image(hr, root / "CUFED5" / f"{k:03d}_0.png")
         for level in range(1, 6):  # less and less similar: a shifted crop, then other photos
-            ref = hr.roll(shifts=8 * level, dims=2) if level <= 2 else _crop(photos, g, 120, 160)
+            ref = hr.roll(shifts=8 * level, dims=2) if level <= 2 else _crop(photos, g, *size)
             write_image(ref, root / "CUFED5" / f"{k:03d}_{level}.png")
 
 
@@ -174,6 +174,7 @@ def write_standins(
     benchmark_side: int = 96,
     cufed_train: int = 2,
     cufed5_groups: int = 1,
+    cufed5_size: tuple[int, int] = (120, 160),
     scales: tuple[int, ...] = (2, 3, 4),
     weights: bool = True,
     seed: int = 0,
@@ -187,6 +188,7 @@ def write_standins(
         div2k_train, div2k_val: number of DIV2K training / validation images.
         benchmark_side: side of the Set5/Set14/BSD100/Urban100 stand-ins (divisible by 4).
         cufed_train: CUFED training pairs; cufed5_groups: CUFED5 groups of six images.
+        cufed5_size: ``(H, W)`` of the CUFED5 images (divisible by 4; the real ones are about 500x300).
         scales: the LR scales written for DIV2K.
         weights: also write the random VGG16/VGG19/AlexNet files under ``hub/checkpoints``.
         seed: seed of the crops and the random weights.
@@ -199,6 +201,8 @@ def write_standins(
         check_number(s, "scales[...]", 1, integer=True)
         if h % s or w % s:
             raise ValueError(f"div2k_size {div2k_size} must be divisible by every scale {scales}")
+    if cufed5_size[0] % 4 or cufed5_size[1] % 4:
+        raise ValueError(f"cufed5_size must be divisible by 4; got {cufed5_size}")
     if benchmark_side % 4:
         raise ValueError(f"benchmark_side must be divisible by 4; got {benchmark_side}")
     for name, n in (("div2k_train", div2k_train), ("div2k_val", div2k_val), ("cufed_train", cufed_train),
@@ -210,7 +214,7 @@ def write_standins(
     shutil.rmtree(tmp, ignore_errors=True)
     _write_div2k(tmp / "DIV2K", photos, g, (h, w), div2k_train, div2k_val, scales)
     _write_benchmarks(tmp / "benchmark", photos, g, benchmark_side)
-    _write_cufed(tmp / "CUFED", photos, g, cufed_train, cufed5_groups)
+    _write_cufed(tmp / "CUFED", photos, g, cufed_train, cufed5_groups, cufed5_size)
     if weights:
         _write_weights(tmp / "hub" / "checkpoints", g)
     tmp.rename(root)

@@ -55,10 +55,11 @@ EDSR_BASELINE = dict(num_feat=64, num_block=16, res_scale=1.0, img_range=255.0, 
 
 @pytest.fixture(scope="session")
 def standins(tmp_path_factory):
-    # 128 px DIV2K: BadSR's LPIPS trigger (AlexNet) needs an LR of at least 31 px; 10 training images
+    # 32 px CUFED5: a full-size RefSR network validates in a second. 128 px DIV2K: BadSR's LPIPS trigger (AlexNet) needs an LR of at least 31 px; 10 training images
     # give the DIV2K BadSR recipe (poison_rate 0.1) a budget of one
     return write_standins(tmp_path_factory.mktemp("standins") / "data", div2k_size=(128, 128), div2k_train=10,
-                          div2k_val=1, benchmark_side=48, cufed_train=2, cufed5_groups=1, scales=(4,))
+                          div2k_val=1, benchmark_side=48, cufed_train=2, cufed5_groups=1, cufed5_size=(32, 32),
+                          scales=(4,))
 
 
 @pytest.fixture()
@@ -75,6 +76,12 @@ def div2k(standins, prefix: str = "--data.init_args.") -> list[str]:
     return [f"{prefix}train_hr", str(d / "DIV2K_train_HR"), f"{prefix}train_lr", str(d / "DIV2K_train_LR_bicubic/X4"),
             f"{prefix}val_hr", str(d / "DIV2K_valid_HR"), f"{prefix}val_lr", str(d / "DIV2K_valid_LR_bicubic/X4"),
             f"{prefix}num_workers", "0", f"{prefix}max_val_images", "1"]
+
+
+def set5_val(s) -> list[str]:
+    """Validation on the 48 px Set5 stand-in (its first image): a full-size network validates in a second."""
+    b = s.benchmark / "Set5"
+    return ["--data.init_args.val_hr", str(b / "HR"), "--data.init_args.val_lr", str(b / "LR_bicubic" / "X4")]
 
 
 def sizes(patch: int, batch: int = 1, prefix: str = "--data.init_args.") -> list[str]:
@@ -111,16 +118,16 @@ def _fit_args(name: str, s) -> list[str]:
     plain_div2k = {"edsr_x4_div2k": 48, "rcan_x4_div2k": 32, "rrdb_x4_div2k": 32, "swinir_x4_div2k": 32,
                    "carn_x4_div2k": 48}
     if name in plain_div2k:
-        return [*div2k(s), *sizes(plain_div2k[name]), "--data.init_args.train_prepared", "null"]
-    if name == "esrgan_x4_div2k":  # the discriminator sees the whole HR patch (the recipe's rule)
-        return [*div2k(s), *sizes(32), "--data.init_args.train_prepared", "null",
-                "--model.init_args.discriminator_kwargs.input_size", "32"]
+        return [*div2k(s), *set5_val(s), *sizes(plain_div2k[name]), "--data.init_args.train_prepared", "null"]
+    if name == "esrgan_x4_div2k":  # the VGG discriminator takes 128 px (or 256): the recipe's patch
+        return [*div2k(s), *set5_val(s), *sizes(128), "--data.init_args.train_prepared", "null"]
     if name == "robust_finetune_edsr":
         return [*div2k(s), *sizes(48), "--model.init_args.steps", "1"]
     if name == "badsr_edsr_x4_div2k":
         base = "--data.init_args.base.init_args."
         return [*div2k(s, base), *sizes(32, prefix=base), "--data.init_args.trigger.init_args.steps", "1",
-                "--data.init_args.poisoned_hr_steps", "1", "--data.init_args.generation_batch_size", "1"]
+                "--data.init_args.poisoned_hr_steps", "1", "--data.init_args.generation_autocast", "none",
+                "--data.init_args.candidate_rate", "0.1"]
     if name in ("datsr_cufed", "datsr_rec_cufed"):
         extra = ["--model.init_args.vgg_weights", vgg19(s)] if name == "datsr_cufed" else []
         return [*cufed(s, 40), "--model.init_args.arch_kwargs.vgg_weights", vgg19(s),
@@ -142,8 +149,8 @@ def _fit_args(name: str, s) -> list[str]:
     if name in ("quickstart", "robust_quickstart"):
         extra = ["--model.init_args.steps", "1"] if name == "robust_quickstart" else []
         return [*embedded(48), *extra]
-    if name == "liif_quickstart":  # its 96 px HR patch: the scale sampling crops up to 4 x 24 px
-        return embedded(96)
+    if name == "liif_quickstart":  # its 96 px HR patch (the scale sampling crops up to 4 x 24 px): 128 px photos
+        return [*embedded(96), "--data.init_args.max_side", "128"]
     if name in ("datsr_quickstart", "refsr_quickstart"):  # embedded reference pairs, already 96 px
         return ["--data.init_args.batch_size", "1", "--data.init_args.repeat", "1", "--data.init_args.num_workers", "0"]
     if name in ("shapes_classifier", "shapes_detector", "badsr_downstream_quickstart"):
@@ -209,18 +216,25 @@ TRAINED_ARM = {"badsr_div2k": "eps=0.05", "badsr_scale": "C_r1", "badsr_substitu
                "eps": "eps0.05", "paper_point": "photo_28dB", "poison_rate": "ga__poison_rate=0.1"}
 
 
-def _study_overrides(name: str, s) -> list[str]:
-    """The study's own ``--overrides.*`` flags (every run gets them; a run's own value still wins)."""
+def _study_overrides() -> list[str]:
+    """The study's own ``--overrides.trainer.*`` flags: CPU and two steps for every run (a run's own value still wins)."""
     flat = dict(zip(CPU[::2], CPU[1::2])) | dict(zip(SHORT[::2], SHORT[1::2]))
-    if name == "badsr_div2k":
-        base = "--data.init_args.base.init_args."
-        extra = _fit_args("badsr_edsr_x4_div2k", s)
-    else:
-        base = "--data.init_args.base.init_args."
-        extra = [*embedded(32, base), "--data.init_args.poisoned_hr_steps", "1", "--data.init_args.trigger.init_args.steps",
-                 "1"]
-    flat |= dict(zip(extra[::2], extra[1::2]))
     return [a for k, v in flat.items() for a in ("--overrides." + k[2:], v)]
+
+
+def _arm_args(name: str, resolved: dict, s) -> list[str]:
+    """The trained arm's data flags (after the study's configs on its command): stand-in sizes and 1-step poisoning."""
+    if name == "badsr_div2k":
+        return _fit_args("badsr_edsr_x4_div2k", s)
+    data = resolved["data"]["init_args"]
+    if "base" not in data:
+        return embedded(32)
+    args = [*embedded(32, "--data.init_args.base.init_args."), "--data.init_args.poisoned_hr_steps", "1"]
+    if data["trigger"]["class_path"].endswith("AdversarialTriggerSpec"):
+        args += ["--data.init_args.trigger.init_args.steps", "1"]
+    if "substitute" in data and "train_steps" in (data["substitute"].get("init_args") or {}):
+        args += ["--data.init_args.substitute.init_args.train_steps", "2"]
+    return args
 
 
 def _in_process(extra: list[str]):
@@ -248,7 +262,7 @@ def test_study_runs_parse_and_one_arm_trains(name, workdir, standins, monkeypatc
     from lit_sr.jobs.train.cli import train_cli
 
     study = runner.load_study(CONFIGS / "study" / f"{name}.yaml",
-                              ("--output_dir", str(workdir / "runs"), *_study_overrides(name, standins)))
+                              ("--output_dir", str(workdir / "runs"), *_study_overrides()))
     runs = {r.name: r for r in study.runs}
     arm = runs[TRAINED_ARM[name]]
     if name == "badsr_div2k":
@@ -268,7 +282,7 @@ def test_study_runs_parse_and_one_arm_trains(name, workdir, standins, monkeypatc
             continue
         built = cli.parser.instantiate_classes(cli.parser.parse_args(argv))
         assert built.model is not None and built.data is not None, run.name
-    monkeypatch.setattr(runner, "run_child", _in_process([]))
+    monkeypatch.setattr(runner, "run_child", _in_process(_arm_args(name, _resolved(arm, study), standins)))
     meta = runner.execute(study, arm)
     assert meta["status"] == "ok", runner.log_tail(study, arm, 40)
     summary = json.loads((study.runs_dir / arm.name / arm.results_file).read_text())
