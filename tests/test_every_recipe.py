@@ -254,6 +254,7 @@ def _in_process(extra: list[str]):
     return run_child
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", STUDIES)
 def test_study_runs_parse_and_one_arm_trains(name, workdir, standins, monkeypatch):
     """Every run of the study: its resolved training command (the study's dry run) parsed and its
@@ -271,8 +272,9 @@ def test_study_runs_parse_and_one_arm_trains(name, workdir, standins, monkeypatc
     for run in study.runs:
         if run is not arm and f"{study.runs_dir / run.name}/weights.pth" in str(runner.run_overrides(study, arm)):
             model = _resolved(run, study)["model"]["init_args"]
-            write_random_weights(study.runs_dir / run.name / "weights.pth", model["arch"],
-                                 model.get("arch_kwargs"), model["scale"])
+            own = runner.run_overrides(study, run).get("model", {}).get("init_args", {})
+            kwargs = own.get("arch_kwargs", model.get("arch_kwargs"))  # a run's arch_kwargs replace the base's
+            write_random_weights(study.runs_dir / run.name / "weights.pth", model["arch"], kwargs, model["scale"])
     cli = None
     for run in study.runs:
         runner.write_overrides(study, run)
@@ -321,8 +323,8 @@ def _report_args(job: str, name: str, s, config: dict) -> list[str]:
             args += [f"--attacks.{attack}.steps", "1"]
             if "crop_size" in (config["attacks"][attack] or {}):
                 args += [f"--attacks.{attack}.crop_size", "4"]
-        if name == "robustness_choi2019":  # full-size networks: the centre 4 px LR (16 px HR) of each image
-            args += ["--crop_size", "4"]
+        if name == "robustness_choi2019":  # full-size networks: the centre 8 px LR (32 px HR) of each image
+            args += ["--crop_size", "8"]
         if config.get("robustness_index"):
             args += ["--robustness_index.n_samples", "2", "--robustness_index.batch_size", "2"]
         return args
@@ -343,7 +345,8 @@ REPORTS = [("evaluate", p.stem) for p in sorted((CONFIGS / "evaluate").glob("*.y
 FOLDER = {"evaluate": "evaluate", "robust": "robust", "evaluate-refsr": "evaluate_refsr", "refsr-claims": "refsr_claims"}
 
 
-@pytest.mark.parametrize("job, name", REPORTS)
+@pytest.mark.parametrize("job, name", [pytest.param(*r, marks=pytest.mark.slow) if r != ("evaluate", "robustness_quick")
+                                       else r for r in REPORTS])
 def test_report_runs_end_to_end(job, name, workdir, standins):
     from lit_sr.__main__ import main
 
@@ -358,3 +361,21 @@ def test_report_runs_end_to_end(job, name, workdir, standins):
     assert main([job, "--config", str(path), *_report_args(job, name, standins, config)]) == 0
     written = sorted(p.name for p in (workdir / "report").rglob("*") if p.is_file())
     assert any(n.endswith(".md") for n in written) and any(n.endswith((".json", ".csv")) for n in written), written
+
+
+RUN_BY = {"train": set(TRAIN), "study": set(STUDIES), **{FOLDER[j]: {n for jj, n in REPORTS if jj == j} for j in FOLDER}}
+
+
+def test_every_config_is_run_or_says_why():
+    """Every config of configs/ (every job folder) is run by a test above, or its header says why not."""
+    folders = ("train", "study", "evaluate", "evaluate_refsr", "refsr_claims", "robust", "defend")
+    assert {p.name for p in CONFIGS.iterdir() if p.is_dir()} >= set(folders)
+    silent = []
+    for folder in folders:
+        for path in sorted((CONFIGS / folder).glob("*.yaml")):
+            if path.stem not in RUN_BY.get(folder, set()) and not says_why(path):
+                silent.append(str(path.relative_to(ROOT)))
+            if path.stem in RUN_BY.get(folder, set()) and says_why(path):
+                silent.append(f"{path.relative_to(ROOT)} is run, yet its header says it cannot be")
+    assert not silent, silent
+    assert says_why(CONFIGS / "defend" / "quickstart.yaml").startswith("not run")
