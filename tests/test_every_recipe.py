@@ -149,8 +149,8 @@ def _fit_args(name: str, s) -> list[str]:
     if name in ("quickstart", "robust_quickstart"):
         extra = ["--model.init_args.steps", "1"] if name == "robust_quickstart" else []
         return [*embedded(48), *extra]
-    if name == "liif_quickstart":  # its 96 px HR patch (the scale sampling crops up to 4 x 24 px): 128 px photos
-        return [*embedded(96), "--data.init_args.max_side", "128"]
+    if name == "liif_quickstart":  # its 96 px HR patch (the scale sampling crops up to 4 x 24 px): 144 px photos
+        return [*embedded(96), "--data.init_args.max_side", "144"]
     if name in ("datsr_quickstart", "refsr_quickstart"):  # embedded reference pairs, already 96 px
         return ["--data.init_args.batch_size", "1", "--data.init_args.repeat", "1", "--data.init_args.num_workers", "0"]
     if name in ("shapes_classifier", "shapes_detector", "badsr_downstream_quickstart"):
