@@ -79,7 +79,7 @@ def div2k(standins, prefix: str = "--data.init_args.") -> list[str]:
 
 
 def set5_val(s) -> list[str]:
-    """Validation on the 48 px Set5 stand-in (its first image): a full-size network validates in a second."""
+    """Validation on the 48 px Set5 stand-in (its first image): a full-size network validates in seconds."""
     b = s.benchmark / "Set5"
     return ["--data.init_args.val_hr", str(b / "HR"), "--data.init_args.val_lr", str(b / "LR_bicubic" / "X4")]
 
@@ -149,8 +149,8 @@ def _fit_args(name: str, s) -> list[str]:
     if name in ("quickstart", "robust_quickstart"):
         extra = ["--model.init_args.steps", "1"] if name == "robust_quickstart" else []
         return [*embedded(48), *extra]
-    if name == "liif_quickstart":  # its 96 px HR patch (the scale sampling crops up to 4 x 24 px): 144 px photos
-        return [*embedded(96), "--data.init_args.max_side", "144"]
+    if name == "liif_quickstart":  # its 96 px HR patch (the scale sampling crops up to 4 x 24 px): 160 px photos
+        return [*embedded(96), "--data.init_args.max_side", "160"]
     if name in ("datsr_quickstart", "refsr_quickstart"):  # embedded reference pairs, already 96 px
         return ["--data.init_args.batch_size", "1", "--data.init_args.repeat", "1", "--data.init_args.num_workers", "0"]
     if name in ("shapes_classifier", "shapes_detector", "badsr_downstream_quickstart"):
@@ -269,8 +269,9 @@ def test_study_runs_parse_and_one_arm_trains(name, workdir, standins, monkeypatc
     if name == "badsr_div2k":
         _prepare("badsr_edsr_x4_div2k")
     # the weights the runs read from the runs before them (a substitute, a clean reference): random ones
+    referenced = str([runner.run_overrides(study, r) for r in study.runs])
     for run in study.runs:
-        if run is not arm and f"{study.runs_dir / run.name}/weights.pth" in str(runner.run_overrides(study, arm)):
+        if run is not arm and f"{study.runs_dir / run.name}/weights.pth" in referenced:
             model = _resolved(run, study)["model"]["init_args"]
             own = runner.run_overrides(study, run).get("model", {}).get("init_args", {})
             kwargs = own.get("arch_kwargs", model.get("arch_kwargs"))  # a run's arch_kwargs replace the base's
@@ -323,8 +324,6 @@ def _report_args(job: str, name: str, s, config: dict) -> list[str]:
             args += [f"--attacks.{attack}.steps", "1"]
             if "crop_size" in (config["attacks"][attack] or {}):
                 args += [f"--attacks.{attack}.crop_size", "4"]
-        if name == "robustness_choi2019":  # full-size networks: the centre 8 px LR (32 px HR) of each image
-            args += ["--crop_size", "8"]
         if config.get("robustness_index"):
             args += ["--robustness_index.n_samples", "2", "--robustness_index.batch_size", "2"]
         return args
