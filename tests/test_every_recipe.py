@@ -305,14 +305,12 @@ def _resolved(run, study) -> dict:
 # --------------------------------------------------------------------------- reports
 
 
-def _weights_of(models: dict, config: dict, skip=()) -> list[str]:
-    """Random weights files for every model of a report config that names one; returns their flags."""
-    flags = []
-    for label, spec in models.items():
-        if spec.get("weights") and label not in skip:
+def _weights_of(models: dict, config: dict) -> None:
+    """Random weights files, at the paths the config names, for every model of a report config that reads one."""
+    for spec in models.values():
+        if spec.get("weights"):
             kwargs = dict(spec.get("arch_kwargs") or {})
             write_random_weights(spec["weights"], spec["arch"], kwargs, spec.get("scale") or config.get("scale", 4))
-    return flags
 
 
 def _report_args(job: str, name: str, s, config: dict) -> list[str]:
