@@ -9,6 +9,7 @@ from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader, Dataset
 
 from lit_sr.modules import SRModule, sr_module
+from lit_sr.modules.step_logs import step_logs_due
 
 
 class Recorder(Logger):
@@ -142,3 +143,35 @@ def test_every_module_logs_step_metrics_on_the_loggers_steps_only(tmp_path, monk
     assert points == every_points  # the same names and values at those steps
     assert calls < every_calls  # the other steps made no step-only log calls
     assert any("loss" in name for name in trainer.callback_metrics)  # the end of fit holds the last values
+
+
+class ManualNaN(L.LightningModule):
+    """Manual optimisation, like the GAN and RefSR modules; its step-3 loss is NaN and never logged."""
+
+    def __init__(self):
+        super().__init__()
+        self.automatic_optimization = False
+        self.layer = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx: int) -> dict:
+        opt = self.optimizers()
+        loss = self.layer(batch).mean() * (float("nan") if self.global_step == 3 else 1.0)
+        opt.zero_grad()
+        self.manual_backward(loss)
+        opt.step()
+        if step_logs_due(self):
+            self.log("train/d_loss", loss.detach())
+        return {"train/d_loss": loss.detach(), "train/d_real": loss.detach()}
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_a_manual_optimisation_step_that_diverges_stops_at_that_step_not_the_next_logged_one(tmp_path):
+    from callbacks import NonFiniteLossError, StopOnNonFiniteLoss
+
+    trainer = L.Trainer(accelerator="cpu", max_steps=20, log_every_n_steps=10, logger=Recorder(),
+                        callbacks=[StopOnNonFiniteLoss()], enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    with pytest.raises(NonFiniteLossError, match=r"training stopped at step 4 \(epoch 0, batch 3\): train/d_loss = nan"):
+        trainer.fit(ManualNaN(), DataLoader(torch.rand(40, 2), batch_size=2))
