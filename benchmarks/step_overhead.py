@@ -53,7 +53,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from common import machine_name
-from peer_basicsr import SCALE, Batches, run_plain
+from peer_basicsr import SCALE, Batches, print_step_table, run_plain
 from torch.utils.data import DataLoader
 
 from lit_sr.io import atomic_write
@@ -221,11 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
 def print_table(report: dict) -> None:
     print(f"\n{report['machine']}, {report['args']['busy']} busy processes, load average "
           f"{report['load_average'][0]:.2f} -> {report['load_average_end'][0]:.2f}")
-    print("| threads | mode | ms/step (wall) | ms/step (CPU) | wall vs plain | + wall ms | + CPU ms |")
-    print("|---|---|---|---|---|---|---|")
-    for r in report["step"]:
-        print(f"| {r['threads']} | {r['mode']} | {r['wall_ms']:.2f} | {r['cpu_ms']:.2f} | {r['wall_over_plain']:.2f}x | "
-              f"{r['extra_wall_ms']:+.2f} | {r['extra_cpu_ms']:+.2f} |")
+    print_step_table(report["step"])
 
 
 if __name__ == "__main__":
