@@ -26,11 +26,15 @@ the addition over the plain loop.
 
 ``--threads 1 2`` repeats the table per torch thread count; ``--busy N`` starts N CPU-bound
 processes (a spinning Python loop each) for the whole run, a controlled "under load" next to
-whatever else the machine runs (the load average is reported at start and end).
+whatever else the machine runs (the load average is reported at start and end). ``--count-calls``
+reports, instead of times, the Python function calls each mode makes per step (``cProfile``'s
+count over ``2 * steps`` steps less that over ``steps``): deterministic, so a loaded machine
+cannot blur it.
 
     python benchmarks/step_overhead.py                                   # EDSR 16x2, batch 4, 32 px HR
     python benchmarks/step_overhead.py --threads 1 2 --busy 1            # threads, with one competing process
     python benchmarks/step_overhead.py --profile quickstart 2>/dev/null  # where that mode's time goes
+    python benchmarks/step_overhead.py --count-calls --steps 100         # Python calls per step (load-independent)
 """
 
 from __future__ import annotations
@@ -121,6 +125,21 @@ def spin() -> None:
         pass
 
 
+def calls_per_step(run: Callable[[int], object], steps: int) -> float:
+    """Python function calls per step: the calls of a ``2 * steps`` run less those of a ``steps`` run, over ``steps``.
+
+    Deterministic, so other jobs on the machine cannot skew it; a short run first puts first-use
+    imports and caches out of the way.
+    """
+    run(2)
+    counts = []
+    for n in (steps, 2 * steps):
+        profiler = cProfile.Profile()
+        profiler.runcall(run, n)
+        counts.append(pstats.Stats(profiler).total_calls)
+    return (counts[1] - counts[0]) / steps
+
+
 def step_rows(args, work: Path) -> list[dict]:
     kwargs = dict(num_feat=args.num_feat, num_block=args.num_block)
     g = torch.Generator().manual_seed(0)
@@ -133,6 +152,12 @@ def step_rows(args, work: Path) -> list[dict]:
             return lambda: run_plain(kwargs, batches, args.steps, args.warmup)
         return lambda: run_trainer(mode, kwargs, batches, args.steps, args.warmup, work, threads)
 
+    if args.count_calls:  # load-independent: what each mode makes Python do per step
+        torch.set_num_threads(args.threads[0])
+        return [{"threads": args.threads[0], "mode": mode, "python_calls_per_step": calls_per_step(
+            lambda steps, m=mode: (run_plain(kwargs, batches, steps, 0) if m == "plain" else
+                                   run_trainer(m, kwargs, batches, steps, 0, work, args.threads[0])), args.steps)}
+                for mode in args.modes]
     if args.profile:  # CPU time, so other jobs on the machine do not skew it
         torch.set_num_threads(args.threads[0])
         profiler = cProfile.Profile(time.process_time)
@@ -173,6 +198,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--busy", type=int, default=0, help="CPU-bound competing processes during the run")
     p.add_argument("--profile", choices=MODES, default=None,
                    help="instead of the tables: one run of this mode under cProfile (CPU time), by cumulative time")
+    p.add_argument("--count-calls", action="store_true",
+                   help="instead of timing: Python function calls per step of each mode (deterministic)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
     for name in ("num_feat", "num_block", "batch", "steps", "rounds"):
@@ -211,7 +238,12 @@ def main(argv: list[str] | None = None) -> dict:
         shutil.rmtree(work, ignore_errors=True)
     if args.profile:
         return report
-    print_table(report)
+    if args.count_calls:
+        print("\n| mode | Python calls per step |\n|---|---|")
+        for r in report["step"]:
+            print(f"| {r['mode']} | {r['python_calls_per_step']:.0f} |")
+    else:
+        print_table(report)
     if args.out:
         with atomic_write(args.out, suffix=".tmp") as tmp:
             Path(tmp).write_text(json.dumps(report, indent=2, default=str))
