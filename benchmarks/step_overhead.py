@@ -7,7 +7,7 @@ device-resident batches, interleaved round by round so that a change of load hit
   trainer       ``SRModule`` (as the quickstart configures it: L1, Adam, cosine schedule) in a bare
                 Lightning ``Trainer``: no logger, progress bar or checkpoints;
   quickstart    the same module in the Trainer that ``lit-sr fit --config configs/train/quickstart.yaml``
-                builds (``lit_sr.jobs.train.cli.TrainCLI``, ``run=False``): the recipe's TensorBoard
+                builds (``train.main(args, run=False)``, as the tests build it): the recipe's TensorBoard
                 logger (``log_every_n_steps`` 5), ``LearningRateMonitor`` every step, best and last
                 checkpoints (armed; with no validation nothing is written during the timed steps),
                 ``SRImageLogger``, ``RunSummary``, the CLI's own callbacks (``StopOnNonFiniteLoss``,
@@ -31,10 +31,12 @@ reports, instead of times, the Python function calls each mode makes per step (`
 count over ``2 * steps`` steps less that over ``steps``): deterministic, so a loaded machine
 cannot blur it.
 
-    python benchmarks/step_overhead.py                                   # EDSR 16x2, batch 4, 32 px HR
-    python benchmarks/step_overhead.py --threads 1 2 --busy 1            # threads, with one competing process
-    python benchmarks/step_overhead.py --profile quickstart 2>/dev/null  # where that mode's time goes
-    python benchmarks/step_overhead.py --count-calls --steps 100         # Python calls per step (load-independent)
+Run it from the repository root with ``PYTHONPATH=.`` (it imports ``train.py``, the entry point):
+
+    PYTHONPATH=. python benchmarks/step_overhead.py                          # EDSR 16x2, batch 4, 32 px HR
+    PYTHONPATH=. python benchmarks/step_overhead.py --threads 1 2 --busy 1   # threads, one competing process
+    PYTHONPATH=. python benchmarks/step_overhead.py --profile quickstart     # where that mode's time goes
+    PYTHONPATH=. python benchmarks/step_overhead.py --count-calls --steps 100  # Python calls per step
 """
 
 from __future__ import annotations
@@ -61,8 +63,8 @@ from peer_basicsr import SCALE, Batches, print_step_table, run_plain
 from torch.utils.data import DataLoader
 
 from lit_sr.io import atomic_write
-from lit_sr.jobs.train.cli import train_cli
 from lit_sr.modules import SRModule
+from train import main as train_cli  # the entry point's CLI builder: the Trainer `lit-sr fit` builds
 
 MODES = ("plain", "trainer", "quickstart", "quickstart_lightning_bar", "quickstart_no_bar")
 RECIPE = Path(__file__).resolve().parent.parent / "configs" / "train" / "quickstart.yaml"
