@@ -11,13 +11,14 @@ The selective scan (:func:`selective_scan`) replaces ``mamba_ssm``'s CUDA kernel
 softplus(delta + delta_bias)``, ``A = -exp(A_log)`` (done by the caller, as SS2D does),
 ``h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t``, ``y_t = C_t . h_t + D u_t``, optionally gated by
 ``silu(z)``; the state is float32 and autocast is off inside the scan (the CUDA kernel's state is
-float32 too). It runs on any device, batched over batch, channels and state, and in chunks: a
-recurrence of ``T`` steps inside every chunk (all chunks at once), a recurrence over the chunks
-for the carried state, and the carry added back with the in-chunk cumulative decay. That is
-``T + L / T`` Python steps instead of ``L`` (about ``2 sqrt(L)`` with the default ``T``), the same
-values up to float rounding (``tests/test_ssmtf.py`` checks it against a naive per-timestep loop),
-at the memory of the reference (a few ``(b, d, L, d_state)`` tensors: a 160x160 stage of the
-authors' width holds about 0.8 GB per such tensor and image; the CUDA kernel holds none).
+float32 too). It runs on any device, batched over batch, channels and state, optionally in
+chunks: a recurrence of ``T`` steps inside every chunk (all chunks at once), a recurrence over the
+chunks for the carried state, and the carry added back with the in-chunk cumulative decay. That is
+``T + L / T`` Python steps instead of ``L`` (about ``2 sqrt(L)`` with ``T = sqrt(L)``, the default
+on accelerators; CPU defaults to the plain recurrence, see :func:`default_chunk_size`), the same
+values up to float rounding (``tests/test_ssmtf.py`` checks both against a naive per-timestep
+loop), at the memory of the reference (a few ``(b, d, L, d_state)`` tensors: a 160x160 stage of
+the authors' width holds about 0.8 GB per such tensor and image; the CUDA kernel holds none).
 """
 
 from __future__ import annotations
@@ -31,26 +32,39 @@ from torch.utils.checkpoint import checkpoint
 
 
 # ---------------------------------------------------------------------------- the selective scan
-def _grouped(m: torch.Tensor, b: int, d: int, length: int, name: str) -> tuple[torch.Tensor, int]:
-    """B or C as a tensor broadcastable to (b, g, d // g, L, n), and its group count g.
+def _time_major(m: torch.Tensor, b: int, d: int, length: int, chunk: int, name: str) -> torch.Tensor:
+    """B or C as (chunk, n_chunks, b, g, 1, n) (time-major, padded with zeros), or (1, 1, 1, 1, d, n) if constant.
 
     Accepted as ``selective_scan_ref``: (d, n) constant, (b, n, L) shared by all channels, or
     (b, g, n, L): channel ``c`` uses group ``c // (d // g)``.
     """
     if m.dim() == 2 and m.shape[0] == d:
-        return m.float().view(1, 1, d, 1, m.shape[1]), 1
+        return m.float().view(1, 1, 1, 1, d, m.shape[1])
     if m.dim() == 3 and m.shape[0] == b and m.shape[2] == length:
-        return m.float().transpose(1, 2).reshape(b, 1, 1, length, m.shape[1]), 1
-    if m.dim() == 4 and m.shape[0] == b and m.shape[3] == length and d % m.shape[1] == 0:
-        return m.float().transpose(2, 3).unsqueeze(2), m.shape[1]
-    raise ValueError(f"selective_scan: {name} must be (d, n), (b, n, L) or (b, g, n, L) with g dividing d "
-                     f"(b={b}, d={d}, L={length}), got {tuple(m.shape)}")
+        m = m.unsqueeze(1)
+    elif not (m.dim() == 4 and m.shape[0] == b and m.shape[3] == length and d % m.shape[1] == 0):
+        raise ValueError(f"selective_scan: {name} must be (d, n), (b, n, L) or (b, g, n, L) with g dividing d "
+                         f"(b={b}, d={d}, L={length}), got {tuple(m.shape)}")
+    n_chunks = -(-length // chunk)
+    m = F.pad(m.float(), (0, n_chunks * chunk - length))
+    return m.view(*m.shape[:3], n_chunks, chunk).permute(4, 3, 0, 1, 2).unsqueeze(4)
 
 
-def _split_groups(x: torch.Tensor, g: int) -> torch.Tensor:
-    """(b, d, L) -> (b, g, d // g, L, 1)."""
+def _time_major_channels(x: torch.Tensor, chunk: int, groups: int) -> torch.Tensor:
+    """(b, d, L) -> (chunk, n_chunks, b, groups, d // groups, 1), zero-padded to whole chunks."""
     b, d, length = x.shape
-    return x.view(b, g, d // g, length, 1)
+    n_chunks = -(-length // chunk)
+    x = F.pad(x, (0, n_chunks * chunk - length))
+    return x.view(b, groups, d // groups, n_chunks, chunk).permute(4, 3, 0, 1, 2).unsqueeze(-1)
+
+
+def default_chunk_size(length: int, device: torch.device) -> int:
+    """``ceil(sqrt(L))`` on an accelerator (``2 sqrt(L)`` launches instead of ``L``), ``L`` (the plain recurrence) on CPU.
+
+    On CPU the chunked form does four extra passes over the ``(L, d, n)`` states and saves only
+    Python steps; it was slower there (benchmarks/RESULTS.md, "SSMTF selective scan").
+    """
+    return length if device.type == "cpu" else math.isqrt(length - 1) + 1
 
 
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -65,19 +79,21 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
         B, C: (d, n), (b, n, L) or (b, g, n, L) (g groups of ``d // g`` channels; SS2D: one per direction).
         D: (d,) skip. z: (b, d, L) gate (``out * silu(z)``). delta_bias: (d,).
         delta_softplus: apply softplus to ``delta + delta_bias``.
-        chunk_size: steps per chunk (``None``: ``ceil(sqrt(L))``); any value >= 1 gives the same result.
+        chunk_size: steps per chunk (``None``: :func:`default_chunk_size`); any value >= 1 gives the
+            same result up to float rounding.
 
     Returns:
         (b, d, L) in ``u``'s dtype (computed in float32).
     """
-    if u.dim() != 3 or delta.shape != u.shape:
-        raise ValueError(f"selective_scan: u and delta must be (b, d, L) of one shape, got {tuple(u.shape)} "
+    if u.dim() != 3 or delta.shape != u.shape or u.shape[-1] < 1:
+        raise ValueError(f"selective_scan: u and delta must be (b, d, L >= 1) of one shape, got {tuple(u.shape)} "
                          f"and {tuple(delta.shape)}")
     b, d, length = u.shape
     if A.dim() != 2 or A.shape[0] != d or A.is_complex():
         raise ValueError(f"selective_scan: A must be real (d={d}, n), got {tuple(A.shape)} {A.dtype}")
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"selective_scan: chunk_size must be a positive int or None, got {chunk_size!r}")
+    chunk = min(chunk_size or default_chunk_size(length, u.device), length)
     dtype_in, n = u.dtype, A.shape[1]
     with torch.autocast(u.device.type, enabled=False):
         u, delta = u.float(), delta.float()
@@ -85,57 +101,46 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
             delta = delta + delta_bias.float()[:, None]
         if delta_softplus:
             delta = F.softplus(delta)
-        b_m, g_b = _grouped(B, b, d, length, "B")
-        c_m, g_c = _grouped(C, b, d, length, "C")
-        a = A.float().view(1, 1, d, 1, n)
-        # log-decay (b, d, L, n) and input (b, d, L, n), both channel-major
-        log_decay = (delta.view(b, 1, d, length, 1) * a).view(b * d, length, n)
-        inp = (_split_groups(delta * u, g_b) * b_m).reshape(b * d, length, n)
-        states = _chunked_linear_recurrence(log_decay, inp, chunk_size or math.isqrt(max(length - 1, 0)) + 1)
-        y = (_split_groups_states(states, b, g_c, d) * c_m).sum(-1).reshape(b, d, length)
+        b_m = _time_major(B, b, d, length, chunk, "B")
+        c_m = _time_major(C, b, d, length, chunk, "C")
+        g_b = b_m.shape[3] if b_m.shape[2] == b else 1
+        # time-major (chunk, n_chunks, b, g, d // g, n): every step's slice is contiguous.
+        # Padded steps have delta = 0: decay 1, input 0, so the state is unchanged; their outputs are dropped.
+        log_decay = _time_major_channels(delta, chunk, g_b) * A.float().view(g_b, d // g_b, n)
+        inp = _time_major_channels(delta * u, chunk, g_b) * b_m
+        states = _chunked_linear_recurrence(log_decay, inp)
+        g_c = c_m.shape[3] if c_m.shape[2] == b else 1
+        y = (states.view(*states.shape[:3], g_c, d // g_c, n) * c_m).sum(-1)  # (chunk, n_chunks, b, g, d // g)
+        y = y.reshape(chunk, -1, b, d).permute(2, 3, 1, 0).reshape(b, d, -1)[..., :length]
         out = y if D is None else y + u * D.float()[:, None]
         if z is not None:
             out = out * F.silu(z.float())
     return out.to(dtype_in)
 
 
-def _split_groups_states(states: torch.Tensor, b: int, g: int, d: int) -> torch.Tensor:
-    """(b*d, L, n) -> (b, g, d // g, L, n)."""
-    return states.view(b, g, d // g, *states.shape[1:])
+def _chunked_linear_recurrence(log_decay: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
+    """All states of ``h_t = exp(log_decay_t) * h_{t-1} + inp_t`` (h_{-1} = 0), inputs (chunk, n_chunks, ...).
 
-
-def _chunked_linear_recurrence(log_decay: torch.Tensor, inp: torch.Tensor, chunk: int) -> torch.Tensor:
-    """All states of ``h_t = exp(log_decay_t) * h_{t-1} + inp_t`` (h_{-1} = 0) for (P, L, n) inputs.
-
-    Chunks of ``chunk`` steps run their recurrence from a zero state side by side; the state
+    The chunks run their recurrence from a zero state side by side (``chunk`` steps); the state
     carried into chunk ``c`` is ``H_c = exp(sum of chunk c-1's log-decays) H_{c-1} + (chunk c-1's
-    last local state)``, and the true states are ``local_t + exp(cumsum of log-decays up to t) H_c``.
-    The log-decays are <= 0 here (``delta >= 0``, ``A < 0``), so every exponential is <= 1.
+    last local state)`` (``n_chunks`` steps), and the true states are ``local_t + exp(cumsum of the
+    log-decays up to t) H_c``. The log-decays are <= 0 (``delta >= 0``, ``A < 0``): every exponential is <= 1.
     """
-    p, length, n = inp.shape
-    chunk = min(chunk, length)
-    n_chunks = -(-length // chunk)
-    pad = n_chunks * chunk - length
-    if pad:  # padded steps: decay 1, input 0 (state unchanged); their outputs are dropped
-        log_decay = F.pad(log_decay, (0, 0, 0, pad))
-        inp = F.pad(inp, (0, 0, 0, pad))
-    log_decay = log_decay.view(p, n_chunks, chunk, n)
-    inp = inp.view(p, n_chunks, chunk, n)
     decay = torch.exp(log_decay)
-    h = inp[:, :, 0]
+    h = inp[0]
     local = [h]
-    for t in range(1, chunk):
-        h = decay[:, :, t] * h + inp[:, :, t]
+    for t in range(1, inp.shape[0]):
+        h = decay[t] * h + inp[t]
         local.append(h)
-    states = torch.stack(local, dim=2)  # (P, n_chunks, chunk, n)
-    if n_chunks > 1:
-        cum = torch.cumsum(log_decay, dim=2)
-        chunk_decay = torch.exp(cum[:, :, -1])  # (P, n_chunks, n)
-        carry = [torch.zeros_like(h[:, 0])]
-        for c in range(1, n_chunks):
-            carry.append(chunk_decay[:, c - 1] * carry[-1] + states[:, c - 1, -1])
-        states = states + torch.exp(cum) * torch.stack(carry, dim=1)[:, :, None]
-    return states.reshape(p, n_chunks * chunk, n)[:, :length]
+    states = torch.stack(local)
+    if inp.shape[1] == 1:
+        return states
+    cum = torch.cumsum(log_decay, dim=0)
+    chunk_decay = torch.exp(cum[-1])  # (n_chunks, ...)
+    carry = [torch.zeros_like(h[0])]
+    for c in range(1, inp.shape[1]):
+        carry.append(chunk_decay[c - 1] * carry[-1] + states[-1, c - 1])
+    return states + torch.exp(cum) * torch.stack(carry)
 
 
 # ---------------------------------------------------------------------------- SS2D
@@ -172,7 +177,8 @@ class SS2D(nn.Module):
         dt_min, dt_max, dt_init, dt_scale, dt_init_floor: the step-size init (Mamba's).
         dropout: after ``out_proj`` (0).
         conv_bias: bias of the depthwise conv (True). bias: of ``in_proj``/``out_proj`` (False).
-        scan_chunk_size: lit-sr's addition: :func:`selective_scan`'s ``chunk_size`` (no key depends on it).
+        scan_chunk_size: lit-sr's addition: :func:`selective_scan`'s ``chunk_size`` (``None``: by device;
+            no key depends on it).
     """
 
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 3, expand: float = 2.0,
