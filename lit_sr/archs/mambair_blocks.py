@@ -126,20 +126,21 @@ def _chunked_linear_recurrence(log_decay: torch.Tensor, inp: torch.Tensor) -> to
     last local state)`` (``n_chunks`` steps), and the true states are ``local_t + exp(cumsum of the
     log-decays up to t) H_c``. The log-decays are <= 0 (``delta >= 0``, ``A < 0``): every exponential is <= 1.
     """
-    decay = torch.exp(log_decay)
+    # unbind, not indexing: one backward node for all steps (indexing's backward writes a full-size zero tensor per step)
+    decay, inp = torch.exp(log_decay).unbind(0), inp.unbind(0)
     h = inp[0]
     local = [h]
-    for t in range(1, inp.shape[0]):
+    for t in range(1, len(inp)):
         h = decay[t] * h + inp[t]
         local.append(h)
     states = torch.stack(local)
-    if inp.shape[1] == 1:
+    if states.shape[1] == 1:
         return states
     cum = torch.cumsum(log_decay, dim=0)
-    chunk_decay = torch.exp(cum[-1])  # (n_chunks, ...)
-    carry = [torch.zeros_like(h[0])]
-    for c in range(1, inp.shape[1]):
-        carry.append(chunk_decay[c - 1] * carry[-1] + states[-1, c - 1])
+    chunk_decay, last = torch.exp(cum[-1]).unbind(0), states[-1].unbind(0)  # per chunk
+    carry = [torch.zeros_like(last[0])]
+    for c in range(1, len(last)):
+        carry.append(chunk_decay[c - 1] * carry[-1] + last[c - 1])
     return states + torch.exp(cum) * torch.stack(carry)
 
 
