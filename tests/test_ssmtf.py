@@ -16,6 +16,7 @@ not a useful SR model.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -32,9 +33,13 @@ from lit_sr.attacks.base import uniform_like
 from lit_sr.attacks.refsr_adv import RefSRAdv
 from lit_sr.io import WeightsMismatchError
 from lit_sr.ops import imresize
-from tests.data.ssmtf_authors.make_fixture import inputs, weights_for
 
 FIXTURE = Path(__file__).resolve().parent / "data" / "ssmtf_authors" / "net_g_ngf32.json"
+# the generator's deterministic weights and inputs, loaded from its file (tests/ is not a package)
+_spec = importlib.util.spec_from_file_location("ssmtf_make_fixture", FIXTURE.parent / "make_fixture.py")
+_make_fixture = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_make_fixture)
+inputs, weights_for = _make_fixture.inputs, _make_fixture.weights_for
 TINY = {"ngf": 32, "n_blocks": 1, "groups": 2, "mamba_layers": 1, "mamba_depth": 1, "d_state": 4, "mlp_ratio": 1.0,
         "random_features": True}
 
