@@ -44,6 +44,17 @@ def reference_scan(u, delta, A, B, C, D, delta_bias):
     return torch.stack(ys, dim=2) + u * D[:, None]
 
 
+def variants(u, delta, A, B, C, D, bias) -> dict:
+    """The baseline and lit-sr's scan, plain and chunked, as closures over one set of inputs."""
+    length = u.shape[-1]
+    return {
+        "mamba ref loop": lambda: reference_scan(u, delta, A, B, C, D, bias),
+        "lit-sr, T = L": lambda: selective_scan(u, delta, A, B, C, D, None, bias, True, chunk_size=length),
+        "lit-sr, T = sqrt L": lambda: selective_scan(u, delta, A, B, C, D, None, bias, True,
+                                                     chunk_size=math.isqrt(length - 1) + 1),
+    }
+
+
 def timed(fn, repeats: int, backward: bool, device: torch.device) -> tuple[float, torch.Tensor]:
     times, out = [], None
     for _ in range(repeats):
@@ -83,14 +94,8 @@ def main() -> None:
         u, delta, B, C = rand(b, d, length), rand(b, d, length) - 2, rand(b, 4, n, length), rand(b, 4, n, length)
         A, D, bias = -torch.exp(rand(d, n) * 0.5), rand(d), rand(d) * 0.1
         u.requires_grad_(True)
-        variants = {
-            "mamba ref loop": lambda: reference_scan(u, delta, A, B, C, D, bias),
-            "lit-sr, T = L": lambda: selective_scan(u, delta, A, B, C, D, None, bias, True, chunk_size=length),
-            "lit-sr, T = sqrt L": lambda: selective_scan(u, delta, A, B, C, D, None, bias, True,
-                                                         chunk_size=math.isqrt(length - 1) + 1),
-        }
         base = None
-        for name, fn in variants.items():
+        for name, fn in variants(u, delta, A, B, C, D, bias).items():
             with torch.no_grad():
                 fwd, out = timed(fn, args.repeats, False, device)
             skip_bwd = name == "mamba ref loop" and args.no_baseline_backward and side != min(args.sides)
