@@ -110,7 +110,9 @@ def main(mmsr: str, mamba: str) -> None:
               "output": [round(v, 7) for v in out.flatten().tolist()]}
     target = HERE / "net_g_ngf32.json"
     tmp = target.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=0))
+    shapes_text = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in shapes.items())
+    body = ",\n".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in record.items() if k != "shapes")
+    tmp.write_text(f"{{{body},\n\"shapes\": {{\n{shapes_text}\n}}}}\n")  # one key per line
     tmp.replace(target)
     print(f"wrote {target}: {len(shapes)} keys, output {tuple(out.shape)}, mean {out.mean():.6f}")
 
