@@ -60,8 +60,8 @@ def test_the_authors_net_g_loads_strictly_and_gives_their_output():
     with torch.no_grad():
         out = net(lr, pre_offset, ref_feat)
     expected = torch.tensor(record["output"]).view(record["output_shape"])
-    # 54 state-space blocks in float32 against their loop of the scan: rounding only
-    torch.testing.assert_close(out, expected, atol=2e-4, rtol=0)
+    # 54 state-space blocks in float32 against their loop of the scan: rounding only (4e-6 measured, outputs up to 7)
+    torch.testing.assert_close(out, expected, atol=5e-5, rtol=0)
     base = F.interpolate(lr, scale_factor=4, mode="bilinear", align_corners=False)
     assert (expected - base).abs().mean() > 0.05  # the restoration branch contributes: not a bilinear-only match
 
