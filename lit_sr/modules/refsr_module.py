@@ -1,4 +1,4 @@
-"""RefSRModule: train, validate and test reference-based SR networks (TTSR, MASA, DATSR) with Lightning.
+"""RefSRModule: train, validate and test reference-based SR networks (TTSR, MASA, DATSR, SSMTF).
 
 Batches are ``{"lr", "ref", "hr"}`` (see :mod:`datamodules.refsr`). Two loss sets, as the RefSR
 literature: ``"rec"`` (L1 only, the "-rec" models) or ``"full"`` (L1 + perceptual +
@@ -69,7 +69,7 @@ class RefSRModule(L.LightningModule):
     """Reference-based SR with a network of the registry called as ``net(lr, ref)``.
 
     Args:
-        arch: registry name (``ttsr``, ``masa``, ``datsr``).
+        arch: registry name (``ttsr``, ``masa``, ``datsr``, ``ssmtf``).
         arch_kwargs: constructor arguments (``n_feats``, ``num_res_blocks``, ``vgg_weights`` ...);
             its ``upscale`` is filled from ``scale``.
         scale: upscaling factor (4), also the metrics' crop_border.
