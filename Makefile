@@ -76,14 +76,17 @@ robust: $(STAMP)
 	$(RUN) -m lit_sr evaluate --config configs/evaluate/robust_report_quick.yaml \
 	  --models.EDSR-quickstart.weights $(QUICKSTART_WEIGHTS)
 
-# The whole suite (CI runs it; goal: under 8 minutes on two cores).
+# The whole suite (CI runs it; goal: under 8 minutes on two cores), in TEST_WORKERS processes
+# (pytest-xdist; a test file runs whole on one worker, so its module fixtures are built once: --dist loadfile).
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadfile
 test: $(STAMP)
-	$(PY) -m pytest tests -x --durations=15
+	$(PY) -m pytest tests -x $(XDIST) --durations=15
 
 # The edit loop: the suite without the tests marked slow (those that start interpreters -- DDP
 # ranks, CLI subprocesses -- or train a fixture for long; pyproject.toml [tool.pytest] markers).
 test-fast: $(STAMP)
-	$(PY) -m pytest tests -x -m "not slow" --durations=10
+	$(PY) -m pytest tests -x $(XDIST) -m "not slow" --durations=10
 
 # The targets and what they do (the comment block above each target, first line).
 help:

@@ -341,14 +341,19 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
+def print_step_table(rows: list[dict]) -> None:
+    """The step rows as a markdown table: ms per step, wall and CPU, and the additions over the plain loop."""
+    print("| threads | mode | ms/step (wall) | ms/step (CPU) | wall vs plain | + wall ms | + CPU ms |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['threads']} | {r['mode']} | {r['wall_ms']:.2f} | {r['cpu_ms']:.2f} | {r['wall_over_plain']:.2f}x | "
+              f"{r['extra_wall_ms']:+.2f} | {r['extra_cpu_ms']:+.2f} |")
+
+
 def print_tables(report: dict) -> None:
     print(f"\n{report['machine']}, load average {report['load_average'][0]:.1f} -> "
           f"{report['load_average_end'][0]:.1f}; basicsr {report['basicsr']}")
-    print("| threads | mode | ms/step (wall) | ms/step (CPU) | wall vs plain | + wall ms | + CPU ms |")
-    print("|---|---|---|---|---|---|---|")
-    for r in report["step"]:
-        print(f"| {r['threads']} | {r['mode']} | {r['wall_ms']:.2f} | {r['cpu_ms']:.2f} | {r['wall_over_plain']:.2f}x | "
-              f"{r['extra_wall_ms']:+.2f} | {r['extra_cpu_ms']:+.2f} |")
+    print_step_table(report["step"])
     if "data" in report:
         base = next(r for r in report["data"] if r["reader"] == "lit-sr raw")
         print("\n| reader | samples/s | samples per CPU-second | per CPU-second vs lit-sr raw |")

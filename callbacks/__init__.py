@@ -7,6 +7,7 @@ from callbacks.image_logger import SRImageLogger
 from callbacks.last_checkpoint import LastCheckpoint
 from callbacks.poison_selection import PoisonSelectionCallback, SelectionResults, SelectionRun
 from callbacks.prediction_writer import PredictionWriter
+from callbacks.progress_bar import TimedProgressBar
 from callbacks.stop_on_nonfinite import NonFiniteLossError, StopOnNonFiniteLoss
 from callbacks.stop_on_signal import StopOnSigterm
 from callbacks.summary import RunSummary
@@ -26,4 +27,5 @@ __all__ = [
     "SelectionRun",
     "StopOnNonFiniteLoss",
     "StopOnSigterm",
+    "TimedProgressBar",
 ]

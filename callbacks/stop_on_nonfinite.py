@@ -23,9 +23,11 @@ class StopOnNonFiniteLoss(L.Callback):
     ``on_fit_end`` export runs. The weights export refuses NaN weights too
     (:func:`lit_sr.io.save_weights`), whatever stopped the run.
 
-    The loss is the one ``training_step`` returns; a module with manual optimisation (GAN, RefSR)
-    returns none, so its logged ``train/*loss*`` values are read instead (those of the previous
-    step: Lightning updates them after this hook). Under DDP the ranks agree (one all-reduce of a
+    The loss is the one ``training_step`` returns: a tensor, a mapping's ``loss``, or else every
+    tensor of the returned mapping whose name holds ``loss`` (the GAN and RefSR modules, with manual
+    optimisation, return theirs: ``train/g_loss``, ``train/d_loss``, ...). A module that returns
+    none has its logged ``train/*loss*`` values read instead (those of the last step it logged:
+    Lightning updates them after this hook). Under DDP the ranks agree (one all-reduce of a
     flag), so every rank stops at the same step.
     """
 
@@ -50,5 +52,10 @@ def _losses(outputs: Any, trainer: L.Trainer) -> dict[str, torch.Tensor]:
         return {"loss": outputs.detach()}
     if isinstance(outputs, Mapping) and isinstance(outputs.get("loss"), torch.Tensor):
         return {"loss": outputs["loss"].detach()}
+    if isinstance(outputs, Mapping):  # manual optimisation: the losses the step returned (GAN, RefSR)
+        losses = {name: value.detach() for name, value in outputs.items()
+                  if "loss" in name and isinstance(value, torch.Tensor)}
+        if losses:
+            return losses
     return {name: value.detach() for name, value in trainer.callback_metrics.items()
             if name.startswith("train/") and "loss" in name and isinstance(value, torch.Tensor)}

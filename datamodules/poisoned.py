@@ -55,6 +55,7 @@ from datamodules.poisoned_train import (
 )
 from datamodules.sr import EMBEDDED_TRAIN, EMBEDDED_VAL, SRDataModule, load_embedded_photo
 from lit_sr.io import read_image
+from lit_sr.poison import sharding
 from lit_sr.poison.cache import (
     CacheMismatchError,
     PoisonCache,
@@ -67,7 +68,6 @@ from lit_sr.poison.cache import (
 from lit_sr.poison.generation import CacheFiller, CachePart, sample_key
 from lit_sr.poison.poisoned_hr import NORMS, STEP_RULES, FeatureExtractor, step_rule_setting
 from lit_sr.poison.poisoner import CleanLabel, FeatureAlignedLabel, Poisoner, TargetLabel, stealth_figures
-from lit_sr.poison import sharding
 from lit_sr.poison.selection import random_select
 from lit_sr.poison.specs import AdversarialTriggerSpec, as_trigger, needs_substitute, trigger_settings
 from lit_sr.poison.substitute import SubstituteSpec, train_substitute

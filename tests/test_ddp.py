@@ -23,8 +23,17 @@ def run_ddp(tmp_path: Path, *flags: str) -> list[dict]:
     return reports
 
 
-def test_ddp_fit_reduces_val_metrics_across_ranks(tmp_path):
-    r0, r1 = run_ddp(tmp_path)
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory) -> tuple[Path, list[dict]]:
+    """One 2-rank fit on the poisoned data with the attack callback, read by the three tests below:
+    each checks its own component's reduction (validation metrics, attack metrics, the poisoned set),
+    so one launch of the two ranks serves them all (each launch costs two interpreters' start-up)."""
+    out = tmp_path_factory.mktemp("ddp")
+    return out, run_ddp(out, "--attack", "--poison")
+
+
+def test_ddp_fit_reduces_val_metrics_across_ranks(ddp_run):
+    _, (r0, r1) = ddp_run
     for key in ("val/psnr_y", "val/ssim_y", "val/bicubic_psnr_y"):
         assert key in r0["metrics"]
         assert r0["metrics"][key] == r1["metrics"][key]
@@ -32,10 +41,10 @@ def test_ddp_fit_reduces_val_metrics_across_ranks(tmp_path):
     assert r0["train_indices"] and r1["train_indices"]
 
 
-def test_ddp_attack_callback_metrics_are_reduced_across_ranks(tmp_path):
+def test_ddp_attack_callback_metrics_are_reduced_across_ranks(ddp_run):
     import math
 
-    r0, r1 = run_ddp(tmp_path, "--attack")
+    tmp_path, (r0, r1) = ddp_run
     for metric in ("lr_psnr", "sr_psnr", "sr_ssim", "hr_psnr", "clean_hr_psnr"):
         key = f"attack/ifgsm/eps4/{metric}"
         assert key in r0["metrics"] and key in r1["metrics"], sorted(r0["metrics"])
@@ -50,8 +59,8 @@ def test_ddp_attack_callback_metrics_are_reduced_across_ranks(tmp_path):
         assert math.isclose(r0["metrics"][key], (s0 + s1) / (c0 + c1), rel_tol=1e-6)
 
 
-def test_ddp_poisoned_fit_trains_every_rank_on_the_same_set(tmp_path):
-    r0, r1 = run_ddp(tmp_path, "--poison")
+def test_ddp_poisoned_fit_trains_every_rank_on_the_same_set(ddp_run):
+    tmp_path, (r0, r1) = ddp_run
     p0, p1 = (json.loads((tmp_path / f"rank{r}_poison.json").read_text()) for r in (0, 1))
     pool, budget = r0["candidate_indices"], r0["budget"]
     assert r1["candidate_indices"] == pool and r1["budget"] == budget and budget >= 4

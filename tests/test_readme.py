@@ -121,9 +121,9 @@ EXCLUDED = {
     r"^lit-sr (robust|defend|evaluate-refsr) --config configs/\w+/\w+\.yaml --":
         "the --print_config and dotted overrides of every job are run by tests/test_job_configs.py",
     # DATSR and LIIF quickstarts (docs/refsr.md, docs/liif.md)
-    r"^lit-sr (fit|test) --config configs/train/(liif|datsr)_quickstart\.yaml":
-        "minutes of CPU training; tests/test_recipes.py parses every training recipe, tests/test_liif_module.py "
-        "and tests/test_datsr.py train these networks a few steps",
+    r"^lit-sr (fit|test) --config configs/train/(liif|datsr|ssmtf)_quickstart\.yaml":
+        "minutes of CPU training; tests/test_recipes.py parses every training recipe, tests/test_liif_module.py, "
+        "tests/test_datsr.py and tests/test_ssmtf.py train these networks a few steps",
     r"^OMP_NUM_THREADS=1 lit-sr refsr-claims --config configs/refsr_claims/cpu\.yaml":
         "trains three RefSR networks (53 min under load); tests/test_refsr_claims.py runs the command end to end "
         "on a tiny config and builds this one",

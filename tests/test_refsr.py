@@ -186,11 +186,17 @@ def _training_crops(photos, count, generator, hr_size=48):
 
 @pytest.fixture(scope="module")
 def trained_ttsr(small_photos):
-    """A tiny TTSR trained for 80 Adam steps on 48 px crops with same-scene references (seconds)."""
+    """A tiny TTSR trained for 50 Adam steps on 48 px crops with same-scene references (~30 s on one core).
+
+    50 steps, down from 80 to save suite time: the tests below need a network that has learnt to
+    super-resolve and to use its reference. Measured 2026-12-07: at 30 steps it already beats its
+    random start by 6.7 dB PSNR-Y and RefSR-Adv beats same-eps noise by 14.6 dB, but the purified
+    reference then costs 1.0 dB of clean PSNR on one image (the defense test allows 0.5); at 50 every
+    test below passes."""
     net = tiny_ttsr()
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     generator = torch.Generator().manual_seed(0)
-    for _ in range(80):
+    for _ in range(50):
         lr, ref, hr = _training_crops(small_photos, 4, generator)
         loss = (net(lr, ref) - hr).abs().mean()
         opt.zero_grad()

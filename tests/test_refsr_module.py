@@ -59,32 +59,42 @@ def test_attack_table_rows_group_by_set():
     assert rows == {"embedded_l1": {"refsr_adv_sr_psnr": 20.0}, "embedded_l2": {"lr_pgd_lr_psnr": 31.0}}
 
 
-def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PL_DISABLE_FORK="1")
-    tiny = [
-        "--config", str(ROOT / "configs" / "train" / "refsr_quickstart.yaml"),
-        "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
-        "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
-        "--model.arch_kwargs", '{"n_feats": 8, "num_res_blocks": [1, 1, 1, 1]}',
-        "--model.attack_steps", "2", "--model.attack_square_queries", "3",
-        "--data.max_side", "64", "--data.patch_size", "32", "--data.batch_size", "2", "--data.repeat", "1",
-        "--data.levels", "[1, 4]", "--data.val_photos", '["astronaut", "coffee"]',
-    ]
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args, *tiny], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
+TINY_DDP_ARGS = [
+    "--config", str(ROOT / "configs" / "train" / "refsr_quickstart.yaml"),
+    "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+    "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.check_val_every_n_epoch", "1",
+    "--model.arch_kwargs", '{"n_feats": 8, "num_res_blocks": [1, 1, 1, 1]}',
+    "--model.attack_steps", "2", "--model.attack_square_queries", "3",
+    "--data.max_side", "64", "--data.patch_size", "32", "--data.batch_size", "2", "--data.repeat", "1",
+    "--data.levels", "[1, 4]", "--data.val_photos", '["astronaut", "coffee"]',
+]
+
+
+def _ddp_fit_then_test(runs: Path) -> None:
+    """The worker (this file run as a script; Lightning starts rank 1 the same way): the quickstart's
+    LightningCLI built as ``lit-sr fit`` builds it, fitted, then tested from its ``last.ckpt`` as
+    ``lit-sr test --ckpt_path`` does, in one launch of the two ranks."""
+    from lit_sr.jobs.train.cli import train_cli
+    from lit_sr.runtime import close_process_group
+
+    cli = train_cli([*TINY_DDP_ARGS, "--trainer.logger.init_args.save_dir", str(runs)], run=False)
+    try:
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        ckpt = Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt"
+        cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=str(ckpt))
+    finally:
+        close_process_group()  # gloo aborts at exit with the group left open
 
 
 @pytest.mark.slow
 def test_ddp_fit_and_attack_test_of_the_quickstart(tmp_path):
-    _cli(tmp_path, "fit", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
-         "--trainer.check_val_every_n_epoch", "1")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PL_DISABLE_FORK="1")
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), str(tmp_path / "runs")], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
     run = tmp_path / "runs" / "refsr_quickstart" / "version_0"
     assert (run / "weights.pth").is_file()
-    ckpt = run / "checkpoints" / "last.ckpt"
-    assert ckpt.is_file()
-    _cli(tmp_path, "test", "--ckpt_path", str(ckpt))
+    assert (run / "checkpoints" / "last.ckpt").is_file()
     tables = list((tmp_path / "runs" / "refsr_quickstart").glob("version_*/refsr_adv_by_set.md"))
     assert len(tables) == 1  # written once, by rank 0
     text = tables[0].read_text()
@@ -114,3 +124,7 @@ def test_refsr_recipes_parse(name, capsys):
         assert init["arch_kwargs"]["num_res_blocks"] == [16, 16, 8, 4] and init["arch_kwargs"]["n_feats"] == 64
         assert printed["data"]["init_args"]["patch_size"] == 160
         assert name == "ttsr_rec_cufed" or init["disc_size"] == 160
+
+
+if __name__ == "__main__":
+    _ddp_fit_then_test(Path(sys.argv[1]))

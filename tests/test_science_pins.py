@@ -12,12 +12,17 @@ import pytest
 import torch
 from torch import nn
 
+import lit_sr.backdoor_defenses.unlearning as unlearning
 from datamodules.poisoned_shapes import PoisonedShapesDataModule
 from lit_sr.archs import build_arch
 from lit_sr.attacks import UniversalAttack
 from lit_sr.attacks.robustness import robustness_index
-import lit_sr.backdoor_defenses.unlearning as unlearning
-from lit_sr.backdoor_defenses import AdversarialUnlearning, CleanSubset, FineTuning, NeuralAttentionDistillation
+from lit_sr.backdoor_defenses import (
+    AdversarialUnlearning,
+    CleanSubset,
+    FineTuning,
+    NeuralAttentionDistillation,
+)
 from lit_sr.backdoor_defenses.distillation import FeatureTap, attention_map
 from lit_sr.metrics import psnr, ssim
 from lit_sr.modules.robust_module import RobustFinetuneModule

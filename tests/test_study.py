@@ -316,6 +316,21 @@ def test_the_study_keeps_the_logger_its_file_sets_and_points_it_at_the_run_folde
     assert by_name["none"]["logger"] is False and by_name["none"]["default_root_dir"] == str(runs / "none")
 
 
+def test_a_logger_entry_without_class_path_is_refused_naming_the_study_file_and_run(tmp_path):
+    from lit_sr.jobs.study.runner import run_overrides
+
+    path = write_study(tmp_path, """\
+        runs:
+          tb: {}
+          odd: {overrides: {trainer.logger: [{init_args: {save_dir: x}}]}}
+        reference: tb
+        """, COLUMNS)
+    study = load_study(path)
+    odd = next(r for r in study.runs if r.name == "odd")
+    with pytest.raises(ConfigError, match=r"trainer\.logger\[0\] of run 'odd': expected \{class_path, init_args\}"):
+        run_overrides(study, odd)
+
+
 def test_dry_run_writes_the_override_files_its_commands_name(tmp_path, capsys):
     path = write_study(tmp_path, "grid: {fake.psnr: [29.0, 31.0]}\n", COLUMNS.replace("format: paired_delta", "format: float"))
     assert main(["--config", str(path), "--dry-run"]) == 0

@@ -347,8 +347,8 @@ def test_killing_a_study_kills_its_training_run(tmp_path):
 
 
 def test_a_second_runner_on_a_locked_run_folder_is_refused(tmp_path):
-    from lit_sr.run_folder import RunFolderLock
     from lit_sr.jobs.study.runner import load_study, run_study
+    from lit_sr.run_folder import RunFolderLock
 
     study = load_study(sleeper_study(tmp_path))
     folder = study.runs_dir / "A"

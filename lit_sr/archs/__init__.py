@@ -25,6 +25,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "masa": ("lit_sr.archs.masa_arch", "MASA"),
     "liif": ("lit_sr.archs.liif_arch", "LIIF"),
     "datsr": ("lit_sr.archs.datsr_arch", "DATSR"),
+    "ssmtf": ("lit_sr.archs.ssmtf_arch", "SSMTF"),
     "vgg_discriminator": ("lit_sr.archs.discriminator_arch", "VGGStyleDiscriminator"),
     "unet_discriminator": ("lit_sr.archs.discriminator_arch", "UNetDiscriminatorSN"),
     "image_discriminator": ("lit_sr.archs.discriminator_arch", "ImageDiscriminator"),

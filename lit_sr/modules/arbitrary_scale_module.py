@@ -19,6 +19,7 @@ from torchmetrics import MeanMetric
 
 from lit_sr.archs.liif_arch import LIIF, is_liif_checkpoint, read_liif_checkpoint
 from lit_sr.modules.sr_module import EVAL_METRICS, SRModule, sr_metrics
+from lit_sr.modules.step_logs import step_logs_due
 from lit_sr.ops import imresize
 from lit_sr.validation import check_choice, check_int
 
@@ -217,8 +218,9 @@ class ArbitraryScaleSRModule(SRModule):
             coord, cell, rgb = sample_queries(target, self.hparams.sample_q, self._generators()[1])
             loss = self.pixel_loss(self.net.query(lr, coord, cell).float(), rgb)
         n = lr.shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=n)
-        self.log("train/scale", scale, batch_size=n)
+        if step_logs_due(self):  # the logger's points only: a log call costs more than a tiny step
+            self.log("train/loss", loss, prog_bar=True, batch_size=n)
+            self.log("train/scale", scale, batch_size=n)
         return loss
 
     # ------------------------------------------------------------------ evaluation at other scales

@@ -23,6 +23,7 @@ from lit_sr.losses import (
     restore_frozen_perceptual,
 )
 from lit_sr.modules.sr_module import SRModule
+from lit_sr.modules.step_logs import step_logs_due
 from lit_sr.validation import check_choice, check_int, check_number, check_positive
 
 GanModuleType = Literal["ragan", "vanilla", "lsgan", "hinge"]
@@ -260,7 +261,10 @@ class GANSRModule(SRModule):
         return {"d_loss": d_loss, "d_real": real_pred.detach().float().mean(),
                 "d_fake": fake_pred.detach().float().mean()}
 
-    def training_step(self, batch: dict, batch_idx: int) -> None:
+    def training_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        """One discriminator step (and a generator step when due); returns this step's detached losses
+        and statistics (``train/<name>``), which ``callbacks.stop_on_nonfinite.StopOnNonFiniteLoss``
+        checks every step; they are logged only on the logger's steps (:func:`step_logs_due`)."""
         opt_g, opt_d = self.optimizers()
         lr_img, hr = batch["lr"], batch["hr"]
         # global_step counts discriminator steps, one per iteration (see the class docstring).
@@ -291,8 +295,10 @@ class GANSRModule(SRModule):
 
         self._step_schedulers(generator_stepped=update_g)
         n = lr_img.shape[0]
-        for name, value in logs.items():
-            self.log(f"train/{name}", value, prog_bar=name in ("g_loss", "d_loss"), batch_size=n)
+        if step_logs_due(self):  # the logger's points only: a log call costs more than a tiny step
+            for name, value in logs.items():
+                self.log(f"train/{name}", value, prog_bar=name in ("g_loss", "d_loss"), batch_size=n)
+        return {f"train/{name}": value for name, value in logs.items()}
 
     def _step_schedulers(self, generator_stepped: bool) -> None:
         schedulers = self.lr_schedulers()

@@ -1,4 +1,4 @@
-"""RefSRModule: train, validate and test reference-based SR networks (TTSR, MASA, DATSR) with Lightning.
+"""RefSRModule: train, validate and test reference-based SR networks (TTSR, MASA, DATSR, SSMTF).
 
 Batches are ``{"lr", "ref", "hr"}`` (see :mod:`datamodules.refsr`). Two loss sets, as the RefSR
 literature: ``"rec"`` (L1 only, the "-rec" models) or ``"full"`` (L1 + perceptual +
@@ -35,6 +35,7 @@ from lit_sr.losses import (
     restore_frozen_perceptual,
 )
 from lit_sr.modules.sr_module import EVAL_METRICS, arch_kwargs_with_scale, sr_metrics
+from lit_sr.modules.step_logs import step_logs_due
 from lit_sr.runtime import Autocast, grad_enabled_outside_inference
 from lit_sr.tables import fmt, markdown_lines
 from lit_sr.validation import check_eps, check_int, check_number, check_positive, check_same_scale
@@ -68,7 +69,7 @@ class RefSRModule(L.LightningModule):
     """Reference-based SR with a network of the registry called as ``net(lr, ref)``.
 
     Args:
-        arch: registry name (``ttsr``, ``masa``, ``datsr``).
+        arch: registry name (``ttsr``, ``masa``, ``datsr``, ``ssmtf``).
         arch_kwargs: constructor arguments (``n_feats``, ``num_res_blocks``, ``vgg_weights`` ...);
             its ``upscale`` is filled from ``scale``.
         scale: upscaling factor (4), also the metrics' crop_border.
@@ -242,7 +243,7 @@ class RefSRModule(L.LightningModule):
                 losses["adv"] = -hp.adv_weight * self.net_d(sr).float().mean()
         return losses, sr
 
-    def training_step(self, batch: dict, batch_idx: int) -> None:
+    def training_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         optimisers = self.optimizers()
         opt_g, opt_d = (optimisers[0], optimisers[1]) if isinstance(optimisers, list) else (optimisers, None)
         n = batch["lr"].shape[0]
@@ -262,8 +263,10 @@ class RefSRModule(L.LightningModule):
                 logs.update(self._discriminator_step(opt_d, sr.detach(), batch["hr"]))
         for sched in self._schedulers():
             sched.step()
-        self.log_dict(logs, prog_bar=False, batch_size=n)
-        self.log("train/loss_pbar", loss.detach(), prog_bar=True, logger=False, batch_size=n)
+        if step_logs_due(self):  # the logger's points only: a log call costs more than a tiny step
+            self.log_dict(logs, prog_bar=False, batch_size=n)
+            self.log("train/loss_pbar", loss.detach(), prog_bar=True, logger=False, batch_size=n)
+        return logs  # checked every step by callbacks.stop_on_nonfinite.StopOnNonFiniteLoss
 
     def _discriminator_step(self, opt_d, sr: torch.Tensor, hr: torch.Tensor) -> dict[str, torch.Tensor]:
         """One WGAN-GP critic step: ``D(fake) - D(real) + gp_weight * GP``."""

@@ -28,6 +28,7 @@ from lit_sr.attacks.registry import ATTACKS, plain_kinds
 from lit_sr.attacks.spec import init_params
 from lit_sr.io import load_weights
 from lit_sr.modules.sr_module import SRModule
+from lit_sr.modules.step_logs import step_logs_due
 from lit_sr.runtime import Autocast
 from lit_sr.validation import (
     check_bool,
@@ -234,7 +235,8 @@ class RobustFinetuneModule(SRModule):
             consistency = (sr_adv - sr_clean[:k]).abs().mean()
             loss = loss + self.consistency_weight * consistency
             self.log("train/consistency", consistency, **log)
-        self.log("train/loss", loss, prog_bar=True, sync_dist=True, batch_size=n)
+        if step_logs_due(self):  # step-only: the logger's points suffice (and spare an all-reduce under DDP)
+            self.log("train/loss", loss, prog_bar=True, sync_dist=True, batch_size=n)
         self.log("train/loss_clean", clean_loss, **log)
         self.log("train/loss_robust", adv_loss, **log)
         self.log("train/attack_eps", self.current_eps(), **log)

@@ -18,15 +18,21 @@ import inspect
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from lit_sr.backdoor_defenses.detection import METHODS, run_detection
 from lit_sr.errors import ConfigError
 from lit_sr.jobs.defend.runs import TrainedRun, build_datamodule
 from lit_sr.tables import fmt, markdown_lines, write_csv
 
-if TYPE_CHECKING:
-    from lit_sr.jobs.defend.config import DefenseReportConfig
+
+class DetectionSettings(Protocol):
+    """What the detection section reads of the defense report's config
+    (:class:`lit_sr.jobs.defend.config.DefenseReportConfig`, which imports this module for its validator)."""
+
+    attacks: Mapping[str, Any]
+    detection: Mapping[str, Any] | None
+    seed: int
 
 DETECTION_FIELDS = ("attack", "method", "roc_auc", "precision", "recall", "flagged", "true_positives", "n_pairs",
                     "n_poisoned", "seconds")
@@ -63,7 +69,7 @@ def _fmt(v: Any) -> str:
     return fmt(v, lambda x: f"{x:.3f}" if isinstance(x, float) else str(x))
 
 
-def run_detection_section(cfg: DefenseReportConfig, runs: Mapping[str, TrainedRun], out: Path,
+def run_detection_section(cfg: DetectionSettings, runs: Mapping[str, TrainedRun], out: Path,
                           progress: bool) -> dict[str, Any]:
     """Score every chosen attack's training pairs; write the CSV and ROC plots; return rows, JSON, Markdown."""
     block = dict(cfg.detection or {})

@@ -29,7 +29,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,13 +46,11 @@ from lit_sr.defenses import INPUT_DEFENSES
 from lit_sr.errors import ConfigError
 from lit_sr.io import atomic_write
 from lit_sr.jobs.evaluate.input_defenses import parse_defense
+from lit_sr.jobs.evaluate.pairs import ImagePair
+from lit_sr.jobs.evaluate.settings import ReportSettings
 from lit_sr.plots import save_figure, tradeoff_figure
 from lit_sr.tables import Column, markdown_table, write_csv
 from lit_sr.validation import check_int, check_number
-
-if TYPE_CHECKING:
-    from lit_sr.jobs.evaluate.config import ReportConfig
-    from lit_sr.jobs.evaluate.runner import ImagePair
 
 ROBUST_FIELDS = ("name", "kind", "train_eps_255", "dataset", "eps", "eps_255", "n_images", "clean_hr_psnr",
                  "clean_drop", "adaptive_sr_psnr", "naive_sr_psnr", "worst_sr_psnr", "worst_hr_psnr", "goal_met")
@@ -95,7 +93,7 @@ class RobustStudy:
     defenses: dict[str, dict[str, Any] | None] | bool = True
 
 
-def resolve_robust_study(cfg: ReportConfig, study: RobustStudy | None) -> RobustStudy | None:
+def resolve_robust_study(cfg: ReportSettings, study: RobustStudy | None) -> RobustStudy | None:
     """Validate ``robust`` against the rest of the config and fill its defaults (errors name ``robust.<key>``)."""
     if study is None:
         return None
@@ -136,7 +134,7 @@ def resolve_robust_study(cfg: ReportConfig, study: RobustStudy | None) -> Robust
                        defenses=_resolve_defenses(cfg, study.defenses))
 
 
-def _resolve_defenses(cfg: ReportConfig, defenses) -> dict[str, dict[str, Any]]:
+def _resolve_defenses(cfg: ReportSettings, defenses) -> dict[str, dict[str, Any]]:
     """label -> parameters with their ``defense`` kind, validated as the ``defenses`` block's methods."""
     if defenses is True:
         return dict(cfg.defenses.methods) if cfg.defenses is not None else {}
@@ -157,7 +155,7 @@ def _entries(name: str, kind: str, target: nn.Module, naive_source: nn.Module | 
     return {"name": name, "kind": kind, "target": target, "naive": naive_source}
 
 
-def _targets(cfg: ReportConfig, study: RobustStudy, models: Mapping[str, nn.Module], device: torch.device) -> list[dict]:
+def _targets(cfg: ReportSettings, study: RobustStudy, models: Mapping[str, nn.Module], device: torch.device) -> list[dict]:
     base = models[study.base]
     has_params = {n: any(p.numel() for p in m.parameters()) for n, m in models.items()}
     entries = []
@@ -174,7 +172,7 @@ def _targets(cfg: ReportConfig, study: RobustStudy, models: Mapping[str, nn.Modu
     return entries
 
 
-def run_robust_study(cfg: ReportConfig, models: Mapping[str, nn.Module], pairs: Sequence[ImagePair],
+def run_robust_study(cfg: ReportSettings, models: Mapping[str, nn.Module], pairs: Sequence[ImagePair],
                      device: torch.device, progress: bool = True) -> dict:
     """Per model (and defense) and eps: mean clean PSNR-Y, adaptive / naive / worst SR PSNR; the goal check."""
     study = cfg.robust

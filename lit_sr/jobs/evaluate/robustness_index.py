@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -26,13 +25,11 @@ from lit_sr.attacks import robustness_index
 from lit_sr.attacks.registry import plain_kinds
 from lit_sr.attacks.spec import AttackRunner, eps_text, parse_eps, shape_batches
 from lit_sr.errors import ConfigError
+from lit_sr.jobs.evaluate.pairs import ImagePair
+from lit_sr.jobs.evaluate.settings import ReportSettings
 from lit_sr.plots import index_scatter_figure, save_figure
 from lit_sr.tables import fmt, markdown_lines, write_csv
 from lit_sr.validation import check_int
-
-if TYPE_CHECKING:
-    from lit_sr.jobs.evaluate.config import ReportConfig
-    from lit_sr.jobs.evaluate.runner import ImagePair
 
 INDEX_FIELDS = ("model", "dataset", "image", "index", "sr_psnr", "attack", "eps_255", "alpha_255", "n_samples")
 
@@ -62,7 +59,7 @@ class IndexStudy:
     models: list[str] | None = None
 
 
-def resolve_index_study(cfg: ReportConfig, study: IndexStudy | None) -> IndexStudy | None:
+def resolve_index_study(cfg: ReportSettings, study: IndexStudy | None) -> IndexStudy | None:
     """Validate ``robustness_index`` against the config and fill its defaults (errors name the key)."""
     if study is None:
         return None
@@ -91,7 +88,7 @@ def resolve_index_study(cfg: ReportConfig, study: IndexStudy | None) -> IndexStu
                       batch_size=batch_size, attack=attack, eps=eps, dataset=dataset, models=models)
 
 
-def run_index_study(cfg: ReportConfig, models: Mapping[str, nn.Module], pairs: Sequence[ImagePair],
+def run_index_study(cfg: ReportSettings, models: Mapping[str, nn.Module], pairs: Sequence[ImagePair],
                     device: torch.device, progress: bool = True) -> dict:
     """One row per model and image: the robustness index and the SR PSNR under the study's attack."""
     study = cfg.robustness_index

@@ -7,7 +7,6 @@ import time
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,12 +20,12 @@ from lit_sr.attacks.export import AdversarialSink
 from lit_sr.attacks.spec import AttackRunner, AttackSpec, eps_label, shape_batches
 from lit_sr.defenses import INPUT_DEFENSES, evaluate_defense
 from lit_sr.errors import ConfigError
-from lit_sr.io import list_images, load_weights, read_image
+from lit_sr.io import list_images, load_weights
 from lit_sr.jobs.evaluate.config import ModelSpec, ReportConfig
 from lit_sr.jobs.evaluate.downstream import DownstreamModels
+from lit_sr.jobs.evaluate.pairs import ImagePair, load_pairs
 from lit_sr.jobs.evaluate.studies import run_robust_studies, write_robust_studies
 from lit_sr.jobs.evaluate.writers import write_report
-from lit_sr.ops import make_lr, mod_crop
 from lit_sr.runtime import Autocast, resolve_device
 
 
@@ -64,39 +63,6 @@ def build_model(spec: ModelSpec, device: torch.device, name: str = "model") -> n
             "random_init: true to do it deliberately)"
         )
     return net.to(device).eval()
-
-
-@dataclass
-class ImagePair:
-    """One evaluation image: its name, the LR ``(C, h, w)`` and HR ``(C, H, W)`` tensors (CPU)."""
-
-    name: str
-    lr: torch.Tensor
-    hr: torch.Tensor
-
-
-def load_pairs(folder: str | Path, scale: int, max_images: int | None = None, crop_size: int | None = None) -> list[ImagePair]:
-    """The HR images of a folder (sorted, the first ``max_images``) with their LR counterparts.
-
-    HR images are mod-cropped to the scale and their LR images made by :func:`lit_sr.ops.make_lr`
-    (MATLAB bicubic, rounded to 8 bits, as the benchmark's LR PNG files are), the data modules'
-    protocol. ``crop_size`` (LR pixels) centre-crops every image pair first (images smaller than
-    that are kept whole), so that equal sizes can be batched.
-    """
-    pairs = []
-    for path in list_images(folder)[:max_images]:
-        hr = mod_crop(read_image(path), scale)
-        if crop_size is not None:
-            size = crop_size * scale
-            h, w = hr.shape[-2:]
-            top, left = max(0, (h - size) // 2) // scale * scale, max(0, (w - size) // 2) // scale * scale
-            hr = hr[:, top : top + size, left : left + size]
-        try:
-            lr, hr = make_lr(hr, scale)
-        except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from None
-        pairs.append(ImagePair(name=path.stem, lr=lr, hr=hr))
-    return pairs
 
 
 # --------------------------------------------------------------------------- running

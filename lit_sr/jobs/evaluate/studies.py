@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -18,13 +17,11 @@ from torch import nn
 from lit_sr.errors import ConfigError
 from lit_sr.jobs.evaluate.robust import append_to_summary, run_robust_study, write_robust_study
 from lit_sr.jobs.evaluate.robustness_index import run_index_study, write_index_study
+from lit_sr.jobs.evaluate.settings import ReportSettings
 from lit_sr.jobs.evaluate.writers import write_json
 
-if TYPE_CHECKING:
-    from lit_sr.jobs.evaluate.config import ReportConfig
 
-
-def run_robust_studies(cfg: ReportConfig, models: Mapping[str, nn.Module], pairs_of: Callable, device: torch.device,
+def run_robust_studies(cfg: ReportSettings, models: Mapping[str, nn.Module], pairs_of: Callable, device: torch.device,
                        progress: bool = True) -> dict:
     """``{"robust": ..., "robustness_index": ...}``, each ``None`` when the config has no such block."""
     out = {"robust": None, "robustness_index": None}

@@ -8,16 +8,13 @@ import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from lit_sr.attacks.spec import METRIC_KEYS, TARGET_KEYS, UNIVERSAL_KEYS, eps_label, eps_text
 from lit_sr.io import atomic_write
 from lit_sr.jobs.evaluate.downstream import DOWNSTREAM_FIELDS, downstream_markdown
+from lit_sr.jobs.evaluate.settings import ReportSettings
 from lit_sr.plots import psnr_vs_eps_figure, save_figure, transfer_figure
 from lit_sr.tables import Column, fmt, markdown_lines, markdown_table, write_csv
-
-if TYPE_CHECKING:  # annotations only: config imports the studies, which import these writers
-    from lit_sr.jobs.evaluate.config import ReportConfig
 
 ROW_FIELDS = (
     "model", "dataset", "attack", "kind", "eps", "eps_255", "n_images", "skipped",
@@ -60,7 +57,7 @@ def _json_safe(obj):
     return obj
 
 
-def write_report(out: Path, cfg: ReportConfig, rows: list[dict], transfer: dict | None, defense_rows: list[dict],
+def write_report(out: Path, cfg: ReportSettings, rows: list[dict], transfer: dict | None, defense_rows: list[dict],
                  meta: dict) -> dict[str, str]:
     """Write ``results.csv``, ``results.json``, the plots, ``defenses.csv`` and ``summary.md`` into ``out``."""
     fields = ROW_FIELDS + (DOWNSTREAM_FIELDS if cfg.downstream is not None else ())
@@ -103,7 +100,7 @@ def robustness_ranking(rows: Sequence[Mapping], dataset: str, attack: str) -> li
     return sorted(((m, sum(v) / len(v)) for m, v in means.items()), key=lambda mv: -mv[1])
 
 
-def summary_markdown(cfg: ReportConfig, rows, transfer, defense_rows, meta, plots, out: Path) -> str:
+def summary_markdown(cfg: ReportSettings, rows, transfer, defense_rows, meta, plots, out: Path) -> str:
     """The Markdown summary: one table per data set x attack (models x eps), transfer and defenses."""
     lines = [
         "# Robustness report",

@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from lit_sr.child_process import run_child
+from lit_sr.errors import ConfigError
 from lit_sr.io import atomic_write
 from lit_sr.jobs.study.config import (
     FORMATS,

@@ -26,11 +26,13 @@ import lightning as L
 import torch
 from jsonargparse import Namespace
 from jsonargparse.typing import PositiveInt
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks.prediction_writer import PredictionWriter
+from callbacks.progress_bar import TimedProgressBar
 from callbacks.stop_on_nonfinite import StopOnNonFiniteLoss
 from callbacks.stop_on_signal import StopOnSigterm
 from lit_sr.checkpoint_io import UnsafeCheckpointSettingError, install_safe_checkpoint_io
@@ -326,10 +328,27 @@ class TrainCLI(SRLightningCLI):
         return parser
 
     def instantiate_trainer(self, **kwargs):
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        configured = (config.get("trainer") or {}).get("callbacks") or []
+        # copied first: Lightning extends this very list with the callbacks it adds by default
+        configured = list(configured) if isinstance(configured, list) else [configured]
         trainer = super().instantiate_trainer(**kwargs)
+        use_timed_progress_bar(trainer, configured)
         trainer.callbacks.append(StopOnSigterm())  # Lightning's predict loop ignores SIGTERM otherwise
         trainer.callbacks.append(StopOnNonFiniteLoss())  # a diverged run fails with a message
         return trainer
+
+
+def use_timed_progress_bar(trainer: L.Trainer, configured: Iterable[L.Callback]) -> None:
+    """Put :class:`callbacks.progress_bar.TimedProgressBar` in place of the bar Lightning added by default.
+
+    Lightning's default bar redraws after every training batch (about 1 CPU-ms a step,
+    ``docs/performance.md``); a progress bar listed in the config's ``trainer.callbacks``
+    (``configured``) is the user's choice and stays.
+    """
+    bar = trainer.progress_bar_callback
+    if type(bar) is TQDMProgressBar and not any(c is bar for c in configured):
+        trainer.callbacks[next(i for i, c in enumerate(trainer.callbacks) if c is bar)] = TimedProgressBar()
 
 
 def train_cli(args: list[str] | None = None, run: bool = True, prog: str | None = None) -> TrainCLI:

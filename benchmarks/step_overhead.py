@@ -1,0 +1,262 @@
+"""The fixed cost of a training step: a plain loop, lit-sr's Trainer, and the quickstart as ``lit-sr fit`` runs it.
+
+In one process, on the same network (EDSR, ``--num-feat`` x ``--num-block``) and the same
+device-resident batches, interleaved round by round so that a change of load hits every mode alike:
+
+  plain         a plain PyTorch loop: forward, L1, backward, Adam (the naive baseline);
+  trainer       ``SRModule`` (as the quickstart configures it: L1, Adam, cosine schedule) in a bare
+                Lightning ``Trainer``: no logger, progress bar or checkpoints;
+  quickstart    the same module in the Trainer that ``lit-sr fit --config configs/train/quickstart.yaml``
+                builds (``train.main(args, run=False)``, as the tests build it): the recipe's TensorBoard
+                logger (``log_every_n_steps`` 5), ``LearningRateMonitor`` every step, best and last
+                checkpoints (armed; with no validation nothing is written during the timed steps),
+                ``SRImageLogger``, ``RunSummary``, the CLI's own callbacks (``StopOnNonFiniteLoss``,
+                ``StopOnSigterm``, the saved config) and its progress bar
+                (``callbacks.progress_bar.TimedProgressBar``);
+  quickstart_lightning_bar  the same with Lightning's default ``TQDMProgressBar`` (a redraw after
+                every batch: the bar before TimedProgressBar), the ablation of that choice;
+  quickstart_no_bar  the same without any progress bar (``--trainer.enable_progress_bar false``).
+
+A mode's time is the period from the start of step ``warmup`` to the start of step
+``warmup + steps`` (the Trainer modes: ``on_train_batch_start``, the plain loop: the top of its
+loop), so what runs once per fit (set-up, the last checkpoint) is outside it. Reported per mode:
+the median over the rounds of milliseconds per step, wall and CPU (``time.process_time``: this
+process's own CPU seconds, which other jobs on the machine inflate far less than wall time), and
+the addition over the plain loop.
+
+``--threads 1 2`` repeats the table per torch thread count; ``--busy N`` starts N CPU-bound
+processes (a spinning Python loop each) for the whole run, a controlled "under load" next to
+whatever else the machine runs (the load average is reported at start and end). ``--count-calls``
+reports, instead of times, the Python function calls each mode makes per step (``cProfile``'s
+count over ``2 * steps`` steps less that over ``steps``): deterministic, so a loaded machine
+cannot blur it.
+
+Run it from the repository root with ``PYTHONPATH=.`` (it imports ``train.py``, the entry point):
+
+    PYTHONPATH=. python benchmarks/step_overhead.py                          # EDSR 16x2, batch 4, 32 px HR
+    PYTHONPATH=. python benchmarks/step_overhead.py --threads 1 2 --busy 1   # threads, one competing process
+    PYTHONPATH=. python benchmarks/step_overhead.py --profile quickstart     # where that mode's time goes
+    PYTHONPATH=. python benchmarks/step_overhead.py --count-calls --steps 100  # Python calls per step
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import logging
+import multiprocessing
+import os
+import pstats
+import shutil
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning as L
+import torch
+from common import machine_name
+from peer_basicsr import SCALE, Batches, print_step_table, run_plain
+from torch.utils.data import DataLoader
+
+from lit_sr.io import atomic_write
+from lit_sr.modules import SRModule
+from train import main as train_cli  # the entry point's CLI builder: the Trainer `lit-sr fit` builds
+
+MODES = ("plain", "trainer", "quickstart", "quickstart_lightning_bar", "quickstart_no_bar")
+RECIPE = Path(__file__).resolve().parent.parent / "configs" / "train" / "quickstart.yaml"
+# what each quickstart mode changes on the recipe's command line
+QUICKSTART_ARGS = {
+    "quickstart": [],
+    "quickstart_lightning_bar": ["--trainer.callbacks+=lightning.pytorch.callbacks.TQDMProgressBar"],
+    "quickstart_no_bar": ["--trainer.enable_progress_bar", "false"],
+}
+
+
+class PeriodClock(L.Callback):
+    """Wall and CPU seconds from the start of batch ``first`` to the start of batch ``last``."""
+
+    def __init__(self, first: int, last: int):
+        self.first, self.last = first, last
+        self.start = self.end = (0.0, 0.0)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if batch_idx == self.first:
+            self.start = (time.perf_counter(), time.process_time())
+        elif batch_idx == self.last:
+            self.end = (time.perf_counter(), time.process_time())
+
+
+def quickstart_module(kwargs: dict) -> SRModule:
+    """The quickstart's module (L1, Adam, lr 1e-3, cosine) on the benchmark's network."""
+    torch.manual_seed(0)
+    return SRModule(arch="edsr", arch_kwargs=kwargs, scale=SCALE, loss="l1", lr=1e-3, scheduler="cosine",
+                    export_weights=False)
+
+
+def quickstart_trainer(work: Path, total: int, threads: int, extra: list[str]) -> L.Trainer:
+    """The Trainer ``lit-sr fit --config configs/train/quickstart.yaml`` builds, for ``total`` steps, logging to ``work``."""
+    cli = train_cli(["--config", str(RECIPE), "--threads", str(threads), "--trainer.max_steps", str(total),
+                     "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0",
+                     "--trainer.enable_model_summary", "false",
+                     "--trainer.logger.init_args.save_dir", str(work), *extra], run=False)
+    return cli.trainer
+
+
+def run_trainer(mode: str, kwargs: dict, batches, steps: int, warmup: int, work: Path,
+                threads: int) -> tuple[float, float]:
+    total = warmup + steps + 1  # the clock stops at the start of the last one
+    clock = PeriodClock(warmup, warmup + steps)
+    if mode == "trainer":
+        trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=total, limit_val_batches=0,
+                            num_sanity_val_steps=0, logger=False, enable_progress_bar=False,
+                            enable_checkpointing=False, enable_model_summary=False, default_root_dir=work)
+    else:
+        trainer = quickstart_trainer(work, total, threads, QUICKSTART_ARGS[mode])
+    trainer.callbacks.insert(0, clock)  # first of the callbacks: its batch start is the step's start
+    trainer.fit(quickstart_module(kwargs), DataLoader(Batches(batches, total), batch_size=None))
+    return clock.end[0] - clock.start[0], clock.end[1] - clock.start[1]
+
+
+def spin() -> None:
+    """A CPU-bound process: the competing job of ``--busy``."""
+    while True:
+        pass
+
+
+def calls_per_step(run: Callable[[int], object], steps: int) -> float:
+    """Python function calls per step: the calls of a ``2 * steps`` run less those of a ``steps`` run, over ``steps``.
+
+    Deterministic, so other jobs on the machine cannot skew it; a short run first puts first-use
+    imports and caches out of the way.
+    """
+    run(2)
+    counts = []
+    for n in (steps, 2 * steps):
+        profiler = cProfile.Profile()
+        profiler.runcall(run, n)
+        counts.append(pstats.Stats(profiler).total_calls)
+    return (counts[1] - counts[0]) / steps
+
+
+def step_rows(args, work: Path) -> list[dict]:
+    kwargs = dict(num_feat=args.num_feat, num_block=args.num_block)
+    g = torch.Generator().manual_seed(0)
+    lr_side = args.patch // SCALE
+    batches = [(torch.rand(args.batch, 3, lr_side, lr_side, generator=g),
+                torch.rand(args.batch, 3, args.patch, args.patch, generator=g)) for _ in range(4)]
+
+    def runner(mode: str, threads: int) -> Callable[[], tuple[float, float]]:
+        if mode == "plain":
+            return lambda: run_plain(kwargs, batches, args.steps, args.warmup)
+        return lambda: run_trainer(mode, kwargs, batches, args.steps, args.warmup, work, threads)
+
+    if args.count_calls:  # load-independent: what each mode makes Python do per step
+        torch.set_num_threads(args.threads[0])
+        return [{"threads": args.threads[0], "mode": mode, "python_calls_per_step": calls_per_step(
+            lambda steps, m=mode: (run_plain(kwargs, batches, steps, 0) if m == "plain" else
+                                   run_trainer(m, kwargs, batches, steps, 0, work, args.threads[0])), args.steps)}
+                for mode in args.modes]
+    if args.profile:  # CPU time, so other jobs on the machine do not skew it
+        torch.set_num_threads(args.threads[0])
+        profiler = cProfile.Profile(time.process_time)
+        profiler.runcall(runner(args.profile, args.threads[0]))
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(r"lightning|callbacks|lit_sr|tqdm", 50)
+        return []
+    rows = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        times: dict[str, list[tuple[float, float]]] = {m: [] for m in args.modes}
+        for round_ in range(args.rounds):
+            for mode in args.modes:
+                times[mode].append(runner(mode, threads)())
+            print(f"  threads {threads} round {round_ + 1}/{args.rounds}: " + ", ".join(
+                f"{m} {1e3 * times[m][-1][0] / args.steps:.2f} ms ({1e3 * times[m][-1][1] / args.steps:.2f} CPU)"
+                for m in args.modes), flush=True)
+        ms = {m: (1e3 * statistics.median(t[0] for t in times[m]) / args.steps,
+                  1e3 * statistics.median(t[1] for t in times[m]) / args.steps) for m in args.modes}
+        base = ms["plain"]
+        for mode in args.modes:
+            rows.append({"threads": threads, "mode": mode, "wall_ms": ms[mode][0], "cpu_ms": ms[mode][1],
+                         "wall_over_plain": ms[mode][0] / base[0], "extra_wall_ms": ms[mode][0] - base[0],
+                         "extra_cpu_ms": ms[mode][1] - base[1]})
+    return rows
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--num-feat", type=int, default=16, help="EDSR width")
+    p.add_argument("--num-block", type=int, default=2)
+    p.add_argument("--patch", type=int, default=32, help="HR patch side (LR = patch / 4)")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--steps", type=int, default=200, help="timed steps per mode and round")
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median counts")
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="plain is always added")
+    p.add_argument("--threads", type=int, nargs="+", default=[1], help="torch threads: one table per count")
+    p.add_argument("--busy", type=int, default=0, help="CPU-bound competing processes during the run")
+    p.add_argument("--profile", choices=MODES, default=None,
+                   help="instead of the tables: one run of this mode under cProfile (CPU time), by cumulative time")
+    p.add_argument("--count-calls", action="store_true",
+                   help="instead of timing: Python function calls per step of each mode (deterministic)")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    args = p.parse_args(argv)
+    for name in ("num_feat", "num_block", "batch", "steps", "rounds"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.warmup < 0 or args.busy < 0:
+        p.error(f"--warmup and --busy must be >= 0, got {args.warmup} and {args.busy}")
+    if args.patch % SCALE or args.patch < SCALE:
+        p.error(f"--patch must be a positive multiple of {SCALE}, got {args.patch}")
+    if min(args.threads) < 1:
+        p.error(f"--threads must be >= 1, got {args.threads}")
+    args.modes = ["plain", *(m for m in args.modes if m != "plain")]
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    work = Path(tempfile.mkdtemp(prefix="lit_sr_steps_"))
+    busy = [multiprocessing.get_context("spawn").Process(target=spin, daemon=True) for _ in range(args.busy)]
+    for process in busy:
+        process.start()
+    try:
+        report = {"benchmark": "step_overhead", "machine": machine_name(torch.device("cpu")),
+                  "cores": len(os.sched_getaffinity(0)), "load_average": os.getloadavg(), "torch": torch.__version__,
+                  "lightning": L.__version__, "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+                  "args": vars(args)}
+        print(f"EDSR {args.num_feat}x{args.num_block}, batch {args.batch}, HR patch {args.patch}, "
+              f"{args.steps} steps x {args.rounds} rounds, {args.busy} busy processes", flush=True)
+        report["step"] = step_rows(args, work)
+        report["load_average_end"] = os.getloadavg()
+    finally:
+        for process in busy:
+            process.terminate()
+        shutil.rmtree(work, ignore_errors=True)
+    if args.profile:
+        return report
+    if args.count_calls:
+        print("\n| mode | Python calls per step |\n|---|---|")
+        for r in report["step"]:
+            print(f"| {r['mode']} | {r['python_calls_per_step']:.0f} |")
+    else:
+        print_table(report)
+    if args.out:
+        with atomic_write(args.out, suffix=".tmp") as tmp:
+            Path(tmp).write_text(json.dumps(report, indent=2, default=str))
+    return report
+
+
+def print_table(report: dict) -> None:
+    print(f"\n{report['machine']}, {report['args']['busy']} busy processes, load average "
+          f"{report['load_average'][0]:.2f} -> {report['load_average_end'][0]:.2f}")
+    print_step_table(report["step"])
+
+
+if __name__ == "__main__":
+    main()
