@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 THREADS ?= 1
 RUN := OMP_NUM_THREADS=$(THREADS) $(PY)
 
-.PHONY: help venv demo demo-quick quickstart defend test test-fast lint docs clean
+.PHONY: help venv demo demo-quick quickstart defend test test-fast test-recipes lint docs clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -81,12 +81,17 @@ robust: $(STAMP)
 TEST_WORKERS ?= 2
 XDIST := -n $(TEST_WORKERS) --dist loadfile
 test: $(STAMP)
-	$(PY) -m pytest tests -x $(XDIST) --durations=15
+	$(PY) -m pytest tests -x $(XDIST) -m "not recipes" --durations=15
+
+# Every full-size recipe, study and report of configs/ for two steps on the stand-in data
+# (tests/test_every_recipe.py, the tests marked recipes: about 400 CPU-seconds; not in make test).
+test-recipes: $(STAMP)
+	$(PY) -m pytest tests/test_every_recipe.py -x $(XDIST) -m recipes --durations=10
 
 # The edit loop: the suite without the tests marked slow (those that start interpreters -- DDP
 # ranks, CLI subprocesses -- or train a fixture for long; pyproject.toml [tool.pytest] markers).
 test-fast: $(STAMP)
-	$(PY) -m pytest tests -x $(XDIST) -m "not slow" --durations=10
+	$(PY) -m pytest tests -x $(XDIST) -m "not slow and not recipes" --durations=10
 
 # The targets and what they do (the comment block above each target, first line).
 help:
