@@ -20,7 +20,10 @@ STEPS = ("train_throughput", "ifgsm_batched_vs_per_image", "per_sample_grads_vma
          "loader_vs_device_batches", "badsr_div2k_slice")
 
 
+# In make test-recipes, not make test: its six interpreters cost ~70 CPU-s (measured 2026-12-07, idle),
+# a tenth of the suite's budget on two cores.
 @pytest.mark.slow
+@pytest.mark.recipes
 def test_gpu_check_cpu_mode_runs_every_step(tmp_path):
     env = dict(os.environ, OUT=str(tmp_path / "out"), PYTHON=sys.executable, OMP_NUM_THREADS="1",
                PYTHONPATH=str(ROOT))
