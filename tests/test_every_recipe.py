@@ -186,14 +186,15 @@ def _prepare(name: str) -> None:
         _downstream_checkpoints()
 
 
-TRAIN = sorted(p.stem for p in (CONFIGS / "train").glob("*.yaml"))
-FULL_SIZE = {"rcan_x4_div2k", "rrdb_x4_div2k", "swinir_x4_div2k", "esrgan_x4_div2k", "datsr_cufed",
-             "datsr_rec_cufed", "ttsr_cufed", "ttsr_rec_cufed", "masa_cufed", "badsr_edsr_x4_div2k"}
-
-
 def says_why(path: Path) -> str | None:
     lines = [line for line in path.read_text().splitlines() if line.startswith(HEADER)]
     return lines[0][len(HEADER):].strip() if lines else None
+
+
+# a recipe whose header says why it cannot run is not collected (test_every_config_is_run_or_says_why checks the header)
+TRAIN = sorted(p.stem for p in (CONFIGS / "train").glob("*.yaml") if not says_why(p))
+FULL_SIZE = {"rcan_x4_div2k", "rrdb_x4_div2k", "swinir_x4_div2k", "esrgan_x4_div2k", "datsr_cufed",
+             "datsr_rec_cufed", "ttsr_cufed", "ttsr_rec_cufed", "masa_cufed", "badsr_edsr_x4_div2k"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=HEAVY) if n in FULL_SIZE else n for n in TRAIN])
@@ -201,8 +202,6 @@ def test_training_recipe_runs_two_steps(name, workdir, standins):
     from lit_sr.jobs.train.cli import train_cli
 
     config = CONFIGS / "train" / f"{name}.yaml"
-    if says_why(config):
-        pytest.skip(says_why(config))
     _prepare(name)
     cli = train_cli(["fit", "--config", str(config), *CPU, *SHORT, *_fit_args(name, standins)])
     trainer = cli.trainer
