@@ -440,12 +440,14 @@ def load_weights(
 def check_shapes(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike, hint: str = "") -> None:
     """Raise :class:`WeightsMismatchError` listing every tensor of ``state`` whose shape ``model`` does not have."""
     own = model.state_dict()
+    # The network's order, not the file's: a safetensors file's keys come back in no fixed order,
+    # and the message (which lists the first ten) must be the same on every run.
     wrong = [
-        f"{name}: file {tuple(tensor.shape)} vs network {tuple(own[name].shape)}"
-        for name, tensor in state.items()
-        if name in own
-        and not isinstance(own[name], nn.parameter.UninitializedTensorMixin)  # lazy modules take any shape
-        and tuple(tensor.shape) != tuple(own[name].shape)
+        f"{name}: file {tuple(state[name].shape)} vs network {tuple(mine.shape)}"
+        for name, mine in own.items()
+        if name in state
+        and not isinstance(mine, nn.parameter.UninitializedTensorMixin)  # lazy modules take any shape
+        and tuple(state[name].shape) != tuple(mine.shape)
     ]
     if wrong:
         more = f" (and {len(wrong) - 10} more)" if len(wrong) > 10 else ""

@@ -183,6 +183,26 @@ def test_weights_of_other_shapes_name_the_file_and_load_nothing(tmp_path):
     assert isinstance(err.value, RuntimeError)  # what load_state_dict raised before
 
 
+def test_shape_mismatches_are_listed_in_the_networks_order_whatever_the_files_order(tmp_path):
+    # A safetensors file gives its keys back in no fixed order; the message lists the first ten
+    # mismatches, so it must not depend on that order (CI once missed conv_first.weight for it).
+    from lit_sr.io import check_shapes
+
+    narrow = tiny_edsr(0)
+    torch.manual_seed(1)
+    wider = build_arch("edsr", num_feat=16, num_block=2, upscale=2)
+    state = wider.state_dict()
+    messages = []
+    for order in (list(state), list(reversed(state))):
+        with pytest.raises(WeightsMismatchError) as err:
+            check_shapes(narrow, {name: state[name] for name in order}, tmp_path / "w.safetensors")
+        messages.append(str(err.value))
+    assert messages[0] == messages[1]
+    listed = [part.split(":")[0].strip() for part in messages[0].split("other shapes: ")[1].split(";")]
+    assert listed[0] == "conv_first.weight"
+    assert listed[:10] == [name for name in narrow.state_dict() if name in listed[:10]]
+
+
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_truncated_weights_name_the_file(tmp_path, suffix):
     path = save_weights(tiny_edsr(0), tmp_path / f"cut{suffix}")
