@@ -429,10 +429,11 @@ def load_weights(
     check_shapes(model, state, path)
     result = model.load_state_dict(state, strict=False)
     if strict and (result.missing_keys or result.unexpected_keys):
+        unexpected = sorted(result.unexpected_keys)  # the file's order is not fixed (safetensors)
         raise WeightsMismatchError(
             f"weights in {path} do not match {type(model).__name__}: "
             f"missing {result.missing_keys[:10]}{'...' if len(result.missing_keys) > 10 else ''}, "
-            f"unexpected {result.unexpected_keys[:10]}{'...' if len(result.unexpected_keys) > 10 else ''}"
+            f"unexpected {unexpected[:10]}{'...' if len(unexpected) > 10 else ''}"
         )
     return model
 
