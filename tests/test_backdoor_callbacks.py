@@ -2,18 +2,13 @@
 
 A tiny randomly initialised EDSR (8 features, 1 block, x2) trains on a stand-in poisoned data
 module defined here (random 16 px LR tiles; exactly the members of PoisonedSRDataModule the
-callbacks use), so these tests don't depend on the real poisoned data module. Run as a script
-(``--ddp-worker OUT``) the file is also the 2-process gloo DDP fit used by the DDP test.
+callbacks use), so these tests don't depend on the real poisoned data module.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,9 +30,7 @@ from lit_sr.poison import (
     selection_fitness,
     topk_select,
 )
-from lit_sr.runtime import close_process_group
 
-ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN = 16
 POOL = [0, 1, 3, 4, 5, 7, 8, 9, 11, 12, 14, 15]  # 12 candidates, not range(12): positions != pool indices
 BUDGET = 4
@@ -486,22 +479,6 @@ def test_summary_reads_the_selection_results_and_the_poison_config(tmp_path):
 
 
 # --------------------------------------------------------------------------- DDP
-@pytest.mark.slow
-def test_ddp_ranks_gather_the_same_norms_and_install_the_same_set(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PL_DISABLE_FORK="1")
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--ddp-worker", str(tmp_path)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
-    assert r0["world_size"] == r1["world_size"] == 2
-    assert r0["shard"] != r1["shard"] and sorted(r0["shard"] + r1["shard"]) == sorted(POOL), "each rank scored half"
-    assert r0["norms"] == r1["norms"] and r0["indices"] == r1["indices"] == POOL
-    assert r0["max_rel_diff"] < 1e-3 and r1["max_rel_diff"] < 1e-3, "gathered norms sit at the right pool positions"
-    assert r0["chosen"] == r1["chosen"] == r0["poisoned_indices"] == r1["poisoned_indices"]
-    assert r0["epoch1_poisoned"] == sorted(set(r0["chosen"]) & set(r0["epoch1_seen"]))
-    assert r1["epoch1_poisoned"] == sorted(set(r1["chosen"]) & set(r1["epoch1_seen"]))
-
-
 class _DDPReport(L.Callback):
     def __init__(self, out: Path, sel: PoisonSelectionCallback):
         self.out, self.sel = out, sel
@@ -530,19 +507,20 @@ class _DDPReport(L.Callback):
         (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(r))
 
 
-def _ddp_worker(out: Path) -> None:
-    torch.set_num_threads(1)
+def test_ddp_ranks_gather_the_same_norms_and_install_the_same_set(tmp_path, forked_ddp):
+    """A 2-process gloo fit, its ranks forked from the test process (conftest.py)."""
     sel = PoisonSelectionCallback(scorer=GradientScorer(batch_size=4, sketch_dim=32, loss="mse"),
                                   selector=GeneticSelector(population=10, generations=10), save_plot=False)
-    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False,
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_fork", max_epochs=2, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        reload_dataloaders_every_n_epochs=1, default_root_dir=str(out),
-                        callbacks=[sel, _DDPReport(out, sel)])
-    trainer.fit(_module(), datamodule=StandInPoisonedDataModule())
-    close_process_group()  # gloo aborts at exit with the group left open
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--ddp-worker", required=True, type=Path)
-    _ddp_worker(parser.parse_args().ddp_worker)
+                        reload_dataloaders_every_n_epochs=1, default_root_dir=str(tmp_path),
+                        callbacks=[sel, _DDPReport(tmp_path, sel)])
+    forked_ddp.trainer(trainer, "fit", _module(), datamodule=StandInPoisonedDataModule())
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["world_size"] == r1["world_size"] == 2
+    assert r0["shard"] != r1["shard"] and sorted(r0["shard"] + r1["shard"]) == sorted(POOL), "each rank scored half"
+    assert r0["norms"] == r1["norms"] and r0["indices"] == r1["indices"] == POOL
+    assert r0["max_rel_diff"] < 1e-3 and r1["max_rel_diff"] < 1e-3, "gathered norms sit at the right pool positions"
+    assert r0["chosen"] == r1["chosen"] == r0["poisoned_indices"] == r1["poisoned_indices"]
+    assert r0["epoch1_poisoned"] == sorted(set(r0["chosen"]) & set(r0["epoch1_seen"]))
+    assert r1["epoch1_poisoned"] == sorted(set(r1["chosen"]) & set(r1["epoch1_seen"]))

@@ -1,35 +1,118 @@
-"""Two-process DDP fits on CPU (gloo): metrics reduced across ranks, data sharded."""
+"""Two-process DDP fits on CPU (gloo): metrics reduced across ranks, data sharded.
+
+The two ranks are forked from the test process (``strategy="ddp_fork"``, the ``forked_ddp`` fixtures of
+conftest.py); each writes what it saw to ``<out>/rank<k>*.json`` from a callback, and the tests compare
+the files. One fit switches on every component that communicates between ranks (validation metrics,
+attack evaluation, poisoned data and backdoor metrics).
+"""
+
+from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
+import math
 from pathlib import Path
 
+import lightning as L
 import pytest
 
-pytestmark = pytest.mark.slow  # starts interpreters (DDP ranks): left out by make test-fast
+from callbacks import AdversarialEvalCallback, BackdoorEvalCallback, RunSummary, SRImageLogger
+from callbacks.protocols import PoisonedData
+from datamodules import EmbeddedPhotosDataModule, PoisonedSRDataModule
+from lit_sr.modules import SRModule
 
-ROOT = Path(__file__).resolve().parents[1]
+
+class RankReport(L.Callback):
+    """Records, on every rank, the logged metrics and the indices of the training batches it saw."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.indices: list[int] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.indices.extend(int(i) for i in batch["index"])
+
+    def on_fit_end(self, trainer, pl_module):
+        report = {
+            "rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+            "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+            "train_indices": self.indices,
+        }
+        dm = trainer.datamodule
+        if isinstance(dm, PoisonedData):  # a poisoned data module: what this rank trains on
+            report.update(poisoned_indices=dm.poisoned_indices, candidate_indices=list(dm.candidate_indices),
+                          budget=dm.budget, config_hash=dm.poison_config()["config_hash"],
+                          cache_dir=dm.poison_config()["cache_dir"], generated_samples=dm.generated_samples)
+        (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
 
 
-def run_ddp(tmp_path: Path, *flags: str) -> list[dict]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PL_DISABLE_FORK="1")
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "ddp_fit_script.py"), "--out", str(tmp_path), *flags],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+class LocalAttackReport(L.Callback):
+    """Writes this rank's un-reduced attack sums and counts to ``<out>/rank<k>_attack.json``."""
+
+    def __init__(self, out: Path, attack_eval: AdversarialEvalCallback):
+        self.out, self.attack_eval = out, attack_eval
+
+    def on_fit_end(self, trainer, pl_module):
+        path = self.out / f"rank{trainer.global_rank}_attack.json"
+        path.write_text(json.dumps(self.attack_eval.local_results))
+
+
+class PoisonReport(L.Callback):
+    """Swaps the poisoned set after epoch 0 (identically on every rank, as the genetic selection does)
+    and writes which poisoned samples this rank trained on, per epoch, to ``<out>/rank<k>_poison.json``."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.served: dict[str, list[int]] = {}
+        self.initial: list[int] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        got = [int(i) for i, p in zip(batch["index"], batch["poisoned"]) if p]
+        self.served.setdefault(str(trainer.current_epoch), []).extend(got)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        dm = trainer.datamodule
+        if trainer.current_epoch == 0:
+            self.initial = dm.poisoned_indices
+            dm.set_poisoned_indices(dm.candidate_indices[-dm.budget:])
+
+    def on_fit_end(self, trainer, pl_module):
+        report = {"served": self.served, "initial": self.initial}
+        (self.out / f"rank{trainer.global_rank}_poison.json").write_text(json.dumps(report))
+
+
+def fit_two_ranks(out: Path, forked_ddp) -> list[dict]:
+    """The 2-rank fit on the poisoned photos with the attack evaluation; returns both ranks' reports."""
+    L.seed_everything(0)
+    module = SRModule(arch="edsr", arch_kwargs={"num_feat": 8, "num_block": 1}, scale=2, lr=1e-3,
+                      scheduler="none", export_weights=True)
+    attack_eval = AdversarialEvalCallback(attacks={"ifgsm": {"steps": 3}}, eps=[4 / 255], num_images=2,
+                                          every_n_epochs=1, log_images=False)
+    # train tiles: ~40 samples, so each rank meets poisoned ones in every epoch
+    base = EmbeddedPhotosDataModule(scale=2, patch_size=32, batch_size=4, repeat=1, max_side=96, train_tile=32,
+                                    val_tile=32, max_val_images=4)
+    data = PoisonedSRDataModule(base=base, trigger={"name": "blend"}, poison_rate=0.3,
+                                cache_dir=str(out / "cache"), seed=0, target="coffee")
+    # image logging and the summary read trainer.log_dir, a collective call: they must not hang under DDP
+    callbacks = [RankReport(out), SRImageLogger(num_images=1), RunSummary(), attack_eval,
+                 LocalAttackReport(out, attack_eval), PoisonReport(out), BackdoorEvalCallback(num_grid_images=0)]
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_fork", max_epochs=2, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=callbacks, default_root_dir=out, num_sanity_val_steps=0)
+    forked_ddp.trainer(trainer, "fit", module, datamodule=data)
+    reports = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in reports] == [2, 2]
+    # what came back to the test process is rank 0's state: its trained weights and reduced metrics
+    assert trainer.callback_metrics["val/psnr_y"].item() == reports[0]["metrics"]["val/psnr_y"]
     return reports
 
 
 @pytest.fixture(scope="module")
-def ddp_run(tmp_path_factory) -> tuple[Path, list[dict]]:
+def ddp_run(tmp_path_factory, forked_ddp_module) -> tuple[Path, list[dict]]:
     """One 2-rank fit on the poisoned data with the attack callback, read by the three tests below:
-    each checks its own component's reduction (validation metrics, attack metrics, the poisoned set),
-    so one launch of the two ranks serves them all (each launch costs two interpreters' start-up)."""
+    each checks its own component's reduction (validation metrics, attack metrics, the poisoned set)."""
     out = tmp_path_factory.mktemp("ddp")
-    return out, run_ddp(out, "--attack", "--poison")
+    return out, fit_two_ranks(out, forked_ddp_module)
 
 
 def test_ddp_fit_reduces_val_metrics_across_ranks(ddp_run):
@@ -42,8 +125,6 @@ def test_ddp_fit_reduces_val_metrics_across_ranks(ddp_run):
 
 
 def test_ddp_attack_callback_metrics_are_reduced_across_ranks(ddp_run):
-    import math
-
     tmp_path, (r0, r1) = ddp_run
     for metric in ("lr_psnr", "sr_psnr", "sr_ssim", "hr_psnr", "clean_hr_psnr"):
         key = f"attack/ifgsm/eps4/{metric}"
@@ -86,4 +167,3 @@ def test_ddp_poisoned_fit_trains_every_rank_on_the_same_set(ddp_run):
     assert r0["metrics"]["backdoor/asr_pixel_included"] == 4
     for key in ("backdoor/asr_pixel", "backdoor/clean_psnr_y", "backdoor/poisoned_hr_psnr"):
         assert r0["metrics"][key] == r1["metrics"][key]
-

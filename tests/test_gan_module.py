@@ -3,15 +3,11 @@ the iteration schedule, the U-Net / hinge option under bf16, checkpoints, errors
 
 All networks are randomly initialised, the VGG of the perceptual loss included
 (``perceptual_pretrained=False``): its "perceptual" loss measures nothing, it only exercises the code.
-Run as a script (``python tests/test_gan_module.py OUT``) this file is the DDP worker.
 """
 
 from __future__ import annotations
 
 import copy
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -189,41 +185,36 @@ def test_bad_options_are_named(kwargs, match):
 
 
 # ------------------------------------------------------------------------------------------------
-# Two-process DDP (gloo): this file re-run as a script is the worker. In float32: the bf16 path of the
-# GAN step is pinned in-process above, and emulated bf16 on a CPU without native bf16 made this run
-# three times slower (181 s vs 61 s wall, measured under load) for no DDP property of its own.
+# Two-process DDP (gloo), its ranks forked from the test process (the forked_ddp fixture of conftest.py).
+# In float32: the bf16 path of the GAN step is pinned in-process above, and emulated bf16 on a CPU without
+# native bf16 made this run three times slower (181 s vs 61 s wall, measured under load) for no DDP
+# property of its own.
 # ------------------------------------------------------------------------------------------------
 
 
-def _ddp_worker(out: Path) -> None:
-    torch.set_num_threads(1)
+class _RankState(L.Callback):
+    """Saves, on every rank, the batches it trained on, its step count and its final weights to
+    ``<out>/rank<k>.pt`` (the test process gets back rank 0's weights only, and no ``global_step``)."""
+
+    def __init__(self, out: Path, init: dict):
+        self.out, self.init, self.seen = out, init, []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.seen.extend(int(i) for i in batch["index"])
+
+    def on_fit_end(self, trainer, pl_module):
+        torch.save({"init": self.init, "final": pl_module.state_dict(), "seen": self.seen,
+                    "global_step": trainer.global_step}, self.out / f"rank{trainer.global_rank}.pt")
+
+
+def test_ddp_two_processes_keep_g_and_d_in_sync(tmp_path, forked_ddp):
     L.seed_everything(0)
     module = tiny_module()
     init = {k: v.clone() for k, v in module.state_dict().items()}
-    seen: list[int] = []
-
-    class Seen(L.Callback):
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            seen.extend(int(i) for i in batch["index"])
-
-    tr = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_find_unused_parameters_true", max_steps=2,
+    tr = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_fork_find_unused_parameters_true", max_steps=2,
                    precision="32-true", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                   enable_model_summary=False, default_root_dir=str(out), callbacks=[Seen()])
-    tr.fit(module, DataLoader(PairSet(8), batch_size=2))
-    torch.save({"init": init, "final": module.state_dict(), "seen": seen, "global_step": tr.global_step},
-               out / f"rank{tr.global_rank}.pt")
-    from lit_sr.runtime import close_process_group
-
-    close_process_group()  # gloo aborts at exit with the group left open
-
-
-@pytest.mark.slow
-def test_ddp_two_processes_keep_g_and_d_in_sync(tmp_path):
-    root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PL_DISABLE_FORK="1", PYTHONPATH=str(root))
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), str(tmp_path)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+                   enable_model_summary=False, default_root_dir=str(tmp_path), callbacks=[_RankState(tmp_path, init)])
+    forked_ddp.trainer(tr, "fit", module, DataLoader(PairSet(8), batch_size=2))
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["global_step"] == r1["global_step"] == 2
     assert set(r0["seen"]).isdisjoint(r1["seen"])  # different data on each rank ...
@@ -233,7 +224,3 @@ def test_ddp_two_processes_keep_g_and_d_in_sync(tmp_path):
         # ... yet identical weights: the gradients of both networks were all-reduced.
         assert all(torch.equal(r0["final"][k], r1["final"][k]) for k in keys)
         assert any(not torch.equal(r0["final"][k], r0["init"][k]) for k in keys)
-
-
-if __name__ == "__main__":
-    _ddp_worker(Path(sys.argv[1]))

@@ -225,14 +225,12 @@ def test_tally_sums_counts_over_ranks_before_dividing():
     assert distributed_sum(torch.ones(2)).tolist() == [1.0, 1.0]  # no process group: the identity
 
 
-def _gloo_worker(rank: int, port: int, out: str) -> None:
+def _gloo_worker(rank: int, out: str) -> None:
     import json
-    import os
 
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    dist.init_process_group("gloo", rank=rank, world_size=2)  # MASTER_ADDR/PORT: set by the forked_ddp fixture
     try:
         tally = fill(SuccessTally(means=("psnr",)), rank)
         tally.reduce()  # distributed_sum over the gloo group
@@ -242,17 +240,11 @@ def _gloo_worker(rank: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-@pytest.mark.slow
-def test_tally_reduce_over_a_two_process_gloo_group(tmp_path):
+def test_tally_reduce_over_a_two_process_gloo_group(tmp_path, forked_ddp):
+    """Two ranks forked from the test process (conftest.py) reduce their tallies over a gloo group."""
     import json
-    import socket
 
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_gloo_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    forked_ddp.processes(_gloo_worker, str(tmp_path))
     whole = fill(fill(SuccessTally(means=("psnr",)), 0), 1)
     sums = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert sums[0] == sums[1]

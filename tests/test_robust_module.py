@@ -6,9 +6,6 @@ Tiny randomly initialised EDSR (8 features, 1 block, x2) on 32 px patches of the
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -20,7 +17,6 @@ from lit_sr.io import save_weights
 from lit_sr.metrics import psnr
 from lit_sr.modules import RobustFinetuneModule, SRModule
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = {"arch": "edsr", "arch_kwargs": {"num_feat": 8, "num_block": 1}, "scale": 2}
 
 
@@ -167,12 +163,41 @@ def test_robust_finetuning_raises_psnr_under_attack_against_a_clean_finetuning_c
     assert clean_psnr(robust, lr, hr) > clean_psnr(control, lr, hr) - 1.0
 
 
-@pytest.mark.slow
-def test_ddp_robust_fit_syncs_weights_and_metrics(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PL_DISABLE_FORK="1")
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "robust_ddp_fit_script.py"), "--out", str(tmp_path)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+class _RankReport(L.Callback):
+    """Writes, on every rank, the logged metrics, the sum of its final weights and the indices of the
+    batches it attacked to ``<out>/rank<k>.json``."""
+
+    def __init__(self, out: Path, base_sum: float):
+        self.out, self.base_sum, self.indices = out, base_sum, []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.indices.extend(int(i) for i in batch["index"])
+
+    def on_fit_end(self, trainer, pl_module):
+        report = {
+            "world_size": trainer.world_size,
+            "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+            "weights_sum": float(sum(p.double().sum() for p in pl_module.net.parameters())),
+            "base_sum": self.base_sum,
+            "train_indices": self.indices,
+        }
+        (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
+
+
+def test_ddp_robust_fit_syncs_weights_and_metrics(tmp_path, forked_ddp):
+    """A 2-process gloo robust fine-tuning, its ranks forked from the test process (conftest.py)."""
+    from lit_sr.archs import build_arch
+
+    torch.manual_seed(0)
+    base = build_arch("edsr", num_feat=8, num_block=1, upscale=2)
+    weights = save_weights(base, tmp_path / "base.pth")
+    L.seed_everything(0)
+    module = RobustFinetuneModule(weights=str(weights), attack="pgd", eps=4 / 255, steps=2, attack_fraction=0.5,
+                                  eps_ramp_epochs=1.0, consistency_weight=0.5, attack_seed=0, lr=1e-3,
+                                  scheduler="none", export_weights=False, **TINY)
+    base_sum = float(sum(p.double().sum() for p in base.parameters()))
+    tr = trainer(tmp_path, [_RankReport(tmp_path, base_sum)], devices=2, strategy="ddp_fork", max_epochs=2)
+    forked_ddp.trainer(tr, "fit", module, datamodule=data(batch_size=4))
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert [r0["world_size"], r1["world_size"]] == [2, 2]
     for key in ("train/loss_robust_epoch", "train/attack_seconds_epoch", "train/loss_clean_epoch"):

@@ -294,12 +294,18 @@ def test_hparams_go_to_tensorboard_with_val_and_backdoor_metrics(tmp_path, photo
 
 @pytest.mark.slow
 def test_quickstart_cli_under_two_process_ddp_keeps_last_and_best(tmp_path):
-    """`train.py fit` on 2 gloo ranks: LastCheckpoint's end-of-fit save, the exports and the hparams are collective-safe."""
+    """`train.py fit` on 2 gloo ranks: LastCheckpoint's end-of-fit save, the exports and the hparams are collective-safe.
+
+    The one test of the real launcher: ``--trainer.strategy ddp`` starts rank 1 as a fresh interpreter
+    re-running ``train.py`` with the same arguments, the path users take. The other DDP tests fork their
+    ranks from the test process (``ddp_fork``, conftest.py): each fresh interpreter costs ~10 CPU-s of
+    imports, for fits of under a second, and that launcher is the same in every one of them.
+    """
     import os
     import subprocess
     import sys
 
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PL_DISABLE_FORK="1")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     args = ["fit", "--config", str(ROOT / "configs" / "train" / "quickstart.yaml"), "--trainer.accelerator", "cpu",
             "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_steps", "3",
             "--trainer.limit_train_batches", "2", "--trainer.check_val_every_n_epoch", "1",
