@@ -177,7 +177,7 @@ class _RankReport(L.Callback):
         report = {
             "world_size": trainer.world_size,
             "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
-            "weights_sum": float(sum(p.double().sum() for p in pl_module.net.parameters())),
+            "weights_sum": float(sum(p.detach().double().sum() for p in pl_module.net.parameters())),
             "base_sum": self.base_sum,
             "train_indices": self.indices,
         }
@@ -195,7 +195,7 @@ def test_ddp_robust_fit_syncs_weights_and_metrics(tmp_path, forked_ddp):
     module = RobustFinetuneModule(weights=str(weights), attack="pgd", eps=4 / 255, steps=2, attack_fraction=0.5,
                                   eps_ramp_epochs=1.0, consistency_weight=0.5, attack_seed=0, lr=1e-3,
                                   scheduler="none", export_weights=False, **TINY)
-    base_sum = float(sum(p.double().sum() for p in base.parameters()))
+    base_sum = float(sum(p.detach().double().sum() for p in base.parameters()))
     tr = trainer(tmp_path, [_RankReport(tmp_path, base_sum)], devices=2, strategy="ddp_fork", max_epochs=2)
     forked_ddp.trainer(tr, "fit", module, datamodule=data(batch_size=4))
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
