@@ -269,6 +269,12 @@ def test_tensorboard_hparams_are_logged_with_their_metrics(quickstart_run):
     hparams = session.session_start_info.hparams
     assert hparams["arch"].string_value == "edsr" and hparams["lr"].number_value == pytest.approx(1e-3)
     assert not [k for k in hparams if k.startswith("_")]  # no _class_path / _instantiator noise
+    # the data module's hyper-parameters too, as configured (the quickstart's data module and its patch)
+    assert hparams["data/class_path"].string_value == "datamodules.EmbeddedPhotosDataModule"
+    assert hparams["data/init_args/patch_size"].number_value == 96
+    # ... and in the checkpoint, which still loads without unpickling objects
+    last = torch.load(log_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["datamodule_hyper_parameters"]["data"]["init_args"]["patch_size"] == 96
     assert "val/psnr_y" in events.Tags()["scalars"]  # the series the HPARAMS tab reads
 
 
