@@ -86,8 +86,8 @@ def crop_pairs():
     return random_crop_pairs
 
 
-@pytest.fixture(scope="session")
-def trained(small_photos) -> torch.nn.Module:
+def train_tiny_edsr(small_photos) -> torch.nn.Module:
+    """The x2 EDSR of :func:`trained`: 400 Adam steps from a seeded start (deterministic on one thread)."""
     from lit_sr.archs import build_arch
 
     torch.manual_seed(0)
@@ -101,6 +101,28 @@ def trained(small_photos) -> torch.nn.Module:
         loss.backward()
         optimiser.step()
     net.zero_grad(set_to_none=True)
+    return net.eval()
+
+
+@pytest.fixture(scope="session")
+def trained(small_photos, tmp_path_factory) -> torch.nn.Module:
+    """:func:`train_tiny_edsr`, trained once per test run: the pytest-xdist workers share one file
+    (the first to need it trains it under a lock; ~15 CPU-s saved per extra worker)."""
+    from filelock import FileLock
+
+    from lit_sr.archs import build_arch
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the run's folder above each worker's own
+    path = shared / "trained_tiny_edsr.pt"
+    with FileLock(str(path) + ".lock"):
+        if not path.is_file():
+            torch.save(train_tiny_edsr(small_photos).state_dict(), path.with_suffix(".tmp"))
+            path.with_suffix(".tmp").replace(path)
+    torch.manual_seed(0)  # the global RNG left as training from this seed leaves it, whoever trained
+    net = build_arch("edsr", num_feat=16, num_block=2, upscale=TINY_SCALE, img_range=1.0)
+    net.load_state_dict(torch.load(path, weights_only=True))
     return net.eval()
 
 
