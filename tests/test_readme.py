@@ -89,8 +89,8 @@ HANDLERS = {
 }
 # ... or is deliberately not run here, for this reason.
 EXCLUDED = {
-    r"^make demo$": "five train.py runs of minutes (configs/study/demo.yaml); its positive control is run "
-                    "exactly as the demo runs it by test_backdoor_e2e.py, the study command end to end by "
+    r"^make demo$": "five train.py runs of minutes (configs/study/demo.yaml); the positive control of "
+                    "configs/train/demo_poisoned.yaml is run as the demo runs its arms by test_backdoor_e2e.py, the study command end to end by "
                     "test_study.py, the pipeline piecewise by test_poisoned_datamodule.py and "
                     "test_backdoor_callbacks.py",
     r"^make demo-quick$": "the demo's runs, shorter: still minutes of training (see make demo)",
