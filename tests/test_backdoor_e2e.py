@@ -22,6 +22,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -31,6 +32,7 @@ from lit_sr.jobs.study.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_demo_positive_control_is_implanted_without_hurting_clean_quality(tmp_path):
     demo = yaml.safe_load((ROOT / "configs" / "study" / "demo.yaml").read_text())
     evaluation = [{"class_path": "callbacks.RunSummary"},

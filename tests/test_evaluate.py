@@ -60,6 +60,7 @@ def _quick_raw(assets: Path) -> dict:
     return raw
 
 
+@pytest.mark.slow
 def test_report_writes_tables_plots_summary_and_ranks_bicubic_most_robust(assets, tmp_path):
     config_path = tmp_path / "quick.yaml"
     config_path.write_text(yaml.safe_dump(_quick_raw(assets)))

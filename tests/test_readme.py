@@ -549,6 +549,7 @@ def after(cmd: str, token: str) -> list[str]:
     return words[words.index(token) + 1:]
 
 
+@pytest.mark.slow
 def test_data_prepare_commands_run_on_small_folders(tmp_path, monkeypatch):
     # The documented prepare/verify commands, run as written with /data/... moved under tmp_path
     # onto two small synthetic images per data set (DIV2K / Flickr2K naming, official x4 LR files).
