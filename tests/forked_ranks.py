@@ -77,7 +77,8 @@ def run_forked(target: Callable, rank_args: Sequence[tuple], log_dir: Path, time
                 p.kill()
             p.join()
     if problem is not None:
-        shown = "\n".join(f"--- rank {r} (exit code {p.exitcode}):\n{errors[r].read_text()}"
-                          for r, p in enumerate(procs) if errors[r].exists())
+        shown = "\n".join(f"--- rank {r} (exit code {p.exitcode}):\n" + (
+            errors[r].read_text() if errors[r].exists() else "no traceback (killed, or left by os._exit)")
+            for r, p in enumerate(procs))
         raise AssertionError(f"{problem}\n{shown}")
     return [p.exitcode for p in procs]
