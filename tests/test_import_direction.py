@@ -264,18 +264,25 @@ def fresh_imports() -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def loaded_by(fresh_imports: dict, step: str) -> list[str]:
+    """What ``step`` of PROBE found loaded; the step's traceback as the failure if it raised."""
+    if "error" in fresh_imports[step]:
+        pytest.fail(f"step {step} of the import probe raised:\n{fresh_imports[step]['error']}")
+    return fresh_imports[step]["loaded"]
+
+
 @pytest.mark.slow
 def test_poison_modules_import_first_without_a_cycle_and_without_lightning(fresh_imports):
-    assert fresh_imports["poison_first"] == {"loaded": []}
+    assert loaded_by(fresh_imports, "poison_first") == []
 
 
 @pytest.mark.slow
 def test_importing_the_library_loads_neither_callbacks_nor_a_job(fresh_imports):
     # the library pulls in no callback, data module or job; the callbacks and data modules load no job
-    assert fresh_imports["library"] == {"loaded": []}
-    assert fresh_imports["callbacks_and_datamodules"] == {"loaded": []}
+    assert loaded_by(fresh_imports, "library") == []
+    assert loaded_by(fresh_imports, "callbacks_and_datamodules") == []
 
 
 @pytest.mark.slow
 def test_the_plots_the_report_and_the_attacks_draw_nothing_at_import_time(fresh_imports):
-    assert fresh_imports["drawing"] == {"loaded": []}
+    assert loaded_by(fresh_imports, "drawing") == []
