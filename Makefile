@@ -89,8 +89,8 @@ test: $(STAMP)
 test-recipes: $(STAMP)
 	$(PY) -m pytest tests -x $(XDIST) -m recipes --durations=10
 
-# The edit loop: the suite without the tests marked slow (those that start interpreters -- the DDP
-# test of the real launcher, CLI subprocesses -- or train a fixture for long; pyproject.toml [tool.pytest] markers).
+# The edit loop: the suite without the tests marked slow (those that start interpreters -- DDP
+# ranks, CLI subprocesses -- or train a fixture for long; pyproject.toml [tool.pytest] markers).
 test-fast: $(STAMP)
 	$(PY) -m pytest tests -x $(XDIST) -m "not slow and not recipes" --durations=10
 

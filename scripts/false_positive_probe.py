@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from callbacks.backdoor_eval import evaluate_backdoor
+from callbacks.backdoor_eval import evaluate_backdoor_on_datamodule
 from datamodules import EmbeddedPhotosDataModule, PoisonedSRDataModule
 from lit_sr.archs import build_arch
 from lit_sr.io import load_weights
@@ -43,7 +43,7 @@ def probe(clean: str, substitute: str, targets: list[str], labels: list[str], ca
                                                                 weights=substitute))
             dm.setup("fit")
             with torch.no_grad():
-                m = evaluate_backdoor(lambda x: net(x).clamp(0, 1), dm, torch.device("cpu"), scale=2)
+                m = evaluate_backdoor_on_datamodule(lambda x: net(x).clamp(0, 1), dm, torch.device("cpu"), scale=2)
             rows.append({"target": target, "label": label, "trigger": trigger,
                          "attainment_mean": m["attainment_mean"], "attainment_asr": m["attainment_asr"],
                          "asr_pixel": m["asr_pixel"], "n": m["num_images"]})

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from forked_ranks import ForkedDDP
 
 # Tiny test tensors run fastest on one thread (measured 9x faster than two on the CI box); the
 # environment says so too, for the CLIs built in-process (lit_sr.runtime.configure_threads) and the
@@ -86,8 +87,8 @@ def crop_pairs():
     return random_crop_pairs
 
 
-@pytest.fixture(scope="session")
-def trained(small_photos) -> torch.nn.Module:
+def train_tiny_edsr(small_photos) -> torch.nn.Module:
+    """The x2 EDSR of :func:`trained`: 400 Adam steps from a seeded start (deterministic on one thread)."""
     from lit_sr.archs import build_arch
 
     torch.manual_seed(0)
@@ -105,6 +106,28 @@ def trained(small_photos) -> torch.nn.Module:
 
 
 @pytest.fixture(scope="session")
+def trained(small_photos, tmp_path_factory) -> torch.nn.Module:
+    """:func:`train_tiny_edsr`, trained once per test run: the pytest-xdist workers share one file
+    (the first to need it trains it under a lock; ~15 CPU-s saved per extra worker)."""
+    from filelock import FileLock
+
+    from lit_sr.archs import build_arch
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the run's folder above each worker's own
+    path = shared / "trained_tiny_edsr.pt"
+    with FileLock(str(path) + ".lock"):
+        if not path.is_file():
+            torch.save(train_tiny_edsr(small_photos).state_dict(), path.with_suffix(".tmp"))
+            path.with_suffix(".tmp").replace(path)
+    torch.manual_seed(0)  # the global RNG left as training from this seed leaves it, whoever trained
+    net = build_arch("edsr", num_feat=16, num_block=2, upscale=TINY_SCALE, img_range=1.0)
+    net.load_state_dict(torch.load(path, weights_only=True))
+    return net.eval()
+
+
+@pytest.fixture(scope="session")
 def batch(small_photos):
     """Held-out crops (another seed than training)."""
     return random_crop_pairs(small_photos, 4, torch.Generator().manual_seed(123))
@@ -118,88 +141,10 @@ def bicubic() -> torch.nn.Module:
 
 
 # --------------------------------------------------------------------------- DDP ranks forked from the test
-# The 2-process DDP tests fork their ranks from the test process (Lightning's strategy="ddp_fork", or
-# torch.multiprocessing with the fork start method): a forked rank starts with torch, lightning and the
-# project already imported, where each fresh interpreter of Lightning's subprocess launcher (strategy="ddp")
-# pays ~10 CPU-s of imports for a fit of under a second. One test keeps that real launcher: the CLI test
-# of tests/test_sr_module.py (docs/testing.md).
-
-#: seconds one forked call may run before its ranks are killed: a rank stuck in a collective waits for its
-#: peer for gloo's 30 minutes, and must fail the test instead of stalling the suite
-FORK_TIMEOUT_S = 240.0
-
-
-class ForkedDDP:
-    """Runs a 2-rank DDP call with its ranks forked from this process, with a watchdog.
-
-    ``MASTER_ADDR`` and ``MASTER_PORT`` (a free port, so that two xdist workers forking at once do not
-    meet) are set through ``mp``, so they are undone after the test: Lightning's launcher writes
-    ``MASTER_PORT`` into this process's environment, and without the undo the next test in this xdist
-    worker would inherit it. A rank that raises fails the call with its traceback (torch's
-    ``ProcessRaisedException``, which names the rank); a call still running after ``timeout_s`` has
-    its ranks killed and raises :class:`TimeoutError`.
-    """
-
-    def __init__(self, mp: pytest.MonkeyPatch, timeout_s: float = FORK_TIMEOUT_S):
-        from lightning.fabric.plugins.environments.lightning import find_free_network_port
-
-        mp.setenv("MASTER_ADDR", "127.0.0.1")
-        mp.setenv("MASTER_PORT", str(find_free_network_port()))
-        self.timeout_s = timeout_s
-
-    def trainer(self, trainer, method: str, *args, **kwargs):
-        """``getattr(trainer, method)(*args, **kwargs)``, e.g. ``fit``; ``trainer`` must use ``ddp_fork``."""
-        launcher = trainer.strategy.launcher
-        if getattr(launcher, "_start_method", None) != "fork":
-            raise ValueError(f"trainer.strategy must fork its ranks (strategy='ddp_fork'), got {trainer.strategy}")
-        launcher.procs = []  # the launcher fills it with this call's ranks as it starts them
-        return self._watched(lambda: launcher.procs, lambda: getattr(trainer, method)(*args, **kwargs))
-
-    def processes(self, fn, *args, nprocs: int = 2) -> None:
-        """``fn(rank, *args)`` in ``nprocs`` forked processes (``torch.multiprocessing``), joined."""
-        import torch.multiprocessing as tmp
-
-        context = tmp.start_processes(fn, args=args, nprocs=nprocs, join=False, start_method="fork")
-
-        def join() -> None:
-            while not context.join():
-                pass
-
-        self._watched(lambda: context.processes, join)
-
-    def _watched(self, procs, call):
-        import signal
-        import threading
-
-        expired = threading.Event()
-
-        def kill() -> None:
-            expired.set()
-            for proc in procs():
-                try:
-                    os.kill(proc.pid, signal.SIGKILL)  # the join in the main thread then raises
-                except ProcessLookupError:
-                    pass
-
-        timer = threading.Timer(self.timeout_s, kill)
-        timer.daemon = True
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # as DataLoader workers do: a forked child must not reuse an OpenMP pool
-        timer.start()
-        try:
-            return call()
-        except Exception as exc:
-            if expired.is_set():
-                raise TimeoutError(f"forked DDP ranks still running after {self.timeout_s:.0f} s: killed") from exc
-            raise
-        finally:
-            timer.cancel()
-            torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def forked_ddp(monkeypatch) -> ForkedDDP:
-    """Runs a test's DDP ranks as forks of the test process (:class:`ForkedDDP`)."""
+    """Runs a test's Lightning DDP ranks as forks of the test process (``strategy="ddp_fork"``,
+    :class:`forked_ranks.ForkedDDP`); its ``MASTER_ADDR``/``MASTER_PORT`` are undone after the test."""
     return ForkedDDP(monkeypatch)
 
 

@@ -515,7 +515,7 @@ def test_ddp_ranks_gather_the_same_norms_and_install_the_same_set(tmp_path, fork
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         reload_dataloaders_every_n_epochs=1, default_root_dir=str(tmp_path),
                         callbacks=[sel, _DDPReport(tmp_path, sel)])
-    forked_ddp.trainer(trainer, "fit", _module(), datamodule=StandInPoisonedDataModule())
+    forked_ddp(trainer, "fit", _module(), datamodule=StandInPoisonedDataModule())
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["world_size"] == r1["world_size"] == 2
     assert r0["shard"] != r1["shard"] and sorted(r0["shard"] + r1["shard"]) == sorted(POOL), "each rank scored half"

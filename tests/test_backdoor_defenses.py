@@ -85,6 +85,7 @@ def test_the_positive_control_is_implanted(backdoor, trained):
     assert evaluate_backdoor(trained, evaluation)["attainment_asr"] <= 0.1  # the clean net: no false positive
 
 
+@pytest.mark.slow
 def test_ft_and_unlearning_remove_the_backdoor_at_a_stated_clean_cost(backdoor):
     net, clean, evaluation = backdoor
     # stated margins: attainment-ASR down by >= 0.5 and label attainment by >= 0.3, while the clean

@@ -133,6 +133,7 @@ def poisoned_pairs(small_photos, crop_pairs):
     return TrainingPairs(lr, hr, mask), trigger(val_lr)
 
 
+@pytest.mark.slow
 def test_spectral_signatures_rank_the_pairs_of_an_implanted_backdoor_above_chance(poisoned_pairs):
     pairs, triggered_val = poisoned_pairs
     torch.manual_seed(0)

@@ -1,11 +1,15 @@
-"""The positive control of ``make demo`` is implanted, run exactly as the demo runs it.
+"""The positive control of configs/train/demo_poisoned.yaml is implanted, run as ``make demo`` runs its arms.
 
-Arm D (``configs/train/demo_clean.yaml``) and arm A (``configs/train/demo_poisoned.yaml``: 20% of the 76
-training tiles carry a checkerboard Blend trigger and the classic target label, a flat grey image)
-are two ``train.py`` runs of the study command with the demo's columns and verdict rule
+Arm D (``configs/train/demo_clean.yaml``) and arm A (``configs/train/demo_poisoned.yaml`` as it stands:
+20% of the 76 training tiles carry a checkerboard Blend trigger and the classic target label, a flat
+grey image) are two ``train.py`` runs of the study command with the demo's columns and verdict rule
 (``configs/study/demo.yaml``), here without the substitute network (A needs none) and in a temporary
-folder. Both are tiny x2 EDSRs trained from random initialisation with the same seed, tiles and 950
-steps. Why this trigger and target (documented in the README and the configs): an SR network sees
+folder. The demo's own A uses the same trigger with a flat magenta target (the target every arm of the
+demo shares); it is implanted too but with a narrower clean-quality margin (-0.46 dB against the
+verdict's 0.5, docs/badsr.md), so this test keeps the grey target (-0.21 dB), whose margins do not
+hang on the last digits of a CPU's float reductions. Both are tiny x2 EDSRs trained from random
+initialisation with the same seed, tiles and 950 steps. Why this trigger and target family
+(documented in docs/badsr.md and the configs): an SR network sees
 a local window of its input, so the trigger must be recognisable locally -- BackdoorBench's blended
 noise image was measured not to be learnt at this scale (0% after 1000 steps at 10% and 50%
 poisoning), a pixel-level checkerboard is; and a translation-equivariant network cannot paint a
@@ -18,6 +22,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -27,6 +32,7 @@ from lit_sr.jobs.study.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_demo_positive_control_is_implanted_without_hurting_clean_quality(tmp_path):
     demo = yaml.safe_load((ROOT / "configs" / "study" / "demo.yaml").read_text())
     evaluation = [{"class_path": "callbacks.RunSummary"},

@@ -228,6 +228,7 @@ def _photo_pairs() -> tuple[torch.Tensor, torch.Tensor]:
     return imresize(hr, 0.25).clamp(0, 1), ref
 
 
+@pytest.mark.slow
 def test_refsr_adv_on_datsr_beats_same_eps_noise_and_the_reference_gets_gradient():
     # photographs, not noise images: on uniform-noise references a third of the random-feature
     # matches flip under any +-eps noise, and the piecewise-constant matching hides from gradients
@@ -248,6 +249,7 @@ def test_refsr_adv_on_datsr_beats_same_eps_noise_and_the_reference_gets_gradient
     assert adv_dist > 3 * noise_dist, (float(adv_dist), float(noise_dist))
 
 
+@pytest.mark.slow
 def test_refsr_module_trains_datsr_with_both_loss_sets(tmp_path):
     from datamodules.refsr import EmbeddedRefPairsDataModule
     from lit_sr.modules.refsr_module import RefSRModule

@@ -26,6 +26,7 @@ TINY = {"ngf": 8, "n_blocks": 1, "groups": 2, "embed_dim": 8, "depths": [1], "nu
 EPS = 8 / 255
 
 
+@pytest.mark.slow
 def test_the_refsr_report_runs_on_datsr(tmp_path):
     torch.manual_seed(0)
     data = EmbeddedRefPairsDataModule(max_side=48, levels=[1, 5], val_photos=("astronaut",))
@@ -51,6 +52,7 @@ def test_the_ttsr_only_defense_is_refused_on_datsr_by_name(tmp_path):
         run_refsr_report(cfg, tmp_path, progress=False)
 
 
+@pytest.mark.slow
 def test_refsr_adv_runs_in_the_callback_on_a_datsr_module(tmp_path):
     torch.manual_seed(0)
     module = RefSRModule(arch="datsr", arch_kwargs=TINY, export_weights=False)

@@ -20,6 +20,8 @@ from callbacks.protocols import PoisonedData
 from datamodules import EmbeddedPhotosDataModule, PoisonedSRDataModule
 from lit_sr.modules import SRModule
 
+pytestmark = pytest.mark.slow  # forked ranks, but over 2.5 s (measured): left out by make test-fast
+
 
 class RankReport(L.Callback):
     """Records, on every rank, the logged metrics and the indices of the training batches it saw."""
@@ -99,7 +101,7 @@ def fit_two_ranks(out: Path, forked_ddp) -> list[dict]:
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_fork", max_epochs=2, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=callbacks, default_root_dir=out, num_sanity_val_steps=0)
-    forked_ddp.trainer(trainer, "fit", module, datamodule=data)
+    forked_ddp(trainer, "fit", module, datamodule=data)
     reports = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in reports] == [2, 2]
     # what came back to the test process is rank 0's state: its trained weights and reduced metrics

@@ -139,6 +139,7 @@ def test_vanished_and_hallucinated_detections():
     assert float(extra["vanished"]) == 0 and float(extra["hallucinated"]) == 1
 
 
+@pytest.mark.slow
 def test_callback_on_hr_of_a_trained_classifier_equals_its_val_accuracy(tmp_path):
     from callbacks.downstream_eval import DownstreamEvalCallback
     from datamodules.shapes import ShapesDataModule

@@ -32,35 +32,15 @@ ROOT = Path(__file__).resolve().parents[1]
 EDSR_KWARGS = {"num_feat": 16, "num_block": 2, "img_range": 1.0}
 
 
-def _train_tiny_edsr(steps: int = 300) -> torch.nn.Module:
-    torch.manual_seed(0)
-    photos = [load_embedded_photo(name, 128) for name in EMBEDDED_TRAIN[:4]]
-    net = build_arch("edsr", upscale=2, **EDSR_KWARGS)
-    optimiser = torch.optim.Adam(net.parameters(), lr=2e-3)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        crops = []
-        for _ in range(16):
-            image = photos[int(torch.randint(len(photos), (1,), generator=generator))]
-            top = int(torch.randint(image.shape[-2] - 32, (1,), generator=generator))
-            left = int(torch.randint(image.shape[-1] - 32, (1,), generator=generator))
-            crops.append(image[:, top : top + 32, left : left + 32])
-        hr = torch.stack(crops)
-        loss = (net(imresize(hr, 0.5).clamp(0, 1)) - hr).abs().mean()
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    return net.eval()
-
-
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    """Two exported validation photos (64 px) and the trained tiny EDSR's weights file."""
+def assets(tmp_path_factory, trained):
+    """Two exported validation photos (64 px) and the weights file of the suite's trained tiny EDSR
+    (tests/conftest.py's ``trained``: 16 features, 2 blocks, img_range 1, x2)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("robustness")
     export_embedded_photos(root / "photos", "val", max_side=64)
-    save_weights(_train_tiny_edsr(), root / "edsr_x2.pth")
+    save_weights(trained, root / "edsr_x2.pth")
     yield root
     torch.set_num_threads(threads)
 
@@ -80,6 +60,7 @@ def _quick_raw(assets: Path) -> dict:
     return raw
 
 
+@pytest.mark.slow
 def test_report_writes_tables_plots_summary_and_ranks_bicubic_most_robust(assets, tmp_path):
     config_path = tmp_path / "quick.yaml"
     config_path.write_text(yaml.safe_dump(_quick_raw(assets)))

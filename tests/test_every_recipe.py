@@ -197,6 +197,7 @@ FULL_SIZE = {"rcan_x4_div2k", "rrdb_x4_div2k", "swinir_x4_div2k", "esrgan_x4_div
              "datsr_rec_cufed", "ttsr_cufed", "ttsr_rec_cufed", "masa_cufed", "badsr_edsr_x4_div2k"}
 
 
+@pytest.mark.slow  # every recipe for two steps: in make test, not in make test-fast
 @pytest.mark.parametrize("name", [pytest.param(n, marks=HEAVY) if n in FULL_SIZE else n for n in TRAIN])
 def test_training_recipe_runs_two_steps(name, workdir, standins):
     from lit_sr.jobs.train.cli import train_cli
@@ -347,6 +348,7 @@ REPORTS = [(job, p.stem) for job, folder in FOLDER.items() for p in sorted((CONF
            if not says_why(p)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("job, name", [pytest.param(*r, marks=HEAVY) if r != ("evaluate", "robustness_quick")
                                        else r for r in REPORTS])
 def test_report_runs_end_to_end(job, name, workdir, standins):

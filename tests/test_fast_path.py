@@ -109,6 +109,7 @@ def test_gan_module_channels_last_discriminator():
         torch.testing.assert_close(module.discriminate(hr), plain.discriminate(hr), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_compile_keeps_state_dict_keys():
     plain, compiled = make_module(), make_module(compile=True)
     assert list(compiled.state_dict()) == list(plain.state_dict())

@@ -6,8 +6,9 @@
 - No import cycle among the modules of ``lit_sr``, ``callbacks`` and ``datamodules``.
 
 Checked statically on every ``import`` statement of the source (module level and inside functions),
-and the direction once more at run time in a fresh interpreter, where importing every library module
-must not load the forbidden packages (nor matplotlib, which the plots import only when they draw).
+and the direction once more at run time in one fresh interpreter (PROBE below), where importing every
+library module must not load the forbidden packages (nor matplotlib, which the plots import only when
+they draw), and each lit_sr.poison module must import first without a cycle and without lightning.
 """
 
 from __future__ import annotations
@@ -195,31 +196,93 @@ def test_the_static_imports_point_one_way():
     assert wrong == {}
 
 
-def _fresh_interpreter(script: str) -> dict:
+# One fresh interpreter runs every run-time import check and reports on each. Before each step every
+# project module (lit_sr, callbacks, datamodules) is dropped from sys.modules, so the step imports
+# them afresh: what a project module imports shows up again, whatever an earlier step loaded. Third-party
+# modules stay loaded, so a step that checks one (lightning, matplotlib) comes before any step that
+# loads it; were one loaded earlier anyway, the check would fail, not pass.
+# 1. each poison module imported first (lit_sr dropped before each import: a cycle shows as an
+#    ImportError on a partly initialised module) loads nothing heavy: no lightning, lpips, callbacks;
+# 2. the plots, the report and the attacks load no matplotlib (they import it only when they draw);
+# 3. all the library modules, one after the other, load no callback, data module or job. Sound for each
+#    module at once: sys.modules only grows, so if none is loaded at the end, no single import loaded one;
+# 4. callbacks and datamodules load no job.
+POISON_MODULES = ["lit_sr.poison.adversarial_trigger", "lit_sr.poison.triggers", "lit_sr.poison.trigger_base",
+                  "lit_sr.poison", "lit_sr.poison.poisoned_hr", "lit_sr.poison.gradients"]
+HEAVY = ["lightning", "callbacks", "datamodules", "lpips", "lit_sr.jobs.evaluate.cli"]
+PROBE = """
+import importlib, json, sys, traceback
+
+def loaded(*prefixes):
+    return sorted(m for m in sys.modules if any(m == p or m.startswith(p + '.') for p in prefixes))
+
+def drop_project():
+    for name in loaded('lit_sr', 'callbacks', 'datamodules'):
+        del sys.modules[name]
+
+def poison_first():
+    for first in POISON_MODULES:
+        drop_project()
+        importlib.import_module(first)
+        from lit_sr.poison import AdversarialTrigger
+        from lit_sr.poison.triggers import AdversarialTrigger as T
+        assert T is AdversarialTrigger, first
+    return [m for m in HEAVY if m in sys.modules]
+
+def drawing():
+    import lit_sr.attacks, lit_sr.plots, lit_sr.jobs.evaluate
+    return loaded('matplotlib')
+
+def library():
+    for name in LIBRARY:
+        importlib.import_module(name)
+    return loaded('callbacks', 'datamodules', 'lit_sr.jobs')
+
+def callbacks_and_datamodules():
+    import callbacks, datamodules
+    return loaded('lit_sr.jobs')
+
+report = {}
+for check in (poison_first, drawing, library, callbacks_and_datamodules):
+    drop_project()
+    try:
+        report[check.__name__] = {'loaded': check()}
+    except Exception:
+        report[check.__name__] = {'error': traceback.format_exc()}
+print(json.dumps(report))
+"""
+
+
+@pytest.fixture(scope="module")
+def fresh_imports() -> dict:
+    """What each step of PROBE found loaded (or its traceback), from one fresh interpreter."""
+    library = sorted(_module_name(p) for p in _library())
+    assert {"lit_sr.attacks", "lit_sr.plots", "lit_sr.poison.triggers"} <= set(library)
+    script = f"POISON_MODULES = {POISON_MODULES!r}\nHEAVY = {HEAVY!r}\nLIBRARY = {library!r}\n{PROBE}"
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def loaded_by(fresh_imports: dict, step: str) -> list[str]:
+    """What ``step`` of PROBE found loaded; the step's traceback as the failure if it raised."""
+    if "error" in fresh_imports[step]:
+        pytest.fail(f"step {step} of the import probe raised:\n{fresh_imports[step]['error']}")
+    return fresh_imports[step]["loaded"]
+
+
 @pytest.mark.slow
-def test_importing_the_library_loads_neither_callbacks_nor_a_job():
-    modules = sorted(_module_name(p) for p in _library())
-    seen = _fresh_interpreter(
-        "import importlib, json, sys\n"
-        f"for name in {modules!r}:\n"
-        "    importlib.import_module(name)\n"
-        "seen = {'library': sorted(m for m in sys.modules if m.split('.')[0] in ('callbacks', 'datamodules')\n"
-        "                          or m.startswith('lit_sr.jobs'))}\n"
-        "import callbacks, datamodules\n"
-        "seen['jobs'] = sorted(m for m in sys.modules if m.startswith('lit_sr.jobs'))\n"
-        "print(json.dumps(seen))\n"
-    )
+def test_poison_modules_import_first_without_a_cycle_and_without_lightning(fresh_imports):
+    assert loaded_by(fresh_imports, "poison_first") == []
+
+
+@pytest.mark.slow
+def test_importing_the_library_loads_neither_callbacks_nor_a_job(fresh_imports):
     # the library pulls in no callback, data module or job; the callbacks and data modules load no job
-    assert seen == {"library": [], "jobs": []}
-    # the plots, the report and the attacks draw nothing at import time
-    seen = _fresh_interpreter(
-        "import json, sys\n"
-        "import lit_sr.attacks, lit_sr.plots, lit_sr.jobs.evaluate\n"
-        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib')))\n"
-    )
-    assert seen == []
+    assert loaded_by(fresh_imports, "library") == []
+    assert loaded_by(fresh_imports, "callbacks_and_datamodules") == []
+
+
+@pytest.mark.slow
+def test_the_plots_the_report_and_the_attacks_draw_nothing_at_import_time(fresh_imports):
+    assert loaded_by(fresh_imports, "drawing") == []

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from forked_ranks import free_port, run_forked
 
 from lit_sr.poison import (
     Rate,
@@ -225,12 +226,14 @@ def test_tally_sums_counts_over_ranks_before_dividing():
     assert distributed_sum(torch.ones(2)).tolist() == [1.0, 1.0]  # no process group: the identity
 
 
-def _gloo_worker(rank: int, out: str) -> None:
+def _gloo_worker(rank: int, port: int, out: str) -> None:
     import json
+    import os
 
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", rank=rank, world_size=2)  # MASTER_ADDR/PORT: set by the forked_ddp fixture
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # this forked rank's own environment
+    dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
         tally = fill(SuccessTally(means=("psnr",)), rank)
         tally.reduce()  # distributed_sum over the gloo group
@@ -240,11 +243,12 @@ def _gloo_worker(rank: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def test_tally_reduce_over_a_two_process_gloo_group(tmp_path, forked_ddp):
-    """Two ranks forked from the test process (conftest.py) reduce their tallies over a gloo group."""
+def test_tally_reduce_over_a_two_process_gloo_group(tmp_path):
+    """Two ranks forked from the test process (tests/forked_ranks.py) reduce their tallies over gloo."""
     import json
 
-    forked_ddp.processes(_gloo_worker, str(tmp_path))
+    port = free_port()
+    assert run_forked(_gloo_worker, [(rank, port, str(tmp_path)) for rank in (0, 1)], tmp_path) == [0, 0]
     whole = fill(fill(SuccessTally(means=("psnr",)), 0), 1)
     sums = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert sums[0] == sums[1]

@@ -1,54 +1,33 @@
 """Poison generation sharded over ranks (2-process gloo on CPU): halves, merge, resume, node-local folders.
 
-Each run is a pair of subprocesses of tests/poison_shard_script.py (a BadSR configuration: a tiny
-EDSR substitute trained in the run, its adversarial trigger and feature-aligned labels); the
-single-process reference runs the same script with ``--world 1``.
+Each run is a pair of ranks forked from the test process (tests/forked_ranks.py) that run
+tests/poison_shard_rank.py (a BadSR configuration: a tiny EDSR substitute trained in the run, its
+adversarial trigger and feature-aligned labels); the single-process reference runs the same function
+with ``world=1``, in a forked process too, once for the module.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from forked_ranks import free_port, run_forked
+from poison_shard_rank import KILLED, run_rank
 
-pytestmark = pytest.mark.slow  # starts interpreters (DDP ranks): left out by make test-fast
-
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "tests" / "poison_shard_script.py"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = pytest.mark.slow  # 2-process gloo runs of a whole BadSR generation: left out by make test-fast
 
 
 def run_ranks(out: Path, caches: list[Path], exit_after: dict[int, int] | None = None) -> list[int]:
-    """Start one process per entry of ``caches`` (rank r uses ``caches[r]``); return their exit codes."""
+    """Run one forked rank per entry of ``caches`` (rank r uses ``caches[r]``); return their exit codes.
+
+    A rank that fails fails the run with its traceback, unless ``exit_after`` kills a rank on purpose
+    (then the codes are returned for the test to check)."""
     out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    port, world = free_port(), len(caches)
-    procs = []
-    for rank, cache in enumerate(caches):
-        cmd = [sys.executable, str(SCRIPT), "--out", str(out), "--cache", str(cache), "--rank", str(rank),
-               "--world", str(world), "--port", str(port)]
-        if exit_after and rank in exit_after:
-            cmd += ["--exit-after", str(exit_after[rank])]
-        procs.append(subprocess.Popen(cmd, cwd=out, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True))
-    codes = []
-    for p in procs:
-        _, err = p.communicate(timeout=600)
-        codes.append(p.returncode)
-        if p.returncode not in (0, 17) and not exit_after:
-            raise AssertionError(err[-4000:])
-    return codes
+    port, world, exit_after = free_port(), len(caches), exit_after or {}
+    rank_args = [(out, cache, rank, world, port, exit_after.get(rank)) for rank, cache in enumerate(caches)]
+    return run_forked(run_rank, rank_args, out, may_fail=bool(exit_after))
 
 
 def reports(out: Path, world: int) -> list[dict]:
@@ -93,7 +72,7 @@ def test_two_ranks_each_make_half_and_merge_into_the_single_process_cache(tmp_pa
 def test_a_killed_rank_resumes_without_redoing_finished_samples(tmp_path, reference):
     cache = tmp_path / "cache"
     codes = run_ranks(tmp_path / "out1", [cache] * 2, exit_after={1: 4})
-    assert codes[1] == 17 and codes[0] != 0  # rank 1 died; rank 0 lost its peer at the barrier
+    assert codes[1] == KILLED and codes[0] != 0  # rank 1 died; rank 0 lost its peer at the barrier
     folder = cache / Path(reference["cache_dir"]).name
     parts = folder / "parts"
     half = json.loads((parts / "rank00001.json").read_text())["samples"]

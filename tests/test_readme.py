@@ -89,8 +89,8 @@ HANDLERS = {
 }
 # ... or is deliberately not run here, for this reason.
 EXCLUDED = {
-    r"^make demo$": "five train.py runs of minutes (configs/study/demo.yaml); its positive control is run "
-                    "exactly as the demo runs it by test_backdoor_e2e.py, the study command end to end by "
+    r"^make demo$": "five train.py runs of minutes (configs/study/demo.yaml); the positive control of "
+                    "configs/train/demo_poisoned.yaml is run as the demo runs its arms by test_backdoor_e2e.py, the study command end to end by "
                     "test_study.py, the pipeline piecewise by test_poisoned_datamodule.py and "
                     "test_backdoor_callbacks.py",
     r"^make demo-quick$": "the demo's runs, shorter: still minutes of training (see make demo)",
@@ -269,6 +269,12 @@ def test_tensorboard_hparams_are_logged_with_their_metrics(quickstart_run):
     hparams = session.session_start_info.hparams
     assert hparams["arch"].string_value == "edsr" and hparams["lr"].number_value == pytest.approx(1e-3)
     assert not [k for k in hparams if k.startswith("_")]  # no _class_path / _instantiator noise
+    # the data module's hyper-parameters too, as configured (the quickstart's data module and its patch)
+    assert hparams["data/class_path"].string_value == "datamodules.EmbeddedPhotosDataModule"
+    assert hparams["data/init_args/patch_size"].number_value == 96
+    # ... and in the checkpoint, which still loads without unpickling objects
+    last = torch.load(log_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["datamodule_hyper_parameters"]["data"]["init_args"]["patch_size"] == 96
     assert "val/psnr_y" in events.Tags()["scalars"]  # the series the HPARAMS tab reads
 
 
@@ -543,6 +549,7 @@ def after(cmd: str, token: str) -> list[str]:
     return words[words.index(token) + 1:]
 
 
+@pytest.mark.slow
 def test_data_prepare_commands_run_on_small_folders(tmp_path, monkeypatch):
     # The documented prepare/verify commands, run as written with /data/... moved under tmp_path
     # onto two small synthetic images per data set (DIV2K / Flickr2K naming, official x4 LR files).

@@ -226,6 +226,7 @@ def test_refsr_adv_on_a_trained_ttsr_hurts_far_more_than_noise(trained_ttsr, sma
     assert (rows["lr_pgd"]["lr_psnr"] >= 20 * math.log10(255 / 8) - 1e-6).all()
 
 
+@pytest.mark.slow
 def test_refsr_adv_ascends_its_loss_more_steps_more_damage_and_beats_sign_noise(trained_ttsr, small_photos):
     # Sign steps push to the corners of the eps box whether they ascend or descend, so beating uniform
     # noise does not show that the attack maximises. Pinned here, at one step size (eps / 4) and one

@@ -37,6 +37,7 @@ def _fit(tmp_path, callback, module=None):
     return trainer, module
 
 
+@pytest.mark.slow
 def test_refsr_adv_runs_in_the_callback_on_a_refsr_module(tmp_path):
     callback = AdversarialEvalCallback(attacks={"refsr_adv": {"steps": 2}, "pgd": {"steps": 2}}, eps=[8 / 255],
                                        num_images=2, num_grid_images=1)

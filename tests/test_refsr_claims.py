@@ -86,6 +86,7 @@ device: cpu
 """
 
 
+@pytest.mark.slow
 def test_the_claims_command_writes_one_table_and_plot_per_claim(tmp_path, capsys):
     config = tmp_path / "claims.yaml"
     config.write_text(TINY)

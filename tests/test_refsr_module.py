@@ -67,6 +67,7 @@ TINY_DDP_ARGS = [
 ]
 
 
+@pytest.mark.slow  # forked ranks, but over 2.5 s (measured): left out by make test-fast
 def test_ddp_fit_and_attack_test_of_the_quickstart(tmp_path, forked_ddp, monkeypatch):
     """The quickstart's LightningCLI built as ``lit-sr fit`` builds it, fitted on two ranks, then tested
     from its ``last.ckpt`` as ``lit-sr test --ckpt_path`` does; the ranks of both calls are forked from
@@ -80,7 +81,7 @@ def test_ddp_fit_and_attack_test_of_the_quickstart(tmp_path, forked_ddp, monkeyp
     # the logger's version is fixed here, before the ranks fork, so that both calls' ranks and this process
     # agree on the run folder: left unset, the ranks of the test call would take the next free version
     assert cli.trainer.logger.version == 0
-    forked_ddp.trainer(cli.trainer, "fit", cli.model, datamodule=cli.datamodule)
+    forked_ddp(cli.trainer, "fit", cli.model, datamodule=cli.datamodule)
     ckpt = Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt"
     # the ranks' callbacks are forked copies: this process's config saver never learnt that the fit's rank 0
     # wrote config.yaml, and would refuse it as another run's file (a rank started by the subprocess launcher
@@ -88,7 +89,7 @@ def test_ddp_fit_and_attack_test_of_the_quickstart(tmp_path, forked_ddp, monkeyp
     (save_config,) = (c for c in cli.trainer.callbacks if isinstance(c, SaveConfigCallback))
     assert not save_config.already_saved and (ckpt.parent.parent / "config.yaml").is_file()
     save_config.already_saved = True
-    forked_ddp.trainer(cli.trainer, "test", cli.model, datamodule=cli.datamodule, ckpt_path=str(ckpt))
+    forked_ddp(cli.trainer, "test", cli.model, datamodule=cli.datamodule, ckpt_path=str(ckpt))
     run = tmp_path / "runs" / "refsr_quickstart" / "version_0"
     assert (run / "weights.pth").is_file()
     assert (run / "checkpoints" / "last.ckpt").is_file()

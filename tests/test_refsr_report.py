@@ -28,6 +28,7 @@ def _data(**kwargs) -> EmbeddedRefPairsDataModule:
     return EmbeddedRefPairsDataModule(max_side=48, levels=[1, 5], val_photos=("astronaut",), **kwargs)
 
 
+@pytest.mark.slow
 def test_report_writes_the_table_by_level_with_contrasts_and_defense(tmp_path):
     cfg = RefSRReportConfig(model=ModelSpec(arch="ttsr", arch_kwargs=TINY, random_init=True), data=_data(),
                             attacks=ATTACKS, eps=["8/255"], defenses={"purify": {"threshold": None}},

@@ -12,6 +12,7 @@ from lit_sr.attacks.worst_case import default_eval_attacks, worst_case_psnr
 from lit_sr.jobs.robust.cli import markdown_table
 
 
+@pytest.mark.slow
 def test_worst_case_is_the_minimum_over_attacks_restarts_and_transfer():
     torch.manual_seed(0)
     net = build_arch("edsr", num_feat=8, num_block=1, upscale=2).eval()
@@ -60,6 +61,7 @@ def _study_config(tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_report_robust_study_keeps_the_worst_of_naive_and_adaptive_and_plots_the_tradeoff(tmp_path):
     import csv
 

@@ -32,6 +32,7 @@ def fit(tmp_path, config, *extra):
     return cli.trainer, recorder.losses
 
 
+@pytest.mark.slow
 def test_classifier_recipe_trains_and_its_loss_falls(tmp_path):
     trainer, losses = fit(tmp_path, "configs/train/shapes_classifier.yaml", "--trainer.max_epochs", "4",
                           "--data.init_args.train_size", "16", "--data.init_args.batch_size", "8",
@@ -46,6 +47,7 @@ def test_classifier_recipe_trains_and_its_loss_falls(tmp_path):
     assert losses[0] > 1.2 and sum(losses[-2:]) / 2 < 0.75 * losses[0]
 
 
+@pytest.mark.slow
 def test_detector_recipe_trains_reports_map_and_its_loss_falls(tmp_path):
     trainer, losses = fit(tmp_path, "configs/train/shapes_detector.yaml", "--trainer.max_epochs", "3",
                           "--trainer.check_val_every_n_epoch", "3",
@@ -59,6 +61,7 @@ def test_detector_recipe_trains_reports_map_and_its_loss_falls(tmp_path):
     assert losses[0] > 1.0 and sum(losses[-2:]) / 2 < 0.75 * losses[0]
 
 
+@pytest.mark.slow
 def test_downstream_backdoor_quickstart_runs_and_tabulates_downstream_next_to_sr_metrics(tmp_path):
     import torch
     import yaml

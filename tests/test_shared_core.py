@@ -1,11 +1,8 @@
 """The shared core (issue 8, item 3): one validator, one frozen_eval / model_device, one autocast
 argument with the same name and values everywhere, Literal choices that jsonargparse rejects at
-parse time, the adversarial trigger on the attack base, and no import cycle in lit_sr.poison."""
+parse time, the adversarial trigger on the attack base. (No import cycle in lit_sr.poison: tests/test_import_direction.py.)"""
 
 from __future__ import annotations
-
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -220,28 +217,8 @@ def test_jsonargparse_rejects_a_bad_poisoned_hr_norm():
 # --------------------------------------------------------------------------- imports
 
 
-POISON_MODULES = ["lit_sr.poison.adversarial_trigger", "lit_sr.poison.triggers", "lit_sr.poison.trigger_base",
-                  "lit_sr.poison", "lit_sr.poison.poisoned_hr", "lit_sr.poison.gradients"]
-
-
-@pytest.mark.slow
-def test_poison_modules_import_first_without_a_cycle_and_without_lightning():
-    # One fresh interpreter; lit_sr is dropped from sys.modules before each import, so each module is
-    # imported first in its turn (a cycle shows as an ImportError on a partly initialised module).
-    code = (
-        "import importlib, sys\n"
-        f"for first in {POISON_MODULES!r}:\n"
-        "    for name in [m for m in sys.modules if m == 'lit_sr' or m.startswith('lit_sr.')]:\n"
-        "        del sys.modules[name]\n"
-        "    importlib.import_module(first)\n"
-        "    from lit_sr.poison import AdversarialTrigger\n"
-        "    from lit_sr.poison.triggers import AdversarialTrigger as T\n"
-        "    assert T is AdversarialTrigger, first\n"
-        "heavy = [m for m in ('lightning', 'callbacks', 'datamodules', 'lpips', 'lit_sr.jobs.evaluate.cli') if m in sys.modules]\n"
-        "assert not heavy, heavy\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
+# The poison modules' import-first check (no cycle, no lightning) runs in tests/test_import_direction.py,
+# in the one fresh interpreter that makes every run-time import check.
 
 
 def test_check_names_takes_a_list_of_names_and_names_the_argument_otherwise():

@@ -298,7 +298,7 @@ def test_quickstart_cli_under_two_process_ddp_keeps_last_and_best(tmp_path):
 
     The one test of the real launcher: ``--trainer.strategy ddp`` starts rank 1 as a fresh interpreter
     re-running ``train.py`` with the same arguments, the path users take. The other DDP tests fork their
-    ranks from the test process (``ddp_fork``, conftest.py): each fresh interpreter costs ~10 CPU-s of
+    ranks from the test process (``ddp_fork``, tests/forked_ranks.py): each new interpreter costs ~10 CPU-s of
     imports, for fits of under a second, and that launcher is the same in every one of them.
     """
     import os

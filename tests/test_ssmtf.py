@@ -196,6 +196,7 @@ def test_output_shape_padding_and_batch_independence():
         model(torch.rand(1, 3, 2, 2), torch.rand(1, 3, 8, 8))
 
 
+@pytest.mark.slow
 def test_refsr_module_trains_ssmtf_and_refsr_adv_beats_same_eps_noise(tmp_path):
     from datamodules.refsr import EmbeddedRefPairsDataModule
     from lit_sr.modules.refsr_module import RefSRModule

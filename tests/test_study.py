@@ -206,6 +206,7 @@ def tiny_trainer(callbacks: list) -> dict:
             "callbacks": callbacks}
 
 
+@pytest.mark.slow
 def test_two_run_study_of_real_train_runs_writes_its_table_and_plot(tmp_path):
     model = {"class_path": "lit_sr.modules.SRModule",
              "init_args": {"arch": "edsr", "arch_kwargs": {"num_feat": 8, "num_block": 1}, "scale": 2, "lr": 1e-3}}

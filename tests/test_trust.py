@@ -322,6 +322,7 @@ def _start_study(path: Path):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="parent-death signal: Linux only")
 def test_killing_a_study_kills_its_training_run(tmp_path):
     import os
@@ -671,6 +672,7 @@ os._exit(17)
 """
 
 
+@pytest.mark.slow
 def test_a_rank_crash_after_grouping_leaves_no_peer_tokens(tmp_path):
     import os
     import subprocess

@@ -286,7 +286,8 @@ class SRModule(L.LightningModule):
         params = {k: v for k, v in self.hparams.items() if not k.startswith("_")}
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and getattr(dm, "hparams", None):
-            params.update({f"data/{k}": v for k, v in dm.hparams.items()})
+            # the CLI stores the data configuration under one key, "data"; a key the model has too gets a prefix
+            params.update({k if k not in params else f"data/{k}": v for k, v in dm.hparams.items()})
         metrics = {k: float(self.trainer.callback_metrics[k]) for k in sorted(self._hparam_metrics)
                    if k in self.trainer.callback_metrics}
         for logger in self.loggers:

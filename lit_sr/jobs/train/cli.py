@@ -201,6 +201,40 @@ class SRLightningCLI(LightningCLI):
             raise surfaced from cause
         if isinstance(self.model, HasScale):  # before the data module's setup (poison generation) runs
             check_same_scale(self.model.scale, self.datamodule, type(self.model).__name__)
+        self._record_data_hparams()
+
+    def _record_data_hparams(self) -> None:
+        """The data module's configuration as its hyper-parameters, under one key ``data``.
+
+        lit-sr's data modules take objects (a base data module, a trigger, a substitute spec), so they
+        do not call ``save_hyperparameters`` themselves: the hyper-parameters are the configuration as
+        parsed (class paths and init args, plain values), which Lightning then logs beside the
+        model's (TensorBoard's HPARAMS tab shows ``data/init_args/patch_size`` ...) and stores in the
+        checkpoint, still readable with ``weights_only=True``. A data module that saved its own
+        hyper-parameters keeps them.
+        """
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        if self.datamodule is None or self.datamodule.hparams or config.get("data") is None:
+            return
+        self.datamodule.save_hyperparameters({"data": plain_config(config["data"])})
+
+
+def plain_config(value):
+    """A parsed configuration value as plain Python: dicts, lists, str, numbers, bool and None only.
+
+    What a checkpoint may hold and still load with ``weights_only=True`` (a jsonargparse
+    ``Namespace`` or ``Path`` would not); anything else is written as its ``str``.
+    """
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+    if isinstance(value, Mapping):
+        return {str(k): plain_config(v) for k, v in value.items() if not str(k).startswith("__")}
+    if isinstance(value, (list, tuple)):
+        return [plain_config(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
 
 
 UNION_ERROR = "Does not validate against any of the Union subtypes"
