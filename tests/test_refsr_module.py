@@ -79,7 +79,8 @@ def test_ddp_fit_and_attack_test_of_the_quickstart(tmp_path, forked_ddp, monkeyp
     monkeypatch.setattr("sys.argv", ["lit-sr"])  # the CLI's arguments are ``args``, not pytest's
     cli = train_cli([*TINY_DDP_ARGS, "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")], run=False)
     # the logger's version is fixed here, before the ranks fork, so that both calls' ranks and this process
-    # agree on the run folder: left unset, the ranks of the test call would take the next free version
+    # agree on the run folder: left unset, this process resolves it after the fit, to the next free one
+    # (version_1, checked), and its log_dir and the test call's ranks would miss the fit's run
     assert cli.trainer.logger.version == 0
     forked_ddp(cli.trainer, "fit", cli.model, datamodule=cli.datamodule)
     ckpt = Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt"
