@@ -11,14 +11,13 @@ import json
 import os
 import re
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from datamodules import EmbeddedPhotosDataModule, PoisonedSRDataModule
+from lit_sr.jobs.train.cli import main as train_main
 from lit_sr.poison import cache as cache_module
 from lit_sr.poison.cache import sha256_file
 
@@ -133,18 +132,18 @@ def test_a_bad_trigger_setting_fails_before_any_work(tmp_path, trigger, message)
     assert not (tmp_path / "cache").exists()
 
 
-@pytest.mark.slow
-def test_a_misspelt_yaml_trigger_key_fails_at_parse_time_leaving_no_cache(tmp_path):
+def test_a_misspelt_yaml_trigger_key_fails_at_parse_time_leaving_no_cache(tmp_path, monkeypatch, capsys):
     # (a bad value, steps: -5, fails in the same constructor as the dict case above, at instantiation)
     recipe = (ROOT / "configs" / "train" / "badsr_quickstart.yaml").read_text()
     assert "        steps: 100" in recipe
     config = tmp_path / "bad.yaml"
     config.write_text(recipe.replace("        steps: 100", "        stepz: 100"))
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "fit", "--config", str(config),
-                           "--data.init_args.cache_dir", str(tmp_path / "cache"), "--trainer.logger", "false"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0 and "Option 'stepz' is not accepted" in proc.stderr, proc.stderr[-2000:]
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:  # `lit-sr fit`, in-process: the parser's exit
+        train_main(["fit", "--config", str(config), "--data.init_args.cache_dir", str(tmp_path / "cache"),
+                    "--trainer.logger", "false"])
+    stderr = capsys.readouterr().err
+    assert exit_info.value.code != 0 and "Option 'stepz' is not accepted" in stderr, stderr[-2000:]
     assert not (tmp_path / "cache").exists()  # no substitute trained, no folder made
 
 
