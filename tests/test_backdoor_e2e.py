@@ -45,8 +45,10 @@ def test_demo_positive_control_is_implanted_without_hurting_clean_quality(tmp_pa
         "python": sys.executable, "reference": "D_clean",
         "env": {"OMP_NUM_THREADS": "1"},
         "runs": {
+            # D gets a logger of the study file's own, which the study keeps; A has none: TensorBoard is injected
             "D_clean": {"config": str(ROOT / "configs" / "train" / "demo_clean.yaml"), "results_file": "summary.json",
-                        "row": {"from_run": "A_control", "block": "clean"}},
+                        "row": {"from_run": "A_control", "block": "clean"},
+                        "overrides": {"trainer.logger": {"class_path": "lightning.pytorch.loggers.CSVLogger"}}},
             "A_control": {"overrides": {"data.init_args.substitute": None,
                                         "data.init_args.cache_dir": str(tmp_path / "cache"),
                                         "data.init_args.target": str(ROOT / "configs" / "train" / "demo_target_grey.png"),
@@ -58,6 +60,14 @@ def test_demo_positive_control_is_implanted_without_hurting_clean_quality(tmp_pa
     path.write_text(yaml.safe_dump(study, sort_keys=False, allow_unicode=True))
     runs = tmp_path / "e2e" / "runs"
     assert main(["--config", str(path)]) == 0, (runs / "A_control" / "train.log").read_text()[-4000:]
+
+    # the study of two real train.py runs: weights, each run's logger, the table, its rows and the plot
+    assert (runs / "D_clean" / "weights.pth").is_file()
+    assert (runs / "D_clean" / "metrics.csv").is_file() and not list((runs / "D_clean").glob("events.*"))
+    assert list((runs / "A_control").glob("events.out.tfevents.*"))
+    md = (tmp_path / "e2e" / "results.md").read_text()
+    assert "| D_clean |" in md and "| A_control |" in md
+    assert (tmp_path / "e2e" / "summary.png").stat().st_size > 1000
 
     rows = {r["run"]: r for r in json.loads((tmp_path / "e2e" / "results.json").read_text())["rows"]}
     a, d = rows["A_control"]["cells"], rows["D_clean"]["cells"]
@@ -72,6 +82,8 @@ def test_demo_positive_control_is_implanted_without_hurting_clean_quality(tmp_pa
 
     summary = json.loads((runs / "A_control" / "backdoor_summary.json").read_text())
     assert len(summary["backdoored"]["clean_psnr_y_per_image"]) == 24
+    assert a["pixel ASR vs target"]["included"] == summary["backdoored"]["asr_pixel_included"]
+    assert d["clean PSNR-Y (dB)"] == summary["clean"]["clean_psnr_y"]  # D's row: the clean block of A's summary
     # the summary re-measures the clean model: the same clean PSNR-Y as D's own last validation
     d_val = json.loads((runs / "D_clean" / "summary.json").read_text())["val"]["val/psnr_y"]
     assert abs(summary["clean"]["clean_psnr_y"] - d_val) < 1e-3

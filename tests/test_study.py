@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import textwrap
 from pathlib import Path
 
@@ -194,63 +193,9 @@ def test_bad_study_files_name_the_file_and_key(tmp_path, body, match):
     assert str(path) in str(info.value)
 
 
-# --------------------------------------------------------------------------- real train.py runs
-
-TINY_DATA = {"scale": 2, "patch_size": 32, "batch_size": 8, "repeat": 1, "max_side": 64, "train_tile": 32,
-             "val_tile": 32}
-
-
-def tiny_trainer(callbacks: list) -> dict:
-    return {"accelerator": "cpu", "devices": 1, "max_epochs": 2, "limit_train_batches": 3, "num_sanity_val_steps": 0,
-            "enable_checkpointing": False, "enable_model_summary": False, "log_every_n_steps": 1,
-            "callbacks": callbacks}
-
-
-@pytest.mark.slow
-def test_two_run_study_of_real_train_runs_writes_its_table_and_plot(tmp_path):
-    model = {"class_path": "lit_sr.modules.SRModule",
-             "init_args": {"arch": "edsr", "arch_kwargs": {"num_feat": 8, "num_block": 1}, "scale": 2, "lr": 1e-3}}
-    clean = {"seed_everything": 0, "model": model, "trainer": tiny_trainer([{"class_path": "callbacks.RunSummary"}]),
-             "data": {"class_path": "datamodules.EmbeddedPhotosDataModule", "init_args": TINY_DATA}}
-    poisoned = {
-        "seed_everything": 0, "model": model, "trainer": tiny_trainer([]),
-        "data": {"class_path": "datamodules.PoisonedSRDataModule", "init_args": {
-            "base": {"class_path": "datamodules.EmbeddedPhotosDataModule", "init_args": TINY_DATA},
-            "trigger": {"class_path": "lit_sr.poison.Blend",
-                        "init_args": {"alpha": 0.2, "pattern": "checkerboard", "pattern_size": 16,
-                                      "resize_mode": "nearest"}},
-            "poison_rate": 0.2, "label": "target", "target": "coffee", "cache_dir": str(tmp_path / "cache"),
-            "seed": 0}},
-    }
-    (tmp_path / "clean.yaml").write_text(yaml.safe_dump(clean))
-    (tmp_path / "poisoned.yaml").write_text(yaml.safe_dump(poisoned))
-    summary = {"class_path": "callbacks.BackdoorSummary", "init_args": {"clean_weights": "{runs_dir}/D/weights.pth"}}
-    study = {
-        "name": "two", "output_dir": str(tmp_path / "out"), "base_config": str(tmp_path / "poisoned.yaml"),
-        "python": sys.executable, "reference": "D",
-        "env": {"OMP_NUM_THREADS": "1"},
-        "runs": {"D": {"config": str(tmp_path / "clean.yaml"), "results_file": "summary.json",
-                       "row": {"from_run": "A", "block": "clean"},  # a logger of the study file's own: kept
-                       "overrides": {"trainer.logger": {"class_path": "lightning.pytorch.loggers.CSVLogger"}}},
-                 "A": {"overrides": {"trainer.callbacks": [{"class_path": "callbacks.BackdoorEvalCallback"}, summary]}}},
-        "columns": [{"header": "clean PSNR-Y", "path": "@.clean_psnr_y", "format": "db"},
-                    {"header": "pixel ASR", "path": "@.asr_pixel", "format": "rate"},
-                    {"header": "poisoned HR PSNR", "path": "poison_report.poisoned_hr_psnr", "format": "db"}],
-    }
-    path = tmp_path / "study_two.yaml"
-    path.write_text(yaml.safe_dump(study, sort_keys=False))
-    assert main(["--config", str(path)]) == 0, (tmp_path / "out" / "two" / "runs" / "A" / "train.log").read_text()[-3000:]
-    out = tmp_path / "out" / "two"
-    assert (out / "runs" / "D" / "weights.pth").is_file()
-    assert (out / "runs" / "D" / "metrics.csv").is_file() and not list((out / "runs" / "D").glob("events.*"))
-    assert list((out / "runs" / "A").glob("events.out.tfevents.*"))  # none set: TensorBoard
-    summary_json = json.loads((out / "runs" / "A" / "backdoor_summary.json").read_text())
-    rows = {r["run"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
-    assert rows["A"]["cells"]["pixel ASR"]["included"] == summary_json["backdoored"]["asr_pixel_included"] > 0
-    assert rows["D"]["cells"]["clean PSNR-Y"] == summary_json["clean"]["clean_psnr_y"]
-    md = (out / "results.md").read_text()
-    assert "| D |" in md and "| A |" in md
-    assert (out / "summary.png").stat().st_size > 1000
+# A study of two real train.py runs (weights, each run's logger kept or injected, the table and its
+# rows, the plot) is tests/test_backdoor_e2e.py: it runs the demo's D and A that way, so one pair of
+# training interpreters serves both.
 
 
 def test_explicit_runs_cross_the_grid_unless_they_opt_out(tmp_path):
