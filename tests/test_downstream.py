@@ -51,6 +51,7 @@ def test_detector_without_weights_names_the_file_and_never_builds(no_network):
         DownstreamDetector()
 
 
+@pytest.mark.slow
 def test_detector_backbone_starts_from_a_local_classifier_file(tmp_path):
     torch.manual_seed(0)
     classifier = ClassifierModule("mobilenet_v3_large", 6)

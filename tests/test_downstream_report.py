@@ -75,6 +75,7 @@ def test_downstream_columns_equal_the_classifier_run_by_hand(assets):
     assert "## Downstream models on the SR outputs" in summary and "### shapes: ifgsm, top-1" in summary
 
 
+@pytest.mark.slow
 def test_detector_columns_and_named_errors(assets):
     detector = {"random_init": True, "num_classes": 7, "min_size": 32, "max_size": 32, "score_thresh": 0.0,
                 "box_batch_size_per_image": 16}

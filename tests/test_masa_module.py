@@ -44,6 +44,7 @@ def test_every_masa_parameter_takes_part_in_the_loss():
     assert [n for n, p in net.named_parameters() if p.grad is None] == []
 
 
+@pytest.mark.slow
 def test_refsr_module_trains_masa_on_the_embedded_pairs_and_reloads_it(tmp_path):
     torch.manual_seed(0)
     module = RefSRModule(arch="masa", arch_kwargs=TINY, lr=1e-3, export_weights=False, test_attack=True,
@@ -79,6 +80,7 @@ def test_refsr_module_trains_masa_on_the_embedded_pairs_and_reloads_it(tmp_path)
     assert stealth and all(v >= 20 * torch.log10(torch.tensor(255 / 8)) - 1e-4 for v in stealth)
 
 
+@pytest.mark.slow
 def test_full_losses_without_the_transferal_term_train_masa_and_its_critic(tmp_path):
     # MASA has no texture extractor, so its full model is L1 + perceptual + WGAN-GP (tpl_weight 0)
     torch.manual_seed(0)

@@ -484,6 +484,7 @@ def test_parameter_table_counts_the_documented_arguments():
         assert count_parameters(net) == int(count.replace(",", "")), row
 
 
+@pytest.mark.slow
 def test_resume_with_a_new_lr_and_length_from_the_command_line(quickstart_run, tmp_path):
     import math
 

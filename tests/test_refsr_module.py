@@ -24,6 +24,7 @@ def test_lightning_cli_builds_the_quickstart_module_and_data():
     assert isinstance(cli.datamodule, EmbeddedRefPairsDataModule)
 
 
+@pytest.mark.slow
 def test_full_losses_train_generator_and_critic(tmp_path):
     torch.manual_seed(0)
     module = RefSRModule(arch_kwargs=TINY, losses="full", perceptual_pretrained=False, warmup_epochs=0, disc_size=32,

@@ -138,6 +138,7 @@ def clean_psnr(net, lr, hr):
         return psnr(net.eval()(lr).clamp(0, 1), hr, crop_border=2, y_channel=True).mean().item()
 
 
+@pytest.mark.slow
 def test_robust_finetuning_raises_psnr_under_attack_against_a_clean_finetuning_control(tmp_path):
     """From one clean base, 40 robust steps beat 40 further clean steps under attack on held-out images
     (SR PSNR-Y, worst of I-FGSM and restarted PGD), and lose at most 1 dB of clean PSNR-Y against that

@@ -37,6 +37,7 @@ def quiet_trainer(tmp_path, **kwargs) -> L.Trainer:
     return L.Trainer(**defaults)
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_and_beats_bicubic(tmp_path, photos):
     torch.manual_seed(0)  # randomly initialised tiny EDSR
     hr = photos["chelsea"][:, 100:164, 200:264]
@@ -99,6 +100,7 @@ def test_test_sets_and_tiled_predict(tmp_path, photos):
     assert (sr - whole).abs().mean() < 0.02
 
 
+@pytest.mark.slow
 def test_quickstart_config_runs_a_few_steps(tmp_path):
     from train import main
 
@@ -237,6 +239,7 @@ def test_resume_with_a_new_lr_uses_it(tmp_path, photos):
     assert resumed == pytest.approx(fresh[8:], rel=1e-9)
 
 
+@pytest.mark.slow
 def test_gan_recipe_last_checkpoint_is_the_final_step_of_a_manual_optimisation_run(tmp_path):
     """The ESRGAN recipe's checkpoints with GANSRModule (manual optimisation, max_steps off the save grid)."""
     from lightning.pytorch.loggers import CSVLogger

@@ -72,6 +72,7 @@ COLUMNS = """\
 """
 
 
+@pytest.mark.slow
 def test_grid_runs_resume_and_rerun_only_what_changed(tmp_path, capsys):
     path = write_study(tmp_path, """\
         grid:
@@ -115,6 +116,7 @@ def test_failed_run_is_recorded_and_the_others_go_on(tmp_path):
     assert "| bad (failed) | - |" in md
 
 
+@pytest.mark.slow
 def test_table_reference_row_paired_delta_verdict_and_outputs(tmp_path):
     path = write_study(tmp_path, """\
         reference: D
