@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -26,6 +27,18 @@ LONGEST_FIRST = ("test_backdoor_e2e.py", "test_refsr.py", "test_every_recipe.py"
 def pytest_collection_modifyitems(config, items) -> None:
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
+@pytest.fixture(autouse=True)
+def _sigint_restored():
+    """SIGINT's handler as it was before each test. Lightning leaves SIGINT ignored after it handled a
+    KeyboardInterrupt (``lightning/pytorch/trainer/call.py``) and at ``SIG_DFL`` after it tore a process
+    group down (``_destroy_dist_connection``); either would change what a later test in the same worker
+    sees when a SIGINT arrives."""
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    if signal.getsignal(signal.SIGINT) is not before:
+        signal.signal(signal.SIGINT, before)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -271,8 +271,14 @@ def test_predict_stops_on_sigterm_and_sigint(signame, tmp_path, monkeypatch, arg
     cli = main([*tiny_fit_args(tmp_path), "--trainer.logger", "false", "--trainer.callbacks", "[]",
                 "--data.init_args.predict_path", str(lr_dir), "--prediction.output_dir", str(out)], run=False)
     cli.trainer.callbacks.append(_SignalAtBatch(getattr(signal, signame), at=3).callback())
-    with pytest.raises(SystemExit):
-        cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
+    # Python's own SIGINT handler (KeyboardInterrupt), as in a terminal: a suite started in the background
+    # by a shell without job control inherits SIGINT ignored, and the signal would then never arrive
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(SystemExit):
+            cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     written = sorted(p.name for p in out.glob("*.png"))
     assert 1 <= len(written) < 12, written  # stopped early, after whole files
 
