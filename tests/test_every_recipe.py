@@ -28,7 +28,8 @@ and attacks stay as in the recipe):
 Cost: the full-size networks, the studies' arms and the reports take about 400 CPU-seconds (measured
 under load, 2026-12-07), more than the whole suite's budget on two cores, so they carry the
 ``recipes`` mark: ``make test`` leaves them out and ``make test-recipes`` runs them all. The small
-recipes, the quick robustness report and the header check below run in ``make test``.
+recipes, the three BadSR studies of issue 23 (scale ladder, substitute, target: one arm each), the quick
+robustness report and the header check below run in ``make test``.
 
 A recipe the test cannot run this way says why in its YAML header (a line starting
 ``# every-recipe test:``), and :func:`test_every_config_is_run_or_says_why` checks it.
@@ -260,9 +261,12 @@ def _in_process(extra: list[str]):
     return run_child
 
 
+# issue 23's three BadSR studies at toy size in make test; the others in make test-recipes
+IN_MAKE_TEST = {"badsr_scale", "badsr_substitute", "badsr_target"}
+
+
 @pytest.mark.slow
-@pytest.mark.recipes
-@pytest.mark.parametrize("name", STUDIES)
+@pytest.mark.parametrize("name", [n if n in IN_MAKE_TEST else pytest.param(n, marks=HEAVY) for n in STUDIES])
 def test_study_runs_parse_and_one_arm_trains(name, workdir, standins, monkeypatch):
     """Every run of the study: its resolved training command (the study's dry run) parsed and its
     classes built by the LightningCLI parser; one arm trained for two steps through the study runner."""
