@@ -24,7 +24,7 @@ def _tb_images(log_dir) -> dict:
 
 
 def test_log_image_reaches_tensorboard_and_mlflow_and_always_writes_the_png(tmp_path, monkeypatch):
-    pytest.importorskip("mlflow", reason="the loggers extra (mlflow-skinny) is part of the dev extra")
+    pytest.importorskip("mlflow", reason="MLflow comes with the loggers extra (mlflow-skinny), part of the dev extra")
     from lightning.pytorch.loggers import MLFlowLogger
 
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow >= 3 asks for an opt-in to its file store
