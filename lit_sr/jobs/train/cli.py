@@ -17,6 +17,7 @@ the writer, set with ``--prediction.output_dir``, ``--prediction.tile`` and ``--
 from __future__ import annotations
 
 import copy
+import json
 import signal
 import sys
 from collections.abc import Iterable, Mapping
@@ -220,21 +221,14 @@ class SRLightningCLI(LightningCLI):
         self.datamodule.save_hyperparameters({"data": plain_config(config["data"])})
 
 
-def plain_config(value):
-    """A parsed configuration value as plain Python: dicts, lists, str, numbers, bool and None only.
-
-    What a checkpoint may hold and still load with ``weights_only=True`` (a jsonargparse
-    ``Namespace`` or ``Path`` would not); anything else is written as its ``str``.
-    """
-    if isinstance(value, Namespace):
-        value = value.as_dict()
-    if isinstance(value, Mapping):
-        return {str(k): plain_config(v) for k, v in value.items() if not str(k).startswith("__")}
-    if isinstance(value, (list, tuple)):
-        return [plain_config(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
+def plain_config(value: Namespace | Mapping) -> dict:
+    """A parsed configuration as plain JSON data (dicts, lists, str, numbers, bool, None), without
+    jsonargparse's ``__path__`` entries: what a checkpoint may hold and still load with
+    ``weights_only=True``. Anything else (a ``Path``) is written as its ``str``, as
+    :func:`lit_sr.jobs.parser.config_dict` does for a job's record."""
+    tree = value.as_dict() if isinstance(value, Namespace) else value
+    return json.loads(json.dumps(tree, default=str),
+                      object_pairs_hook=lambda pairs: {k: v for k, v in pairs if not k.startswith("__")})
 
 
 UNION_ERROR = "Does not validate against any of the Union subtypes"
