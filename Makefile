@@ -15,11 +15,18 @@ RUN := OMP_NUM_THREADS=$(THREADS) $(PY)
 
 .PHONY: help venv demo demo-quick quickstart defend test test-fast test-recipes lint docs clean
 
+# The CUDA build of torch that the pin takes fills about 6 GB: say so before pip fails half-way with
+# "No space left on device". --no-cache-dir: a fresh environment gains nothing from a second copy of
+# every download in ~/.cache/pip.
+PIP_INSTALL := $(PY) -m pip install -q --no-cache-dir
+NEEDED_GB ?= 7
+
 $(STAMP): pyproject.toml Makefile
+	@$(PYTHON) -c "import shutil,sys; free=shutil.disk_usage('.').free/1e9; free<$(NEEDED_GB) and print(f'warning: {free:.1f} GB free here; the environment needs about $(NEEDED_GB) GB (torch with its CUDA libraries)', file=sys.stderr)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PIP_INSTALL) --upgrade pip
+	$(PIP_INSTALL) $(TORCH_PIN)
+	$(PIP_INSTALL) -e '.[dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)
