@@ -15,14 +15,25 @@ device-resident batches, interleaved round by round so that a change of load hit
                 (``callbacks.progress_bar.TimedProgressBar``);
   quickstart_lightning_bar  the same with Lightning's default ``TQDMProgressBar`` (a redraw after
                 every batch: the bar before TimedProgressBar), the ablation of that choice;
-  quickstart_no_bar  the same without any progress bar (``--trainer.enable_progress_bar false``).
+  quickstart_no_bar  the same without any progress bar (``--trainer.enable_progress_bar false``);
+  quickstart_all_hooks  the quickstart with every callback's empty per-batch hooks dispatched again
+                (``lit_sr.jobs.train.batch_hooks.restore_batch_hooks``): the quickstart before
+                ``lit-sr fit`` hid them, the ablation of that change;
+  trainer_minimal  a minimal ``LightningModule`` (the same network, L1, Adam, the cosine
+                ``LambdaLR``; no ``self.log``) in the bare Trainer: what the bare Trainer adds
+                without any of ``SRModule``'s code, i.e. Lightning's own per-batch loop;
+  trainer_manual  ``SRModule`` with manual optimisation (a benchmark-only subclass:
+                ``manual_backward``, ``step``, the scheduler's ``step``) in the bare Trainer: what
+                the automatic loop's closure and hooks cost against the manual one.
 
 A mode's time is the period from the start of step ``warmup`` to the start of step
 ``warmup + steps`` (the Trainer modes: ``on_train_batch_start``, the plain loop: the top of its
 loop), so what runs once per fit (set-up, the last checkpoint) is outside it. Reported per mode:
 the median over the rounds of milliseconds per step, wall and CPU (``time.process_time``: this
 process's own CPU seconds, which other jobs on the machine inflate far less than wall time), and
-the addition over the plain loop.
+the addition over the plain loop. The clock's own empty per-batch hooks are hidden from
+Lightning's dispatcher in every Trainer mode (as ``lit-sr fit`` hides its callbacks' ones), so the
+apparatus adds one hook call a step.
 
 ``--threads 1 2`` repeats the table per torch thread count; ``--busy N`` starts N CPU-bound
 processes (a spinning Python loop each) for the whole run, a controlled "under load" next to
@@ -45,6 +56,7 @@ import argparse
 import cProfile
 import json
 import logging
+import math
 import multiprocessing
 import os
 import pstats
@@ -60,19 +72,25 @@ import lightning as L
 import torch
 from common import machine_name
 from peer_basicsr import SCALE, Batches, print_step_table, run_plain
+from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
+from lit_sr.archs import build_arch
 from lit_sr.io import atomic_write
+from lit_sr.jobs.train.batch_hooks import restore_batch_hooks, skip_noop_batch_hooks
 from lit_sr.modules import SRModule
+from lit_sr.modules.step_logs import step_logs_due
 from train import main as train_cli  # the entry point's CLI builder: the Trainer `lit-sr fit` builds
 
-MODES = ("plain", "trainer", "quickstart", "quickstart_lightning_bar", "quickstart_no_bar")
+MODES = ("plain", "trainer", "quickstart", "quickstart_lightning_bar", "quickstart_no_bar", "quickstart_all_hooks",
+         "trainer_minimal", "trainer_manual")
 RECIPE = Path(__file__).resolve().parent.parent / "configs" / "train" / "quickstart.yaml"
 # what each quickstart mode changes on the recipe's command line
 QUICKSTART_ARGS = {
     "quickstart": [],
     "quickstart_lightning_bar": ["--trainer.callbacks+=lightning.pytorch.callbacks.TQDMProgressBar"],
     "quickstart_no_bar": ["--trainer.enable_progress_bar", "false"],
+    "quickstart_all_hooks": [],
 }
 
 
@@ -97,6 +115,60 @@ def quickstart_module(kwargs: dict) -> SRModule:
                     export_weights=False)
 
 
+class ManualSRModule(SRModule):
+    """``SRModule``'s step with manual optimisation: a prototype to time Lightning's automatic loop against.
+
+    Benchmark only: it leaves out what the automatic loop gives ``SRModule`` (gradient clipping,
+    accumulation, the ``on_before_optimizer_step`` hooks in the same places), which the product
+    would have to re-implement before switching.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.automatic_optimization = False
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        loss = self.pixel_loss(self(batch["lr"]).float(), batch["hr"])
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        opt.step()
+        sched.step()
+        if step_logs_due(self):
+            self.log("train/loss", loss, prog_bar=True, batch_size=batch["lr"].shape[0])
+        return loss.detach()
+
+
+class MinimalModule(L.LightningModule):
+    """The least ``LightningModule`` that trains like the quickstart's: network, L1, Adam, a per-step ``LambdaLR``."""
+
+    def __init__(self, kwargs: dict, total: int):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = build_arch("edsr", upscale=SCALE, **kwargs)
+        self.total = total
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return F.l1_loss(self.net(batch["lr"]), batch["hr"])
+
+    def configure_optimizers(self):
+        opt = torch.optim.Adam(self.net.parameters(), lr=1e-3)
+        half_cosine = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, self.total) / self.total))  # noqa: E731
+        cosine = torch.optim.lr_scheduler.LambdaLR(opt, half_cosine)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
+
+
+def bench_module(mode: str, kwargs: dict, total: int) -> L.LightningModule:
+    """The module a Trainer mode trains."""
+    if mode == "trainer_minimal":
+        return MinimalModule(kwargs, total)
+    if mode == "trainer_manual":
+        torch.manual_seed(0)
+        return ManualSRModule(arch="edsr", arch_kwargs=kwargs, scale=SCALE, loss="l1", lr=1e-3, scheduler="cosine",
+                              export_weights=False)
+    return quickstart_module(kwargs)
+
+
 def quickstart_trainer(work: Path, total: int, threads: int, extra: list[str]) -> L.Trainer:
     """The Trainer ``lit-sr fit --config configs/train/quickstart.yaml`` builds, for ``total`` steps, logging to ``work``."""
     cli = train_cli(["--config", str(RECIPE), "--threads", str(threads), "--trainer.max_steps", str(total),
@@ -110,14 +182,17 @@ def run_trainer(mode: str, kwargs: dict, batches, steps: int, warmup: int, work:
                 threads: int) -> tuple[float, float]:
     total = warmup + steps + 1  # the clock stops at the start of the last one
     clock = PeriodClock(warmup, warmup + steps)
-    if mode == "trainer":
+    skip_noop_batch_hooks([clock])  # the apparatus: one hook call a step, in every mode alike
+    if mode.startswith("trainer"):
         trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=total, limit_val_batches=0,
                             num_sanity_val_steps=0, logger=False, enable_progress_bar=False,
                             enable_checkpointing=False, enable_model_summary=False, default_root_dir=work)
     else:
         trainer = quickstart_trainer(work, total, threads, QUICKSTART_ARGS[mode])
+        if mode == "quickstart_all_hooks":
+            restore_batch_hooks(trainer.callbacks)
     trainer.callbacks.insert(0, clock)  # first of the callbacks: its batch start is the step's start
-    trainer.fit(quickstart_module(kwargs), DataLoader(Batches(batches, total), batch_size=None))
+    trainer.fit(bench_module(mode, kwargs, total), DataLoader(Batches(batches, total), batch_size=None))
     return clock.end[0] - clock.start[0], clock.end[1] - clock.start[1]
 
 

@@ -1,0 +1,143 @@
+"""``lit-sr fit`` hides its callbacks' empty per-batch hooks from Lightning's dispatcher: fewer calls, the same run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import Logger
+from torch.utils.data import DataLoader, Dataset
+
+from callbacks import LastCheckpoint, RunSummary, SRImageLogger
+from callbacks.stop_on_nonfinite import StopOnNonFiniteLoss
+from lit_sr.jobs.train.batch_hooks import BATCH_HOOKS, noop_batch_hooks, restore_batch_hooks, skip_noop_batch_hooks
+from lit_sr.io import load_checkpoint
+from lit_sr.jobs.train.cli import train_cli
+from lit_sr.modules import SRModule
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Recorder(Logger):
+    """Keeps what Lightning sends to a logger: (step, metrics)."""
+
+    def __init__(self):
+        super().__init__()
+        self.points: list[tuple[int, dict]] = []
+
+    @property
+    def name(self) -> str:
+        return "recorder"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        self.points.append((step, {k: float(v) for k, v in metrics.items()}))
+
+
+class Pairs(Dataset):
+    def __init__(self, n: int, hr: int = 16):
+        g = torch.Generator().manual_seed(0)
+        self.hr = torch.rand(n, 3, hr, hr, generator=g)
+        self.lr = torch.nn.functional.avg_pool2d(self.hr, 2)
+
+    def __len__(self) -> int:
+        return len(self.lr)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"lr": self.lr[i], "hr": self.hr[i], "index": i, "path": f"{i}.png"}
+
+
+class Counter(L.Callback):
+    """Overrides two batch hooks and counts them: an overridden hook must still run every batch."""
+
+    def __init__(self):
+        self.starts = self.ends = 0
+
+    def on_train_batch_start(self, *args) -> None:
+        self.starts += 1
+
+    def on_validation_batch_end(self, *args) -> None:
+        self.ends += 1
+
+
+def test_only_the_base_classes_empty_hooks_are_hidden_and_restored():
+    counter, summary, best = Counter(), RunSummary(), ModelCheckpoint(monitor="val/psnr_y", mode="max")
+    assert set(noop_batch_hooks(counter)) == set(BATCH_HOOKS) - {"on_train_batch_start", "on_validation_batch_end"}
+    assert "on_train_batch_end" not in noop_batch_hooks(best)  # ModelCheckpoint's own hook does work
+    hidden = skip_noop_batch_hooks([counter, summary, best])
+    assert hidden == (len(BATCH_HOOKS) - 2) + len(BATCH_HOOKS) + len(noop_batch_hooks(ModelCheckpoint()))
+    assert counter.on_before_backward is None and summary.on_train_batch_end is None
+    assert callable(counter.on_train_batch_start) and callable(best.on_train_batch_end)
+    assert callable(RunSummary().on_train_batch_end)  # the class and other instances are unchanged
+    assert skip_noop_batch_hooks([counter]) == 0  # hiding twice hides nothing more
+    restore_batch_hooks([counter, summary, best])
+    assert all(callable(getattr(cb, h)) for cb in (counter, summary, best) for h in BATCH_HOOKS)
+    assert not any(h in vars(cb) for cb in (counter, summary, best) for h in BATCH_HOOKS)
+
+
+def _fit(tmp_path: Path, hide: bool) -> tuple[Recorder, Counter, list[str], dict]:
+    torch.manual_seed(0)
+    module = SRModule(arch="edsr", arch_kwargs={"num_feat": 4, "num_block": 1}, scale=2, lr=1e-3,
+                      scheduler="cosine", export_weights=False)
+    counter, logger = Counter(), Recorder()
+    callbacks = [LearningRateMonitor(logging_interval="step"),
+                 ModelCheckpoint(monitor="val/psnr_y", mode="max", save_top_k=1, filename="best"),
+                 LastCheckpoint(every_n_train_steps=4), SRImageLogger(num_images=1), RunSummary(),
+                 StopOnNonFiniteLoss(), counter]
+    if hide:
+        skip_noop_batch_hooks(callbacks)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=2, log_every_n_steps=2, logger=logger, callbacks=callbacks,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        default_root_dir=tmp_path)
+    dispatched: list[str] = []
+    profile = trainer.profiler.profile
+    trainer.profiler.profile = lambda name: (dispatched.append(name), profile(name))[1]
+    data = DataLoader(Pairs(8), batch_size=2)  # 4 steps an epoch, validation on the same 4 batches
+    trainer.fit(module, data, data)
+    folders = {Path(trainer.checkpoint_callback.dirpath), Path(callbacks[2].dirpath)}
+    saved = {p.name: load_checkpoint(p)["state_dict"] for folder in folders for p in folder.glob("*.ckpt")}
+    return logger, counter, dispatched, saved
+
+
+def test_a_fit_dispatches_no_empty_hook_and_logs_saves_and_calls_the_same(tmp_path):
+    logger, counter, dispatched, saved = _fit(tmp_path / "hidden", hide=True)
+    all_logger, all_counter, all_dispatched, all_saved = _fit(tmp_path / "all", hide=False)
+    # the same logged points (loss, learning rate, validation metrics) at the same steps, bit for bit
+    assert logger.points == all_logger.points
+    assert any("lr-Adam" in m for _, m in logger.points) and any("val/psnr_y" in m for _, m in logger.points)
+    # the same checkpoints with the same weights
+    assert saved.keys() == all_saved.keys() == {"best.ckpt", "last.ckpt"}
+    for name in saved:
+        assert all(torch.equal(saved[name][k], all_saved[name][k]) for k in saved[name])
+    # the overridden hooks ran on every batch either way
+    assert (counter.starts, counter.ends) == (all_counter.starts, all_counter.ends) == (8, 8)
+    # Lightning dispatched no empty batch hook, and everything else in the same order
+    hidden = set(all_dispatched) - set(dispatched)
+    assert {n.rsplit(".", 1)[1] for n in hidden} <= set(BATCH_HOOKS)
+    assert [n for n in all_dispatched if n not in hidden] == dispatched
+    summary_batch_hooks = [n for n in all_dispatched
+                           if n.startswith("[Callback]RunSummary.") and n.rsplit(".", 1)[1] in BATCH_HOOKS]
+    assert len(summary_batch_hooks) == 8 * 6 + 8 * 2  # 6 hooks a training batch, 2 a validation batch
+    assert set(summary_batch_hooks) <= hidden
+    assert not [n for n in dispatched if n.startswith("[Callback]") and ("backward" in n or "zero_grad" in n)]
+    assert sum("LearningRateMonitor" in n and n.endswith(".on_train_batch_start") for n in dispatched) == 8
+
+def test_lit_sr_fit_hides_the_empty_hooks_of_every_callback_it_builds():
+    trainer = train_cli(["--config", str(ROOT / "configs" / "train" / "quickstart.yaml"), "--trainer.logger", "false"],
+                        run=False).trainer
+    assert len(trainer.callbacks) >= 8
+    for callback in trainer.callbacks:
+        assert noop_batch_hooks(callback) == []
+        assert all(getattr(callback, h) is None or getattr(type(callback), h) is not getattr(L.Callback, h)
+                   for h in BATCH_HOOKS)
+    # what does work per step is still dispatched
+    assert callable(trainer.checkpoint_callback.on_train_batch_end)
+    assert callable(trainer.progress_bar_callback.on_train_batch_end)
