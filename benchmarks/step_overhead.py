@@ -40,7 +40,10 @@ processes (a spinning Python loop each) for the whole run, a controlled "under l
 whatever else the machine runs (the load average is reported at start and end). ``--count-calls``
 reports, instead of times, the Python function calls each mode makes per step (``cProfile``'s
 count over ``2 * steps`` steps less that over ``steps``): deterministic, so a loaded machine
-cannot blur it.
+cannot blur it. ``TimedProgressBar`` redraws when 0.1 s has passed, so how many redraws a step
+carries depends on the wall clock (and a profiler slows steps several-fold); the counts are
+taken without its in-epoch redraws, and one redraw's calls are half of the difference between
+``quickstart_lightning_bar`` (two redraws a step) and ``quickstart_no_bar``.
 
 Run it from the repository root with ``PYTHONPATH=.`` (it imports ``train.py``, the entry point):
 
@@ -75,6 +78,7 @@ from peer_basicsr import SCALE, Batches, print_step_table, run_plain
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
+from callbacks.progress_bar import TimedProgressBar
 from lit_sr.archs import build_arch
 from lit_sr.io import atomic_write
 from lit_sr.jobs.train.batch_hooks import restore_batch_hooks, skip_noop_batch_hooks
@@ -179,7 +183,8 @@ def quickstart_trainer(work: Path, total: int, threads: int, extra: list[str]) -
 
 
 def run_trainer(mode: str, kwargs: dict, batches, steps: int, warmup: int, work: Path,
-                threads: int) -> tuple[float, float]:
+                threads: int, clocked_redraws: bool = True) -> tuple[float, float]:
+    """One fit of ``mode``; ``clocked_redraws=False`` stops ``TimedProgressBar``'s time-driven redraws (call counts)."""
     total = warmup + steps + 1  # the clock stops at the start of the last one
     clock = PeriodClock(warmup, warmup + steps)
     skip_noop_batch_hooks([clock])  # the apparatus: one hook call a step, in every mode alike
@@ -191,6 +196,10 @@ def run_trainer(mode: str, kwargs: dict, batches, steps: int, warmup: int, work:
         trainer = quickstart_trainer(work, total, threads, QUICKSTART_ARGS[mode])
         if mode == "quickstart_all_hooks":
             restore_batch_hooks(trainer.callbacks)
+        if not clocked_redraws:  # their number follows the wall clock, which a profiler and the load stretch
+            for callback in trainer.callbacks:
+                if isinstance(callback, TimedProgressBar):
+                    callback.min_interval = float("inf")
     trainer.callbacks.insert(0, clock)  # first of the callbacks: its batch start is the step's start
     trainer.fit(bench_module(mode, kwargs, total), DataLoader(Batches(batches, total), batch_size=None))
     return clock.end[0] - clock.start[0], clock.end[1] - clock.start[1]
@@ -233,7 +242,8 @@ def step_rows(args, work: Path) -> list[dict]:
         torch.set_num_threads(args.threads[0])
         return [{"threads": args.threads[0], "mode": mode, "python_calls_per_step": calls_per_step(
             lambda steps, m=mode: (run_plain(kwargs, batches, steps, 0) if m == "plain" else
-                                   run_trainer(m, kwargs, batches, steps, 0, work, args.threads[0])), args.steps)}
+                                   run_trainer(m, kwargs, batches, steps, 0, work, args.threads[0],
+                                               clocked_redraws=False)), args.steps)}
                 for mode in args.modes]
     if args.profile:  # CPU time, so other jobs on the machine do not skew it
         torch.set_num_threads(args.threads[0])
@@ -316,9 +326,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.profile:
         return report
     if args.count_calls:
-        print("\n| mode | Python calls per step |\n|---|---|")
+        base = report["step"][0]["python_calls_per_step"]  # the plain loop: always the first mode
+        print("\n| mode | Python calls per step | over the plain loop |\n|---|---|---|")
         for r in report["step"]:
-            print(f"| {r['mode']} | {r['python_calls_per_step']:.0f} |")
+            print(f"| {r['mode']} | {r['python_calls_per_step']:.0f} | {r['python_calls_per_step'] - base:+.0f} |")
     else:
         print_table(report)
     if args.out:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
@@ -12,8 +13,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from callbacks import LastCheckpoint, RunSummary, SRImageLogger
 from callbacks.stop_on_nonfinite import StopOnNonFiniteLoss
-from lit_sr.jobs.train.batch_hooks import BATCH_HOOKS, noop_batch_hooks, restore_batch_hooks, skip_noop_batch_hooks
 from lit_sr.io import load_checkpoint
+from lit_sr.jobs.train.batch_hooks import (
+    BATCH_HOOKS,
+    noop_batch_hooks,
+    restore_batch_hooks,
+    skip_noop_batch_hooks,
+)
 from lit_sr.jobs.train.cli import train_cli
 from lit_sr.modules import SRModule
 
@@ -68,19 +74,25 @@ class Counter(L.Callback):
         self.ends += 1
 
 
-def test_only_the_base_classes_empty_hooks_are_hidden_and_restored():
-    counter, summary, best = Counter(), RunSummary(), ModelCheckpoint(monitor="val/psnr_y", mode="max")
+def test_only_hooks_that_do_nothing_are_hidden_and_restored():
+    counter, summary = Counter(), RunSummary()
+    best = ModelCheckpoint(monitor="val/psnr_y", mode="max")  # saves at validation ends only
+    stepped, timed = ModelCheckpoint(every_n_train_steps=3), ModelCheckpoint(train_time_interval=timedelta(minutes=5))
     assert set(noop_batch_hooks(counter)) == set(BATCH_HOOKS) - {"on_train_batch_start", "on_validation_batch_end"}
-    assert "on_train_batch_end" not in noop_batch_hooks(best)  # ModelCheckpoint's own hook does work
-    hidden = skip_noop_batch_hooks([counter, summary, best])
-    assert hidden == (len(BATCH_HOOKS) - 2) + len(BATCH_HOOKS) + len(noop_batch_hooks(ModelCheckpoint()))
+    assert "on_train_batch_end" in noop_batch_hooks(best)  # returns at once without a per-step schedule
+    assert "on_train_batch_end" in noop_batch_hooks(LastCheckpoint())
+    for scheduled in (stepped, timed, LastCheckpoint(every_n_train_steps=3)):
+        assert "on_train_batch_end" not in noop_batch_hooks(scheduled)  # it saves on its schedule
+    hidden = skip_noop_batch_hooks([counter, summary, best, stepped])
+    assert hidden == (len(BATCH_HOOKS) - 2) + 2 * len(BATCH_HOOKS) + (len(BATCH_HOOKS) - 1)
     assert counter.on_before_backward is None and summary.on_train_batch_end is None
-    assert callable(counter.on_train_batch_start) and callable(best.on_train_batch_end)
+    assert best.on_train_batch_end is None and callable(stepped.on_train_batch_end)
+    assert callable(counter.on_train_batch_start)
     assert callable(RunSummary().on_train_batch_end)  # the class and other instances are unchanged
     assert skip_noop_batch_hooks([counter]) == 0  # hiding twice hides nothing more
-    restore_batch_hooks([counter, summary, best])
-    assert all(callable(getattr(cb, h)) for cb in (counter, summary, best) for h in BATCH_HOOKS)
-    assert not any(h in vars(cb) for cb in (counter, summary, best) for h in BATCH_HOOKS)
+    restore_batch_hooks([counter, summary, best, stepped])
+    assert all(callable(getattr(cb, h)) for cb in (counter, summary, best, stepped) for h in BATCH_HOOKS)
+    assert not any(h in vars(cb) for cb in (counter, summary, best, stepped) for h in BATCH_HOOKS)
 
 
 def _fit(tmp_path: Path, hide: bool) -> tuple[Recorder, Counter, list[str], dict]:
@@ -138,6 +150,8 @@ def test_lit_sr_fit_hides_the_empty_hooks_of_every_callback_it_builds():
         assert noop_batch_hooks(callback) == []
         assert all(getattr(callback, h) is None or getattr(type(callback), h) is not getattr(L.Callback, h)
                    for h in BATCH_HOOKS)
-    # what does work per step is still dispatched
-    assert callable(trainer.checkpoint_callback.on_train_batch_end)
+    # what does work per step is still dispatched; the checkpoints save at validation and epoch ends
     assert callable(trainer.progress_bar_callback.on_train_batch_end)
+    assert sum(callable(c.on_train_batch_end) for c in trainer.callbacks) == 2  # the bar, the NaN check
+    assert sum(callable(c.on_train_batch_start) for c in trainer.callbacks) == 1  # the lr monitor
+    assert trainer.checkpoint_callback.on_train_batch_end is None

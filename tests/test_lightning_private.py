@@ -6,17 +6,24 @@ entry point overrides ``_prepare_subcommand_parser`` (``predict`` keeps no predi
 Both are private, so ``pyproject.toml`` bounds Lightning's minor version; before raising the bound,
 run this file against the new release: it checks that both hooks still exist with the signatures
 used, are still called once per CLI, and that the upstream merge still lets the checkpoint win
-(the behaviour the override corrects; if upstream fixed it, the override can go).
+(the behaviour the override corrects; if upstream fixed it, the override can go). ``lit-sr fit``
+also relies on the trainer's private callback dispatcher skipping a hook that is not callable
+and on ``ModelCheckpoint.on_train_batch_end`` doing nothing without a per-step schedule
+(``lit_sr.jobs.train.batch_hooks``): pinned here too.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning.pytorch.trainer import call
 
 from lit_sr.jobs.train.cli import SRLightningCLI
 
@@ -82,3 +89,53 @@ def test_the_checkpoint_wins_upstream_and_the_command_line_wins_in_lit_sr(tmp_pa
     # Upstream: the checkpoint's lr replaces the one typed on the command line (if this changes, the
     # override in lit_sr.jobs.train.cli is no longer needed); lit-sr: the typed value wins.
     assert cli.model.hparams.lr == pytest.approx(expected)
+
+
+def test_the_callback_dispatcher_skips_a_hook_that_is_not_callable():
+    """``lit_sr.jobs.train.batch_hooks`` hides empty hooks by setting them to ``None`` on the instance."""
+    assert "if callable(fn):" in inspect.getsource(call._call_callback_hooks)
+    seen: list[str] = []
+
+    class Hidden(L.Callback):
+        def on_train_batch_end(self, *args) -> None:
+            seen.append("end")
+
+    hidden = Hidden()
+    hidden.on_train_batch_start = None  # what skip_noop_batch_hooks does
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[hidden])
+    trainer.fit(BoringModel())  # no TypeError for the None hook, and the real one still runs
+    assert seen == ["end", "end"]
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"monitor": "val/psnr_y", "mode": "max", "save_last": True}])
+def test_a_checkpoint_without_a_per_step_schedule_does_nothing_after_a_training_batch(tmp_path, kwargs):
+    """``batch_hooks`` hides ``ModelCheckpoint.on_train_batch_end`` when no per-step schedule is set."""
+    calls: list[str] = []
+
+    class Watched(ModelCheckpoint):
+        def on_train_batch_end(self, *args) -> None:
+            state = lambda: {k: copy.deepcopy(v) for k, v in vars(self).items() if not callable(v)}  # noqa: E731
+            before = state()
+            super().on_train_batch_end(*args)
+            calls.append("end")
+            assert state() == before  # no state touched
+
+    checkpoint = Watched(dirpath=tmp_path, **kwargs)
+    assert checkpoint._every_n_train_steps == 0 and checkpoint._train_time_interval is None
+    saved = []
+    checkpoint._save_topk_checkpoint = lambda *a: saved.append("topk")
+    checkpoint._save_last_checkpoint = lambda *a: saved.append("last")
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=3, limit_val_batches=0, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[checkpoint],
+                        default_root_dir=tmp_path)
+    real_end = checkpoint.on_train_batch_end
+
+    def end(*args):
+        saved_before = len(saved)
+        real_end(*args)
+        assert len(saved) == saved_before  # nothing saved after a batch
+
+    checkpoint.on_train_batch_end = end
+    trainer.fit(BoringModel())
+    assert calls == ["end"] * 3

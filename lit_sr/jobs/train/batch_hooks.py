@@ -1,19 +1,21 @@
-"""Skip Lightning's dispatch of the per-batch callback hooks a callback leaves as the base no-op.
+"""Skip Lightning's dispatch of the per-batch callback hooks that do nothing.
 
 Lightning 2.6 calls every per-batch hook of every callback on every batch (``_call_callback_hooks``):
 for each one it reads the callback's ``state_key`` (a ``repr`` of its arguments for the
 checkpoint callbacks), formats a profiler name and enters and leaves a profiler context, about a
 dozen Python calls even when the hook is :class:`lightning.pytorch.Callback`'s empty method.
 ``lit-sr fit``'s quickstart has ten callbacks and six hooks per training step, of which five do
-something (``benchmarks/step_overhead.py --count-calls``): the other 55 dispatches were about 40%
-of what the recipe's callbacks, logger and bar added to a bare Trainer's step.
+something (three, with the two checkpoints idle between validations): the others were more than
+half of the Python calls the recipe's callbacks, logger and bar added to a bare Trainer's step
+(``benchmarks/step_overhead.py --count-calls``, ``docs/performance.md``).
 
 The same dispatcher skips a hook that is not callable (``if callable(fn)``; pinned by
 ``tests/test_lightning_private.py``), so :func:`skip_noop_batch_hooks` sets, on each callback
-*instance*, the per-batch hooks its class inherits unchanged from ``Callback`` to ``None``. Only
-methods whose body is ``Callback``'s own ``pass`` are touched, so nothing a callback does is
+*instance*, the per-batch hooks that do nothing to ``None``: those its class inherits unchanged
+from ``Callback`` (whose body is ``pass``), and ``ModelCheckpoint``'s ``on_train_batch_end`` when
+the checkpoint has no per-step schedule (it returns at once then). Nothing a callback does is
 skipped; a subclass that overrides a hook keeps it; :func:`restore_batch_hooks` undoes it. What
-changes: ``--trainer.profiler simple`` no longer lists those empty hooks (they took no time).
+changes: ``--trainer.profiler simple`` no longer lists those hooks (they took no time).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 # The hooks Lightning's loops call once per batch (training, validation, test, predict): per-epoch
 # hooks cost nothing worth a change.
@@ -34,9 +37,27 @@ BATCH_HOOKS = (
 
 
 def noop_batch_hooks(callback: L.Callback) -> list[str]:
-    """The per-batch hooks of ``callback`` that are :class:`~lightning.pytorch.Callback`'s empty methods."""
-    return [hook for hook in BATCH_HOOKS
-            if hook not in vars(callback) and getattr(type(callback), hook, None) is getattr(L.Callback, hook)]
+    """The per-batch hooks of ``callback`` that do nothing: not yet hidden, and either
+    :class:`~lightning.pytorch.Callback`'s empty method or, for a checkpoint callback with no
+    per-step schedule, :class:`ModelCheckpoint`'s ``on_train_batch_end``."""
+    hooks = [hook for hook in BATCH_HOOKS
+             if hook not in vars(callback) and getattr(type(callback), hook, None) is getattr(L.Callback, hook)]
+    if "on_train_batch_end" not in vars(callback) and _idle_checkpoint(callback):
+        hooks.append("on_train_batch_end")
+    return hooks
+
+
+def _idle_checkpoint(callback: L.Callback) -> bool:
+    """A ``ModelCheckpoint`` whose ``on_train_batch_end`` returns at once on every batch.
+
+    Lightning 2.6's method saves only on an ``every_n_train_steps`` or ``train_time_interval``
+    schedule and returns before touching any state when neither is set (both optimisation modes;
+    ``tests/test_lightning_private.py`` pins it): the quickstart's best and last checkpoints,
+    which save at validation and epoch ends.
+    """
+    return (isinstance(callback, ModelCheckpoint)
+            and type(callback).on_train_batch_end is ModelCheckpoint.on_train_batch_end
+            and callback._every_n_train_steps < 1 and callback._train_time_interval is None)
 
 
 def skip_noop_batch_hooks(callbacks: Iterable[L.Callback]) -> int:
