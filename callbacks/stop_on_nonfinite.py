@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,7 +35,7 @@ class StopOnNonFiniteLoss(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         losses = _losses(outputs, trainer)
-        bad = {name: value for name, value in losses.items() if not bool(torch.isfinite(value).all())}
+        bad = {name: value for name, value in losses.items() if not _finite(value)}
         if trainer.strategy.reduce_boolean_decision(not bad, all=True):
             return
         where = (", ".join(f"{name} = {value.float().mean().item()}" for name, value in bad.items())
@@ -45,6 +46,13 @@ class StopOnNonFiniteLoss(L.Callback):
             f"training stopped at step {trainer.global_step} (epoch {trainer.current_epoch}, batch {batch_idx}): "
             f"{where} is not finite. The run diverged{hint}: lower the learning rate or clip gradients "
             "(--trainer.gradient_clip_val 1.0). No weights were exported.")
+
+
+def _finite(value: torch.Tensor) -> bool:
+    """Whether every element of ``value`` is finite; a one-element loss through ``item`` (a step's usual case)."""
+    if value.numel() == 1:  # one .item() costs ~0.5 us on a CPU tensor, isfinite + all + bool ~10 us
+        return math.isfinite(value.item())
+    return bool(torch.isfinite(value).all())
 
 
 def _losses(outputs: Any, trainer: L.Trainer) -> dict[str, torch.Tensor]:

@@ -647,6 +647,18 @@ def test_a_run_whose_loss_turns_nan_stops_with_a_message_and_exports_nothing(tmp
     assert not list((tmp_path / "runs").rglob("*.ckpt"))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_the_divergence_check_finds_every_non_finite_loss_shape_and_dtype(dtype):
+    from callbacks.stop_on_nonfinite import _finite
+
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for value in (torch.tensor(bad), torch.tensor([bad]), torch.tensor([0.5, bad, 1.0])):
+            assert not _finite(value.to(dtype)), (bad, value.shape, dtype)
+    for value in (torch.tensor(0.25), torch.tensor([1e4]), torch.tensor([0.5, 2.0]), torch.zeros(0)):
+        assert _finite(value.to(dtype))
+    assert _finite(torch.tensor(3)) and _finite(torch.tensor([1, 2]))  # integer counts are always finite
+
+
 def test_nan_weights_are_never_written(tmp_path):
     from torch import nn
 
