@@ -47,7 +47,9 @@ taken without its in-epoch redraws, and one redraw's calls are half of the diffe
 ``--dispatch`` times one empty hook's dispatch to the quickstart's callbacks, every hook
 dispatched against the empty ones hidden (``lit_sr.jobs.train.batch_hooks``), as the least of
 many short repeats of this process's CPU time: what hiding one empty hook saves, in microseconds,
-with the load's effect kept small.
+with the load's effect kept small. ``--components quickstart`` times the step's parts (the
+callback dispatch, ``self.log``, the logger connector, TensorBoard, each per-step hook) with a
+timer around each, the least of ``--rounds`` fits.
 
 Run it from the repository root with ``PYTHONPATH=.`` (it imports ``train.py``, the entry point):
 
@@ -79,12 +81,16 @@ from pathlib import Path
 import lightning as L
 import torch
 from common import machine_name
+from lightning.fabric.loggers.tensorboard import TensorBoardLogger
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.trainer import call
+from lightning.pytorch.trainer.connectors.logger_connector.logger_connector import _LoggerConnector
 from peer_basicsr import SCALE, Batches, print_step_table, run_plain
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from callbacks.progress_bar import TimedProgressBar
+from callbacks.stop_on_nonfinite import StopOnNonFiniteLoss
 from lit_sr.archs import build_arch
 from lit_sr.io import atomic_write
 from lit_sr.jobs.train.batch_hooks import restore_batch_hooks, skip_noop_batch_hooks
@@ -237,6 +243,67 @@ def dispatch_rows(kwargs: dict, batches, work: Path, threads: int, calls: int = 
     return rows
 
 
+def component_targets() -> dict[str, tuple[object, str]]:
+    """The per-step parts of a quickstart step that ``--components`` times: label -> (owner, attribute)."""
+    return {
+        "callback hook dispatch (Lightning; the bodies below included)": (call, "_call_callback_hooks"),
+        "LightningModule.log (Lightning; SRModule's loss on the logger's steps)": (L.LightningModule, "log"),
+        "logger connector: update_train_step_metrics (Lightning)": (_LoggerConnector, "update_train_step_metrics"),
+        "logger connector: on_batch_end (Lightning)": (_LoggerConnector, "on_batch_end"),
+        "TensorBoardLogger.log_metrics (Lightning)": (TensorBoardLogger, "log_metrics"),
+        "LearningRateMonitor.on_train_batch_start (Lightning)": (LearningRateMonitor, "on_train_batch_start"),
+        "ModelCheckpoint.on_train_batch_end (Lightning)": (ModelCheckpoint, "on_train_batch_end"),
+        "TimedProgressBar.on_train_batch_end (lit-sr)": (TimedProgressBar, "on_train_batch_end"),
+        "StopOnNonFiniteLoss.on_train_batch_end (lit-sr)": (StopOnNonFiniteLoss, "on_train_batch_end"),
+    }
+
+
+def component_rows(mode: str, kwargs: dict, batches, steps: int, warmup: int, rounds: int, work: Path,
+                   threads: int) -> list[dict]:
+    """CPU microseconds per step in each of :func:`component_targets` during ``mode``'s fits.
+
+    Each target is wrapped in a timer (two ``process_time`` reads, ~1 us each: the one figure
+    for a hook is its body plus that); the least total over ``rounds`` fits counts, since other jobs
+    only ever add CPU time. Nested targets (a hook inside the dispatch) are counted in both.
+    """
+    totals: dict[str, list[tuple[int, float]]] = {}
+    originals = {label: (owner, name, getattr(owner, name)) for label, (owner, name) in component_targets().items()}
+
+    def timed(label: str, fn: Callable) -> Callable:
+        def wrapper(*a, **k):
+            start = time.process_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                counts[label][0] += 1
+                counts[label][1] += time.process_time() - start
+        return wrapper
+
+    counts = {label: [0, 0.0] for label in originals}
+    try:
+        for label, (owner, name, fn) in originals.items():
+            setattr(owner, name, timed(label, fn))
+        run_trainer(mode, kwargs, batches, 2, 0, work, threads)  # first-use work out of the way
+        for _ in range(rounds):
+            counts = {label: [0, 0.0] for label in originals}
+            _, cpu = run_trainer(mode, kwargs, batches, steps, warmup, work, threads)
+            for label, (n, t) in counts.items():
+                totals.setdefault(label, []).append((n, t))
+            totals.setdefault("whole step (the benchmark's clock)", []).append((steps, cpu))
+    finally:
+        for owner, name, fn in originals.values():
+            setattr(owner, name, fn)
+    per_fit = warmup + steps + 1  # the wrapped parts run on every step of the fit, the clock on `steps`
+    rows = []
+    for label, runs in totals.items():
+        n, t = min(runs, key=lambda r: r[1])
+        per = steps if label.startswith("whole step") else per_fit
+        if n:
+            rows.append({"part": label, "calls_per_step": n / per, "cpu_us_per_call": 1e6 * t / n,
+                         "cpu_us_per_step": 1e6 * t / per})
+    return rows
+
+
 def spin() -> None:
     """A CPU-bound process: the competing job of ``--busy``."""
     while True:
@@ -280,6 +347,10 @@ def step_rows(args, work: Path) -> list[dict]:
     if args.dispatch:
         torch.set_num_threads(args.threads[0])
         return dispatch_rows(kwargs, batches, work, args.threads[0])
+    if args.components:
+        torch.set_num_threads(args.threads[0])
+        return component_rows(args.components, kwargs, batches, args.steps, args.warmup, args.rounds, work,
+                              args.threads[0])
     if args.profile:  # CPU time, so other jobs on the machine do not skew it
         torch.set_num_threads(args.threads[0])
         profiler = cProfile.Profile(time.process_time)
@@ -326,6 +397,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dispatch", action="store_true",
                    help="instead of the tables: the time of one empty hook's dispatch to the quickstart's callbacks, "
                         "all dispatched against hidden (the least of many short repeats)")
+    p.add_argument("--components", choices=MODES[1:], default=None,
+                   help="instead of the tables: CPU time of the step's parts (hooks, log calls, logger) in this mode")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
     for name in ("num_feat", "num_block", "batch", "steps", "rounds"):
@@ -364,7 +437,11 @@ def main(argv: list[str] | None = None) -> dict:
         shutil.rmtree(work, ignore_errors=True)
     if args.profile:
         return report
-    if args.dispatch:
+    if args.components:
+        print("\n| part | calls a step | CPU us a call | CPU us a step |\n|---|---|---|---|")
+        for r in report["step"]:
+            print(f"| {r['part']} | {r['calls_per_step']:.2f} | {r['cpu_us_per_call']:.1f} | {r['cpu_us_per_step']:.1f} |")
+    elif args.dispatch:
         print("\n| hook dispatch | callbacks | CPU us (least of the repeats) |\n|---|---|---|")
         for r in report["step"]:
             print(f"| {r['state']} | {r['callbacks']} | {r['us_per_dispatch']:.2f} |")
