@@ -17,7 +17,7 @@ device-resident batches, interleaved round by round so that a change of load hit
                 every batch: the bar before TimedProgressBar), the ablation of that choice;
   quickstart_no_bar  the same without any progress bar (``--trainer.enable_progress_bar false``);
   quickstart_all_hooks  the quickstart with every callback's empty per-batch hooks dispatched again
-                (``lit_sr.jobs.train.batch_hooks.restore_batch_hooks``): the quickstart before
+                (``callbacks.batch_hooks.restore_batch_hooks``): the quickstart before
                 ``lit-sr fit`` hid them, the ablation of that change;
   trainer_minimal  a minimal ``LightningModule`` (the same network, L1, Adam, the cosine
                 ``LambdaLR``; no ``self.log``) in the bare Trainer: what the bare Trainer adds
@@ -45,7 +45,7 @@ carries depends on the wall clock (and a profiler slows steps several-fold); the
 taken without its in-epoch redraws, and one redraw's calls are half of the difference between
 ``quickstart_lightning_bar`` (two redraws a step) and ``quickstart_no_bar``.
 ``--dispatch`` times one empty hook's dispatch to the quickstart's callbacks, every hook
-dispatched against the empty ones hidden (``lit_sr.jobs.train.batch_hooks``), as the least of
+dispatched against the empty ones hidden (``callbacks.batch_hooks``), as the least of
 many short repeats of this process's CPU time: what hiding one empty hook saves, in microseconds,
 with the load's effect kept small. ``--components quickstart`` times the step's parts (the
 callback dispatch, ``self.log``, the logger connector, TensorBoard, each per-step hook) with a
@@ -89,11 +89,11 @@ from peer_basicsr import SCALE, Batches, print_step_table, run_plain
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
+from callbacks.batch_hooks import restore_batch_hooks, skip_noop_batch_hooks
 from callbacks.progress_bar import TimedProgressBar
 from callbacks.stop_on_nonfinite import StopOnNonFiniteLoss
 from lit_sr.archs import build_arch
 from lit_sr.io import atomic_write
-from lit_sr.jobs.train.batch_hooks import restore_batch_hooks, skip_noop_batch_hooks
 from lit_sr.modules import SRModule
 from lit_sr.modules.step_logs import step_logs_due
 from train import main as train_cli  # the entry point's CLI builder: the Trainer `lit-sr fit` builds
@@ -117,11 +117,17 @@ class PeriodClock(L.Callback):
         self.first, self.last = first, last
         self.start = self.end = (0.0, 0.0)
 
+    window: list[bool] | None = None  # a flag raised over the period (``--components``)
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if batch_idx == self.first:
             self.start = (time.perf_counter(), time.process_time())
+            if self.window is not None:
+                self.window[0] = True
         elif batch_idx == self.last:
             self.end = (time.perf_counter(), time.process_time())
+            if self.window is not None:
+                self.window[0] = False
 
 
 def quickstart_module(kwargs: dict) -> SRModule:
@@ -195,8 +201,12 @@ def quickstart_trainer(work: Path, total: int, threads: int, extra: list[str]) -
 
 
 def run_trainer(mode: str, kwargs: dict, batches, steps: int, warmup: int, work: Path,
-                threads: int, clocked_redraws: bool = True) -> tuple[float, float]:
-    """One fit of ``mode``; ``clocked_redraws=False`` stops ``TimedProgressBar``'s time-driven redraws (call counts)."""
+                threads: int, clocked_redraws: bool = True, window: list[bool] | None = None) -> tuple[float, float]:
+    """One fit of ``mode``; ``clocked_redraws=False`` stops ``TimedProgressBar``'s time-driven redraws (call counts).
+
+    ``window``, when given, holds one flag that is true from the start of batch ``warmup`` to the
+    start of the last batch: the timed steps, set-up and the fit's end left out.
+    """
     total = warmup + steps + 1  # the clock stops at the start of the last one
     clock = PeriodClock(warmup, warmup + steps)
     skip_noop_batch_hooks([clock])  # the apparatus: one hook call a step, in every mode alike
@@ -213,6 +223,8 @@ def run_trainer(mode: str, kwargs: dict, batches, steps: int, warmup: int, work:
                 if isinstance(callback, TimedProgressBar):
                     callback.min_interval = float("inf")
     trainer.callbacks.insert(0, clock)  # first of the callbacks: its batch start is the step's start
+    if window is not None:
+        clock.window = window
     trainer.fit(bench_module(mode, kwargs, total), DataLoader(Batches(batches, total), batch_size=None))
     return clock.end[0] - clock.start[0], clock.end[1] - clock.start[1]
 
@@ -263,14 +275,19 @@ def component_rows(mode: str, kwargs: dict, batches, steps: int, warmup: int, ro
     """CPU microseconds per step in each of :func:`component_targets` during ``mode``'s fits.
 
     Each target is wrapped in a timer (two ``process_time`` reads, ~1 us each: the one figure
-    for a hook is its body plus that); the least total over ``rounds`` fits counts, since other jobs
-    only ever add CPU time. Nested targets (a hook inside the dispatch) are counted in both.
+    for a hook is its body plus that) that counts over the timed steps only (the fit's set-up and
+    end, with its last checkpoint, left out); the least total over ``rounds`` fits counts, since
+    other jobs only ever add CPU time. Nested targets (a hook inside the dispatch) count in both.
     """
     totals: dict[str, list[tuple[int, float]]] = {}
     originals = {label: (owner, name, getattr(owner, name)) for label, (owner, name) in component_targets().items()}
 
+    window = [False]  # raised by the clock over the timed steps only
+
     def timed(label: str, fn: Callable) -> Callable:
         def wrapper(*a, **k):
+            if not window[0]:
+                return fn(*a, **k)
             start = time.process_time()
             try:
                 return fn(*a, **k)
@@ -286,21 +303,19 @@ def component_rows(mode: str, kwargs: dict, batches, steps: int, warmup: int, ro
         run_trainer(mode, kwargs, batches, 2, 0, work, threads)  # first-use work out of the way
         for _ in range(rounds):
             counts = {label: [0, 0.0] for label in originals}
-            _, cpu = run_trainer(mode, kwargs, batches, steps, warmup, work, threads)
+            _, cpu = run_trainer(mode, kwargs, batches, steps, warmup, work, threads, window=window)
             for label, (n, t) in counts.items():
                 totals.setdefault(label, []).append((n, t))
             totals.setdefault("whole step (the benchmark's clock)", []).append((steps, cpu))
     finally:
         for owner, name, fn in originals.values():
             setattr(owner, name, fn)
-    per_fit = warmup + steps + 1  # the wrapped parts run on every step of the fit, the clock on `steps`
     rows = []
     for label, runs in totals.items():
         n, t = min(runs, key=lambda r: r[1])
-        per = steps if label.startswith("whole step") else per_fit
         if n:
-            rows.append({"part": label, "calls_per_step": n / per, "cpu_us_per_call": 1e6 * t / n,
-                         "cpu_us_per_step": 1e6 * t / per})
+            rows.append({"part": label, "calls_per_step": n / steps, "cpu_us_per_call": 1e6 * t / n,
+                         "cpu_us_per_step": 1e6 * t / steps})
     return rows
 
 

@@ -12,14 +12,14 @@ from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader, Dataset
 
 from callbacks import LastCheckpoint, RunSummary, SRImageLogger
-from callbacks.stop_on_nonfinite import StopOnNonFiniteLoss
-from lit_sr.io import load_checkpoint
-from lit_sr.jobs.train.batch_hooks import (
+from callbacks.batch_hooks import (
     BATCH_HOOKS,
     noop_batch_hooks,
     restore_batch_hooks,
     skip_noop_batch_hooks,
 )
+from callbacks.stop_on_nonfinite import StopOnNonFiniteLoss
+from lit_sr.io import load_checkpoint
 from lit_sr.jobs.train.cli import train_cli
 from lit_sr.modules import SRModule
 

@@ -32,13 +32,13 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from callbacks.batch_hooks import skip_noop_batch_hooks
 from callbacks.prediction_writer import PredictionWriter
 from callbacks.progress_bar import TimedProgressBar
 from callbacks.stop_on_nonfinite import StopOnNonFiniteLoss
 from callbacks.stop_on_signal import StopOnSigterm
 from lit_sr.checkpoint_io import UnsafeCheckpointSettingError, install_safe_checkpoint_io
 from lit_sr.io import is_remote_path, load_checkpoint
-from lit_sr.jobs.train.batch_hooks import skip_noop_batch_hooks
 from lit_sr.run_folder import RunFolderClashError, clash_message, first_clash
 from lit_sr.runtime import close_process_group, configure_threads, trainer_precision
 from lit_sr.validation import HasScale, check_same_scale
