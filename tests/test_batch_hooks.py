@@ -8,8 +8,8 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import Logger
-from torch.utils.data import DataLoader, Dataset
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader
 
 from callbacks import LastCheckpoint, RunSummary, SRImageLogger
 from callbacks.batch_hooks import (
@@ -26,39 +26,12 @@ from lit_sr.modules import SRModule
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class Recorder(Logger):
-    """Keeps what Lightning sends to a logger: (step, metrics)."""
-
-    def __init__(self):
-        super().__init__()
-        self.points: list[tuple[int, dict]] = []
-
-    @property
-    def name(self) -> str:
-        return "recorder"
-
-    @property
-    def version(self) -> int:
-        return 0
-
-    def log_hyperparams(self, params, *args, **kwargs) -> None:
-        pass
-
-    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
-        self.points.append((step, {k: float(v) for k, v in metrics.items()}))
-
-
-class Pairs(Dataset):
-    def __init__(self, n: int, hr: int = 16):
-        g = torch.Generator().manual_seed(0)
-        self.hr = torch.rand(n, 3, hr, hr, generator=g)
-        self.lr = torch.nn.functional.avg_pool2d(self.hr, 2)
-
-    def __len__(self) -> int:
-        return len(self.lr)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"lr": self.lr[i], "hr": self.hr[i], "index": i, "path": f"{i}.png"}
+def _pairs(n: int, hr: int = 16) -> list[dict]:
+    """``n`` random x2 training pairs as lit-sr's batch dicts; their content does not matter here."""
+    g = torch.Generator().manual_seed(0)
+    hrs = torch.rand(n, 3, hr, hr, generator=g)
+    lrs = torch.nn.functional.avg_pool2d(hrs, 2)
+    return [{"lr": lrs[i], "hr": hrs[i], "index": i, "path": f"{i}.png"} for i in range(n)]
 
 
 class Counter(L.Callback):
@@ -95,11 +68,11 @@ def test_only_hooks_that_do_nothing_are_hidden_and_restored():
     assert not any(h in vars(cb) for cb in (counter, summary, best, stepped) for h in BATCH_HOOKS)
 
 
-def _fit(tmp_path: Path, hide: bool) -> tuple[Recorder, Counter, list[str], dict]:
+def _fit(tmp_path: Path, hide: bool) -> tuple[str, Counter, list[str], dict]:
     torch.manual_seed(0)
     module = SRModule(arch="edsr", arch_kwargs={"num_feat": 4, "num_block": 1}, scale=2, lr=1e-3,
                       scheduler="cosine", export_weights=False)
-    counter, logger = Counter(), Recorder()
+    counter, logger = Counter(), CSVLogger(tmp_path, name="run", version=0)
     callbacks = [LearningRateMonitor(logging_interval="step"),
                  ModelCheckpoint(monitor="val/psnr_y", mode="max", save_top_k=1, filename="best"),
                  LastCheckpoint(every_n_train_steps=4), SRImageLogger(num_images=1), RunSummary(),
@@ -112,19 +85,20 @@ def _fit(tmp_path: Path, hide: bool) -> tuple[Recorder, Counter, list[str], dict
     dispatched: list[str] = []
     profile = trainer.profiler.profile
     trainer.profiler.profile = lambda name: (dispatched.append(name), profile(name))[1]
-    data = DataLoader(Pairs(8), batch_size=2)  # 4 steps an epoch, validation on the same 4 batches
+    data = DataLoader(_pairs(8), batch_size=2)  # 4 steps an epoch, validation on the same 4 batches
     trainer.fit(module, data, data)
     folders = {Path(trainer.checkpoint_callback.dirpath), Path(callbacks[2].dirpath)}
     saved = {p.name: load_checkpoint(p)["state_dict"] for folder in folders for p in folder.glob("*.ckpt")}
-    return logger, counter, dispatched, saved
+    return (Path(logger.log_dir) / "metrics.csv").read_text(), counter, dispatched, saved
 
 
 def test_a_fit_dispatches_no_empty_hook_and_logs_saves_and_calls_the_same(tmp_path):
-    logger, counter, dispatched, saved = _fit(tmp_path / "hidden", hide=True)
-    all_logger, all_counter, all_dispatched, all_saved = _fit(tmp_path / "all", hide=False)
-    # the same logged points (loss, learning rate, validation metrics) at the same steps, bit for bit
-    assert logger.points == all_logger.points
-    assert any("lr-Adam" in m for _, m in logger.points) and any("val/psnr_y" in m for _, m in logger.points)
+    logged, counter, dispatched, saved = _fit(tmp_path / "hidden", hide=True)
+    all_logged, all_counter, all_dispatched, all_saved = _fit(tmp_path / "all", hide=False)
+    # the same logged points (loss, learning rate, validation metrics) at the same steps, digit for digit
+    assert logged == all_logged
+    header = logged.splitlines()[0].split(",")
+    assert {"step", "train/loss", "lr-Adam", "val/psnr_y"} <= set(header) and len(logged.splitlines()) > 4
     # the same checkpoints with the same weights
     assert saved.keys() == all_saved.keys() == {"best.ckpt", "last.ckpt"}
     for name in saved:
