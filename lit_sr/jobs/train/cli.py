@@ -366,7 +366,7 @@ class TrainCLI(SRLightningCLI):
         trainer.callbacks.append(StopOnSigterm())  # Lightning's predict loop ignores SIGTERM otherwise
         trainer.callbacks.append(StopOnNonFiniteLoss())  # a diverged run fails with a message
         # Lightning dispatches every per-batch hook to every callback, empty ones included: a
-        # dozen Python calls each, ~55 a training step for the quickstart's callbacks
+        # dozen Python calls each, 57 of the quickstart's 60 a training step (docs/performance.md)
         skip_noop_batch_hooks(trainer.callbacks)
         return trainer
 
