@@ -47,7 +47,6 @@ that a training callback (``callbacks.PoisonSelectionCallback``) or a script can
 
 from __future__ import annotations
 
-import itertools
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,19 +70,54 @@ class _SubsetFitness(base.Fitness):
     weights = (1.0,)
 
 
-class _Subset(list):
-    """A DEAP individual: distinct pool indices with a fitness attribute.
+class _Subset:
+    """A DEAP individual: distinct pool indices (``members``, a read-only int64 array) and a fitness.
+
+    Held as an array, not a list of ints: at a 10,000-member budget, the list <-> array conversions
+    of the operators and the evaluation cost more than the search itself. ``members`` is never
+    written in place (the operators build a new array and assign it), so clones, the evaluated
+    state and a crossover's record can share one array. DEAP's algorithms only read ``fitness``;
+    ``len``, iteration and indexing are there for the callers and tests that treat an individual as
+    a sequence of indices.
 
     For the incremental evaluation it also carries where it came from: ``ref`` = (members, sum of
     their sketch rows) of the last evaluated state it was cloned from, and after a crossover
     ``pair`` = (the pair's shared record, its slot) (see :class:`IncrementalFitness`).
     """
 
-    def __init__(self, iterable: Any = ()):
-        super().__init__(iterable)
+    __slots__ = ("_members", "fitness", "ref", "pair")
+
+    def __init__(self, members: Any = ()):
+        self.members = members
         self.fitness = _SubsetFitness()
         self.ref: tuple[np.ndarray, torch.Tensor] | None = None
         self.pair: tuple[_CrossRecord, int] | None = None
+
+    @property
+    def members(self) -> np.ndarray:
+        return self._members
+
+    @members.setter
+    def members(self, value: Any) -> None:
+        arr = np.array(value, dtype=np.int64, copy=not _is_frozen_int64(value)).reshape(-1)
+        arr.flags.writeable = False  # shared by clones and records: never modified, only replaced
+        self._members = arr
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def __iter__(self):
+        return iter(self._members.tolist())
+
+    def __getitem__(self, i):
+        return self._members[i]
+
+    def __repr__(self) -> str:
+        return f"_Subset({self._members.tolist()!r})"
+
+
+def _is_frozen_int64(value: Any) -> bool:
+    return isinstance(value, np.ndarray) and value.dtype == np.int64 and not value.flags.writeable
 
 
 @dataclass
@@ -97,11 +131,12 @@ class _CrossRecord:
 
 
 def _clone(ind: _Subset) -> _Subset:
-    """What DEAP's ``toolbox.clone`` (``deepcopy``) does for a list of ints, 50x faster at 10k members.
+    """What DEAP's ``toolbox.clone`` (``deepcopy``) does, without copying anything that is never modified.
 
-    The evaluated state (``ref``) is shared, not copied: it is never modified, only replaced.
+    The members array and the evaluated state (``ref``) are shared, not copied: they are read-only
+    and only ever replaced.
     """
-    out = _Subset(ind)
+    out = _Subset(ind.members)
     out.fitness.values = ind.fitness.values
     out.ref = ind.ref
     return out
@@ -157,10 +192,15 @@ def _row_norms(arr: np.ndarray) -> np.ndarray:
     return torch.linalg.vector_norm(torch.from_numpy(arr), dim=1, dtype=torch.float32).double().numpy()
 
 
-def _members(subsets: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _member_array(subset: Any) -> np.ndarray:
+    return subset.members if isinstance(subset, _Subset) else np.asarray(subset, dtype=np.int64).reshape(-1)
+
+
+def _members(subsets: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Flat member indices, the offset of each subset in them, and the sizes."""
-    sizes = np.fromiter((len(s) for s in subsets), dtype=np.int64, count=len(subsets))
-    flat = np.fromiter(itertools.chain.from_iterable(subsets), dtype=np.int64, count=int(sizes.sum()))
+    arrays = [_member_array(s) for s in subsets]
+    sizes = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+    flat = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
     offsets = np.zeros(len(subsets), dtype=np.int64)
     np.cumsum(sizes[:-1], out=offsets[1:])
     return flat, offsets, sizes
@@ -274,7 +314,7 @@ class IncrementalFitness(SparseFitness):
                 origin = child_a if slot == 0 else record.parent_a[1] + record.parent_b[1] - child_a
             total = sums[own] + origin if diff else sums[own]
             if isinstance(ind, _Subset):
-                ind.ref, ind.pair = (flat[start : start + size].copy(), total), None
+                ind.ref, ind.pair = (ind.members, total), None
             out[k] = float(torch.linalg.vector_norm(total))
         # float32 values like the other evaluations; the float64 sums make them the exact sum's, rounded
         out = out.astype(np.float32).astype(np.float64)
@@ -380,65 +420,83 @@ class _Operators:
         self.n, self.budget, self.resize_prob, self.rng = n, budget, resize_prob, rng
         self.guided = guided if weights is not None and float(np.sum(weights)) > 0 else 0.0
         self.cdf = None if self.guided == 0.0 else np.cumsum(weights) / np.sum(weights)
+        self._mask = np.zeros(n, dtype=bool)  # scratch membership of the individual at hand, left all False
 
     def _draw(self) -> int:
         if self.guided and self.rng.random() < self.guided:
             return min(int(np.searchsorted(self.cdf, self.rng.random(), side="right")), self.n - 1)
         return int(self.rng.integers(self.n))
 
-    def _non_member(self, members: set[int]) -> int | None:
-        if len(members) >= self.n:
+    def _non_member(self, size: int) -> int | None:
+        """A pool index outside the members marked in ``self._mask`` (``size`` of them); None if there is none."""
+        if size >= self.n:
             return None
+        mask = self._mask
         for _ in range(64):  # rejection sampling: expected n / (n - |S|) draws
             j = self._draw()
-            if j not in members:
+            if not mask[j]:
                 return j
         # guided draws keep hitting members (weights concentrated on them): draw uniformly
-        outside = np.setdiff1d(np.arange(self.n), np.fromiter(members, dtype=np.int64), assume_unique=True)
-        return int(self.rng.choice(outside))
+        return int(self.rng.choice(np.flatnonzero(~mask)))
 
     def random_subset(self, size: int) -> _Subset:
-        return _Subset(self.rng.choice(self.n, size=size, replace=False).tolist())
+        return _Subset(_frozen(self.rng.choice(self.n, size=size, replace=False).astype(np.int64, copy=False)))
 
     def mate(self, a: _Subset, b: _Subset) -> tuple[_Subset, _Subset]:
-        # numpy set operations: sorted like the set-based version, but fast on 10k-member subsets
-        arr_a, arr_b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
-        common = np.intersect1d(arr_a, arr_b, assume_unique=True)
-        rest = np.setxor1d(arr_a, arr_b, assume_unique=True)
+        # numpy set operations on the member arrays (sorted, so the deal depends on the sets only)
+        common = np.intersect1d(a.members, b.members, assume_unique=True)
+        rest = np.setxor1d(a.members, b.members, assume_unique=True)
         self.rng.shuffle(rest)
         keep_a = len(a) - len(common)
-        child_a, child_b = np.concatenate([common, rest[:keep_a]]), np.concatenate([common, rest[keep_a:]])
+        child_a = _frozen(np.concatenate([common, rest[:keep_a]]))
+        child_b = _frozen(np.concatenate([common, rest[keep_a:]]))
         if a.ref is not None and b.ref is not None:  # what the incremental evaluation needs to sum one child only
             record = _CrossRecord(a.ref, b.ref, child_a, child_b)
             a.pair, b.pair = (record, 0), (record, 1)
-        a[:] = child_a.tolist()
-        b[:] = child_b.tolist()
+        a.members, b.members = child_a, child_b
         return a, b
 
     def mutate(self, ind: _Subset) -> tuple[_Subset]:
         if self.rng.random() < self.resize_prob:
-            self._resize(ind, set(ind))
+            self._resize(ind)
             return (ind,)
         positions = np.flatnonzero(self.rng.random(len(ind)) < 1.0 / len(ind))
         if len(positions):
-            members = set(ind)
-            for pos in positions:
-                j = self._non_member(members)
-                if j is None:
-                    break
-                members.discard(ind[pos])
-                members.add(j)
-                ind[pos] = j
+            members = ind.members.copy()  # a new array: the old one may be shared (clones, records)
+            mask = self._mask
+            mask[members] = True
+            try:
+                for pos in positions.tolist():
+                    j = self._non_member(len(members))
+                    if j is None:
+                        break
+                    mask[members[pos]] = False
+                    mask[j] = True
+                    members[pos] = j
+            finally:
+                mask[members] = False
+            ind.members = _frozen(members)
         return (ind,)
 
-    def _resize(self, ind: _Subset, members: set[int]) -> None:
+    def _resize(self, ind: _Subset) -> None:
         grow = self.rng.random() < 0.5
         if grow and len(ind) < self.budget:
-            j = self._non_member(members)
+            mask = self._mask
+            mask[ind.members] = True
+            try:
+                j = self._non_member(len(ind))
+            finally:
+                mask[ind.members] = False
             if j is not None:
-                ind.append(j)
+                ind.members = _frozen(np.append(ind.members, j))
         elif not grow and len(ind) > 1:
-            del ind[int(self.rng.integers(len(ind)))]
+            ind.members = _frozen(np.delete(ind.members, int(self.rng.integers(len(ind)))))
+
+
+def _frozen(arr: np.ndarray) -> np.ndarray:
+    """``arr`` marked read-only, so that :class:`_Subset` takes it without a copy."""
+    arr.flags.writeable = False
+    return arr
 
 
 def _validate_ga(budget, n, lam, population, generations, cx_prob, mut_prob, tournament_size, elite, resize_prob, seed):
@@ -460,7 +518,7 @@ def _initial_population(ops: _Operators, population: int, budget: int, initial) 
         idx = [int(i) for i in subset]
         if not 1 <= len(idx) <= budget or len(set(idx)) != len(idx) or min(idx) < 0 or max(idx) >= ops.n:
             raise ValueError(f"initial subsets must hold 1..{budget} distinct indices in [0, {ops.n}); got {subset!r}")
-        pop.append(_Subset(idx))
+        pop.append(_Subset(idx))  # copied into a new array
     if len(pop) > population:
         raise ValueError(f"initial has {len(pop)} subsets but population is {population}")
     pop.extend(ops.random_subset(budget) for _ in range(population - len(pop)))
@@ -551,7 +609,7 @@ def genetic_select(
             history.append(best.fitness.values[0])
     finally:
         random.setstate(saved_state)
-    return np.sort(np.asarray(best, dtype=np.int64)), [float(h) for h in history]
+    return np.sort(best.members), [float(h) for h in history]
 
 
 # --------------------------------------------------------------------------- selectors
