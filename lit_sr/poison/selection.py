@@ -243,6 +243,27 @@ def dense_fitness(subsets: Sequence[Sequence[int]], scores: np.ndarray, fitness:
     return value.astype(np.float64) - lam * sizes
 
 
+def _positional_difference(ref: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(added, removed) with ``sum(cur) = sum(ref) + sum(added) - sum(removed)``, position by position.
+
+    An identity of sums whatever the arrays hold; short when ``cur`` is ``ref`` with a few
+    positions changed, one member appended or one deleted (what a mutation does). None when the
+    lengths differ by more than one.
+    """
+    if len(cur) == len(ref):
+        changed = ref != cur
+        return cur[changed], ref[changed]
+    if len(cur) == len(ref) + 1:  # one member appended
+        changed = ref != cur[:-1]
+        return np.concatenate([cur[:-1][changed], cur[-1:]]), ref[changed]
+    if len(cur) == len(ref) - 1 and len(cur):  # one member deleted: at the first position where they differ
+        k = int(np.argmax(ref[:-1] != cur)) if (ref[:-1] != cur).any() else len(cur)
+        kept = np.delete(ref, k)
+        changed = kept != cur
+        return cur[changed], np.concatenate([kept[changed], ref[k : k + 1]])
+    return None
+
+
 class IncrementalFitness(SparseFitness):
     """:class:`SparseFitness` for ``"norm_of_sum"`` that sums only what changed since a known state.
 
@@ -264,14 +285,23 @@ class IncrementalFitness(SparseFitness):
         self._empty = np.zeros(0, dtype=np.int64)
 
     def _difference(self, ref: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """Rows (indices, +1/-1 weights) taking ``sum(ref)`` to ``sum(cur)``; None when ``cur`` alone is fewer."""
-        mask = self._mask
-        mask[ref] = True
-        added = cur[~mask[cur]]
-        mask[ref] = False
-        mask[cur] = True
-        removed = ref[~mask[ref]]
-        mask[cur] = False
+        """Rows (indices, +1/-1 weights) taking ``sum(ref)`` to ``sum(cur)``; None when ``cur`` alone is fewer.
+
+        A mutation changes a few positions of its parent's array (or appends or deletes one
+        member), so comparing the arrays position by position finds its rows in one vectorised
+        pass; only when that finds many (after a crossover) are the two member sets compared.
+        """
+        moved = _positional_difference(ref, cur)
+        if moved is None or len(moved[0]) + len(moved[1]) > len(cur) // 8:
+            mask = self._mask
+            mask[ref] = True
+            added = cur[~mask[cur]]
+            mask[ref] = False
+            mask[cur] = True
+            removed = ref[~mask[ref]]
+            mask[cur] = False
+            moved = added, removed
+        added, removed = moved
         if len(added) + len(removed) >= len(cur):
             return None
         weights = np.concatenate([np.ones(len(added), np.float32), -np.ones(len(removed), np.float32)])
@@ -421,6 +451,7 @@ class _Operators:
         self.guided = guided if weights is not None and float(np.sum(weights)) > 0 else 0.0
         self.cdf = None if self.guided == 0.0 else np.cumsum(weights) / np.sum(weights)
         self._mask = np.zeros(n, dtype=bool)  # scratch membership of the individual at hand, left all False
+        self._counts = np.zeros(n, dtype=np.uint8)  # scratch membership counts of a crossover pair, left all 0
 
     def _draw(self) -> int:
         if self.guided and self.rng.random() < self.guided:
@@ -439,13 +470,28 @@ class _Operators:
         # guided draws keep hitting members (weights concentrated on them): draw uniformly
         return int(self.rng.choice(np.flatnonzero(~mask)))
 
+    def _split(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(members of both, members of one only) of two sets of distinct indices, each sorted.
+
+        Sorted, so the crossover's deal depends on the sets only. Large subsets (against the pool)
+        are counted in a pool-sized array, which costs a pass over the pool and no sort; small ones
+        are sorted (``numpy.intersect1d`` / ``setxor1d``). The same arrays either way.
+        """
+        if 8 * (len(a) + len(b)) < self.n:
+            return np.intersect1d(a, b, assume_unique=True), np.setxor1d(a, b, assume_unique=True)
+        counts = self._counts
+        counts[a] += 1
+        counts[b] += 1
+        common, rest = np.flatnonzero(counts == 2), np.flatnonzero(counts == 1)
+        counts[a] = 0
+        counts[b] = 0
+        return common, rest
+
     def random_subset(self, size: int) -> _Subset:
         return _Subset(_frozen(self.rng.choice(self.n, size=size, replace=False).astype(np.int64, copy=False)))
 
     def mate(self, a: _Subset, b: _Subset) -> tuple[_Subset, _Subset]:
-        # numpy set operations on the member arrays (sorted, so the deal depends on the sets only)
-        common = np.intersect1d(a.members, b.members, assume_unique=True)
-        rest = np.setxor1d(a.members, b.members, assume_unique=True)
+        common, rest = self._split(a.members, b.members)
         self.rng.shuffle(rest)
         keep_a = len(a) - len(common)
         child_a = _frozen(np.concatenate([common, rest[:keep_a]]))
