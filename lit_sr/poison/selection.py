@@ -163,6 +163,16 @@ def _check_finite(arr: np.ndarray, name: str) -> None:
 
 def _check_scores(scores: Any, fitness: str) -> np.ndarray:
     """Norms ``(N,)`` as float64, or sketches ``(N, d)`` as float32/float16 (never a float64 copy)."""
+    return _scores_and_norms(scores, fitness)[0]
+
+
+def _scores_and_norms(scores: Any, fitness: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_check_scores`'s array and its rows' norms (float64 ``(N,)``; the norms themselves for ``(N,)``).
+
+    One pass over a sketch table does both: a row with a NaN or an infinite entry has a NaN or
+    infinite norm, so only when a norm is not finite are the entries checked (for the error, or
+    to accept finite entries whose norm overflowed).
+    """
     check_choice(fitness, "fitness", FITNESSES)
     arr = _to_array(scores)
     if not np.issubdtype(arr.dtype, np.number):
@@ -179,10 +189,12 @@ def _check_scores(scores: Any, fitness: str) -> np.ndarray:
         arr = np.ascontiguousarray(arr)
     if arr.shape[0] == 0:
         raise ValueError("scores is empty: the candidate pool has no sample")
-    _check_finite(arr, "scores")
+    norms = _row_norms(arr)
+    if not np.isfinite(norms).all():
+        _check_finite(arr, "scores")
     if fitness == "sum_of_norms" and np.any(arr < 0):
         raise ValueError("norms must be non-negative (they are gradient norms)")
-    return arr
+    return arr, norms
 
 
 def _row_norms(arr: np.ndarray) -> np.ndarray:
@@ -626,12 +638,12 @@ def genetic_select(
         ``(selected, history)``: the best subset as sorted int64 indices, and the best fitness of
         the initial population and of every generation (``generations + 1`` floats).
     """
-    arr = _check_scores(scores, fitness)
+    arr, norms = _scores_and_norms(scores, fitness)
     _validate_ga(budget, arr.shape[0], lam, population, generations, cx_prob, mut_prob, tournament_size, elite,
                  resize_prob, seed)
     check_number(guided, "guided", 0.0, 1.0)
     evaluate = _evaluator(arr, fitness, float(lam), evaluation)
-    ops = _Operators(arr.shape[0], budget, float(resize_prob), np.random.default_rng(seed), _row_norms(arr),
+    ops = _Operators(arr.shape[0], budget, float(resize_prob), np.random.default_rng(seed), norms,
                      float(guided))
     toolbox = base.Toolbox()
     toolbox.register("mate", ops.mate)
