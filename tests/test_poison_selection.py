@@ -262,3 +262,60 @@ def test_selector_objects_match_the_functions():
         GeneticSelector().select(norms, None, 6, seed=0)
     with pytest.raises(ValueError, match="tournament_size"):
         GeneticSelector(population=4, tournament_size=5)
+
+
+# --------------------------------------------------------------------------- array individuals
+from lit_sr.poison.selection import _clone, _positional_difference  # noqa: E402
+
+
+@pytest.mark.parametrize("n", [40, 4000])  # 4000: the sorting split (small subsets); 40: the pool-sized count
+def test_crossover_split_is_the_sorted_set_intersection_and_difference(n):
+    ops = _Operators(n=n, budget=20, resize_prob=0.0, rng=np.random.default_rng(0))
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        a = rng.choice(n, size=int(rng.integers(1, 21)), replace=False)
+        b = rng.choice(n, size=int(rng.integers(1, 21)), replace=False)
+        common, rest = ops._split(a, b)
+        assert common.tolist() == sorted(set(a.tolist()) & set(b.tolist()))
+        assert rest.tolist() == sorted(set(a.tolist()) ^ set(b.tolist()))
+    assert not ops._counts.any(), "the scratch counts are left at zero"
+
+
+def test_operators_never_write_a_shared_member_array():
+    # clones, evaluated states and crossover records share members arrays: the operators must replace, not edit
+    ops = _Operators(n=50, budget=8, resize_prob=0.5, rng=np.random.default_rng(1))
+    a, b = ops.random_subset(8), ops.random_subset(6)
+    snapshots = []
+    for _ in range(200):
+        saved = (_clone(a), a.members.copy(), _clone(b), b.members.copy())
+        snapshots.append(saved)
+        a, b = ops.mate(a, b)
+        (a,) = ops.mutate(a)
+        (b,) = ops.mutate(b)
+    assert all(ca.members.tolist() == ma.tolist() and cb.members.tolist() == mb.tolist()
+               for ca, ma, cb, mb in snapshots)
+    assert not a.members.flags.writeable and not ops._mask.any()
+    with pytest.raises(ValueError):
+        a.members[0] = 1
+
+
+@pytest.mark.parametrize("change", ["swap", "append", "delete", "shuffle"])
+def test_positional_difference_is_an_identity_of_sums(change):
+    rng = np.random.default_rng(7)
+    table = rng.standard_normal((300, 5))
+    ref = rng.choice(300, size=40, replace=False)
+    outside = np.setdiff1d(np.arange(300), ref)
+    cur = ref.copy()
+    if change == "swap":
+        cur[[3, 17]] = outside[:2]
+    elif change == "append":
+        cur = np.append(ref, outside[0])
+    elif change == "delete":
+        cur = np.delete(ref, 11)
+    else:
+        cur = rng.permutation(ref)
+    added, removed = _positional_difference(ref, cur)
+    np.testing.assert_allclose(table[ref].sum(0) + table[added].sum(0) - table[removed].sum(0), table[cur].sum(0))
+    if change != "shuffle":  # what a mutation does costs its few rows, not the subset
+        assert len(added) + len(removed) == {"swap": 4, "append": 1, "delete": 1}[change]
+    assert _positional_difference(ref, ref[:-2]) is None

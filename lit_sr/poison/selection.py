@@ -137,7 +137,8 @@ def _clone(ind: _Subset) -> _Subset:
     and only ever replaced.
     """
     out = _Subset(ind.members)
-    out.fitness.values = ind.fitness.values
+    if ind.fitness.valid:
+        out.fitness.values = ind.fitness.values
     out.ref = ind.ref
     return out
 
