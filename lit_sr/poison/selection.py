@@ -328,11 +328,11 @@ class IncrementalFitness(SparseFitness):
         return diff[0], diff[1], True
 
     def __call__(self, subsets: Sequence[Sequence[int]]) -> np.ndarray:
-        flat, offsets, sizes = _members(subsets)
+        arrays = [_member_array(s) for s in subsets]
+        sizes = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
         bags, plan = [], []
         crossings: dict[int, tuple[int, bool]] = {}  # id(_CrossRecord) -> (bag of its child a, is a difference)
-        for ind, start, size in zip(subsets, offsets, sizes):
-            cur = flat[start : start + size]
+        for ind, cur in zip(subsets, arrays):
             pair = getattr(ind, "pair", None)
             if pair is not None:
                 record, slot = pair
@@ -349,7 +349,7 @@ class IncrementalFitness(SparseFitness):
             bags.append((idx, w))
         sums = self._sum_bags(bags)
         out = np.empty(len(subsets), dtype=np.float64)
-        for k, (ind, start, size, (own, diff, origin, slot)) in enumerate(zip(subsets, offsets, sizes, plan)):
+        for k, (ind, (own, diff, origin, slot)) in enumerate(zip(subsets, plan)):
             if slot is not None:  # after a crossover: the state right after it, from the pair's one sum
                 record = origin
                 first, first_diff = crossings[id(record)]
