@@ -13,7 +13,8 @@ fitness functions (``lam`` the size penalty):
 
 Representation and operators (our choices; the paper gives none):
 
-* an individual is a list of distinct pool indices, ``1 <= |S| <= budget``;
+* an individual is a set of distinct pool indices, ``1 <= |S| <= budget``, held as a read-only
+  int64 array (operators replace it, never edit it, so copies share it);
 * crossover keeps what both parents share and deals the other members of their union out at
   random, each child keeping its parent's size (so the budget holds and no index is lost);
 * new members are drawn uniformly or, with probability ``guided``, in proportion to their
@@ -29,8 +30,9 @@ members: ``torch.nn.functional.embedding_bag(mode="sum")`` sums the chosen sketc
 individual without materialising them (``"norm_of_sum"``), and ``numpy.add.reduceat`` sums the
 chosen norms (``"sum_of_norms"``). For sketches the default evaluation is incremental
 (:class:`IncrementalFitness`): an offspring's sum is its parent's plus the rows it gained minus
-those it lost, and a crossover pair costs one such sum, not two. Work and memory grow with the members (``population x
-budget`` rows), not with ``population x pool`` as a dense membership-matrix product would
+those it lost, and a crossover pair costs one such sum, not two. Work and memory grow with the
+members (``population x budget`` rows), not with ``population x pool`` as a dense
+membership-matrix product would
 (:func:`dense_fitness`, kept as the reference the tests and the benchmark compare against).
 Sketches stay in the dtype they come in (float32 or float16; float64 input is brought down to
 float32), never copied to float64; sums accumulate in float32 (a float16 table's sums are rounded
