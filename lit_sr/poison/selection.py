@@ -495,7 +495,7 @@ class _Operators:
         if 8 * (len(a) + len(b)) < self.n:
             return np.intersect1d(a, b, assume_unique=True), np.setxor1d(a, b, assume_unique=True)
         counts = self._counts
-        counts[a] += 1
+        counts[a] = 1
         counts[b] += 1
         common, rest = np.flatnonzero(counts == 2), np.flatnonzero(counts == 1)
         counts[a] = 0
