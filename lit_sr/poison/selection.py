@@ -272,7 +272,8 @@ def _positional_difference(ref: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray
         changed = ref != cur[:-1]
         return np.concatenate([cur[:-1][changed], cur[-1:]]), ref[changed]
     if len(cur) == len(ref) - 1 and len(cur):  # one member deleted: at the first position where they differ
-        k = int(np.argmax(ref[:-1] != cur)) if (ref[:-1] != cur).any() else len(cur)
+        differs = ref[:-1] != cur
+        k = int(np.argmax(differs)) if differs.any() else len(cur)
         kept = np.delete(ref, k)
         changed = kept != cur
         return cur[changed], np.concatenate([kept[changed], ref[k : k + 1]])
