@@ -16,12 +16,24 @@ from forked_ranks import ForkedDDP
 os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 
-# The longest test files (measured with --junitxml, 2026-12-07: 50-105 s each), collected first: make
-# test's `--dist loadfile` hands whole files to the two workers in collection order, so a long file
-# that starts last would leave one worker running alone at the end (tests/test_suite_order.py
-# checks that every name here is a test file).
-LONGEST_FIRST = ("test_backdoor_e2e.py", "test_refsr.py", "test_every_recipe.py", "test_readme.py",
-                 "test_sr_module.py", "test_trust.py", "test_backdoor_defenses.py")
+# The longest test files (per-file sums of --junitxml times, 2026-12-07: 9-107 s each), longest
+# first: make test's `--dist loadfile` hands whole files to the two workers in collection order, so a
+# long file that starts last leaves one worker running alone at the end (tests/test_suite_order.py
+# checks that every name here is a test file, and that xdist keeps this order).
+LONGEST_FIRST = ("test_backdoor_e2e.py", "test_refsr.py", "test_every_recipe.py", "test_sr_module.py",
+                 "test_readme.py", "test_trust.py", "test_backdoor_defenses.py", "test_attacks.py",
+                 "test_import_direction.py", "test_wheel.py", "test_refsr_module.py", "test_backdoor_detection.py",
+                 "test_poisoned_datamodule.py", "test_downstream.py", "test_refsr_claims.py",
+                 "test_poison_sharding.py", "test_recipes.py", "test_study.py", "test_shapes_recipes.py",
+                 "test_robust_module.py", "test_datsr.py", "test_datsr_report.py")
+
+
+def pytest_configure(config) -> None:
+    # pytest-xdist (>= 3.7) re-sorts the files of --dist loadfile by their number of tests, most first,
+    # unless told not to: that sort sent the two-test e2e file (~110 s) last, to run alone while the
+    # other worker idled (measured in a fresh clone, 2026-12-07). Keep the order collected below.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(config, items) -> None:
