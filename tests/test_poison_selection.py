@@ -180,12 +180,12 @@ def _exact_fitness(subsets, scores, lam):
 def test_incremental_ga_equals_the_dense_evaluation(dtype, monkeypatch):
     # the default evaluation sums only what changed; every fitness it gives, in every generation, is the
     # dense membership product's (to float32 rounding)
-    from lit_sr.poison import selection
+    from lit_sr.poison import subset_fitness
 
     sketches = np.random.default_rng(5).standard_normal((500, 24), dtype=np.float32).astype(dtype)
     rtol = 1e-5 if dtype == np.float32 else 2e-3
     checked = []
-    original = selection.IncrementalFitness.__call__
+    original = subset_fitness.IncrementalFitness.__call__
 
     def checking(self, subsets):
         values = original(self, subsets)
@@ -193,7 +193,7 @@ def test_incremental_ga_equals_the_dense_evaluation(dtype, monkeypatch):
         checked.append(len(subsets))
         return values
 
-    monkeypatch.setattr(selection.IncrementalFitness, "__call__", checking)
+    monkeypatch.setattr(subset_fitness.IncrementalFitness, "__call__", checking)
     kwargs = dict(budget=60, population=16, generations=40, seed=2, lam=0.01)
     inc_sel, inc_hist = genetic_select(sketches, evaluation="incremental", **kwargs)
     # every generation went through the check (only the changed offspring are evaluated: ~10 of 15 a generation)
@@ -205,7 +205,7 @@ def test_incremental_ga_equals_the_dense_evaluation(dtype, monkeypatch):
         # the same search as with an exact evaluation (float64 sums): the same choices and history. Not
         # compared with the dense run's choices: its BLAS float32 product gives one member set values that
         # differ in the last bit from row to row, so its order among equals is noise (measured here)
-        monkeypatch.setattr(selection._DenseFitness, "__call__",
+        monkeypatch.setattr(subset_fitness._DenseFitness, "__call__",
                             lambda self, subsets: _exact_fitness(subsets, self.scores, self.lam))
         exact_sel, exact_hist = genetic_select(sketches, evaluation="dense", **kwargs)
         assert inc_sel.tolist() == exact_sel.tolist()
@@ -214,18 +214,18 @@ def test_incremental_ga_equals_the_dense_evaluation(dtype, monkeypatch):
 
 def test_incremental_evaluation_sums_fewer_rows_than_the_members(monkeypatch):
     # the point of it: after the first generation, offspring cost their changes, not their size
-    from lit_sr.poison import selection
+    from lit_sr.poison import subset_fitness
 
     sketches = np.random.default_rng(6).standard_normal((2000, 8), dtype=np.float32)
     rows = {"incremental": 0, "sparse": 0}
-    real = selection.F.embedding_bag
+    real = subset_fitness.F.embedding_bag
 
     for evaluation in rows:
         def counting(index, *args, _ev=evaluation, **kw):
             rows[_ev] += int(index.numel())
             return real(index, *args, **kw)
 
-        monkeypatch.setattr(selection.F, "embedding_bag", counting)
+        monkeypatch.setattr(subset_fitness.F, "embedding_bag", counting)
         genetic_select(sketches, 200, population=20, generations=30, seed=0, evaluation=evaluation)
     assert rows["incremental"] < 0.6 * rows["sparse"]
 
@@ -262,3 +262,60 @@ def test_selector_objects_match_the_functions():
         GeneticSelector().select(norms, None, 6, seed=0)
     with pytest.raises(ValueError, match="tournament_size"):
         GeneticSelector(population=4, tournament_size=5)
+
+
+# --------------------------------------------------------------------------- array individuals
+from lit_sr.poison.subset_fitness import _clone, _positional_difference  # noqa: E402
+
+
+@pytest.mark.parametrize("n", [40, 4000])  # 4000: the sorting split (small subsets); 40: the pool-sized count
+def test_crossover_split_is_the_sorted_set_intersection_and_difference(n):
+    ops = _Operators(n=n, budget=20, resize_prob=0.0, rng=np.random.default_rng(0))
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        a = rng.choice(n, size=int(rng.integers(1, 21)), replace=False)
+        b = rng.choice(n, size=int(rng.integers(1, 21)), replace=False)
+        common, rest = ops._split(a, b)
+        assert common.tolist() == sorted(set(a.tolist()) & set(b.tolist()))
+        assert rest.tolist() == sorted(set(a.tolist()) ^ set(b.tolist()))
+    assert not ops._counts.any(), "the scratch counts are left at zero"
+
+
+def test_operators_never_write_a_shared_member_array():
+    # clones, evaluated states and crossover records share members arrays: the operators must replace, not edit
+    ops = _Operators(n=50, budget=8, resize_prob=0.5, rng=np.random.default_rng(1))
+    a, b = ops.random_subset(8), ops.random_subset(6)
+    snapshots = []
+    for _ in range(200):
+        saved = (_clone(a), a.members.copy(), _clone(b), b.members.copy())
+        snapshots.append(saved)
+        a, b = ops.mate(a, b)
+        (a,) = ops.mutate(a)
+        (b,) = ops.mutate(b)
+    assert all(ca.members.tolist() == ma.tolist() and cb.members.tolist() == mb.tolist()
+               for ca, ma, cb, mb in snapshots)
+    assert not a.members.flags.writeable and not ops._mask.any()
+    with pytest.raises(ValueError):
+        a.members[0] = 1
+
+
+@pytest.mark.parametrize("change", ["swap", "append", "delete", "shuffle"])
+def test_positional_difference_is_an_identity_of_sums(change):
+    rng = np.random.default_rng(7)
+    table = rng.standard_normal((300, 5))
+    ref = rng.choice(300, size=40, replace=False)
+    outside = np.setdiff1d(np.arange(300), ref)
+    cur = ref.copy()
+    if change == "swap":
+        cur[[3, 17]] = outside[:2]
+    elif change == "append":
+        cur = np.append(ref, outside[0])
+    elif change == "delete":
+        cur = np.delete(ref, 11)
+    else:
+        cur = rng.permutation(ref)
+    added, removed = _positional_difference(ref, cur)
+    np.testing.assert_allclose(table[ref].sum(0) + table[added].sum(0) - table[removed].sum(0), table[cur].sum(0))
+    if change != "shuffle":  # what a mutation does costs its few rows, not the subset
+        assert len(added) + len(removed) == {"swap": 4, "append": 1, "delete": 1}[change]
+    assert _positional_difference(ref, ref[:-2]) is None

@@ -9,6 +9,8 @@ arXiv 2505.15308) on any ``nn.Module``; nothing here depends on Lightning.
 * :mod:`~lit_sr.poison.scoring`: :class:`GradientScorer`, the pool's backdoor-gradient scores.
 * :mod:`~lit_sr.poison.selection`: genetic (DEAP), random and top-k selection of poisoned samples
   (functions and the selector objects ``GeneticSelector``, ``RandomSelector``, ``TopKSelector``).
+* :mod:`~lit_sr.poison.subset_fitness`: the genetic search's individuals and their fitness at pool
+  scale (sparse, incremental and the dense reference).
 * :mod:`~lit_sr.poison.threat_model`: the two threat models (``data_only``, the paper's;
   ``victim_access``) and :class:`AttackerSelection`, the selection on the attacker's substitute.
 * :mod:`~lit_sr.poison.asr`: success metrics (pixel ASR, label attainment, feature shift, the

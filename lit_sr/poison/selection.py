@@ -13,7 +13,8 @@ fitness functions (``lam`` the size penalty):
 
 Representation and operators (our choices; the paper gives none):
 
-* an individual is a list of distinct pool indices, ``1 <= |S| <= budget``;
+* an individual is a set of distinct pool indices, ``1 <= |S| <= budget``, held as a read-only
+  int64 array (operators replace it, never edit it, so copies share it);
 * crossover keeps what both parents share and deals the other members of their union out at
   random, each child keeping its parent's size (so the budget holds and no index is lost);
 * new members are drawn uniformly or, with probability ``guided``, in proportion to their
@@ -24,17 +25,11 @@ Representation and operators (our choices; the paper gives none):
 * tournament selection (DEAP's ``selTournament``), ``varAnd`` variation, and elitism (the
   ``elite`` best individuals survive unchanged, so the best fitness never decreases).
 
-**Fitness at pool scale.** A population's fitness is computed by gathering each individual's
-members: ``torch.nn.functional.embedding_bag(mode="sum")`` sums the chosen sketch rows of every
-individual without materialising them (``"norm_of_sum"``), and ``numpy.add.reduceat`` sums the
-chosen norms (``"sum_of_norms"``). For sketches the default evaluation is incremental
-(:class:`IncrementalFitness`): an offspring's sum is its parent's plus the rows it gained minus
-those it lost, and a crossover pair costs one such sum, not two. Work and memory grow with the members (``population x
-budget`` rows), not with ``population x pool`` as a dense membership-matrix product would
-(:func:`dense_fitness`, kept as the reference the tests and the benchmark compare against).
-Sketches stay in the dtype they come in (float32 or float16; float64 input is brought down to
-float32), never copied to float64; sums accumulate in float32 (a float16 table's sums are rounded
-to float16 on output, the precision its entries already have).
+**Fitness at pool scale** (:mod:`lit_sr.poison.subset_fitness`): each individual's members are
+summed (``embedding_bag`` over the sketch rows, ``numpy.add.reduceat`` over the norms), not
+multiplied as a dense membership matrix; for sketches the default evaluation is incremental
+(:class:`~lit_sr.poison.subset_fitness.IncrementalFitness`: an offspring costs the rows it
+changed). Sketches stay float32 or float16, never copied to float64.
 
 DEAP draws from Python's global ``random``; :func:`genetic_select` seeds it for the run and
 restores its previous state afterwards, and our operators use a local ``numpy`` generator, so a
@@ -47,265 +42,31 @@ that a training callback (``callbacks.PoisonSelectionCallback``) or a script can
 
 from __future__ import annotations
 
-import itertools
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from deap import algorithms, base, tools
 
+from lit_sr.poison.subset_fitness import (  # noqa: F401  (IncrementalFitness, dense_fitness: re-exported)
+    EVALUATIONS,
+    FITNESSES,
+    Evaluation,
+    Fitness,
+    IncrementalFitness,
+    SparseFitness,
+    _check_scores,
+    _clone,
+    _CrossRecord,
+    _evaluator,
+    _frozen,
+    _scores_and_norms,
+    _Subset,
+    dense_fitness,
+)
 from lit_sr.validation import check_bool, check_choice, check_number
-
-Fitness = Literal["norm_of_sum", "sum_of_norms"]
-Evaluation = Literal["incremental", "sparse", "dense"]
-FITNESSES: tuple[str, ...] = ("norm_of_sum", "sum_of_norms")
-EVALUATIONS: tuple[str, ...] = ("incremental", "sparse", "dense")
-_CHECK_ROWS = 8192  # rows per block of the finiteness check: bounds its temporary memory
-
-
-class _SubsetFitness(base.Fitness):
-    weights = (1.0,)
-
-
-class _Subset(list):
-    """A DEAP individual: distinct pool indices with a fitness attribute.
-
-    For the incremental evaluation it also carries where it came from: ``ref`` = (members, sum of
-    their sketch rows) of the last evaluated state it was cloned from, and after a crossover
-    ``pair`` = (the pair's shared record, its slot) (see :class:`IncrementalFitness`).
-    """
-
-    def __init__(self, iterable: Any = ()):
-        super().__init__(iterable)
-        self.fitness = _SubsetFitness()
-        self.ref: tuple[np.ndarray, torch.Tensor] | None = None
-        self.pair: tuple[_CrossRecord, int] | None = None
-
-
-@dataclass
-class _CrossRecord:
-    """One crossover: the parents' evaluated states and the children's members right after it."""
-
-    parent_a: tuple[np.ndarray, torch.Tensor]
-    parent_b: tuple[np.ndarray, torch.Tensor]
-    child_a: np.ndarray
-    child_b: np.ndarray
-
-
-def _clone(ind: _Subset) -> _Subset:
-    """What DEAP's ``toolbox.clone`` (``deepcopy``) does for a list of ints, 50x faster at 10k members.
-
-    The evaluated state (``ref``) is shared, not copied: it is never modified, only replaced.
-    """
-    out = _Subset(ind)
-    out.fitness.values = ind.fitness.values
-    out.ref = ind.ref
-    return out
-
-
-# --------------------------------------------------------------------------- scores
-
-
-def _to_array(scores: Any) -> np.ndarray:
-    """A numpy view of ``scores`` (no copy for CPU float32/float16 tensors and arrays)."""
-    if isinstance(scores, torch.Tensor):
-        t = scores.detach()
-        if t.dtype not in (torch.float32, torch.float16, torch.float64):
-            t = t.float()  # bfloat16 and integers: numpy has no bfloat16
-        return t.cpu().numpy()
-    return np.asarray(scores)
-
-
-def _check_finite(arr: np.ndarray, name: str) -> None:
-    for start in range(0, arr.shape[0], _CHECK_ROWS):  # blockwise: no full-size boolean temporary
-        if not np.isfinite(arr[start : start + _CHECK_ROWS]).all():
-            raise ValueError(f"{name} must be finite")
-
-
-def _check_scores(scores: Any, fitness: str) -> np.ndarray:
-    """Norms ``(N,)`` as float64, or sketches ``(N, d)`` as float32/float16 (never a float64 copy)."""
-    check_choice(fitness, "fitness", FITNESSES)
-    arr = _to_array(scores)
-    if not np.issubdtype(arr.dtype, np.number):
-        raise TypeError(f"scores must be numbers; got dtype {arr.dtype}")
-    if fitness == "sum_of_norms":
-        if arr.ndim != 1:
-            raise ValueError(f"fitness='sum_of_norms' needs per-sample norms of shape (N,); got shape {arr.shape}")
-        arr = arr.astype(np.float64)  # (N,) only: cheap, and sums of many norms keep their digits
-    else:
-        if arr.ndim != 2:
-            raise ValueError(f"fitness='norm_of_sum' needs sketches of shape (N, sketch_dim); got shape {arr.shape}")
-        if arr.dtype not in (np.float32, np.float16):
-            arr = arr.astype(np.float32)
-        arr = np.ascontiguousarray(arr)
-    if arr.shape[0] == 0:
-        raise ValueError("scores is empty: the candidate pool has no sample")
-    _check_finite(arr, "scores")
-    if fitness == "sum_of_norms" and np.any(arr < 0):
-        raise ValueError("norms must be non-negative (they are gradient norms)")
-    return arr
-
-
-def _row_norms(arr: np.ndarray) -> np.ndarray:
-    """``||row||_2`` of every row, float64 ``(N,)``, without a squared copy of the table."""
-    if arr.ndim == 1:
-        return arr
-    return torch.linalg.vector_norm(torch.from_numpy(arr), dim=1, dtype=torch.float32).double().numpy()
-
-
-def _members(subsets: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Flat member indices, the offset of each subset in them, and the sizes."""
-    sizes = np.fromiter((len(s) for s in subsets), dtype=np.int64, count=len(subsets))
-    flat = np.fromiter(itertools.chain.from_iterable(subsets), dtype=np.int64, count=int(sizes.sum()))
-    offsets = np.zeros(len(subsets), dtype=np.int64)
-    np.cumsum(sizes[:-1], out=offsets[1:])
-    return flat, offsets, sizes
-
-
-class SparseFitness:
-    """Fitness of many subsets at once by summing their members' rows (see the module docstring).
-
-    Args:
-        scores: norms ``(N,)`` (``"sum_of_norms"``) or sketches ``(N, d)`` (``"norm_of_sum"``), as
-            returned by ``_check_scores``.
-        fitness: ``"norm_of_sum"`` or ``"sum_of_norms"``.
-        lam: size penalty per member.
-    """
-
-    def __init__(self, scores: np.ndarray, fitness: str, lam: float):
-        self.scores, self.fitness, self.lam = scores, fitness, float(lam)
-        self._table = torch.from_numpy(scores) if scores.ndim == 2 else None  # shares the memory
-
-    def __call__(self, subsets: Sequence[Sequence[int]]) -> np.ndarray:
-        flat, offsets, sizes = _members(subsets)
-        if self._table is None:
-            totals = np.add.reduceat(self.scores[flat], offsets)
-        else:
-            sums = F.embedding_bag(torch.from_numpy(flat), self._table, torch.from_numpy(offsets), mode="sum")
-            totals = torch.linalg.vector_norm(sums.float(), dim=1).double().numpy()
-        return totals - self.lam * sizes
-
-
-def dense_fitness(subsets: Sequence[Sequence[int]], scores: np.ndarray, fitness: str, lam: float) -> np.ndarray:
-    """The reference evaluation: a dense ``(len(subsets), N)`` membership matrix times the scores.
-
-    What :class:`SparseFitness` replaces; memory and work grow with the whole pool per individual.
-    """
-    flat, _, sizes = _members(subsets)
-    membership = np.zeros((len(subsets), scores.shape[0]), dtype=scores.dtype)
-    membership[np.repeat(np.arange(len(subsets)), sizes), flat] = 1
-    total = membership @ scores
-    value = total if fitness == "sum_of_norms" else np.linalg.norm(total.astype(np.float32), axis=1)
-    return value.astype(np.float64) - lam * sizes
-
-
-class IncrementalFitness(SparseFitness):
-    """:class:`SparseFitness` for ``"norm_of_sum"`` that sums only what changed since a known state.
-
-    An offspring's sketch sum is its parent's (kept with the parent) plus the rows it gained minus
-    the rows it lost: a mutation swaps a member or two, so it costs a few rows instead of ``|S|``.
-    A crossover's two children together hold exactly their parents' members, so the second child's
-    sum is ``sum(parent a) + sum(parent b) - sum(child a)``: the pair costs one difference (or one
-    full sum, whichever has fewer rows) instead of two full sums. All of a generation's sums are
-    one ``embedding_bag`` call with +1/-1 weights. Sums are kept in float64, so the float32 sums of
-    the differences do not drift over generations: the fitness equals the full (and the dense)
-    evaluation to float32 rounding, which the tests check against :func:`dense_fitness`.
-    """
-
-    def __init__(self, scores: np.ndarray, fitness: str, lam: float):
-        super().__init__(scores, fitness, lam)
-        if self._table is None:
-            raise ValueError("the incremental evaluation is for sketches (fitness='norm_of_sum')")
-        self._mask = np.zeros(scores.shape[0], dtype=bool)  # scratch membership mask, always left all False
-        self._empty = np.zeros(0, dtype=np.int64)
-
-    def _difference(self, ref: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """Rows (indices, +1/-1 weights) taking ``sum(ref)`` to ``sum(cur)``; None when ``cur`` alone is fewer."""
-        mask = self._mask
-        mask[ref] = True
-        added = cur[~mask[cur]]
-        mask[ref] = False
-        mask[cur] = True
-        removed = ref[~mask[ref]]
-        mask[cur] = False
-        if len(added) + len(removed) >= len(cur):
-            return None
-        weights = np.concatenate([np.ones(len(added), np.float32), -np.ones(len(removed), np.float32)])
-        return np.concatenate([added, removed]), weights
-
-    def _bag(self, ref: np.ndarray | None, cur: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
-        """(indices, weights, is a difference): the cheaper of the difference from ``ref`` and the full sum."""
-        diff = None if ref is None else self._difference(ref, cur)
-        if diff is None:
-            return cur, np.ones(len(cur), np.float32), False
-        return diff[0], diff[1], True
-
-    def __call__(self, subsets: Sequence[Sequence[int]]) -> np.ndarray:
-        flat, offsets, sizes = _members(subsets)
-        bags, plan = [], []
-        crossings: dict[int, tuple[int, bool]] = {}  # id(_CrossRecord) -> (bag of its child a, is a difference)
-        for ind, start, size in zip(subsets, offsets, sizes):
-            cur = flat[start : start + size]
-            pair = getattr(ind, "pair", None)
-            if pair is not None:
-                record, slot = pair
-                if id(record) not in crossings:
-                    idx, w, diff = self._bag(record.parent_a[0], record.child_a)
-                    crossings[id(record)] = (len(bags), diff)
-                    bags.append((idx, w))
-                idx, w, diff = self._bag(record.child_a if slot == 0 else record.child_b, cur)
-                plan.append((len(bags), diff, record, slot))
-            else:
-                ref = getattr(ind, "ref", None)
-                idx, w, diff = self._bag(None if ref is None else ref[0], cur)
-                plan.append((len(bags), diff, ref[1] if diff else None, None))
-            bags.append((idx, w))
-        sums = self._sum_bags(bags)
-        out = np.empty(len(subsets), dtype=np.float64)
-        for k, (ind, start, size, (own, diff, origin, slot)) in enumerate(zip(subsets, offsets, sizes, plan)):
-            if slot is not None:  # after a crossover: the state right after it, from the pair's one sum
-                record = origin
-                first, first_diff = crossings[id(record)]
-                child_a = sums[first] + record.parent_a[1] if first_diff else sums[first]
-                origin = child_a if slot == 0 else record.parent_a[1] + record.parent_b[1] - child_a
-            total = sums[own] + origin if diff else sums[own]
-            if isinstance(ind, _Subset):
-                ind.ref, ind.pair = (flat[start : start + size].copy(), total), None
-            out[k] = float(torch.linalg.vector_norm(total))
-        # float32 values like the other evaluations; the float64 sums make them the exact sum's, rounded
-        out = out.astype(np.float32).astype(np.float64)
-        return out - self.lam * sizes
-
-    def _sum_bags(self, bags) -> list[torch.Tensor]:
-        """Each bag's weighted row sum in one ``embedding_bag`` call, as float64 vectors."""
-        sizes = np.fromiter((len(b[0]) for b in bags), dtype=np.int64, count=len(bags))
-        offsets = np.zeros(len(bags), dtype=np.int64)
-        np.cumsum(sizes[:-1], out=offsets[1:])
-        index = np.concatenate([b[0] for b in bags]) if bags else self._empty
-        weights = np.concatenate([b[1] for b in bags]) if bags else np.zeros(0, np.float32)
-        table = self._table
-        sums = F.embedding_bag(torch.from_numpy(index), table, torch.from_numpy(offsets), mode="sum",
-                               per_sample_weights=torch.from_numpy(weights).to(table.dtype))
-        return list(sums.double().unbind(0))
-
-
-class _DenseFitness:
-    def __init__(self, scores: np.ndarray, fitness: str, lam: float):
-        self.scores, self.fitness, self.lam = scores, fitness, float(lam)
-
-    def __call__(self, subsets: Sequence[Sequence[int]]) -> np.ndarray:
-        return dense_fitness(subsets, self.scores, self.fitness, self.lam)
-
-
-def _evaluator(scores: np.ndarray, fitness: str, lam: float, evaluation: str):
-    check_choice(evaluation, "evaluation", EVALUATIONS)
-    if evaluation == "incremental" and scores.ndim == 2:
-        return IncrementalFitness(scores, fitness, lam)
-    return (_DenseFitness if evaluation == "dense" else SparseFitness)(scores, fitness, lam)
 
 
 def selection_fitness(
@@ -380,65 +141,93 @@ class _Operators:
         self.n, self.budget, self.resize_prob, self.rng = n, budget, resize_prob, rng
         self.guided = guided if weights is not None and float(np.sum(weights)) > 0 else 0.0
         self.cdf = None if self.guided == 0.0 else np.cumsum(weights) / np.sum(weights)
+        self._mask = np.zeros(n, dtype=bool)  # scratch membership of the individual at hand, left all False
+        self._counts = np.zeros(n, dtype=np.uint8)  # scratch membership counts of a crossover pair, left all 0
 
     def _draw(self) -> int:
         if self.guided and self.rng.random() < self.guided:
             return min(int(np.searchsorted(self.cdf, self.rng.random(), side="right")), self.n - 1)
         return int(self.rng.integers(self.n))
 
-    def _non_member(self, members: set[int]) -> int | None:
-        if len(members) >= self.n:
+    def _non_member(self, size: int) -> int | None:
+        """A pool index outside the members marked in ``self._mask`` (``size`` of them); None if there is none."""
+        if size >= self.n:
             return None
+        mask = self._mask
         for _ in range(64):  # rejection sampling: expected n / (n - |S|) draws
             j = self._draw()
-            if j not in members:
+            if not mask[j]:
                 return j
         # guided draws keep hitting members (weights concentrated on them): draw uniformly
-        outside = np.setdiff1d(np.arange(self.n), np.fromiter(members, dtype=np.int64), assume_unique=True)
-        return int(self.rng.choice(outside))
+        return int(self.rng.choice(np.flatnonzero(~mask)))
+
+    def _split(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(members of both, members of one only) of two sets of distinct indices, each sorted.
+
+        Sorted, so the crossover's deal depends on the sets only. Large subsets (against the pool)
+        are counted in a pool-sized array, which costs a pass over the pool and no sort; small ones
+        are sorted (``numpy.intersect1d`` / ``setxor1d``). The same arrays either way.
+        """
+        if 8 * (len(a) + len(b)) < self.n:
+            return np.intersect1d(a, b, assume_unique=True), np.setxor1d(a, b, assume_unique=True)
+        counts = self._counts
+        counts[a] = 1
+        counts[b] += 1
+        common, rest = np.flatnonzero(counts == 2), np.flatnonzero(counts == 1)
+        counts[a] = 0
+        counts[b] = 0
+        return common, rest
 
     def random_subset(self, size: int) -> _Subset:
-        return _Subset(self.rng.choice(self.n, size=size, replace=False).tolist())
+        return _Subset(_frozen(self.rng.choice(self.n, size=size, replace=False).astype(np.int64, copy=False)))
 
     def mate(self, a: _Subset, b: _Subset) -> tuple[_Subset, _Subset]:
-        # numpy set operations: sorted like the set-based version, but fast on 10k-member subsets
-        arr_a, arr_b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
-        common = np.intersect1d(arr_a, arr_b, assume_unique=True)
-        rest = np.setxor1d(arr_a, arr_b, assume_unique=True)
+        common, rest = self._split(a.members, b.members)
         self.rng.shuffle(rest)
         keep_a = len(a) - len(common)
-        child_a, child_b = np.concatenate([common, rest[:keep_a]]), np.concatenate([common, rest[keep_a:]])
+        child_a = _frozen(np.concatenate([common, rest[:keep_a]]))
+        child_b = _frozen(np.concatenate([common, rest[keep_a:]]))
         if a.ref is not None and b.ref is not None:  # what the incremental evaluation needs to sum one child only
             record = _CrossRecord(a.ref, b.ref, child_a, child_b)
             a.pair, b.pair = (record, 0), (record, 1)
-        a[:] = child_a.tolist()
-        b[:] = child_b.tolist()
+        a.members, b.members = child_a, child_b
         return a, b
 
     def mutate(self, ind: _Subset) -> tuple[_Subset]:
         if self.rng.random() < self.resize_prob:
-            self._resize(ind, set(ind))
+            self._resize(ind)
             return (ind,)
         positions = np.flatnonzero(self.rng.random(len(ind)) < 1.0 / len(ind))
         if len(positions):
-            members = set(ind)
-            for pos in positions:
-                j = self._non_member(members)
-                if j is None:
-                    break
-                members.discard(ind[pos])
-                members.add(j)
-                ind[pos] = j
+            members = ind.members.copy()  # a new array: the old one may be shared (clones, records)
+            mask = self._mask
+            mask[members] = True
+            try:
+                for pos in positions.tolist():
+                    j = self._non_member(len(members))
+                    if j is None:
+                        break
+                    mask[members[pos]] = False
+                    mask[j] = True
+                    members[pos] = j
+            finally:
+                mask[members] = False
+            ind.members = _frozen(members)
         return (ind,)
 
-    def _resize(self, ind: _Subset, members: set[int]) -> None:
+    def _resize(self, ind: _Subset) -> None:
         grow = self.rng.random() < 0.5
         if grow and len(ind) < self.budget:
-            j = self._non_member(members)
+            mask = self._mask
+            mask[ind.members] = True
+            try:
+                j = self._non_member(len(ind))
+            finally:
+                mask[ind.members] = False
             if j is not None:
-                ind.append(j)
+                ind.members = _frozen(np.append(ind.members, j))
         elif not grow and len(ind) > 1:
-            del ind[int(self.rng.integers(len(ind)))]
+            ind.members = _frozen(np.delete(ind.members, int(self.rng.integers(len(ind)))))
 
 
 def _validate_ga(budget, n, lam, population, generations, cx_prob, mut_prob, tournament_size, elite, resize_prob, seed):
@@ -460,7 +249,7 @@ def _initial_population(ops: _Operators, population: int, budget: int, initial) 
         idx = [int(i) for i in subset]
         if not 1 <= len(idx) <= budget or len(set(idx)) != len(idx) or min(idx) < 0 or max(idx) >= ops.n:
             raise ValueError(f"initial subsets must hold 1..{budget} distinct indices in [0, {ops.n}); got {subset!r}")
-        pop.append(_Subset(idx))
+        pop.append(_Subset(idx))  # copied into a new array
     if len(pop) > population:
         raise ValueError(f"initial has {len(pop)} subsets but population is {population}")
     pop.extend(ops.random_subset(budget) for _ in range(population - len(pop)))
@@ -522,12 +311,12 @@ def genetic_select(
         ``(selected, history)``: the best subset as sorted int64 indices, and the best fitness of
         the initial population and of every generation (``generations + 1`` floats).
     """
-    arr = _check_scores(scores, fitness)
+    arr, norms = _scores_and_norms(scores, fitness)
     _validate_ga(budget, arr.shape[0], lam, population, generations, cx_prob, mut_prob, tournament_size, elite,
                  resize_prob, seed)
     check_number(guided, "guided", 0.0, 1.0)
     evaluate = _evaluator(arr, fitness, float(lam), evaluation)
-    ops = _Operators(arr.shape[0], budget, float(resize_prob), np.random.default_rng(seed), _row_norms(arr),
+    ops = _Operators(arr.shape[0], budget, float(resize_prob), np.random.default_rng(seed), norms,
                      float(guided))
     toolbox = base.Toolbox()
     toolbox.register("mate", ops.mate)
@@ -551,7 +340,7 @@ def genetic_select(
             history.append(best.fitness.values[0])
     finally:
         random.setstate(saved_state)
-    return np.sort(np.asarray(best, dtype=np.int64)), [float(h) for h in history]
+    return np.sort(best.members), [float(h) for h in history]
 
 
 # --------------------------------------------------------------------------- selectors
