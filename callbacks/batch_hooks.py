@@ -4,10 +4,10 @@ Lightning 2.6 calls every per-batch hook of every callback on every batch (``_ca
 for each one it reads the callback's ``state_key`` (a ``repr`` of its arguments for the
 checkpoint callbacks), formats a profiler name and enters and leaves a profiler context, about a
 dozen Python calls even when the hook is :class:`lightning.pytorch.Callback`'s empty method.
-``lit-sr fit``'s quickstart has ten callbacks and six hooks per training step, of which five do
-something (three, with the two checkpoints idle between validations): the others were more than
-half of the Python calls the recipe's callbacks, logger and bar added to a bare Trainer's step
-(``benchmarks/step_overhead.py --count-calls``, ``docs/performance.md``).
+``lit-sr fit``'s quickstart has ten callbacks and six hooks per training step, 60 hook calls of
+which three do work (the two checkpoints' batch ends return at once between validations): the
+other 57 were 61% of the Python calls the recipe's callbacks, logger and bar added to a bare
+Trainer's step (``benchmarks/step_overhead.py --count-calls``, ``docs/performance.md``).
 
 The same dispatcher skips a hook that is not callable (``if callable(fn)``; pinned by
 ``tests/test_lightning_private.py``), so :func:`skip_noop_batch_hooks` sets, on each callback
