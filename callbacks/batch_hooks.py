@@ -5,8 +5,8 @@ for each one it reads the callback's ``state_key`` (a ``repr`` of its arguments 
 checkpoint callbacks), formats a profiler name and enters and leaves a profiler context, about a
 dozen Python calls even when the hook is :class:`lightning.pytorch.Callback`'s empty method.
 ``lit-sr fit``'s quickstart has ten callbacks and six hooks per training step, 60 hook calls of
-which three do work (the two checkpoints' batch ends return at once between validations): the
-other 57 hidden, the recipe's callbacks, logger and bar add 61% fewer Python calls to a bare
+which three do work (the two checkpoints' batch ends return at once between validations); with
+the other 57 hidden, the recipe's callbacks, logger and bar add 61% fewer Python calls to a bare
 Trainer's step (``benchmarks/step_overhead.py --count-calls``, ``docs/performance.md``).
 
 The same dispatcher skips a hook that is not callable (``if callable(fn)``; pinned by
