@@ -12,12 +12,12 @@ device-resident batches, interleaved round by round so that a change of load hit
                 checkpoints (armed; with no validation nothing is written during the timed steps),
                 ``SRImageLogger``, ``RunSummary``, the CLI's own callbacks (``StopOnNonFiniteLoss``,
                 ``StopOnSigterm``, the saved config) and its progress bar
-                (``callbacks.progress_bar.TimedProgressBar``);
+                (``lit_sr.training.progress_bar.TimedProgressBar``);
   quickstart_lightning_bar  the same with Lightning's default ``TQDMProgressBar`` (a redraw after
                 every batch: the bar before TimedProgressBar), the ablation of that choice;
   quickstart_no_bar  the same without any progress bar (``--trainer.enable_progress_bar false``);
   quickstart_all_hooks  the quickstart with every callback's empty per-batch hooks dispatched again
-                (``callbacks.batch_hooks.restore_batch_hooks``): the quickstart before
+                (``lit_sr.training.batch_hooks.restore_batch_hooks``): the quickstart before
                 ``lit-sr fit`` hid them, the ablation of that change;
   trainer_minimal  a minimal ``LightningModule`` (the same network, L1, Adam, the cosine
                 ``LambdaLR``; no ``self.log``) in the bare Trainer: what the bare Trainer adds
@@ -45,7 +45,7 @@ carries depends on the wall clock (and a profiler slows steps several-fold); the
 taken without its in-epoch redraws, and one redraw's calls are half of the difference between
 ``quickstart_lightning_bar`` (two redraws a step) and ``quickstart_no_bar``.
 ``--dispatch`` times one empty hook's dispatch to the quickstart's callbacks, every hook
-dispatched against the empty ones hidden (``callbacks.batch_hooks``), as the least of
+dispatched against the empty ones hidden (``lit_sr.training.batch_hooks``), as the least of
 many short repeats of this process's CPU time: what hiding one empty hook saves, in microseconds,
 with the load's effect kept small. ``--components quickstart`` times the step's parts (the
 callback dispatch, ``self.log``, the logger connector, TensorBoard, each per-step hook) with a
@@ -89,13 +89,13 @@ from peer_basicsr import SCALE, Batches, print_step_table, run_plain
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from callbacks.batch_hooks import restore_batch_hooks, skip_noop_batch_hooks
-from callbacks.progress_bar import TimedProgressBar
-from callbacks.stop_on_nonfinite import StopOnNonFiniteLoss
 from lit_sr.archs import build_arch
 from lit_sr.io import atomic_write
 from lit_sr.modules import SRModule
 from lit_sr.modules.step_logs import step_logs_due
+from lit_sr.training.batch_hooks import restore_batch_hooks, skip_noop_batch_hooks
+from lit_sr.training.progress_bar import TimedProgressBar
+from lit_sr.training.stop_on_nonfinite import StopOnNonFiniteLoss
 from train import main as train_cli  # the entry point's CLI builder: the Trainer `lit-sr fit` builds
 
 MODES = ("plain", "trainer", "quickstart", "quickstart_lightning_bar", "quickstart_no_bar", "quickstart_all_hooks",

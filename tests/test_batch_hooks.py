@@ -12,16 +12,16 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
 from callbacks import LastCheckpoint, RunSummary, SRImageLogger
-from callbacks.batch_hooks import (
+from lit_sr.io import load_checkpoint
+from lit_sr.jobs.train.cli import train_cli
+from lit_sr.modules import SRModule
+from lit_sr.training.batch_hooks import (
     BATCH_HOOKS,
     noop_batch_hooks,
     restore_batch_hooks,
     skip_noop_batch_hooks,
 )
-from callbacks.stop_on_nonfinite import StopOnNonFiniteLoss
-from lit_sr.io import load_checkpoint
-from lit_sr.jobs.train.cli import train_cli
-from lit_sr.modules import SRModule
+from lit_sr.training.stop_on_nonfinite import StopOnNonFiniteLoss
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ used, are still called once per CLI, and that the upstream merge still lets the 
 (the behaviour the override corrects; if upstream fixed it, the override can go). ``lit-sr fit``
 also relies on the trainer's private callback dispatcher skipping a hook that is not callable
 and on ``ModelCheckpoint.on_train_batch_end`` doing nothing without a per-step schedule
-(``callbacks.batch_hooks``): pinned here too.
+(``lit_sr.training.batch_hooks``): pinned here too.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def test_the_checkpoint_wins_upstream_and_the_command_line_wins_in_lit_sr(tmp_pa
 
 
 def test_the_callback_dispatcher_skips_a_hook_that_is_not_callable():
-    """``callbacks.batch_hooks`` hides empty hooks by setting them to ``None`` on the instance."""
+    """``lit_sr.training.batch_hooks`` hides empty hooks by setting them to ``None`` on the instance."""
     assert "if callable(fn):" in inspect.getsource(call._call_callback_hooks)
     seen: list[str] = []
 

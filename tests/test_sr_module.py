@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from callbacks.prediction_writer import PredictionWriter
 from lit_sr.io import read_image, read_state_dict, write_image
 from lit_sr.metrics import psnr
 from lit_sr.modules import SRModule
 from lit_sr.ops import imresize
+from lit_sr.training.prediction_writer import PredictionWriter
 
 
 class RepeatedPatch(Dataset):

@@ -649,7 +649,7 @@ def test_a_run_whose_loss_turns_nan_stops_with_a_message_and_exports_nothing(tmp
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 def test_the_divergence_check_finds_every_non_finite_loss_shape_and_dtype(dtype):
-    from callbacks.stop_on_nonfinite import _finite
+    from lit_sr.training.stop_on_nonfinite import _finite
 
     for bad in (float("nan"), float("inf"), -float("inf")):
         for value in (torch.tensor(bad), torch.tensor([bad]), torch.tensor([0.5, bad, 1.0])):

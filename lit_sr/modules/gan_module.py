@@ -263,7 +263,7 @@ class GANSRModule(SRModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         """One discriminator step (and a generator step when due); returns this step's detached losses
-        and statistics (``train/<name>``), which ``callbacks.stop_on_nonfinite.StopOnNonFiniteLoss``
+        and statistics (``train/<name>``), which ``lit_sr.training.stop_on_nonfinite.StopOnNonFiniteLoss``
         checks every step; they are logged only on the logger's steps (:func:`step_logs_due`)."""
         opt_g, opt_d = self.optimizers()
         lr_img, hr = batch["lr"], batch["hr"]

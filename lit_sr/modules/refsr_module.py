@@ -266,7 +266,7 @@ class RefSRModule(L.LightningModule):
         if step_logs_due(self):  # the logger's points only: a log call costs more than a tiny step
             self.log_dict(logs, prog_bar=False, batch_size=n)
             self.log("train/loss_pbar", loss.detach(), prog_bar=True, logger=False, batch_size=n)
-        return logs  # checked every step by callbacks.stop_on_nonfinite.StopOnNonFiniteLoss
+        return logs  # checked every step by lit_sr.training.stop_on_nonfinite.StopOnNonFiniteLoss
 
     def _discriminator_step(self, opt_d, sr: torch.Tensor, hr: torch.Tensor) -> dict[str, torch.Tensor]:
         """One WGAN-GP critic step: ``D(fake) - D(real) + gp_weight * GP``."""

@@ -68,7 +68,7 @@ class SRModule(L.LightningModule):
         channels_last: run the network in channels-last memory format (faster convolutions on GPU).
         compile: ``torch.compile`` the network's forward (opt-in; compile time is minutes for deep nets).
         tile: LR tile size for validation/test on large images (``None``: whole image); also for
-            ``predict`` unless a ``callbacks.prediction_writer.PredictionWriter`` sets its own tiling (``train.py``
+            ``predict`` unless a ``lit_sr.training.prediction_writer.PredictionWriter`` sets its own tiling (``train.py``
             always adds one: ``--prediction.tile``).
         tile_overlap: LR overlap between tiles (seamless when half of it covers the network's
             receptive radius, see :func:`lit_sr.ops.tiled_forward`).
@@ -79,7 +79,7 @@ class SRModule(L.LightningModule):
             for the best also ``epoch``, ``monitor``, ``score`` and the checkpoint's file name).
 
     Predictions: ``predict_step`` returns the SR batch; writing it is the job of
-    ``callbacks.prediction_writer.PredictionWriter`` (where a checkpoint's hyper-parameters cannot redirect it).
+    ``lit_sr.training.prediction_writer.PredictionWriter`` (where a checkpoint's hyper-parameters cannot redirect it).
     """
 
     def __init__(
@@ -131,7 +131,7 @@ class SRModule(L.LightningModule):
         self._hparam_metrics: set[str] = set()
         self._schedule_length = 1
         self._run_base_lrs: dict[int, list[float]] = {}
-        # (tile, overlap) for predict, set by callbacks.prediction_writer.PredictionWriter; None: use tile/tile_overlap.
+        # (tile, overlap) for predict, set by lit_sr.training.prediction_writer.PredictionWriter; None: use tile/tile_overlap.
         self.predict_tiling: tuple[int | None, int] | None = None
         # Kept out of the module tree (object.__setattr__) so that state_dict keys stay BasicSR's.
         object.__setattr__(self, "_compiled", torch.compile(self.net) if compile else None)
@@ -317,7 +317,7 @@ class SRModule(L.LightningModule):
 
     # ------------------------------------------------------------------ predict
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
-        """The SR batch in [0, 1]; ``callbacks.prediction_writer.PredictionWriter`` writes it (and may set ``predict_tiling``)."""
+        """The SR batch in [0, 1]; ``lit_sr.training.prediction_writer.PredictionWriter`` writes it (and may set ``predict_tiling``)."""
         return self.super_resolve(batch["lr"], self.predict_tiling)
 
     # ------------------------------------------------------------------ export

@@ -6,7 +6,7 @@ command line) is silently replaced by the checkpoint's value. :class:`SRLightnin
 model arguments given explicitly on the command line after that step and warns that it did; values
 that come from ``--config`` files still yield to the checkpoint (it describes the network whose
 weights it holds). Inference-time settings are not model hyper-parameters at all: they belong to
-``callbacks.prediction_writer.PredictionWriter`` (:class:`TrainCLI` adds it).
+``lit_sr.training.prediction_writer.PredictionWriter`` (:class:`TrainCLI` adds it).
 
 ``lit-sr {fit,validate,test,predict} --config configs/train/<recipe>.yaml`` (``python train.py ...`` is an
 alias): any LightningModule (``lit_sr.modules.*``) and LightningDataModule (``datamodules.*``) can be
@@ -32,15 +32,15 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from callbacks.batch_hooks import skip_noop_batch_hooks
-from callbacks.prediction_writer import PredictionWriter
-from callbacks.progress_bar import TimedProgressBar
-from callbacks.stop_on_nonfinite import StopOnNonFiniteLoss
-from callbacks.stop_on_signal import StopOnSigterm
 from lit_sr.checkpoint_io import UnsafeCheckpointSettingError, install_safe_checkpoint_io
 from lit_sr.io import is_remote_path, load_checkpoint
 from lit_sr.run_folder import RunFolderClashError, clash_message, first_clash
 from lit_sr.runtime import close_process_group, configure_threads, trainer_precision
+from lit_sr.training.batch_hooks import skip_noop_batch_hooks
+from lit_sr.training.prediction_writer import PredictionWriter
+from lit_sr.training.progress_bar import TimedProgressBar
+from lit_sr.training.stop_on_nonfinite import StopOnNonFiniteLoss
+from lit_sr.training.stop_on_signal import StopOnSigterm
 from lit_sr.validation import HasScale, check_same_scale
 
 
@@ -372,7 +372,7 @@ class TrainCLI(SRLightningCLI):
 
 
 def use_timed_progress_bar(trainer: L.Trainer, configured: Iterable[L.Callback]) -> None:
-    """Put :class:`callbacks.progress_bar.TimedProgressBar` in place of the bar Lightning added by default.
+    """Put :class:`lit_sr.training.progress_bar.TimedProgressBar` in place of the bar Lightning added by default.
 
     Lightning's default bar redraws after every training batch (about 1 CPU-ms a step,
     ``docs/performance.md``); a progress bar listed in the config's ``trainer.callbacks``
