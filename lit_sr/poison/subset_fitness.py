@@ -190,10 +190,15 @@ def _member_array(subset: Any) -> np.ndarray:
     return subset.members if isinstance(subset, _Subset) else np.asarray(subset, dtype=np.int64).reshape(-1)
 
 
+def _member_arrays(subsets: Sequence[Any]) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each subset's members as an int64 array, and the sizes."""
+    arrays = [_member_array(s) for s in subsets]
+    return arrays, np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+
+
 def _members(subsets: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Flat member indices, the offset of each subset in them, and the sizes."""
-    arrays = [_member_array(s) for s in subsets]
-    sizes = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+    arrays, sizes = _member_arrays(subsets)
     flat = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
     offsets = np.zeros(len(subsets), dtype=np.int64)
     np.cumsum(sizes[:-1], out=offsets[1:])
@@ -310,8 +315,7 @@ class IncrementalFitness(SparseFitness):
         return diff[0], diff[1], True
 
     def __call__(self, subsets: Sequence[Sequence[int]]) -> np.ndarray:
-        arrays = [_member_array(s) for s in subsets]
-        sizes = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+        arrays, sizes = _member_arrays(subsets)
         bags, plan = [], []
         crossings: dict[int, tuple[int, bool]] = {}  # id(_CrossRecord) -> (bag of its child a, is a difference)
         for ind, cur in zip(subsets, arrays):
