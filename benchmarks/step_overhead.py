@@ -16,12 +16,19 @@ device-resident batches, interleaved round by round so that a change of load hit
   quickstart_lightning_bar  the same with Lightning's default ``TQDMProgressBar`` (a redraw after
                 every batch: the bar before TimedProgressBar), the ablation of that choice;
   quickstart_no_bar  the same without any progress bar (``--trainer.enable_progress_bar false``);
-  quickstart_all_hooks  the quickstart with every callback's empty per-batch hooks dispatched again
-                (``lit_sr.training.batch_hooks.restore_batch_hooks``): the quickstart before
-                ``lit-sr fit`` hid them, the ablation of that change;
+  quickstart_all_hooks  the quickstart with every empty per-batch hook of the callbacks and the module
+                dispatched again (``lit_sr.training.batch_hooks.restore_batch_hooks``): the
+                ablation of hiding them;
+  quickstart_stock  the quickstart with Lightning's stock dispatch: every empty per-batch hook of the
+                callbacks and of the module dispatched, Lightning's default ``PassThroughProfiler``
+                and ``nn.Module.__setattr__`` recording the running hook's name (``StockSRModule``):
+                the ablation of all three (``lit_sr.training.batch_hooks``, ``no_profiler``,
+                ``hook_name``);
   trainer_minimal  a minimal ``LightningModule`` (the same network, L1, Adam, the cosine
                 ``LambdaLR``; no ``self.log``) in the bare Trainer: what the bare Trainer adds
                 without any of ``SRModule``'s code, i.e. Lightning's own per-batch loop;
+  trainer_lean  ``SRModule`` in the bare Trainer with ``lit-sr fit``'s dispatch (``NoProfiler``, the
+                module's empty training hooks hidden): what is left of Lightning's loop under it;
   trainer_manual  ``SRModule`` with manual optimisation (a benchmark-only subclass:
                 ``manual_backward``, ``step``, the scheduler's ``step``) in the bare Trainer: what
                 the automatic loop's closure and hooks cost against the manual one.
@@ -83,6 +90,7 @@ import torch
 from common import machine_name
 from lightning.fabric.loggers.tensorboard import TensorBoardLogger
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.trainer import call
 from lightning.pytorch.trainer.connectors.logger_connector.logger_connector import _LoggerConnector
 from peer_basicsr import SCALE, Batches, print_step_table, run_plain
@@ -94,12 +102,13 @@ from lit_sr.io import atomic_write
 from lit_sr.modules import SRModule
 from lit_sr.modules.step_logs import step_logs_due
 from lit_sr.training.batch_hooks import restore_batch_hooks, skip_noop_batch_hooks
+from lit_sr.training.no_profiler import use_no_profiler
 from lit_sr.training.progress_bar import TimedProgressBar
 from lit_sr.training.stop_on_nonfinite import StopOnNonFiniteLoss
 from train import main as train_cli  # the entry point's CLI builder: the Trainer `lit-sr fit` builds
 
 MODES = ("plain", "trainer", "quickstart", "quickstart_lightning_bar", "quickstart_no_bar", "quickstart_all_hooks",
-         "trainer_minimal", "trainer_manual")
+         "quickstart_stock", "trainer_minimal", "trainer_lean", "trainer_manual")
 RECIPE = Path(__file__).resolve().parent.parent / "configs" / "train" / "quickstart.yaml"
 # what each quickstart mode changes on the recipe's command line
 QUICKSTART_ARGS = {
@@ -107,6 +116,7 @@ QUICKSTART_ARGS = {
     "quickstart_lightning_bar": ["--trainer.callbacks+=lightning.pytorch.callbacks.TQDMProgressBar"],
     "quickstart_no_bar": ["--trainer.enable_progress_bar", "false"],
     "quickstart_all_hooks": [],
+    "quickstart_stock": [],
 }
 
 
@@ -161,6 +171,12 @@ class ManualSRModule(SRModule):
         return loss.detach()
 
 
+class StockSRModule(SRModule):
+    """``SRModule`` recording the running hook's name through ``nn.Module.__setattr__`` (``quickstart_stock``)."""
+
+    __setattr__ = torch.nn.Module.__setattr__
+
+
 class MinimalModule(L.LightningModule):
     """The least ``LightningModule`` that trains like the quickstart's: network, L1, Adam, a per-step ``LambdaLR``."""
 
@@ -184,6 +200,10 @@ def bench_module(mode: str, kwargs: dict, total: int) -> L.LightningModule:
     """The module a Trainer mode trains."""
     if mode == "trainer_minimal":
         return MinimalModule(kwargs, total)
+    if mode == "quickstart_stock":
+        torch.manual_seed(0)
+        return StockSRModule(arch="edsr", arch_kwargs=kwargs, scale=SCALE, loss="l1", lr=1e-3, scheduler="cosine",
+                             export_weights=False)
     if mode == "trainer_manual":
         torch.manual_seed(0)
         return ManualSRModule(arch="edsr", arch_kwargs=kwargs, scale=SCALE, loss="l1", lr=1e-3, scheduler="cosine",
@@ -216,8 +236,10 @@ def run_trainer(mode: str, kwargs: dict, batches, steps: int, warmup: int, work:
                             enable_checkpointing=False, enable_model_summary=False, default_root_dir=work)
     else:
         trainer = quickstart_trainer(work, total, threads, QUICKSTART_ARGS[mode])
-        if mode == "quickstart_all_hooks":
+        if mode in ("quickstart_all_hooks", "quickstart_stock"):
             restore_batch_hooks(trainer.callbacks)
+        if mode == "quickstart_stock":
+            trainer.profiler = PassThroughProfiler()
         if not clocked_redraws:  # their number follows the wall clock, which a profiler and the load stretch
             for callback in trainer.callbacks:
                 if isinstance(callback, TimedProgressBar):
@@ -225,7 +247,13 @@ def run_trainer(mode: str, kwargs: dict, batches, steps: int, warmup: int, work:
     trainer.callbacks.insert(0, clock)  # first of the callbacks: its batch start is the step's start
     if window is not None:
         clock.window = window
-    trainer.fit(bench_module(mode, kwargs, total), DataLoader(Batches(batches, total), batch_size=None))
+    module = bench_module(mode, kwargs, total)
+    if mode == "trainer_lean" or mode.startswith("quickstart") and mode not in ("quickstart_all_hooks",
+                                                                                 "quickstart_stock"):
+        skip_noop_batch_hooks([module])  # as `lit-sr fit` does once it has built the module
+    if mode == "trainer_lean":
+        use_no_profiler(trainer)
+    trainer.fit(module, DataLoader(Batches(batches, total), batch_size=None))
     return clock.end[0] - clock.start[0], clock.end[1] - clock.start[1]
 
 
