@@ -4,6 +4,13 @@ In one process, on the same network (EDSR, ``--num-feat`` x ``--num-block``) and
 device-resident batches, interleaved round by round so that a change of load hits every mode alike:
 
   plain         a plain PyTorch loop: forward, L1, backward, Adam (the naive baseline);
+  plain_shown   the plain loop showing what the quickstart's Trainer shows, written the plain way:
+                the same ``DataLoader`` of the batches, the cosine ``LambdaLR`` stepped every step,
+                the divergence check (``math.isfinite(loss.item())``) every step, the loss and the
+                learning rate written to TensorBoard (``SummaryWriter.add_scalar``) every
+                ``log_every_n_steps`` (5, the recipe's) and a ``tqdm`` bar redrawn at most every
+                0.1 s with the last logged loss; no checkpoints (the quickstart's write nothing
+                during the timed steps);
   trainer       ``SRModule`` (as the quickstart configures it: L1, Adam, cosine schedule) in a bare
                 Lightning ``Trainer``: no logger, progress bar or checkpoints;
   quickstart    the same module in the Trainer that ``lit-sr fit --config configs/train/quickstart.yaml``
@@ -96,6 +103,8 @@ from lightning.pytorch.trainer.connectors.logger_connector.logger_connector impo
 from peer_basicsr import SCALE, Batches, print_step_table, run_plain
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
 
 from lit_sr.archs import build_arch
 from lit_sr.io import atomic_write
@@ -107,7 +116,7 @@ from lit_sr.training.progress_bar import TimedProgressBar
 from lit_sr.training.stop_on_nonfinite import StopOnNonFiniteLoss
 from train import main as train_cli  # the entry point's CLI builder: the Trainer `lit-sr fit` builds
 
-MODES = ("plain", "trainer", "quickstart", "quickstart_lightning_bar", "quickstart_no_bar", "quickstart_all_hooks",
+MODES = ("plain", "plain_shown", "trainer", "quickstart", "quickstart_lightning_bar", "quickstart_no_bar", "quickstart_all_hooks",
          "quickstart_stock", "trainer_minimal", "trainer_lean", "trainer_manual")
 RECIPE = Path(__file__).resolve().parent.parent / "configs" / "train" / "quickstart.yaml"
 # what each quickstart mode changes on the recipe's command line
@@ -218,6 +227,41 @@ def quickstart_trainer(work: Path, total: int, threads: int, extra: list[str]) -
                      "--trainer.enable_model_summary", "false",
                      "--trainer.logger.init_args.save_dir", str(work), *extra], run=False)
     return cli.trainer
+
+
+def run_plain_shown(kwargs: dict, batches, steps: int, warmup: int, work: Path,
+                    log_every: int = 5) -> tuple[float, float]:
+    """The ``plain_shown`` mode: a plain loop with the quickstart's logging, bar and checks (module docstring)."""
+    torch.manual_seed(0)
+    net = build_arch("edsr", upscale=SCALE, **kwargs)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    total = warmup + steps + 1
+    half_cosine = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))  # noqa: E731
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, half_cosine)
+    writer = SummaryWriter(str(work / "plain_shown"))
+    wall = cpu = 0.0
+    with tqdm(total=total, mininterval=0.1, leave=False) as bar:
+        for i, batch in enumerate(DataLoader(Batches(batches, total), batch_size=None)):
+            if i == warmup:
+                wall, cpu = time.perf_counter(), time.process_time()
+            elif i == total - 1:  # as the Trainer modes' clock: to the start of the last step
+                break
+            loss = F.l1_loss(net(batch["lr"]), batch["hr"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            schedule.step()
+            value = loss.item()
+            if not math.isfinite(value):
+                raise FloatingPointError(f"the loss is {value} at step {i}")
+            if (i + 1) % log_every == 0:
+                writer.add_scalar("train/loss", value, i)
+                writer.add_scalar("lr", schedule.get_last_lr()[0], i)
+                bar.set_postfix(loss=f"{value:.3g}", refresh=False)
+            bar.update()
+    elapsed = time.perf_counter() - wall, time.process_time() - cpu
+    writer.close()
+    return elapsed
 
 
 def run_trainer(mode: str, kwargs: dict, batches, steps: int, warmup: int, work: Path,
@@ -378,12 +422,15 @@ def step_rows(args, work: Path) -> list[dict]:
     def runner(mode: str, threads: int) -> Callable[[], tuple[float, float]]:
         if mode == "plain":
             return lambda: run_plain(kwargs, batches, args.steps, args.warmup)
+        if mode == "plain_shown":
+            return lambda: run_plain_shown(kwargs, batches, args.steps, args.warmup, work)
         return lambda: run_trainer(mode, kwargs, batches, args.steps, args.warmup, work, threads)
 
     if args.count_calls:  # load-independent: what each mode makes Python do per step
         torch.set_num_threads(args.threads[0])
         return [{"threads": args.threads[0], "mode": mode, "python_calls_per_step": calls_per_step(
             lambda steps, m=mode: (run_plain(kwargs, batches, steps, 0) if m == "plain" else
+                                   run_plain_shown(kwargs, batches, steps, 0, work) if m == "plain_shown" else
                                    run_trainer(m, kwargs, batches, steps, 0, work, args.threads[0],
                                                clocked_redraws=False)), args.steps)}
                 for mode in args.modes]
@@ -512,6 +559,13 @@ def print_table(report: dict) -> None:
     print("\n| mode | least CPU ms/step over the rounds | + vs plain |\n|---|---|---|")
     for r in rows:
         print(f"| {r['mode']} | {r['cpu_ms_min']:.2f} | {r['cpu_ms_min'] - base:+.2f} |")
+    shown = next((r for r in rows if r["mode"] == "plain_shown"), None)
+    if shown is not None:  # what a Trainer mode adds to a plain loop that shows the same things
+        print("\n| mode | + wall ms vs plain_shown (medians) | + CPU ms (medians) | + least CPU ms |\n|---|---|---|---|")
+        for r in rows:
+            if r["mode"] not in ("plain", "plain_shown"):
+                print(f"| {r['mode']} | {r['wall_ms'] - shown['wall_ms']:+.2f} | {r['cpu_ms'] - shown['cpu_ms']:+.2f} | "
+                      f"{r['cpu_ms_min'] - shown['cpu_ms_min']:+.2f} |")
 
 
 if __name__ == "__main__":
