@@ -31,6 +31,8 @@ device-resident batches, interleaved round by round so that a change of load hit
                 and ``nn.Module.__setattr__`` recording the running hook's name (``StockSRModule``):
                 the ablation of all three (``lit_sr.training.batch_hooks``, ``no_profiler``,
                 ``hook_name``);
+  quickstart_log50  the quickstart logging every 50 steps (Lightning's default) instead of the
+                recipe's 5: how much of its cost is the logging interval;
   trainer_minimal  a minimal ``LightningModule`` (the same network, L1, Adam, the cosine
                 ``LambdaLR``; no ``self.log``) in the bare Trainer: what the bare Trainer adds
                 without any of ``SRModule``'s code, i.e. Lightning's own per-batch loop;
@@ -117,7 +119,7 @@ from lit_sr.training.stop_on_nonfinite import StopOnNonFiniteLoss
 from train import main as train_cli  # the entry point's CLI builder: the Trainer `lit-sr fit` builds
 
 MODES = ("plain", "plain_shown", "trainer", "quickstart", "quickstart_lightning_bar", "quickstart_no_bar", "quickstart_all_hooks",
-         "quickstart_stock", "trainer_minimal", "trainer_lean", "trainer_manual")
+         "quickstart_stock", "quickstart_log50", "trainer_minimal", "trainer_lean", "trainer_manual")
 RECIPE = Path(__file__).resolve().parent.parent / "configs" / "train" / "quickstart.yaml"
 # what each quickstart mode changes on the recipe's command line
 QUICKSTART_ARGS = {
@@ -126,6 +128,7 @@ QUICKSTART_ARGS = {
     "quickstart_no_bar": ["--trainer.enable_progress_bar", "false"],
     "quickstart_all_hooks": [],
     "quickstart_stock": [],
+    "quickstart_log50": ["--trainer.log_every_n_steps", "50"],
 }
 
 
