@@ -270,8 +270,10 @@ def test_float16_sketch_sums_are_not_rounded_to_float16(evaluation):
     assert selection_fitness([0, 1], table) == pytest.approx(exact[0], rel=1e-6)
 
 
-def test_float16_bag_sums_match_float64_across_block_boundaries(monkeypatch):
-    # the float16 path sums blocks of rows: bags that cross blocks, empty bags and +-1 weights
+@pytest.mark.parametrize("weighting", ["none", "runs", "mixed"])
+def test_float16_bag_sums_match_float64_across_block_boundaries(weighting, monkeypatch):
+    # the float16 path sums pieces of rows: bags that cross pieces, empty bags, and weights that are
+    # none, +1 runs then -1 runs (the incremental evaluation's) or any mix
     from lit_sr.poison import subset_fitness
 
     monkeypatch.setattr(subset_fitness, "_HALF_BLOCK", 7)
@@ -280,10 +282,13 @@ def test_float16_bag_sums_match_float64_across_block_boundaries(monkeypatch):
     sizes = np.array([0, 13, 1, 0, 40, 6, 0])
     index = rng.integers(0, 200, sizes.sum())
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    weights = rng.choice([-1.0, 1.0], sizes.sum()).astype(np.float32)
+    weights = {"none": None, "mixed": rng.choice([-1.0, 0.5, 1.0], sizes.sum()).astype(np.float32),
+               "runs": np.concatenate([np.r_[np.ones(n - n // 3), -np.ones(n // 3)] for n in sizes]).astype(np.float32)
+               }[weighting]
     got = subset_fitness._bag_sums(torch.from_numpy(table), index, offsets, weights)
-    wide = table.astype(np.float64)
-    want = np.stack([(wide[index[o:o + n]] * weights[o:o + n, None]).sum(0) for o, n in zip(offsets, sizes)])
+    w = np.ones(sizes.sum()) if weights is None else weights.astype(np.float64)
+    want = np.stack([(table[index[o:o + n]].astype(np.float64) * w[o:o + n, None]).sum(0)
+                     for o, n in zip(offsets, sizes)])
     assert got.dtype == torch.float64
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-6, atol=1e-6)
 

@@ -16,9 +16,9 @@ benchmark compare against).
 Sketches stay in the dtype they come in (float32 or float16; float64 input is brought down to
 float32), never copied to float64 or float32; sums accumulate in float32 or wider whatever the
 table's dtype. A float16 table (half the memory: the 100,000 x 2,048 sketches of the benchmark are
-0.38 GiB instead of 0.76) is summed by :func:`_bag_sums` in blocks of ``_HALF_BLOCK`` rows, each
-gathered and widened to float32, so its sums are not rounded to float16 and equal those of the
-same entries held in float32 (to float32 rounding).
+0.38 GiB instead of 0.76) is summed by :func:`_bag_sums` in pieces of at most ``_HALF_BLOCK``
+rows, each gathered and summed in float32, so its sums are not rounded to float16 and equal those
+of the same entries held in float32 (to float32 rounding).
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ Evaluation = Literal["incremental", "sparse", "dense"]
 FITNESSES: tuple[str, ...] = ("norm_of_sum", "sum_of_norms")
 EVALUATIONS: tuple[str, ...] = ("incremental", "sparse", "dense")
 _CHECK_ROWS = 8192  # rows per block of the finiteness check: bounds its temporary memory
-# rows per block of a float16 table's sums: 256 x 2,048 float32 = 2 MiB, which stays in cache; 1,024
-# and 4,096 were 1.7x and 5x slower (measured with benchmarks/backdoor_gradients.py's sketches)
+# rows per piece of a float16 table's sums: 256 x 2,048 float16 = 1 MiB gathered at a time stays in
+# cache (1,024 and 4,096 rows were 1.5x and 4.9x slower per row, measured on 100,000 x 2,048)
 _HALF_BLOCK = 256
 
 
@@ -216,31 +216,36 @@ def _bag_sums(table: torch.Tensor, index: np.ndarray, offsets: np.ndarray,
     """``sums[b] = sum_k weights[k] * table[index[k]]`` over each bag ``b`` (bag ``b`` starts at ``offsets[b]``).
 
     A float32 table: one ``embedding_bag`` call, float32 sums. A float16 one: ``embedding_bag``
-    would round its output to float16, so the rows are gathered ``_HALF_BLOCK`` at a time,
-    widened to float32 and summed per bag within the block (float32), and the blocks' partial sums
-    are added in float64: float64 sums, never a float32 copy of the table.
+    would round its output to float16, so each bag is cut into pieces of at most ``_HALF_BLOCK``
+    rows; a piece's rows are gathered (float16) and summed in float32 (``sum(dtype=float32)``
+    widens as it reads; times the weight where the piece has one), and the pieces are added in
+    float64: float64 sums, never a float32 copy of the table.
     """
-    idx, off = torch.from_numpy(index), torch.from_numpy(offsets)
-    w = None if weights is None else torch.from_numpy(weights)
     if table.dtype != torch.float16:
-        return F.embedding_bag(idx, table, off, mode="sum",
-                               per_sample_weights=None if w is None else w.to(table.dtype))
-    out = torch.zeros(len(offsets), table.shape[1], dtype=torch.float64)
+        return F.embedding_bag(torch.from_numpy(index), table, torch.from_numpy(offsets), mode="sum",
+                               per_sample_weights=None if weights is None else torch.from_numpy(weights).to(table.dtype))
     total = len(index)
+    out = torch.zeros(len(offsets), table.shape[1], dtype=torch.float64)
     if total == 0:
         return out
-    # pieces: the parts of the bags cut at every block boundary; piece p belongs to bag bag_of[p]
-    starts = np.union1d(offsets[offsets < total], np.arange(0, total, _HALF_BLOCK))
-    bag_of = torch.from_numpy(np.searchsorted(offsets, starts, side="right") - 1)
-    first = np.searchsorted(starts, np.arange(0, total, _HALF_BLOCK))  # each block's first piece
-    last = np.append(first[1:], len(starts))
-    for block, lo in enumerate(range(0, total, _HALF_BLOCK)):
-        hi = min(lo + _HALF_BLOCK, total)
-        rows = table.index_select(0, idx[lo:hi]).float()
-        local = torch.from_numpy(starts[first[block]:last[block]] - lo)
-        part = F.embedding_bag(torch.arange(hi - lo), rows, local, mode="sum",
-                               per_sample_weights=None if w is None else w[lo:hi].float())
-        out.index_add_(0, bag_of[first[block]:last[block]], part.double())
+    starts = np.union1d(offsets[offsets < total], np.arange(0, total, _HALF_BLOCK))  # bags cut into blocks
+    ends = np.append(starts[1:], total)
+    bags = np.searchsorted(offsets, starts, side="right") - 1
+    idx = torch.from_numpy(index)
+    if weights is None:
+        for lo, hi, bag in zip(starts.tolist(), ends.tolist(), bags.tolist()):
+            out[bag] += table.index_select(0, idx[lo:hi]).sum(0, dtype=torch.float32)
+        return out
+    # a piece of one weight (the incremental evaluation's +1 run, then its -1 run) is a sum times it;
+    # a piece of mixed weights is widened and multiplied (no faster, but as exact)
+    w = weights.astype(np.float32)
+    uniform = np.minimum.reduceat(w, starts) == np.maximum.reduceat(w, starts)
+    for lo, hi, bag, one in zip(starts.tolist(), ends.tolist(), bags.tolist(), uniform.tolist()):
+        rows = table.index_select(0, idx[lo:hi])
+        if one:
+            out[bag].add_(rows.sum(0, dtype=torch.float32), alpha=float(w[lo]))
+        else:
+            out[bag] += torch.from_numpy(w[lo:hi]) @ rows.float()
     return out
 
 
