@@ -116,27 +116,29 @@ def _rss_gib() -> float:
 _SKETCH_BLOCK = 8192  # rows drawn at a time: a float16 table never has a float32 copy
 
 
-def random_sketches(pool: int, sketch_dim: int, dtype: str) -> np.ndarray:
-    """The benchmark's sketches: standard normal float32 draws (seeded by ``pool``), stored as ``dtype``.
+def random_sketches(pool: int, sketch_dim: int, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """The benchmark's sketches, standard normal float32 draws (seeded by ``pool``) stored as ``dtype``, and norms.
 
     Drawn block by block into the final array, so float16 sketches are the float32 ones rounded,
     without a float32 table ever existing (the same draws as one call: the generator's stream is
-    sequential).
+    sequential). The norms (float32, for ``sum_of_norms`` and top-k) are the float32 draws': in
+    training they come from the whole gradient, not from its stored sketch, so both storages get
+    the same ones.
     """
     rng = np.random.default_rng(pool)
-    out = np.empty((pool, sketch_dim), dtype=dtype)
+    out, norms = np.empty((pool, sketch_dim), dtype=dtype), np.empty(pool, dtype=np.float32)
     for lo in range(0, pool, _SKETCH_BLOCK):
-        out[lo : lo + _SKETCH_BLOCK] = rng.standard_normal((min(_SKETCH_BLOCK, pool - lo), sketch_dim),
-                                                           dtype=np.float32)
-    return out
+        block = rng.standard_normal((min(_SKETCH_BLOCK, pool - lo), sketch_dim), dtype=np.float32)
+        out[lo : lo + len(block)] = block
+        norms[lo : lo + len(block)] = torch.linalg.vector_norm(torch.from_numpy(block), dim=1).numpy()
+    return out, norms
 
 
 def one_search(pool: int, fitness: str, evaluation: str, sketch_dim: int, budget_rate: float, population: int,
                generations: int, sketch_dtype: str = "float32") -> dict:
     """One genetic search on fresh random sketches, in the calling process (run it in a child)."""
     base_rss = _rss_gib()
-    sketches = random_sketches(pool, sketch_dim, sketch_dtype)
-    norms = torch.linalg.vector_norm(torch.from_numpy(sketches), dim=1, dtype=torch.float32).numpy()
+    sketches, norms = random_sketches(pool, sketch_dim, sketch_dtype)
     scores = sketches if fitness == "norm_of_sum" else norms
     ready_rss = _rss_gib()
     budget = max(1, round(budget_rate * pool))
@@ -161,9 +163,8 @@ def one_search(pool: int, fitness: str, evaluation: str, sketch_dim: int, budget
 
 def refit_on_float32(pool: int, sketch_dim: int, fitness: str, chosen: list[list[int]]) -> list[float]:
     """The fitness of each chosen subset on the float32 sketches (to judge a float16 search's choice)."""
-    sketches = random_sketches(pool, sketch_dim, "float32")
-    scores = sketches if fitness == "norm_of_sum" else torch.linalg.vector_norm(torch.from_numpy(sketches),
-                                                                                dim=1).numpy()
+    sketches, norms = random_sketches(pool, sketch_dim, "float32")
+    scores = sketches if fitness == "norm_of_sum" else norms
     return [selection_fitness(c, scores, fitness) for c in chosen]
 
 

@@ -293,6 +293,26 @@ def test_float16_bag_sums_match_float64_across_block_boundaries(weighting, monke
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-6, atol=1e-6)
 
 
+def test_row_norms_of_a_float16_table_are_taken_block_by_block(monkeypatch):
+    # vector_norm(dtype=float32) widens its whole input first: on a whole float16 table that is a float32
+    # copy of it (0.76 GiB at the benchmark's 100,000 x 2,048); blocks bound the copy to _CHECK_ROWS rows
+    from lit_sr.poison import subset_fitness
+
+    monkeypatch.setattr(subset_fitness, "_CHECK_ROWS", 64)
+    rows_seen = []
+    real = torch.linalg.vector_norm
+
+    def recording(x, *args, **kwargs):
+        rows_seen.append(x.shape[0])
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(subset_fitness.torch.linalg, "vector_norm", recording)
+    table = np.random.default_rng(2).standard_normal((300, 16)).astype(np.float16)
+    _, norms = subset_fitness._scores_and_norms(table, "norm_of_sum")
+    assert max(rows_seen) <= 64 and sum(rows_seen) == 300
+    np.testing.assert_allclose(norms, np.linalg.norm(table.astype(np.float64), axis=1), rtol=1e-6)
+
+
 def test_float16_rounding_is_far_below_the_sketch_error():
     # why float16 sketches are safe: the fitness of a float16 sketch differs from the float32 one's by
     # ~1e-5 (relative), while the sketch itself is off from the exact norm of the summed gradients by
