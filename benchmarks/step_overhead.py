@@ -4,6 +4,13 @@ In one process, on the same network (EDSR, ``--num-feat`` x ``--num-block``) and
 device-resident batches, interleaved round by round so that a change of load hits every mode alike:
 
   plain         a plain PyTorch loop: forward, L1, backward, Adam (the naive baseline);
+  plain_shown   the plain loop showing what the quickstart's Trainer shows, written the plain way:
+                the same ``DataLoader`` of the batches, the cosine ``LambdaLR`` stepped every step,
+                the divergence check (``math.isfinite(loss.item())``) every step, the loss and the
+                learning rate written to TensorBoard (``SummaryWriter.add_scalar``) every
+                ``log_every_n_steps`` (5, the recipe's) and a ``tqdm`` bar redrawn at most every
+                0.1 s with the last logged loss; no checkpoints (the quickstart's write nothing
+                during the timed steps);
   trainer       ``SRModule`` (as the quickstart configures it: L1, Adam, cosine schedule) in a bare
                 Lightning ``Trainer``: no logger, progress bar or checkpoints;
   quickstart    the same module in the Trainer that ``lit-sr fit --config configs/train/quickstart.yaml``
@@ -16,12 +23,19 @@ device-resident batches, interleaved round by round so that a change of load hit
   quickstart_lightning_bar  the same with Lightning's default ``TQDMProgressBar`` (a redraw after
                 every batch: the bar before TimedProgressBar), the ablation of that choice;
   quickstart_no_bar  the same without any progress bar (``--trainer.enable_progress_bar false``);
-  quickstart_all_hooks  the quickstart with every callback's empty per-batch hooks dispatched again
-                (``lit_sr.training.batch_hooks.restore_batch_hooks``): the quickstart before
-                ``lit-sr fit`` hid them, the ablation of that change;
+  quickstart_all_hooks  the quickstart with every empty per-batch hook of the callbacks and the module
+                dispatched again (``lit_sr.training.batch_hooks.restore_batch_hooks``): the
+                ablation of hiding them;
+  quickstart_stock  the quickstart with Lightning's stock dispatch: every empty per-batch hook of the
+                callbacks and of the module dispatched, Lightning's default ``PassThroughProfiler``
+                and ``nn.Module.__setattr__`` recording the running hook's name (``StockSRModule``):
+                the ablation of all three (``lit_sr.training.batch_hooks``, ``no_profiler``,
+                ``hook_name``);
   trainer_minimal  a minimal ``LightningModule`` (the same network, L1, Adam, the cosine
                 ``LambdaLR``; no ``self.log``) in the bare Trainer: what the bare Trainer adds
                 without any of ``SRModule``'s code, i.e. Lightning's own per-batch loop;
+  trainer_lean  ``SRModule`` in the bare Trainer with ``lit-sr fit``'s dispatch (``NoProfiler``, the
+                module's empty training hooks hidden): what is left of Lightning's loop under it;
   trainer_manual  ``SRModule`` with manual optimisation (a benchmark-only subclass:
                 ``manual_backward``, ``step``, the scheduler's ``step``) in the bare Trainer: what
                 the automatic loop's closure and hooks cost against the manual one.
@@ -83,23 +97,27 @@ import torch
 from common import machine_name
 from lightning.fabric.loggers.tensorboard import TensorBoardLogger
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.trainer import call
 from lightning.pytorch.trainer.connectors.logger_connector.logger_connector import _LoggerConnector
 from peer_basicsr import SCALE, Batches, print_step_table, run_plain
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
 
 from lit_sr.archs import build_arch
 from lit_sr.io import atomic_write
 from lit_sr.modules import SRModule
 from lit_sr.modules.step_logs import step_logs_due
 from lit_sr.training.batch_hooks import restore_batch_hooks, skip_noop_batch_hooks
+from lit_sr.training.no_profiler import use_no_profiler
 from lit_sr.training.progress_bar import TimedProgressBar
 from lit_sr.training.stop_on_nonfinite import StopOnNonFiniteLoss
 from train import main as train_cli  # the entry point's CLI builder: the Trainer `lit-sr fit` builds
 
-MODES = ("plain", "trainer", "quickstart", "quickstart_lightning_bar", "quickstart_no_bar", "quickstart_all_hooks",
-         "trainer_minimal", "trainer_manual")
+MODES = ("plain", "plain_shown", "trainer", "quickstart", "quickstart_lightning_bar", "quickstart_no_bar", "quickstart_all_hooks",
+         "quickstart_stock", "trainer_minimal", "trainer_lean", "trainer_manual")
 RECIPE = Path(__file__).resolve().parent.parent / "configs" / "train" / "quickstart.yaml"
 # what each quickstart mode changes on the recipe's command line
 QUICKSTART_ARGS = {
@@ -107,6 +125,7 @@ QUICKSTART_ARGS = {
     "quickstart_lightning_bar": ["--trainer.callbacks+=lightning.pytorch.callbacks.TQDMProgressBar"],
     "quickstart_no_bar": ["--trainer.enable_progress_bar", "false"],
     "quickstart_all_hooks": [],
+    "quickstart_stock": [],
 }
 
 
@@ -161,6 +180,12 @@ class ManualSRModule(SRModule):
         return loss.detach()
 
 
+class StockSRModule(SRModule):
+    """``SRModule`` recording the running hook's name through ``nn.Module.__setattr__`` (``quickstart_stock``)."""
+
+    __setattr__ = torch.nn.Module.__setattr__
+
+
 class MinimalModule(L.LightningModule):
     """The least ``LightningModule`` that trains like the quickstart's: network, L1, Adam, a per-step ``LambdaLR``."""
 
@@ -184,6 +209,10 @@ def bench_module(mode: str, kwargs: dict, total: int) -> L.LightningModule:
     """The module a Trainer mode trains."""
     if mode == "trainer_minimal":
         return MinimalModule(kwargs, total)
+    if mode == "quickstart_stock":
+        torch.manual_seed(0)
+        return StockSRModule(arch="edsr", arch_kwargs=kwargs, scale=SCALE, loss="l1", lr=1e-3, scheduler="cosine",
+                             export_weights=False)
     if mode == "trainer_manual":
         torch.manual_seed(0)
         return ManualSRModule(arch="edsr", arch_kwargs=kwargs, scale=SCALE, loss="l1", lr=1e-3, scheduler="cosine",
@@ -198,6 +227,41 @@ def quickstart_trainer(work: Path, total: int, threads: int, extra: list[str]) -
                      "--trainer.enable_model_summary", "false",
                      "--trainer.logger.init_args.save_dir", str(work), *extra], run=False)
     return cli.trainer
+
+
+def run_plain_shown(kwargs: dict, batches, steps: int, warmup: int, work: Path,
+                    log_every: int = 5) -> tuple[float, float]:
+    """The ``plain_shown`` mode: a plain loop with the quickstart's logging, bar and checks (module docstring)."""
+    torch.manual_seed(0)
+    net = build_arch("edsr", upscale=SCALE, **kwargs)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    total = warmup + steps + 1
+    half_cosine = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))  # noqa: E731
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, half_cosine)
+    writer = SummaryWriter(str(work / "plain_shown"))
+    wall = cpu = 0.0
+    with tqdm(total=total, mininterval=0.1, leave=False) as bar:
+        for i, batch in enumerate(DataLoader(Batches(batches, total), batch_size=None)):
+            if i == warmup:
+                wall, cpu = time.perf_counter(), time.process_time()
+            elif i == total - 1:  # as the Trainer modes' clock: to the start of the last step
+                break
+            loss = F.l1_loss(net(batch["lr"]), batch["hr"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            schedule.step()
+            value = loss.item()
+            if not math.isfinite(value):
+                raise FloatingPointError(f"the loss is {value} at step {i}")
+            if (i + 1) % log_every == 0:
+                writer.add_scalar("train/loss", value, i)
+                writer.add_scalar("lr", schedule.get_last_lr()[0], i)
+                bar.set_postfix(loss=f"{value:.3g}", refresh=False)
+            bar.update()
+    elapsed = time.perf_counter() - wall, time.process_time() - cpu
+    writer.close()
+    return elapsed
 
 
 def run_trainer(mode: str, kwargs: dict, batches, steps: int, warmup: int, work: Path,
@@ -216,8 +280,10 @@ def run_trainer(mode: str, kwargs: dict, batches, steps: int, warmup: int, work:
                             enable_checkpointing=False, enable_model_summary=False, default_root_dir=work)
     else:
         trainer = quickstart_trainer(work, total, threads, QUICKSTART_ARGS[mode])
-        if mode == "quickstart_all_hooks":
+        if mode in ("quickstart_all_hooks", "quickstart_stock"):
             restore_batch_hooks(trainer.callbacks)
+        if mode == "quickstart_stock":
+            trainer.profiler = PassThroughProfiler()
         if not clocked_redraws:  # their number follows the wall clock, which a profiler and the load stretch
             for callback in trainer.callbacks:
                 if isinstance(callback, TimedProgressBar):
@@ -225,7 +291,13 @@ def run_trainer(mode: str, kwargs: dict, batches, steps: int, warmup: int, work:
     trainer.callbacks.insert(0, clock)  # first of the callbacks: its batch start is the step's start
     if window is not None:
         clock.window = window
-    trainer.fit(bench_module(mode, kwargs, total), DataLoader(Batches(batches, total), batch_size=None))
+    module = bench_module(mode, kwargs, total)
+    if mode == "trainer_lean" or mode.startswith("quickstart") and mode not in ("quickstart_all_hooks",
+                                                                                 "quickstart_stock"):
+        skip_noop_batch_hooks([module])  # as `lit-sr fit` does once it has built the module
+    if mode == "trainer_lean":
+        use_no_profiler(trainer)
+    trainer.fit(module, DataLoader(Batches(batches, total), batch_size=None))
     return clock.end[0] - clock.start[0], clock.end[1] - clock.start[1]
 
 
@@ -350,12 +422,15 @@ def step_rows(args, work: Path) -> list[dict]:
     def runner(mode: str, threads: int) -> Callable[[], tuple[float, float]]:
         if mode == "plain":
             return lambda: run_plain(kwargs, batches, args.steps, args.warmup)
+        if mode == "plain_shown":
+            return lambda: run_plain_shown(kwargs, batches, args.steps, args.warmup, work)
         return lambda: run_trainer(mode, kwargs, batches, args.steps, args.warmup, work, threads)
 
     if args.count_calls:  # load-independent: what each mode makes Python do per step
         torch.set_num_threads(args.threads[0])
         return [{"threads": args.threads[0], "mode": mode, "python_calls_per_step": calls_per_step(
             lambda steps, m=mode: (run_plain(kwargs, batches, steps, 0) if m == "plain" else
+                                   run_plain_shown(kwargs, batches, steps, 0, work) if m == "plain_shown" else
                                    run_trainer(m, kwargs, batches, steps, 0, work, args.threads[0],
                                                clocked_redraws=False)), args.steps)}
                 for mode in args.modes]
@@ -484,6 +559,13 @@ def print_table(report: dict) -> None:
     print("\n| mode | least CPU ms/step over the rounds | + vs plain |\n|---|---|---|")
     for r in rows:
         print(f"| {r['mode']} | {r['cpu_ms_min']:.2f} | {r['cpu_ms_min'] - base:+.2f} |")
+    shown = next((r for r in rows if r["mode"] == "plain_shown"), None)
+    if shown is not None:  # what a Trainer mode adds to a plain loop that shows the same things
+        print("\n| mode | + wall ms vs plain_shown (medians) | + CPU ms (medians) | + least CPU ms |\n|---|---|---|---|")
+        for r in rows:
+            if r["mode"] not in ("plain", "plain_shown"):
+                print(f"| {r['mode']} | {r['wall_ms'] - shown['wall_ms']:+.2f} | {r['cpu_ms'] - shown['cpu_ms']:+.2f} | "
+                      f"{r['cpu_ms_min'] - shown['cpu_ms_min']:+.2f} |")
 
 
 if __name__ == "__main__":

@@ -7,14 +7,17 @@ Both are private, so ``pyproject.toml`` bounds Lightning's minor version; before
 run this file against the new release: it checks that both hooks still exist with the signatures
 used, are still called once per CLI, and that the upstream merge still lets the checkpoint win
 (the behaviour the override corrects; if upstream fixed it, the override can go). ``lit-sr fit``
-also relies on the trainer's private callback dispatcher skipping a hook that is not callable
-and on ``ModelCheckpoint.on_train_batch_end`` doing nothing without a per-step schedule
-(``lit_sr.training.batch_hooks``): pinned here too.
+also relies on the trainer's private callback and module dispatchers skipping a hook that is not
+callable, on ``LightningModule``'s per-batch hooks being empty, on ``ModelCheckpoint.on_train_batch_end``
+doing nothing without a per-step schedule (``lit_sr.training.batch_hooks``), on the dispatchers
+recording the running hook in ``pl_module._current_fx_name`` (``lit_sr.training.hook_name``) and on
+``PassThroughProfiler`` being the Trainer's default (``lit_sr.training.no_profiler``): pinned here too.
 """
 
 from __future__ import annotations
 
 import copy
+import dis
 import inspect
 
 import lightning as L
@@ -23,9 +26,12 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.trainer import call
 
 from lit_sr.jobs.train.cli import SRLightningCLI
+from lit_sr.training.batch_hooks import TRAINING_BATCH_HOOKS
+from lit_sr.training.hook_name import HOOK_NAME_ATTRIBUTE
 
 MODEL = ["--model", "lit_sr.modules.SRModule", "--model.init_args.arch", "edsr",
          "--model.init_args.arch_kwargs", "{num_feat: 8, num_block: 1}", "--model.init_args.scale", "2"]
@@ -139,3 +145,52 @@ def test_a_checkpoint_without_a_per_step_schedule_does_nothing_after_a_training_
     checkpoint.on_train_batch_end = end
     trainer.fit(BoringModel())
     assert calls == ["end"] * 3
+
+
+def _does_nothing(fn) -> bool:
+    """``fn``'s body only returns ``None`` (a docstring and ``pass`` at most)."""
+    ops = [(i.opname, i.argval) for i in dis.get_instructions(fn)]
+    return all(op in ("RESUME", "NOP", "RETURN_VALUE", "RETURN_CONST", "LOAD_CONST") for op, _ in ops) and all(
+        value is None for op, value in ops if op in ("LOAD_CONST", "RETURN_CONST"))
+
+
+def test_the_does_nothing_check_tells_an_empty_hook_from_one_that_works():
+    def works(self, batch, batch_idx):
+        return batch
+
+    assert _does_nothing(L.Callback.on_before_backward) and not _does_nothing(works)
+    assert not _does_nothing(L.LightningModule.on_before_batch_transfer)  # returns the batch
+
+
+@pytest.mark.parametrize("hook", TRAINING_BATCH_HOOKS)
+def test_the_lightning_module_training_batch_hooks_are_empty(hook):
+    """``batch_hooks`` hides a module's training-step hooks that its class inherits from ``LightningModule``."""
+    assert _does_nothing(getattr(L.LightningModule, hook))
+
+
+def test_the_module_hook_dispatcher_skips_a_hook_that_is_not_callable():
+    source = inspect.getsource(call._call_lightning_module_hook)
+    assert "if not callable(fn):" in source
+    seen: list[str] = []
+
+    class Watched(BoringModel):
+        def on_train_batch_end(self, *args) -> None:
+            seen.append("end")
+
+    model = Watched()
+    model.on_train_batch_start = model.on_before_backward = None  # what skip_noop_batch_hooks does
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model)
+    assert seen == ["end", "end"]
+
+
+def test_the_dispatchers_record_the_running_hook_in_the_attribute_plain_hook_name_stores():
+    for dispatcher in (call._call_lightning_module_hook, call._call_callback_hooks, call._call_strategy_hook):
+        assert f"pl_module.{HOOK_NAME_ATTRIBUTE} = hook_name" in inspect.getsource(dispatcher)
+    assert getattr(BoringModel(), HOOK_NAME_ATTRIBUTE) is None
+
+
+def test_the_trainer_default_profiler_is_exactly_pass_through():
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    assert type(trainer.profiler) is PassThroughProfiler

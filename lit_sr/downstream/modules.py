@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from lit_sr.downstream.wrappers import DownstreamClassifier, DownstreamDetector
 from lit_sr.extras import require_extra
+from lit_sr.training.hook_name import PlainHookName
 from lit_sr.validation import check_fraction
 
 
@@ -40,7 +41,7 @@ def hflip_boxes(boxes: torch.Tensor, width: int) -> torch.Tensor:
     return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
 
 
-class ClassifierModule(L.LightningModule):
+class ClassifierModule(PlainHookName, L.LightningModule):
     """Train a torchvision classifier from scratch (``random_init``) or fine-tune one from ``weights``.
 
     Args:
@@ -85,7 +86,7 @@ class ClassifierModule(L.LightningModule):
         return _cosine_adamw(self, self.hparams.lr, self.hparams.weight_decay)
 
 
-class DetectorModule(L.LightningModule):
+class DetectorModule(PlainHookName, L.LightningModule):
     """Train a torchvision Faster R-CNN on the shapes boxes (label ``k`` becomes detector class ``k + 1``).
 
     Args:

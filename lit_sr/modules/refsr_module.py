@@ -38,6 +38,7 @@ from lit_sr.modules.sr_module import EVAL_METRICS, arch_kwargs_with_scale, sr_me
 from lit_sr.modules.step_logs import step_logs_due
 from lit_sr.runtime import Autocast, grad_enabled_outside_inference
 from lit_sr.tables import fmt, markdown_lines
+from lit_sr.training.hook_name import PlainHookName
 from lit_sr.validation import check_eps, check_int, check_number, check_positive, check_same_scale
 
 _PERCEPTUAL_PREFIX = PERCEPTUAL_PREFIX
@@ -65,7 +66,7 @@ def transferal_perceptual_loss(sr_feats, textures, soft_attention: torch.Tensor)
     return loss / 3
 
 
-class RefSRModule(L.LightningModule):
+class RefSRModule(PlainHookName, L.LightningModule):
     """Reference-based SR with a network of the registry called as ``net(lr, ref)``.
 
     Args:

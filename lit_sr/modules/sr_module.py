@@ -23,6 +23,7 @@ from lit_sr.metrics import psnr, ssim
 from lit_sr.modules.ema import make_ema_copy, update_ema
 from lit_sr.modules.step_logs import step_logs_due
 from lit_sr.ops import imresize, tiled_forward
+from lit_sr.training.hook_name import PlainHookName
 from lit_sr.validation import check_int, check_positive, check_same_scale
 
 EVAL_METRICS = ("psnr_rgb", "psnr_y", "ssim_y")
@@ -39,7 +40,7 @@ def sr_metrics(sr: torch.Tensor, hr: torch.Tensor, crop_border: int) -> dict[str
     }
 
 
-class SRModule(L.LightningModule):
+class SRModule(PlainHookName, L.LightningModule):
     """Supervised single-image SR with any network of the registry.
 
     Args:

@@ -1,4 +1,4 @@
-"""Skip Lightning's dispatch of the per-batch callback hooks that do nothing.
+"""Skip Lightning's dispatch of the per-batch hooks that do nothing, the callbacks' and the module's.
 
 Lightning 2.6 calls every per-batch hook of every callback on every batch (``_call_callback_hooks``):
 for each one it reads the callback's ``state_key`` (a ``repr`` of its arguments for the
@@ -16,6 +16,13 @@ from ``Callback`` (whose body is ``pass``), and ``ModelCheckpoint``'s ``on_train
 the checkpoint has no per-step schedule (it returns at once then). Nothing a callback does is
 skipped; a subclass that overrides a hook keeps it; :func:`restore_batch_hooks` undoes it. What
 changes: ``--trainer.profiler simple`` no longer lists those hooks (they took no time).
+
+The LightningModule's own per-batch hooks go through the same kind of dispatcher
+(``_call_lightning_module_hook``, which also returns at once for a hook that is not callable):
+six a training step, empty in ``LightningModule`` (``tests/test_lightning_private.py`` pins both),
+so the training-step hooks a module's class inherits unchanged are hidden the same way. Not its
+validation, test and predict batch hooks: Lightning's evaluation loops read their signatures
+(whether they take ``dataloader_idx``), which a hidden hook does not have.
 """
 
 from __future__ import annotations
@@ -34,20 +41,25 @@ BATCH_HOOKS = (
     "on_test_batch_start", "on_test_batch_end",
     "on_predict_batch_start", "on_predict_batch_end",
 )
+# A module's hooks that may be hidden: the evaluation loops inspect the other ones' signatures.
+TRAINING_BATCH_HOOKS = BATCH_HOOKS[:6]
 
 
-def noop_batch_hooks(callback: L.Callback) -> list[str]:
-    """The per-batch hooks of ``callback`` that do nothing: not yet hidden, and either
-    :class:`~lightning.pytorch.Callback`'s empty method or, for a checkpoint callback with no
+def noop_batch_hooks(target: L.Callback | L.LightningModule) -> list[str]:
+    """The per-batch hooks of a callback (the training-step ones of a module) that do nothing: not yet
+    hidden, and either the empty method of :class:`~lightning.pytorch.Callback` (of
+    :class:`~lightning.pytorch.LightningModule` for a module) or, for a checkpoint callback with no
     per-step schedule, :class:`ModelCheckpoint`'s ``on_train_batch_end``."""
-    hooks = [hook for hook in BATCH_HOOKS
-             if hook not in vars(callback) and getattr(type(callback), hook, None) is getattr(L.Callback, hook)]
-    if "on_train_batch_end" not in vars(callback) and _idle_checkpoint(callback):
+    module = isinstance(target, L.LightningModule)
+    base = L.LightningModule if module else L.Callback
+    hooks = [hook for hook in (TRAINING_BATCH_HOOKS if module else BATCH_HOOKS)
+             if hook not in vars(target) and getattr(type(target), hook, None) is getattr(base, hook)]
+    if "on_train_batch_end" not in vars(target) and _idle_checkpoint(target):
         hooks.append("on_train_batch_end")
     return hooks
 
 
-def _idle_checkpoint(callback: L.Callback) -> bool:
+def _idle_checkpoint(callback: L.Callback | L.LightningModule) -> bool:
     """A ``ModelCheckpoint`` whose ``on_train_batch_end`` returns at once on every batch.
 
     Lightning 2.6's method saves only on an ``every_n_train_steps`` or ``train_time_interval``
@@ -60,19 +72,19 @@ def _idle_checkpoint(callback: L.Callback) -> bool:
             and callback._every_n_train_steps < 1 and callback._train_time_interval is None)
 
 
-def skip_noop_batch_hooks(callbacks: Iterable[L.Callback]) -> int:
-    """Hide each callback's empty per-batch hooks from Lightning's dispatcher; returns how many were hidden."""
+def skip_noop_batch_hooks(targets: Iterable[L.Callback | L.LightningModule]) -> int:
+    """Hide the empty per-batch hooks of each callback (or module) from Lightning's dispatchers; returns how many."""
     hidden = 0
-    for callback in callbacks:
-        for hook in noop_batch_hooks(callback):
-            setattr(callback, hook, None)  # an instance attribute: the class and other instances are unchanged
+    for target in targets:
+        for hook in noop_batch_hooks(target):
+            setattr(target, hook, None)  # an instance attribute: the class and other instances are unchanged
             hidden += 1
     return hidden
 
 
-def restore_batch_hooks(callbacks: Iterable[L.Callback]) -> None:
+def restore_batch_hooks(targets: Iterable[L.Callback | L.LightningModule]) -> None:
     """Undo :func:`skip_noop_batch_hooks`: every hook is dispatched again (the benchmark's ablation)."""
-    for callback in callbacks:
+    for target in targets:
         for hook in BATCH_HOOKS:
-            if hook in vars(callback) and vars(callback)[hook] is None:
-                delattr(callback, hook)
+            if hook in vars(target) and vars(target)[hook] is None:
+                delattr(target, hook)

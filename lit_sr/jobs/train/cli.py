@@ -37,6 +37,7 @@ from lit_sr.io import is_remote_path, load_checkpoint
 from lit_sr.run_folder import RunFolderClashError, clash_message, first_clash
 from lit_sr.runtime import close_process_group, configure_threads, trainer_precision
 from lit_sr.training.batch_hooks import skip_noop_batch_hooks
+from lit_sr.training.no_profiler import use_no_profiler
 from lit_sr.training.prediction_writer import PredictionWriter
 from lit_sr.training.progress_bar import TimedProgressBar
 from lit_sr.training.stop_on_nonfinite import StopOnNonFiniteLoss
@@ -368,7 +369,12 @@ class TrainCLI(SRLightningCLI):
         # Lightning dispatches every per-batch hook to every callback, empty ones included: a
         # dozen Python calls each, 57 of the quickstart's 60 a training step (docs/performance.md)
         skip_noop_batch_hooks(trainer.callbacks)
+        use_no_profiler(trainer)  # unless a profiler was asked for: none of its ~10 calls per hook
         return trainer
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        skip_noop_batch_hooks([self.model])  # the module's empty per-batch hooks, as the callbacks' above
 
 
 def use_timed_progress_bar(trainer: L.Trainer, configured: Iterable[L.Callback]) -> None:
