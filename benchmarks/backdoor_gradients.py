@@ -23,12 +23,18 @@ times the scores), skipped where its matrix would not fit in a quarter of the av
 Each search runs in its own process (spawned), so that its peak RSS (``ru_maxrss``) and CPU time
 (``process_time``, the column "CPU s": what other jobs sharing the cores do not inflate) are its
 own; the RSS of that process after its imports and before the sketches exist is reported too
-(``import torch`` alone is ~0.7 GB here), as are the sketches' bytes. Also the fitness of top-k
-by norm and of a random subset, for scale.
+(``import torch`` alone is ~0.7 GB here), as are the RSS with the sketches made, before the search
+(column "before"), and the sketches' bytes. Also the fitness of top-k by norm and of a random
+subset, for scale. ``--sketch-dtypes float32 float16`` runs each search on both storages of the
+same draws (float16: the float32 sketches rounded, half the memory; sums still in float32 or
+wider); a float16 row says whether it chose the float32 row's subset and how its choice's fitness
+on the float32 sketches compares with the float32 choice's.
 
     python benchmarks/backdoor_gradients.py --device cuda --bf16 --out backdoor_gradients.json
     python benchmarks/backdoor_gradients.py --device cpu --quick   # tiny EDSR, few samples
     python benchmarks/backdoor_gradients.py --selection-only       # part 2 only
+    python benchmarks/backdoor_gradients.py --selection-only --pools 100000 --evaluations incremental sparse \
+        --sketch-dtypes float32 float16                             # issue 26's 100k search, both storages
 """
 
 from __future__ import annotations
@@ -107,29 +113,59 @@ def _rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
 
+_SKETCH_BLOCK = 8192  # rows drawn at a time: a float16 table never has a float32 copy
+
+
+def random_sketches(pool: int, sketch_dim: int, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """The benchmark's sketches, standard normal float32 draws (seeded by ``pool``) stored as ``dtype``, and norms.
+
+    Drawn block by block into the final array, so float16 sketches are the float32 ones rounded,
+    without a float32 table ever existing (the same draws as one call: the generator's stream is
+    sequential). The norms (float32, for ``sum_of_norms`` and top-k) are the float32 draws': in
+    training they come from the whole gradient, not from its stored sketch, so both storages get
+    the same ones.
+    """
+    rng = np.random.default_rng(pool)
+    out, norms = np.empty((pool, sketch_dim), dtype=dtype), np.empty(pool, dtype=np.float32)
+    for lo in range(0, pool, _SKETCH_BLOCK):
+        block = rng.standard_normal((min(_SKETCH_BLOCK, pool - lo), sketch_dim), dtype=np.float32)
+        out[lo : lo + len(block)] = block
+        norms[lo : lo + len(block)] = torch.linalg.vector_norm(torch.from_numpy(block), dim=1).numpy()
+    return out, norms
+
+
 def one_search(pool: int, fitness: str, evaluation: str, sketch_dim: int, budget_rate: float, population: int,
-               generations: int) -> dict:
+               generations: int, sketch_dtype: str = "float32") -> dict:
     """One genetic search on fresh random sketches, in the calling process (run it in a child)."""
     base_rss = _rss_gib()
-    sketches = np.random.default_rng(pool).standard_normal((pool, sketch_dim), dtype=np.float32)
-    norms = torch.linalg.vector_norm(torch.from_numpy(sketches), dim=1).numpy()
+    sketches, norms = random_sketches(pool, sketch_dim, sketch_dtype)
     scores = sketches if fitness == "norm_of_sum" else norms
+    ready_rss = _rss_gib()
     budget = max(1, round(budget_rate * pool))
     start, cpu_start = time.perf_counter(), time.process_time()
     chosen, history = genetic_select(scores, budget, fitness=fitness, population=population,
                                      generations=generations, seed=0, evaluation=evaluation)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     return {
-        "pool": pool, "budget": budget, "fitness": fitness, "evaluation": evaluation, "population": population,
+        "pool": pool, "budget": budget, "fitness": fitness, "evaluation": evaluation, "sketch_dtype": sketch_dtype,
+        "population": population,
         "generations": generations, "seconds": seconds,
         "cpu_seconds": cpu_seconds,  # the process's own CPU time: what other jobs on the cores do not inflate
         "ms_per_generation": 1000 * seconds / len(history),  # the initial population counts as one
         "peak_rss_gib": _rss_gib(), "rss_after_imports_gib": base_rss, "sketch_gib": sketches.nbytes / 2**30,
+        "rss_before_search_gib": ready_rss,  # imports + sketches + norms: the search added peak - this
         "fitness_ga": history[-1], "chosen": np.asarray(chosen).tolist(),
         "fitness_topk": selection_fitness(topk_select(norms, budget).tolist(), scores, fitness),
         "fitness_random": selection_fitness(random_select(pool, budget, seed=0).tolist(), scores, fitness),
         "size": int(len(chosen)),
     }
+
+
+def refit_on_float32(pool: int, sketch_dim: int, fitness: str, chosen: list[list[int]]) -> list[float]:
+    """The fitness of each chosen subset on the float32 sketches (to judge a float16 search's choice)."""
+    sketches, norms = random_sketches(pool, sketch_dim, "float32")
+    scores = sketches if fitness == "norm_of_sum" else norms
+    return [selection_fitness(c, scores, fitness) for c in chosen]
 
 
 def _available_bytes() -> int:
@@ -142,26 +178,45 @@ def _available_bytes() -> int:
 def selection_rows(args) -> list[dict]:
     """Sparse and dense genetic searches on random sketches for each pool size and fitness, each in a child."""
     rows = []
-    jobs = [(n, f, e) for n in args.pools for f in ("norm_of_sum", "sum_of_norms") for e in args.evaluations]
+    jobs = [(n, f, e, t) for n in args.pools for f in ("norm_of_sum", "sum_of_norms") for e in args.evaluations
+            for t in args.sketch_dtypes]
     context = multiprocessing.get_context("spawn")  # a fresh process per search: its peak RSS is its own
-    for pool, fitness, evaluation in tqdm(jobs, desc="genetic selection"):
+    for pool, fitness, evaluation, dtype in tqdm(jobs, desc="genetic selection"):
         if evaluation == "dense" and 4 * args.population * pool > _available_bytes() // 4:
             continue  # the dense membership matrix would not fit
         with context.Pool(1) as worker:
             row = worker.apply(one_search, (pool, fitness, evaluation, args.sketch_dim, args.budget_rate,
-                                            args.population, args.generations))
+                                            args.population, args.generations, dtype))
         rows.append(row)
+    _compare_with_float32(rows, args.sketch_dim, context)
     baselines = {"incremental": ("dense", "sparse"), "sparse": ("dense",), "dense": ()}
     for row in rows:  # each baseline's time over this one's, and whether they chose the same set
         for baseline in baselines[row["evaluation"]]:
-            same = [r for r in rows if r["evaluation"] == baseline and (r["pool"], r["fitness"]) == (row["pool"],
-                                                                                                     row["fitness"])]
+            same = [r for r in rows if r["evaluation"] == baseline and
+                    (r["pool"], r["fitness"], r["sketch_dtype"]) == (row["pool"], row["fitness"], row["sketch_dtype"])]
             if same:
                 row[f"{baseline}_over_this"] = same[0]["seconds"] / row["seconds"]
                 row[f"same_choice_as_{baseline}"] = same[0]["chosen"] == row["chosen"]
     for row in rows:
         row.pop("chosen")
     return rows
+
+
+def _compare_with_float32(rows: list[dict], sketch_dim: int, context) -> None:
+    """For each float16 row: its choice against the float32 row's, both valued on the float32 sketches."""
+    for row in rows:
+        if row["sketch_dtype"] == "float32":
+            continue
+        twin = [r for r in rows if r["sketch_dtype"] == "float32" and
+                (r["pool"], r["fitness"], r["evaluation"]) == (row["pool"], row["fitness"], row["evaluation"])]
+        if not twin:
+            continue
+        row["same_choice_as_float32"] = sorted(twin[0]["chosen"]) == sorted(row["chosen"])
+        with context.Pool(1) as worker:  # the float32 table again, in a process of its own
+            on32, ref32 = worker.apply(refit_on_float32, (row["pool"], sketch_dim, row["fitness"],
+                                                          [row["chosen"], twin[0]["chosen"]]))
+        row["fitness_on_float32"] = on32  # this search's choice valued on the float32 sketches
+        row["rel_diff_vs_float32"] = (on32 - ref32) / abs(ref32)  # against the float32 search's choice
 
 
 def print_tables(info: dict, grad_rows: list[dict], sel_rows: list[dict]) -> None:
@@ -185,19 +240,23 @@ def print_gradient_table(info: dict, grad_rows: list[dict]) -> None:
 
 def print_selection_table(info: dict, sel_rows: list[dict]) -> None:
     print(f"\ngenetic selection (population {sel_rows[0]['population']}, {sel_rows[0]['generations']} generations, "
-          f"random float32 sketches of {info['sketch_dim']}, budget {info['budget_rate']:.0%}; one process each)")
-    print(f"{'pool':>7} {'fitness':>13} {'eval':>11} {'seconds':>8} {'CPU s':>7} {'ms/gen':>7} {'dense/this':>10} "
-          f"{'sparse/this':>11} {'same':>5} {'peak GiB':>8} {'imports':>7} {'sketch':>6} {'GA':>10} {'top-k':>10} "
-          f"{'random':>10}")
+          f"random normal sketches of {info['sketch_dim']}, budget {info['budget_rate']:.0%}; one process each; "
+          f"'before': RSS with the sketches, before the search)")
+    print(f"{'pool':>7} {'fitness':>13} {'eval':>11} {'dtype':>7} {'seconds':>8} {'CPU s':>7} {'ms/gen':>7} {'dense/this':>10} "
+          f"{'sparse/this':>11} {'same':>5} {'peak GiB':>8} {'imports':>7} {'before':>6} {'sketch':>6} {'GA':>10} "
+          f"{'top-k':>10} {'random':>10} {'same as f32':>11} {'vs f32 choice':>13}")
     for r in sel_rows:
         ratios = [f"{r[k]:.2f}x" if k in r else "-" for k in ("dense_over_this", "sparse_over_this")]
         same = [r[k] for k in ("same_choice_as_dense", "same_choice_as_sparse") if k in r]
         same = str(all(same)) if same else "-"
-        print(f"{r['pool']:>7} {r['fitness']:>13} {r['evaluation']:>11} {r['seconds']:>8.2f} "
+        f32 = [str(r["same_choice_as_float32"]) if "same_choice_as_float32" in r else "-",
+               f"{r['rel_diff_vs_float32']:+.1e}" if "rel_diff_vs_float32" in r else "-"]
+        print(f"{r['pool']:>7} {r['fitness']:>13} {r['evaluation']:>11} {r['sketch_dtype']:>7} {r['seconds']:>8.2f} "
               f"{r['cpu_seconds']:>7.2f} {r['ms_per_generation']:>7.1f} {ratios[0]:>10} {ratios[1]:>11} {same:>5} "
               f"{r['peak_rss_gib']:>8.2f} "
-              f"{r['rss_after_imports_gib']:>7.2f} {r['sketch_gib']:>6.2f} {r['fitness_ga']:>10.4g} "
-              f"{r['fitness_topk']:>10.4g} {r['fitness_random']:>10.4g}")
+              f"{r['rss_after_imports_gib']:>7.2f} {r['rss_before_search_gib']:>6.2f} {r['sketch_gib']:>6.2f} "
+              f"{r['fitness_ga']:>10.4g} {r['fitness_topk']:>10.4g} {r['fitness_random']:>10.4g} {f32[0]:>11} "
+              f"{f32[1]:>13}")
 
 
 def parse_args() -> argparse.Namespace:
@@ -215,6 +274,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--evaluations", nargs="+", choices=["incremental", "sparse", "dense"],
                    default=["incremental", "sparse", "dense"],
                    help="GA fitness evaluations to time (dense: the naive baseline; sparse: sums all members)")
+    p.add_argument("--sketch-dtypes", nargs="+", choices=["float32", "float16"], default=["float32"],
+                   help="storage of the sketches (float16: half the memory, sums still in float32 or wider); "
+                        "a float16 row's choice is also valued on the float32 sketches")
     p.add_argument("--budget-rate", type=float, default=0.1)
     p.add_argument("--population", type=int, default=50)
     p.add_argument("--generations", type=int, default=100)
