@@ -99,6 +99,7 @@ import torch
 from common import machine_name
 from lightning.fabric.loggers.tensorboard import TensorBoardLogger
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger as PLTensorBoardLogger
 from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.trainer import call
 from lightning.pytorch.trainer.connectors.logger_connector.logger_connector import _LoggerConnector
@@ -338,6 +339,8 @@ def component_targets() -> dict[str, tuple[object, str]]:
         "logger connector: update_train_step_metrics (Lightning)": (_LoggerConnector, "update_train_step_metrics"),
         "logger connector: on_batch_end (Lightning)": (_LoggerConnector, "on_batch_end"),
         "TensorBoardLogger.log_metrics (Lightning)": (TensorBoardLogger, "log_metrics"),
+        "TensorBoardLogger.save (Lightning: flushes the event file after each logged step)": (
+            PLTensorBoardLogger, "save"),
         "LearningRateMonitor.on_train_batch_start (Lightning)": (LearningRateMonitor, "on_train_batch_start"),
         "ModelCheckpoint.on_train_batch_end (Lightning)": (ModelCheckpoint, "on_train_batch_end"),
         "TimedProgressBar.on_train_batch_end (lit-sr)": (TimedProgressBar, "on_train_batch_end"),
