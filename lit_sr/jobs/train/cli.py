@@ -366,15 +366,15 @@ class TrainCLI(SRLightningCLI):
         use_timed_progress_bar(trainer, configured)
         trainer.callbacks.append(StopOnSigterm())  # Lightning's predict loop ignores SIGTERM otherwise
         trainer.callbacks.append(StopOnNonFiniteLoss())  # a diverged run fails with a message
-        # Lightning dispatches every per-batch hook to every callback, empty ones included: a
-        # dozen Python calls each, 57 of the quickstart's 60 a training step (docs/performance.md)
-        skip_noop_batch_hooks(trainer.callbacks)
-        use_no_profiler(trainer)  # unless a profiler was asked for: none of its ~10 calls per hook
         return trainer
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
-        skip_noop_batch_hooks([self.model])  # the module's empty per-batch hooks, as the callbacks' above
+        # Lightning dispatches every per-batch hook to every callback and the module, empty ones
+        # included (a dozen Python calls each), and wraps each hook in its default profiler's
+        # generator: both skipped where they do nothing (docs/performance.md)
+        skip_noop_batch_hooks([*self.trainer.callbacks, self.model])
+        use_no_profiler(self.trainer)  # unless a profiler was asked for
 
 
 def use_timed_progress_bar(trainer: L.Trainer, configured: Iterable[L.Callback]) -> None:
